@@ -1,0 +1,148 @@
+"""Durable, atomic file operations: temp file in the same directory, fsync, rename, fsync the directory."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ckptd.errors import UnsafePathError
+
+# Every temp file ckptd writes starts with this prefix and ends with ".tmp", so no checkpoint
+# pattern or watcher ever mistakes one for a checkpoint (our own writes come back as events).
+TEMP_PREFIX = ".ckptd-tmp-"
+TEMP_SUFFIX = ".tmp"
+CHUNK_SIZE = 4 * 1024 * 1024
+
+
+def is_temp_name(name: str) -> bool:
+    """True for names ckptd uses for files still being written."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def temp_path_for(dest: Path) -> Path:
+    """A fresh temp name in dest's directory (same filesystem, so the final rename is atomic)."""
+    return dest.parent / f"{TEMP_PREFIX}{dest.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(dest: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``dest`` atomically when the block exits without error.
+
+    Readers see either the old file or the complete new one; ``kill -9`` at any point leaves at
+    most a temp file (``.ckptd-tmp-*.tmp``) that no pattern matches, never a partial ``dest``.
+    """
+    dest = Path(dest)
+    tmp = temp_path_for(dest)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(dest: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write a small file atomically (manifests, pins, reason files)."""
+    with atomic_write(dest, mode=mode) as handle:
+        handle.write(data)
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a file was when it was judged; compared again right before acting on it."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def open_regular_nofollow(path: Path) -> BinaryIO:
+    """Open ``path`` for reading without following a final symlink; refuse anything not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafePathError("is a symlink; ckptd never reads through links", path=str(path)) from err
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError("is not a regular file", path=str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Stream a file through sha256; returns (hex digest, bytes read)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open_regular_nofollow(path) as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def unique_destination(directory: Path, name: str) -> Path:
+    """``directory/name``, or ``name.1``, ``name.2``… if taken (trash and quarantine never overwrite)."""
+    candidate = directory / name
+    counter = 1
+    while candidate.exists() or candidate.is_symlink():
+        candidate = directory / f"{name}.{counter}"
+        counter += 1
+    return candidate
+
+
+def durable_move(src: Path, dest: Path) -> None:
+    """Rename ``src`` to ``dest`` (same filesystem) and make both directory entries durable.
+
+    Refuses to overwrite: ``dest`` must not exist (a hard link + unlink would allow that check to be
+    atomic, but rename within one directory tree owned by ckptd is enough here).
+    """
+    if dest.exists() or dest.is_symlink():
+        raise FileExistsError(errno.EEXIST, "destination exists", str(dest))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, dest)
+    fsync_dir(dest.parent)
+    if dest.parent != src.parent:
+        fsync_dir(src.parent)
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """True when ``path`` (resolved without following its final component) lies under ``root``."""
+    parent = path.parent.resolve()
+    try:
+        (parent / path.name).relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
