@@ -8,7 +8,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,11 +42,18 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(dest: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_write(
+    dest: Path,
+    *,
+    mode: int = 0o644,
+    before_replace: Callable[[Path], None] | None = None,
+) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``dest`` atomically when the block exits without error.
 
     Readers see either the old file or the complete new one; ``kill -9`` at any point leaves at
     most a temp file (``.ckptd-tmp-*.tmp``) that no pattern matches, never a partial ``dest``.
+    ``before_replace(temp_path)`` runs after the data is durable and before the rename; if it
+    raises (e.g. verification failed), the temp file is removed and ``dest`` is untouched.
     """
     dest = Path(dest)
     tmp = temp_path_for(dest)
@@ -57,6 +64,8 @@ def atomic_write(dest: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except BaseException:
@@ -91,7 +100,9 @@ def open_regular_nofollow(path: Path) -> BinaryIO:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise UnsafePathError("is a symlink; ckptd never reads through links", path=str(path)) from err
+            raise UnsafePathError(
+                "is a symlink; ckptd never reads through links", path=str(path)
+            ) from err
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -146,3 +157,24 @@ def is_within(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def remove_stale_temps(directory: Path, *, older_than_s: float, now: float) -> list[Path]:
+    """Delete ckptd temp files left in ``directory`` by a killed process; returns what was removed.
+
+    Only names ckptd itself creates (``is_temp_name``) and only when older than ``older_than_s``,
+    so a write in progress in another ckptd process is never disturbed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not is_temp_name(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if now - entry.stat(follow_symlinks=False).st_mtime >= older_than_s:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed

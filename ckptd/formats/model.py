@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 
 # A value SB2's data_to_json stores as plain JSON: None, bool, int, float (incl. nan/inf), str,
 # and lists / str-keyed dicts of these (tuples already turned into lists, as json.dumps would).
-JsonValue = Union[None, bool, int, float, str, list["JsonValue"], dict[str, "JsonValue"]]
+JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class OpaqueValue:
     carries_code: bool = False  # holds a function/code object (a schedule lambda, a closure)
 
 
-DataValue = Union[JsonValue, OpaqueValue]
+DataValue: TypeAlias = JsonValue | OpaqueValue
 
 
 @dataclass(frozen=True)
