@@ -60,13 +60,15 @@ def legacy_python() -> Path:
 
 def run_script(python: Path, script: str, *args: str) -> str:
     """Run one of tests/legacy37/*.py under the legacy interpreter and return its stdout."""
+    # Run from the repository root with a relative script path: code objects pickled by the old
+    # cloudpickle embed co_filename, and this keeps it the same in every checkout.
     result = subprocess.run(
-        [str(python), str(SCRIPTS / script), *args],
+        [str(python), str((SCRIPTS / script).relative_to(REPO)), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
-        cwd=SCRIPTS,
+        cwd=REPO,
     )
     if result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr}")
