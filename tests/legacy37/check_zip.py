@@ -56,7 +56,9 @@ def same(a, b, where, problems, plain=False):
         if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
             problems.append("%s: array vs %s" % (where, type(b).__name__))
         elif a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
-            problems.append("%s: arrays differ (%s%s vs %s%s)" % (where, a.dtype, a.shape, b.dtype, b.shape))
+            problems.append(
+                "%s: arrays differ (%s%s vs %s%s)" % (where, a.dtype, a.shape, b.dtype, b.shape)
+            )
         return
     if isinstance(a, np.generic):
         if type(a) is not type(b) or a.tobytes() != b.tobytes():
@@ -88,14 +90,19 @@ def same(a, b, where, problems, plain=False):
         return
     if isinstance(a, dict):
         if not isinstance(b, dict) or list(a.keys()) != list(b.keys()):
-            problems.append("%s: dict keys %r vs %r" % (where, list(a)[:5], list(b)[:5] if isinstance(b, dict) else b))
+            problems.append(
+                "%s: dict keys %r vs %r"
+                % (where, list(a)[:5], list(b)[:5] if isinstance(b, dict) else b)
+            )
             return
         for key in a:
             same(a[key], b[key], "%s[%r]" % (where, key), problems)
         return
     if isinstance(a, (list, tuple)):
         if type(a) is not type(b) or len(a) != len(b):
-            problems.append("%s: %s of %d vs %s" % (where, type(a).__name__, len(a), type(b).__name__))
+            problems.append(
+                "%s: %s of %d vs %s" % (where, type(a).__name__, len(a), type(b).__name__)
+            )
             return
         for index, (x, y) in enumerate(zip(a, b)):
             same(x, y, "%s[%d]" % (where, index), problems)
@@ -121,7 +128,11 @@ def main():
     try:
         zdata, zparams, members = sb2_load_zip(zip_path)
     except Exception as err:  # report, so the test shows what SB2 itself would have raised
-        print(json.dumps({"ok": False, "problems": ["load failed: %s: %s" % (type(err).__name__, err)]}))
+        print(
+            json.dumps(
+                {"ok": False, "problems": ["load failed: %s: %s" % (type(err).__name__, err)]}
+            )
+        )
         return
     if members != ["data", "parameters", "parameter_list"]:
         problems.append("members %r" % members)
@@ -135,7 +146,11 @@ def main():
     same(list(params.keys()), list(zparams.keys()), "parameter_list", problems)
     for name in params:
         same(params[name], zparams.get(name), "params[%r]" % name, problems)
-    print(json.dumps({"ok": not problems, "problems": problems, "keys": list(zdata), "params": len(zparams)}))
+    print(
+        json.dumps(
+            {"ok": not problems, "problems": problems, "keys": list(zdata), "params": len(zparams)}
+        )
+    )
 
 
 if __name__ == "__main__":

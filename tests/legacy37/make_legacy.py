@@ -41,7 +41,13 @@ def ppo2():
     }
     rng = np.random.RandomState(0)
     params = OrderedDict()
-    for layer, shape in (("pi_fc0", (4, 64)), ("vf_fc0", (4, 64)), ("pi_fc1", (64, 64)), ("vf", (64, 1)), ("pi", (64, 2))):
+    for layer, shape in (
+        ("pi_fc0", (4, 64)),
+        ("vf_fc0", (4, 64)),
+        ("pi_fc1", (64, 64)),
+        ("vf", (64, 1)),
+        ("pi", (64, 2)),
+    ):
         params["model/%s/w:0" % layer] = rng.standard_normal(shape).astype(np.float32)
         params["model/%s/b:0" % layer] = rng.standard_normal(shape[-1:]).astype(np.float32)
     return data, params
@@ -70,9 +76,13 @@ def dqn():
     rng = np.random.RandomState(1)
     params = OrderedDict()
     params["deepq/eps:0"] = np.array(0.05, dtype=np.float32)
-    params["deepq/model/action_value/fully_connected/weights:0"] = rng.standard_normal((3, 64)).astype(np.float32)
+    params["deepq/model/action_value/fully_connected/weights:0"] = rng.standard_normal(
+        (3, 64)
+    ).astype(np.float32)
     params["deepq/model/action_value/fully_connected/biases:0"] = np.zeros((64,), dtype=np.float32)
-    params["deepq/target_q_func/model/action_value/fully_connected/weights:0"] = rng.standard_normal((3, 64)).astype(np.float32)
+    params["deepq/target_q_func/model/action_value/fully_connected/weights:0"] = (
+        rng.standard_normal((3, 64)).astype(np.float32)
+    )
     return data, params
 
 

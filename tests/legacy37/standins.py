@@ -31,7 +31,7 @@ class CnnPolicy(BasePolicy):
     def step(self, obs):
         return obs
 ''',
-    "stable_baselines.deepq.policies": '''
+    "stable_baselines.deepq.policies": """
 import abc
 
 class DQNPolicy(metaclass=abc.ABCMeta):
@@ -42,8 +42,8 @@ class DQNPolicy(metaclass=abc.ABCMeta):
 class MlpPolicy(DQNPolicy):
     def step(self, obs):
         return obs
-''',
-    "stable_baselines.ppo2.ppo2": '''
+""",
+    "stable_baselines.ppo2.ppo2": """
 def constfn(val):
     def func(_):
         return val
@@ -53,8 +53,8 @@ def get_schedule_fn(value_schedule):
     if isinstance(value_schedule, (float, int)):
         return constfn(value_schedule)
     return value_schedule
-''',
-    "gym.spaces.box": '''
+""",
+    "gym.spaces.box": """
 import numpy as np
 
 class Box(object):
@@ -66,8 +66,8 @@ class Box(object):
         self.bounded_below = -np.inf < self.low
         self.bounded_above = np.inf > self.high
         self.np_random = np.random.RandomState(7)
-''',
-    "gym.spaces.discrete": '''
+""",
+    "gym.spaces.discrete": """
 import numpy as np
 
 class Discrete(object):
@@ -76,7 +76,7 @@ class Discrete(object):
         self.shape = ()
         self.dtype = np.dtype(np.int64)
         self.np_random = np.random.RandomState(3)
-''',
+""",
 }
 
 
