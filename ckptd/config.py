@@ -1,7 +1,9 @@
 """The config model: frozen, typed values for every key in ckptd.yaml (design.md, "Config").
 
 Parsing and validation (``parse_config``/``load_config``) turn YAML into these values, reporting
-every problem at once with its YAML path and line. Nothing else in ckptd reads YAML.
+every problem at once with its YAML path and line. Nothing else in ckptd reads YAML. The work is
+done in ``ckptd.config_spec`` (the key table: validation, JSON Schema, rendering) and
+``ckptd.config_load`` (YAML reading); the functions at the end of this module are the entry points.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from ckptd import units
 
 ObserverKind = Literal["auto", "inotify", "polling"]
 OriginalMode = Literal["keep", "archive", "delete"]
@@ -28,7 +32,9 @@ class ScheduleSpec:
     cron: str | None = None
 
     def __str__(self) -> str:
-        return self.cron if self.cron is not None else f"every {self.interval}"
+        if self.cron is not None:
+            return self.cron
+        return f"every {units.format_duration(self.interval)}" if self.interval else "never"
 
 
 @dataclass(frozen=True)
@@ -155,3 +161,37 @@ class Config:
 
     def policy_for(self, root: RootConfig) -> Policy:
         return self.policies[root.policy]
+
+
+# The entry points below import their modules when called: those modules import the model above.
+
+
+def parse_config(data: str | Mapping[str, Any], *, source: Path | None = None) -> Config:
+    """Validate YAML text or a loaded mapping into a Config; ConfigError lists every issue.
+
+    Relative root paths resolve against ``source``'s directory (the current directory if None).
+    """
+    from ckptd.config_load import parse_config as parse
+
+    return parse(data, source=source)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; any problem is one ConfigError naming the file."""
+    from ckptd.config_load import load_config as load
+
+    return load(path)
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the config file, from the same table the validator uses."""
+    from ckptd.config_spec import config_schema as schema
+
+    return schema()
+
+
+def config_to_mapping(config: Config) -> dict[str, Any]:
+    """The effective config (defaults filled in, YAML spellings, absolute paths) in a fixed key order."""
+    from ckptd.config_spec import config_to_mapping as to_mapping
+
+    return to_mapping(config)

@@ -27,6 +27,9 @@ class ConfigIssue:
     line: int = 0
 
     def __str__(self) -> str:
+        if not self.where:
+            # A problem with the file as a whole (unreadable, not YAML, empty): no key to name.
+            return f"line {self.line}: {self.message}" if self.line else self.message
         location = f"{self.where} (line {self.line})" if self.line else self.where
         return f"{location}: {self.message}"
 
@@ -97,3 +100,11 @@ class UnsafePathError(CkptdError):
 
 class FileChangedError(CkptdError):
     """A file changed between the time it was judged and the time it was to be acted on."""
+
+
+class StateError(CkptdError):
+    """A per-run state file (pins.json, the trash index) is unreadable or does not match its schema."""
+
+
+class RunLockedError(StateError):
+    """Another ckptd process holds the run's lock (prune, daemon, pin, restore never race)."""

@@ -1,10 +1,74 @@
-"""CLI commands (being built; registers nothing yet)."""
+"""``ckptd config validate FILE | show FILE [--json] | schema``: check, print and describe the config."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from ckptd.config import config_schema, config_to_mapping, load_config
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add this module's subcommands."""
+    """Add ``ckptd config`` and its actions."""
+    parser = subparsers.add_parser(
+        "config",
+        help="validate, show or describe the config file",
+        description="Validate a config file, print the effective config, or print its JSON Schema.",
+    )
+    actions = parser.add_subparsers(dest="config_action", metavar="ACTION", required=True)
+
+    validate = actions.add_parser(
+        "validate", help="check a config file; every problem is printed with its line (exit 2)"
+    )
+    validate.add_argument("config", type=Path, metavar="CONFIG")
+    validate.set_defaults(handler=_validate)
+
+    show = actions.add_parser(
+        "show", help="print the effective config: defaults filled in, paths absolute"
+    )
+    show.add_argument("config", type=Path, metavar="CONFIG")
+    show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    show.set_defaults(handler=_show)
+
+    schema = actions.add_parser("schema", help="print the config's JSON Schema (draft 2020-12)")
+    schema.set_defaults(handler=_schema)
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _validate(args: argparse.Namespace) -> int:
+    # A ConfigError propagates: cli.main prints one line per issue and exits 2.
+    config = load_config(args.config)
+    roots = _plural(len(config.roots), "root", "roots")
+    policies = _plural(len(config.policies), "policy", "policies")
+    print(f"{args.config}: ok ({roots}, {policies})")
+    for root in config.roots:
+        # Not an error: the config may be checked before the roots exist (the daemon reports it).
+        if not root.path.is_dir():
+            print(
+                f"{args.config}: note: root {root.path} is not a directory (yet)", file=sys.stderr
+            )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    mapping = config_to_mapping(config)
+    if args.json:
+        print(json.dumps(mapping, indent=2))
+    else:
+        print(f"# effective config of {config.source}")
+        sys.stdout.write(yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True))
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(config_schema(), indent=2))
+    return 0

@@ -1,0 +1,257 @@
+"""JobScheduler on a real BackgroundScheduler with sub-second intervals; cron translation tables."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ckptd.config import ScheduleSpec
+from ckptd.errors import ConfigError
+from ckptd.scheduling import JobScheduler, cron_trigger, crontab_weekdays
+
+DEADLINE_SECONDS = 4.0
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leaks() -> Iterator[None]:
+    """Fail a test that leaves a scheduler or worker thread running (this module only)."""
+    before = set(threading.enumerate())
+    yield
+    assert wait_until(lambda: not [t for t in threading.enumerate() if t not in before], 5.0), (
+        f"threads left running: {[t.name for t in threading.enumerate() if t not in before]}"
+    )
+
+
+def every(seconds: float) -> ScheduleSpec:
+    return ScheduleSpec(interval=timedelta(seconds=seconds))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE_SECONDS) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class Counter:
+    """A job body that counts its runs (and how many overlap)."""
+
+    def __init__(self, duration: float = 0.0) -> None:
+        self.duration = duration
+        self.runs = 0
+        self.running = 0
+        self.max_running = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.runs += 1
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        time.sleep(self.duration)
+        with self._lock:
+            self.running -= 1
+
+
+@pytest.fixture
+def scheduler() -> Iterator[JobScheduler]:
+    sched = JobScheduler(max_workers=3)
+    try:
+        yield sched
+    finally:
+        sched.shutdown(wait=True)
+
+
+def test_interval_job_runs_repeatedly(scheduler: JobScheduler) -> None:
+    tick = Counter()
+    scheduler.set_jobs({"manifest": every(0.05)}, {"manifest": tick})
+    scheduler.start()
+    assert scheduler.healthy()
+    assert wait_until(lambda: tick.runs >= 3)
+
+
+def test_slow_job_never_overlaps_itself_and_overlaps_are_logged(
+    scheduler: JobScheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow = Counter(duration=0.4)
+    scheduler.set_jobs({"prune": every(0.05)}, {"prune": slow})
+    with caplog.at_level(logging.WARNING, logger="ckptd.scheduling"):
+        scheduler.start()
+        assert wait_until(lambda: slow.runs >= 2)
+    assert slow.max_running == 1
+    assert scheduler.problems["overlap:prune"] >= 1
+    assert "scheduled job prune skipped: its previous run is still going" in caplog.text
+
+
+def test_missed_runs_are_coalesced_into_one(scheduler: JobScheduler) -> None:
+    tick = Counter()
+    scheduler.set_jobs({"manifest": every(0.05)}, {"manifest": tick})
+    scheduler.start()
+    assert wait_until(lambda: tick.runs >= 1)
+    scheduler._scheduler.pause()  # stands in for a stalled process: ~10 runs fall due meanwhile
+    time.sleep(0.5)
+    before = tick.runs
+    scheduler._scheduler.resume()
+    time.sleep(0.07)
+    assert tick.runs - before <= 2  # one coalesced catch-up (+ maybe the next regular run)
+
+
+def test_failing_job_is_logged_in_one_line_and_the_scheduler_keeps_going(
+    scheduler: JobScheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom() -> None:
+        raise RuntimeError("kaput")
+
+    healthy_job = Counter()
+    scheduler.set_jobs(
+        {"scrub": every(0.05), "manifest": every(0.05)}, {"scrub": boom, "manifest": healthy_job}
+    )
+    with caplog.at_level(logging.ERROR, logger="ckptd.scheduling"):
+        scheduler.start()
+        assert wait_until(lambda: scheduler.problems["error:scrub"] >= 2 and healthy_job.runs >= 2)
+    ours = [r.getMessage() for r in caplog.records if r.name == "ckptd.scheduling"]
+    assert "scheduled job scrub failed: RuntimeError: kaput" in ours
+    assert all("\n" not in message for message in ours)
+    assert scheduler.healthy()
+
+
+def test_reconfiguring_replaces_a_changed_job(scheduler: JobScheduler) -> None:
+    tick = Counter()
+    scheduler.set_jobs({"prune": every(3600)}, {"prune": tick})
+    scheduler.start()
+    time.sleep(0.15)
+    assert tick.runs == 0
+    scheduler.set_jobs({"prune": every(0.05)}, {"prune": tick})
+    assert wait_until(lambda: tick.runs >= 2)
+
+
+def test_reconfiguring_with_the_same_spec_keeps_the_next_run_time(scheduler: JobScheduler) -> None:
+    tick = Counter()
+    scheduler.start()
+    scheduler.set_jobs({"prune": every(3600)}, {"prune": tick})
+    first = scheduler.next_run("prune")
+    time.sleep(0.05)
+    scheduler.set_jobs({"prune": every(3600)}, {"prune": tick})
+    assert first is not None
+    assert scheduler.next_run("prune") == first
+
+
+def test_a_job_whose_spec_becomes_none_or_disappears_is_removed(scheduler: JobScheduler) -> None:
+    manifest, rescan = Counter(), Counter()
+    callbacks = {"manifest": manifest, "rescan": rescan, "scrub": Counter()}
+    scheduler.set_jobs(
+        {"manifest": every(0.05), "rescan": every(0.05), "scrub": every(9)}, callbacks
+    )
+    scheduler.start()
+    assert wait_until(lambda: manifest.runs >= 1 and rescan.runs >= 1)
+    scheduler.set_jobs({"manifest": None, "rescan": every(0.05)}, callbacks)
+    assert scheduler.job_names() == ["rescan"]
+    runs_after_removal = manifest.runs
+    assert wait_until(lambda: rescan.runs >= runs_after_removal + 3)
+    assert manifest.runs <= runs_after_removal + 1  # at most one run already in flight
+    assert scheduler.next_run("manifest") is None
+
+
+def test_invalid_spec_leaves_the_jobs_in_force_untouched(scheduler: JobScheduler) -> None:
+    callbacks = {"prune": Counter(), "scrub": Counter()}
+    scheduler.set_jobs({"prune": every(3600)}, callbacks)
+    bad = {"prune": every(60), "scrub": ScheduleSpec(cron="61 * * * *")}
+    with pytest.raises(
+        ConfigError, match=r"^schedule\.scrub: invalid cron expression '61 \* \* \* \*': "
+    ):
+        scheduler.set_jobs(bad, callbacks)
+    with pytest.raises(ConfigError, match=r"^schedule\.bogus: no job of that name$"):
+        scheduler.set_jobs({"bogus": every(1)}, callbacks)
+    assert scheduler.job_names() == ["prune"]
+    assert scheduler._planned["prune"].spec == every(3600)
+
+
+def test_cron_job_is_scheduled_at_its_next_cron_time(scheduler: JobScheduler) -> None:
+    scheduler.set_jobs({"prune": ScheduleSpec(cron="*/15 * * * *")}, {"prune": Counter()})
+    scheduler.start()
+    next_run = scheduler.next_run("prune")
+    assert next_run is not None
+    assert next_run.minute % 15 == 0 and next_run.second == 0
+    assert timedelta(0) < next_run - datetime.now(UTC) <= timedelta(minutes=15)
+
+
+def test_shutdown_is_idempotent_and_makes_it_unhealthy() -> None:
+    sched = JobScheduler()
+    sched.start()
+    sched.shutdown(wait=True)
+    sched.shutdown(wait=True)
+    assert not sched.healthy()
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("*", "*"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("1", "mon"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("0-2", "mon,tue,sun"),
+        ("5-7", "fri,sat,sun"),
+        ("*/2", "tue,thu,sat,sun"),
+        ("1/3", "mon,thu"),
+        ("sat,sun", "sat,sun"),
+        ("MON-wed", "mon,tue,wed"),
+        ("0,3", "wed,sun"),
+    ],
+)
+def test_crontab_weekdays_use_crontab_numbering(field: str, expected: str) -> None:
+    assert crontab_weekdays(field) == expected
+
+
+@pytest.mark.parametrize("field", ["8", "5-1", "*/0", "funday", ""])
+def test_crontab_weekdays_rejects_malformed_fields(field: str) -> None:
+    with pytest.raises(ValueError, match="day of week"):
+        crontab_weekdays(field)
+
+
+def fire_times(expression: str, start: datetime, count: int) -> list[datetime]:
+    trigger = cron_trigger(expression, "UTC")
+    times: list[datetime] = []
+    previous: datetime | None = None
+    now = start
+    for _ in range(count):
+        nxt = trigger.get_next_fire_time(previous, now)
+        times.append(nxt)
+        previous, now = nxt, nxt + timedelta(seconds=1)
+    return times
+
+
+WEDNESDAY = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("0 3 * * 0", [(11, 29, 3), (12, 6, 3)]),  # Sunday, not Monday (apscheduler#286)
+        ("30 2 * * 1-5", [(11, 26, 2), (11, 27, 2)]),
+        (
+            "0 0 13 * 5",
+            [(11, 27, 0), (12, 4, 0), (12, 11, 0), (12, 13, 0), (12, 18, 0)],
+        ),  # 13th OR Friday
+        ("0 0 1 * *", [(12, 1, 0), (1, 1, 0)]),
+    ],
+)
+def test_cron_expressions_fire_when_crontab_would(
+    expression: str, expected: list[tuple[int, int, int]]
+) -> None:
+    times = fire_times(expression, WEDNESDAY, len(expected))
+    assert [(t.month, t.day, t.hour) for t in times] == expected
+
+
+@pytest.mark.parametrize("expression", ["* * * *", "0 25 * * *", "0 0 * * 9"])
+def test_cron_trigger_rejects_bad_expressions(expression: str) -> None:
+    with pytest.raises(ValueError):
+        cron_trigger(expression)
