@@ -1,10 +1,181 @@
-"""CLI commands (being built; registers nothing yet)."""
+"""``ckptd convert``, ``ckptd inspect`` and ``ckptd verify``: the file-level commands."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+from ckptd import fsio
+from ckptd.cli import ExitStatus
+from ckptd.cli.output import error_line, print_json, progress_bar, stdout_console
+from ckptd.convert import ConversionOutcome, convert_file
+from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
+from ckptd.formats import Format
+from ckptd.formats.sniff import identify
+
+STATE_DIR = ".ckptd"
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add this module's subcommands."""
+    """Add ``convert`` (and, from their own functions, ``inspect`` and ``verify``)."""
+    convert = subparsers.add_parser(
+        "convert",
+        help="re-save legacy stable-baselines pickles as SB2 zips, executing nothing from them",
+        description=(
+            "Convert legacy stable-baselines pickle checkpoints into the SB2 zip format without "
+            "executing anything from the file. x.pkl is written as x.zip beside it; a directory "
+            "converts every legacy checkpoint below it. Exit 0 only when every input was converted "
+            "and verified."
+        ),
+    )
+    convert.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    convert.add_argument(
+        "-o", "--output", type=Path, help="output file (only with a single input file)"
+    )
+    convert.add_argument(
+        "--original",
+        choices=("keep", "archive", "delete"),
+        default="keep",
+        help=f"what to do with a converted original: keep it, move it under {STATE_DIR}/legacy/, or delete it",
+    )
+    convert.add_argument(
+        "--no-code",
+        action="store_true",
+        help="refuse checkpoints whose data carries pickled functions (learning-rate schedules, lambdas)",
+    )
+    convert.add_argument(
+        "--param-names",
+        type=Path,
+        metavar="FILE",
+        help="JSON list of parameter names, for SB2 <= 2.5.1 checkpoints that saved parameters as a list",
+    )
+    convert.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    convert.set_defaults(handler=run_convert)
+
+
+def _legacy_files_below(directory: Path) -> Iterator[Path]:
+    """Legacy pickles below ``directory``, by content; never follows links, skips ckptd state."""
+    for current, dirnames, filenames in os.walk(directory, followlinks=False):
+        dirnames[:] = sorted(name for name in dirnames if name != STATE_DIR)
+        for name in sorted(filenames):
+            path = Path(current) / name
+            if fsio.is_temp_name(name) or path.is_symlink():
+                continue
+            try:
+                if identify(path).format is Format.SB2_PICKLE:
+                    yield path
+            except (CkptdError, OSError):
+                continue
+
+
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(_legacy_files_below(path) if path.is_dir() else [path])
+    return files
+
+
+def _status_of(err: BaseException) -> str:
+    if isinstance(err, UnsafeCheckpoint):
+        return "refused"
+    if isinstance(err, FormatError):
+        return "broken"
+    return "error"
+
+
+def _outcome_json(outcome: ConversionOutcome) -> dict[str, Any]:
+    return {
+        "source": str(outcome.source),
+        "status": outcome.status,
+        "output": str(outcome.output),
+        "sha256": outcome.output_sha256,
+        "size": outcome.output_size,
+        "source_sha256": outcome.source_sha256,
+        "algorithm": outcome.algorithm,
+        "sb2_version": outcome.sb2_version,
+        "params": {"count": outcome.params_count, "bytes": outcome.params_bytes},
+        "carries_code": list(outcome.carries_code),
+        "original": outcome.original,
+        "archived_to": str(outcome.archived_to) if outcome.archived_to else None,
+    }
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    files = _expand(args.paths)
+    if args.output is not None and (len(args.paths) != 1 or args.paths[0].is_dir()):
+        error_line("-o/--output names the output of a single input file")
+        return ExitStatus.USAGE
+    param_names = _read_param_names(args.param_names) if args.param_names else None
+    results: list[dict[str, Any]] = []
+    failed = 0
+    sizes = {path: _size_or_zero(path) for path in files}
+    with progress_bar(enabled=not args.json and len(files) > 1) as progress:
+        task = progress.add_task("converting", total=sum(sizes.values()), current="")
+        for path in files:
+            progress.update(task, current=path.name)
+            try:
+                outcome = convert_file(
+                    path,
+                    output=args.output,
+                    original=args.original,
+                    state_dir=STATE_DIR,
+                    allow_code=not args.no_code,
+                    param_names=param_names,
+                )
+            except (CkptdError, OSError) as err:
+                failed += 1
+                message = (
+                    str(err) if isinstance(err, CkptdError) else f"{path}: {err.strerror or err}"
+                )
+                error_line(message)
+                results.append({"source": str(path), "status": _status_of(err), "error": message})
+            else:
+                results.append(_outcome_json(outcome))
+                if not args.json:
+                    _print_outcome(outcome)
+            progress.advance(task, sizes[path])
+    if args.json:
+        print_json({"results": results})
+    if not files:
+        error_line("no legacy checkpoints found in " + ", ".join(str(p) for p in args.paths))
+        return ExitStatus.FAILED
+    return ExitStatus.FAILED if failed else ExitStatus.OK
+
+
+def _print_outcome(outcome: ConversionOutcome) -> None:
+    console = stdout_console()
+    if outcome.status == "already sb2-zip":
+        console.print(f"{outcome.source}: already sb2-zip, verified")
+        return
+    code = f", carries code: {', '.join(outcome.carries_code)}" if outcome.carries_code else ""
+    original = {
+        "kept": "",
+        "archived": f", original archived to {outcome.archived_to}",
+        "deleted": ", original deleted",
+    }[outcome.original]
+    console.print(
+        f"{outcome.source} -> {outcome.output}: {outcome.status} "
+        f"({outcome.algorithm or 'unknown algorithm'}, {outcome.params_count} params, "
+        f"{outcome.params_bytes} bytes{code}{original})"
+    )
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_param_names(path: Path) -> list[str]:
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FormatError(f"cannot read parameter names: {err}", path=str(path)) from err
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise FormatError("parameter names must be a JSON list of strings", path=str(path))
+    return names

@@ -1,10 +1,138 @@
-"""CLI commands (being built; registers nothing yet)."""
+"""``ckptd prune`` (one retention pass) and ``ckptd manifest`` (write every manifest now)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ckptd.cli import ExitStatus
+from ckptd.config import load_config
+from ckptd.prune import PassOptions, prune_all, write_manifests
+from ckptd.prune_report import PruneReport, RunReport
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add this module's subcommands."""
+    """Add ``prune`` and ``manifest``."""
+    prune = subparsers.add_parser(
+        "prune",
+        help="one retention pass over every run",
+        description="Apply each run's retention policy once; every checkpoint is listed with its reasons.",
+    )
+    prune.add_argument("-c", "--config", type=Path, required=True, help="the ckptd YAML config")
+    prune.add_argument(
+        "--dry-run", action="store_true", help="decide and report; change nothing on disk"
+    )
+    prune.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    prune.set_defaults(handler=run_prune)
+    manifest = subparsers.add_parser(
+        "manifest",
+        help="write every run's manifest now",
+        description="Write each run's manifest and each root's index from the files on disk.",
+    )
+    manifest.add_argument("-c", "--config", type=Path, required=True, help="the ckptd YAML config")
+    manifest.set_defaults(handler=run_manifest)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    report = prune_all(
+        config, now=datetime.now(UTC), dry_run=args.dry_run, options=cli_pass_options()
+    )
+    if args.json:
+        # Compact on purpose: json's C encoder only runs without indent (100,000 decisions: 0.2 s
+        # instead of 4 s). Pipe through `jq` to read it.
+        sys.stdout.write(json.dumps(report.to_json_obj()) + "\n")
+    else:
+        print_prune_report(report, Console(stderr=False, soft_wrap=False))
+    return ExitStatus.OK if report.ok else ExitStatus.FAILED
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    report = write_manifests(config, now=datetime.now(UTC), options=cli_pass_options())
+    for root in config.roots:
+        print(manifest_summary(root.path, report))
+    for problem in report.problems:
+        print(f"ckptd: {problem.root}: {problem.message}", file=sys.stderr)
+    return ExitStatus.OK if report.ok else ExitStatus.FAILED
+
+
+def cli_pass_options() -> PassOptions:
+    """The CLI is single-threaded, so it may fork: one worker per core (at most 8) on big trees."""
+    return PassOptions(workers=min(os.cpu_count() or 1, 8))
+
+
+def manifest_summary(root: Path, report: PruneReport) -> str:
+    """``<root>: 12 runs, 1200 checkpoints, 3.4 GiB, 10 manifests written, 0 failed``."""
+    runs = [run for run in report.runs if run.root == root]
+    manifests = [run.manifest for run in runs if run.manifest is not None]
+    checkpoints = sum(1 for m in manifests for e in m.checkpoints if e.state != "converted")
+    size = sum(e.size for m in manifests for e in m.checkpoints)
+    written = sum(1 for run in runs if run.manifest_written)
+    failed = sum(1 for run in runs if run.error is not None)
+    return (
+        f"{root}: {len(runs)} runs, {checkpoints} checkpoints, {human_size(size)}, "
+        f"{written} manifests written ({len(manifests) - written} unchanged), {failed} failed"
+    )
+
+
+def human_size(size: int) -> str:
+    """``3.4 GiB`` — for people; config and reasons use ckptd.units' exact form."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def print_prune_report(report: PruneReport, console: Console) -> None:
+    """A table per run (path, action, reasons) and a one-line summary under it."""
+    for run in report.runs:
+        console.print(_run_table(run, report.dry_run))
+        console.print(_run_summary(run, report.dry_run), highlight=False)
+    for problem in report.problems:
+        console.print(f"[red]error[/red] {problem.root}: {problem.message}", highlight=False)
+
+
+_ACTION_STYLE = {"keep": "green", "delete": "red", "skip": "yellow"}
+
+
+def _run_table(run: RunReport, dry_run: bool) -> Table:
+    title = f"{run.root}/{run.run}" if run.run != "." else str(run.root)
+    table = Table(title=f"{title}{' (dry run)' if dry_run else ''}", title_justify="left")
+    table.add_column("checkpoint", overflow="fold")
+    table.add_column("action")
+    table.add_column("reasons", overflow="fold")
+    for decision in run.decisions:
+        action = decision.action if not dry_run or decision.action != "delete" else "would delete"
+        style = _ACTION_STYLE.get(decision.action, "")
+        table.add_row(decision.path, f"[{style}]{action}[/{style}]", "; ".join(decision.reasons))
+    return table
+
+
+def _run_summary(run: RunReport, dry_run: bool) -> str:
+    if run.error is not None:
+        return f"  error: {run.error}"
+    parts = [
+        f"kept {run.count('keep')}",
+        f"{'would delete' if dry_run else 'deleted'} {run.count('delete')}",
+    ]
+    parts.append(f"skipped {run.count('skip')}")
+    if not dry_run:
+        parts.append(f"freed {human_size(run.bytes_freed)}")
+        if run.deleted and run.deleted[0].trash is not None:
+            parts[-1] += " (moved to trash)"
+        if run.purged:
+            parts.append(f"purged {len(run.purged)} from trash ({human_size(run.bytes_purged)})")
+    lines = ["  " + ", ".join(parts)]
+    lines.extend(f"  {line}" for line in (run.guard, *run.notes) if line)
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""Convert one legacy stable-baselines pickle into the SB2 zip format, safely and verifiably.
+
+The order of operations is the safety argument:
+1. read the source once into memory (no TOCTOU) and parse it statically — nothing is executed;
+2. write the zip to a temp file beside the target, fsync it;
+3. re-read the temp file and verify it (structure, CRCs, JSON, every array's bytes) — only then
+   rename it into place and fsync the directory;
+4. only after that, and only if the source is unchanged since it was read, archive or delete it.
+``kill -9`` at any instant leaves the original intact and never a partial zip under the final name;
+a rerun after a crash recognizes an already-written, identical zip and finishes step 4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from ckptd import fsio
+from ckptd.errors import ConversionError, FileChangedError, FormatError, VerifyError
+from ckptd.formats import Format
+from ckptd.formats.legacy import read_legacy_file
+from ckptd.formats.model import LegacyCheckpoint, OpaqueValue
+from ckptd.formats.npy import read_npy_header
+from ckptd.formats.sb2meta import guess_algorithm, guess_sb2_version
+from ckptd.formats.sb2zip import encode_data_json, verify_zip, write_sb2_zip
+from ckptd.formats.sniff import identify
+
+logger = logging.getLogger(__name__)
+
+OriginalAction = Literal["keep", "archive", "delete"]
+Status = Literal["converted", "already-converted", "already sb2-zip"]
+_HASH_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConversionOutcome:
+    """What happened to one input; every field is reportable as JSON and in the manifest."""
+
+    source: Path
+    status: Status
+    output: Path
+    output_sha256: str
+    output_size: int
+    source_sha256: str | None = None
+    algorithm: str | None = None
+    sb2_version: str | None = None
+    params_count: int = 0
+    params_bytes: int = 0
+    carries_code: tuple[str, ...] = ()
+    original: Literal["kept", "archived", "deleted"] = "kept"
+    archived_to: Path | None = None
+    globals: tuple[str, ...] = field(default=(), repr=False)
+
+
+def default_output(source: Path) -> Path:
+    """``x.pkl`` → ``x.zip`` beside it (SB2's own loader appends ``.zip`` to extension-less names)."""
+    return source.with_suffix(".zip") if source.suffix else source.with_name(source.name + ".zip")
+
+
+def convert_file(
+    source: Path,
+    *,
+    output: Path | None = None,
+    original: OriginalAction = "keep",
+    state_dir: str = ".ckptd",
+    allow_code: bool = True,
+    param_names: Sequence[str] | None = None,
+) -> ConversionOutcome:
+    """Convert ``source`` (a legacy SB2 pickle) to an SB2 zip; an existing valid SB2 zip is verified.
+
+    Raises UnsafeCheckpoint (refused: the file references code outside the allowlist),
+    FormatError (broken or not a stable-baselines checkpoint), ConversionError, VerifyError or
+    FileChangedError; in every such case the source is left byte-for-byte untouched.
+    """
+    source = Path(source)
+    identification = identify(source)
+    if identification.format is Format.SB2_ZIP:
+        return _already_zip(source)
+    if identification.format is not Format.SB2_PICKLE:
+        raise FormatError(
+            f"not a legacy stable-baselines pickle (identified as {identification.format})",
+            path=str(source),
+        )
+    target = Path(output) if output is not None else default_output(source)
+    if target.resolve() == source.resolve():
+        raise ConversionError(
+            "the output would overwrite the input; name another with -o", path=str(source)
+        )
+
+    before = fsio.FileIdentity.of(os.stat(source, follow_symlinks=False))
+    checkpoint, source_sha256 = read_legacy_file(
+        source, allow_code=allow_code, param_names=param_names
+    )
+    if fsio.FileIdentity.of(os.stat(source, follow_symlinks=False)) != before:
+        raise FileChangedError(
+            "changed while it was being read; will retry when it is stable", path=str(source)
+        )
+
+    data_json = encode_data_json(checkpoint.data)
+    status: Status = "converted"
+    if target.exists() or target.is_symlink():
+        try:
+            _check_zip_matches(target, checkpoint, data_json)
+        except (FormatError, OSError) as err:
+            raise ConversionError(
+                f"{target.name} already exists and is not this checkpoint's conversion ({err}); not overwriting",
+                path=str(source),
+            ) from err
+        status = "already-converted"
+        output_sha256, output_size = fsio.sha256_file(target)
+    else:
+        output_sha256, output_size = _write_verified(target, checkpoint, data_json)
+
+    outcome_original, archived_to = _dispose_original(source, before, original, state_dir)
+    policy = _policy_global(checkpoint)
+    algorithm = guess_algorithm(list(checkpoint.data), policy)
+    version = guess_sb2_version(
+        list(checkpoint.data),
+        container="pickle",
+        params_were_list=checkpoint.params_were_list,
+        referenced_globals=checkpoint.globals,
+        algorithm=algorithm,
+    )
+    logger.info("converted %s -> %s (%s)", source, target, status)
+    return ConversionOutcome(
+        source=source,
+        status=status,
+        output=target,
+        output_sha256=output_sha256,
+        output_size=output_size,
+        source_sha256=source_sha256,
+        algorithm=algorithm,
+        sb2_version=str(version),
+        params_count=len(checkpoint.params),
+        params_bytes=checkpoint.params_bytes,
+        carries_code=checkpoint.carries_code,
+        original=outcome_original,
+        archived_to=archived_to,
+        globals=checkpoint.globals,
+    )
+
+
+def _already_zip(source: Path) -> ConversionOutcome:
+    report = verify_zip(source)
+    if not report.ok:
+        raise VerifyError("; ".join(report.problems), path=str(source))
+    digest, size = fsio.sha256_file(source)
+    return ConversionOutcome(
+        source=source,
+        status="already sb2-zip",
+        output=source,
+        output_sha256=digest,
+        output_size=size,
+        params_count=report.params_count,
+        params_bytes=report.params_bytes,
+        carries_code=tuple(report.carries_code),
+    )
+
+
+def _write_verified(
+    target: Path, checkpoint: LegacyCheckpoint, data_json: bytes
+) -> tuple[str, int]:
+    """Write the zip through a temp file, verify the temp file, then rename it into place."""
+
+    def verify(temp: Path) -> None:
+        _check_zip_matches(temp, checkpoint, data_json)
+
+    with fsio.atomic_write(target, before_replace=verify) as handle:
+        # The writer makes one linear pass and hashes the exact bytes it writes; verification
+        # then re-reads the file from disk, so the digest describes what a later scrub will find.
+        report = write_sb2_zip(handle, checkpoint.data, checkpoint.params)
+    return report.sha256, report.size
+
+
+def _check_zip_matches(path: Path, checkpoint: LegacyCheckpoint, data_json: bytes) -> None:
+    """Re-read a written zip and prove it holds exactly this checkpoint; raises VerifyError if not."""
+    report = verify_zip(path)
+    if not report.ok:
+        raise VerifyError("; ".join(report.problems), path=str(path))
+    with zipfile.ZipFile(path) as archive:
+        if archive.namelist() != ["data", "parameters", "parameter_list"]:
+            raise VerifyError(f"unexpected members {archive.namelist()}", path=str(path))
+        if archive.read("data") != data_json:
+            raise VerifyError("data member differs from the source's data", path=str(path))
+        names = json.loads(archive.read("parameter_list"))
+        if names != [param.name for param in checkpoint.params]:
+            raise VerifyError(
+                "parameter_list differs from the source's parameter order", path=str(path)
+            )
+        with archive.open("parameters") as outer, zipfile.ZipFile(outer) as npz:
+            for param in checkpoint.params:
+                with npz.open(f"{param.name}.npy") as member:
+                    header = read_npy_header(member)
+                    if (header.descr, header.fortran_order, header.shape) != (
+                        param.descr,
+                        param.fortran_order,
+                        param.shape,
+                    ):
+                        raise VerifyError(
+                            f"{param.name}: npy header differs from the source", path=str(path)
+                        )
+                    if _sha256_stream(member) != hashlib.sha256(param.raw).hexdigest():
+                        raise VerifyError(
+                            f"{param.name}: array bytes differ from the source", path=str(path)
+                        )
+
+
+def _sha256_stream(handle: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := handle.read(_HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dispose_original(
+    source: Path, judged: fsio.FileIdentity, action: OriginalAction, state_dir: str
+) -> tuple[Literal["kept", "archived", "deleted"], Path | None]:
+    if action == "keep":
+        return "kept", None
+    current = fsio.FileIdentity.of(os.stat(source, follow_symlinks=False))
+    if current != judged:
+        raise FileChangedError(
+            "changed after it was converted; the original was left in place", path=str(source)
+        )
+    if action == "archive":
+        archive_dir = source.parent / state_dir / "legacy"
+        archive_dir.mkdir(parents=True, exist_ok=True)
+        destination = fsio.unique_destination(archive_dir, source.name)
+        fsio.durable_move(source, destination)
+        return "archived", destination
+    os.unlink(source)
+    fsio.fsync_dir(source.parent)
+    return "deleted", None
+
+
+def _policy_global(checkpoint: LegacyCheckpoint) -> str | None:
+    """The policy class's "module.name" when it is pickled by reference (for algorithm inference)."""
+    policy = checkpoint.data.get("policy")
+    if isinstance(policy, OpaqueValue) and len(policy.globals) == 1:
+        return policy.globals[0]
+    return None

@@ -1,0 +1,218 @@
+"""The SB2 zip format (stable-baselines 2.8-2.10): writer and static reader.
+
+The writer produces what ``BaseRLModel._save_to_file_zip`` writes (sb2-formats.md §2): three
+ZIP_STORED members ``data``, ``parameters``, ``parameter_list`` in that order, ``external_attr``
+0o600 << 16, the local time of the save; ``parameters`` is an npz (a ZIP_STORED zip of
+``"<name>.npy"`` members dated 1980-01-01, each a numpy v1.0 header + the raw array bytes). Headers
+are laid out as Python 3.7's zipfile and numpy 1.16 wrote them (no zip64 records unless a size or
+offset needs them), which is also what SB2's own environment reads.
+
+It streams: the npz is never assembled in memory. Every CRC is computed up front from the arrays
+(they are in memory already) and the whole file goes out in one linear pass, hashed as it is written
+(see ``ckptd.formats.storedzip``). Extra memory is O(number of parameters), independent of their size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ckptd.errors import ConversionError, FormatError
+from ckptd.formats import Format
+from ckptd.formats.datajson import DataAnalysis, DataEntry, encode_data_json
+from ckptd.formats.model import DataValue, ParamArray
+from ckptd.formats.npy import checked_dtype, npy_header_bytes
+from ckptd.formats.storedzip import (
+    DOS_EPOCH,
+    MemberSpec,
+    Piece,
+    ZipLayout,
+    as_byte_view,
+    layout_stored_zip,
+    write_pieces,
+)
+from ckptd.formats.verify import VerifyReport, verify_zip
+from ckptd.formats.zipexam import ParamInfo, examine_zip
+from ckptd.formats.zipread import MemberInfo
+from ckptd.fsio import atomic_write
+
+__all__ = [
+    "Sb2Zip",
+    "VerifyReport",
+    "ZipWriteReport",
+    "build_sb2_layout",
+    "encode_data_json",
+    "encode_parameter_list",
+    "read_sb2_zip",
+    "verify_zip",
+    "write_sb2_zip",
+    "write_sb2_zip_file",
+]
+
+MEMBER_ORDER = ("data", "parameters", "parameter_list")
+DateTime = tuple[int, int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ZipWriteReport:
+    """What ``write_sb2_zip`` wrote."""
+
+    size: int  # bytes of the whole zip
+    sha256: str  # of exactly those bytes
+    data_bytes: int
+    parameters_bytes: int  # the npz member
+    parameter_list_bytes: int
+    params_count: int
+    params_bytes: int  # raw array bytes
+    date_time: DateTime
+
+
+def encode_parameter_list(names: Sequence[str]) -> bytes:
+    """``json.dumps(list(params.keys()), indent=4)`` as SB2 writes it."""
+    return json.dumps(list(names), indent=4).encode("utf-8")
+
+
+def _npy_pieces(param: ParamArray) -> tuple[Piece, Piece]:
+    where = f"parameter {param.name!r}"
+    if not isinstance(param.name, str) or not param.name:
+        raise ConversionError(f"{where}: a parameter needs a non-empty name")
+    try:
+        dtype = checked_dtype(param.descr)
+    except FormatError as err:
+        raise ConversionError(f"{where}: {err.message}") from err
+    expected = math.prod(param.shape) * dtype.itemsize
+    if param.raw.nbytes != expected:
+        raise ConversionError(
+            f"{where}: {param.raw.nbytes} raw bytes, but {param.descr} {param.shape} needs {expected}"
+        )
+    header = npy_header_bytes(param.descr, param.fortran_order, param.shape)
+    try:
+        raw = as_byte_view(param.raw)
+    except ValueError as err:
+        raise ConversionError(f"{where}: {err}") from err
+    return Piece.of(header), Piece.of(raw)
+
+
+def local_now() -> DateTime:
+    """The local time of the save, as zipfile's ``writestr`` stamps SB2's members."""
+    stamp = time.localtime(time.time())[:6]
+    return stamp if stamp[0] >= 1980 else DOS_EPOCH
+
+
+def as_stored(stamp: DateTime) -> DateTime:
+    """The timestamp a zip can hold: DOS time has 2-second resolution, so odd seconds round down."""
+    return (*stamp[:5], stamp[5] - stamp[5] % 2)
+
+
+def build_sb2_layout(
+    data: Mapping[str, DataValue], params: Sequence[ParamArray], *, date_time: DateTime
+) -> tuple[ZipLayout, ZipLayout, bytes, bytes]:
+    """(outer layout, npz layout, data bytes, parameter_list bytes); pure apart from CRC passes."""
+    names = [param.name for param in params]
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise ConversionError(f"parameter {duplicate!r} appears twice")
+    data_bytes = encode_data_json(data)
+    list_bytes = encode_parameter_list(names)
+    npz = layout_stored_zip(
+        [MemberSpec(f"{param.name}.npy", _npy_pieces(param)) for param in params]
+    )
+    outer = layout_stored_zip(
+        [
+            MemberSpec("data", (Piece.of(data_bytes),), date_time),
+            MemberSpec("parameters", npz.pieces, date_time),
+            MemberSpec("parameter_list", (Piece.of(list_bytes),), date_time),
+        ]
+    )
+    return outer, npz, data_bytes, list_bytes
+
+
+def write_sb2_zip(
+    handle: BinaryIO,
+    data: Mapping[str, DataValue],
+    params: Sequence[ParamArray],
+    *,
+    date_time: DateTime | None = None,
+) -> ZipWriteReport:
+    """Stream an SB2 zip to ``handle`` (seekable or not) from ``data`` and ``params``.
+
+    Offsets inside the zip count from the handle's position at the call (normally 0). ``date_time``
+    pins the members' timestamp (default: local time now, as SB2).
+    """
+    stamp = as_stored(date_time or local_now())
+    outer, npz, data_bytes, list_bytes = build_sb2_layout(data, params, date_time=stamp)
+    written = write_pieces(handle, outer.pieces)
+    return ZipWriteReport(
+        size=written.size,
+        sha256=written.sha256,
+        data_bytes=len(data_bytes),
+        parameters_bytes=npz.size,
+        parameter_list_bytes=len(list_bytes),
+        params_count=len(params),
+        params_bytes=sum(param.nbytes for param in params),
+        date_time=stamp,
+    )
+
+
+def write_sb2_zip_file(
+    dest: Path,
+    data: Mapping[str, DataValue],
+    params: Sequence[ParamArray],
+    *,
+    date_time: DateTime | None = None,
+    mode: int = 0o644,
+) -> ZipWriteReport:
+    """``write_sb2_zip`` into ``dest`` atomically (temp file, fsync, rename, fsync dir)."""
+    with atomic_write(dest, mode=mode) as handle:
+        return write_sb2_zip(handle, data, params, date_time=date_time)
+
+
+@dataclass(frozen=True)
+class Sb2Zip:
+    """An SB2 zip as inspection shows it (no CRC pass; see ``verify_zip`` for integrity)."""
+
+    path: str
+    members: tuple[MemberInfo, ...]
+    data: DataAnalysis
+    parameter_list: tuple[str, ...]
+    params: tuple[ParamInfo, ...]
+    problems: tuple[str, ...]  # non-fatal findings (e.g. a refused ``:serialized:`` entry)
+
+    @property
+    def data_keys(self) -> tuple[str, ...]:
+        return self.data.keys
+
+    @property
+    def entries(self) -> tuple[DataEntry, ...]:
+        return self.data.entries
+
+    @property
+    def carries_code(self) -> tuple[str, ...]:
+        return self.data.carries_code
+
+    @property
+    def params_bytes(self) -> int:
+        return sum(param.nbytes for param in self.params)
+
+
+def read_sb2_zip(path: Path) -> Sb2Zip:
+    """Inspect an SB2 zip statically; FormatError if it is not one or its core members are unreadable."""
+    exam = examine_zip(path, check_crc=False)
+    if exam.format is not Format.SB2_ZIP:
+        reason = exam.problems[0] if exam.problems else f"a {exam.format} file"
+        raise FormatError(f"not an SB2 zip: {reason}", path=str(path))
+    if exam.data is None or exam.parameter_list is None:
+        raise FormatError(exam.problems[0] if exam.problems else "unreadable", path=str(path))
+    return Sb2Zip(
+        path=str(path),
+        members=exam.members,
+        data=exam.data,
+        parameter_list=exam.parameter_list,
+        params=exam.params,
+        problems=exam.problems,
+    )

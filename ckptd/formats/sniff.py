@@ -1,0 +1,139 @@
+"""Identify a checkpoint by its content, never by its name.
+
+Rules (sb2-formats.md §1, §2, §6):
+
+* **zip** (``PK\\x03\\x04`` magic and a readable central directory):
+  ``parameters`` + ``parameter_list`` members -> ``sb2-zip``;
+  ``_stable_baselines3_version`` or any ``*.pth`` member -> ``sb3-zip``; any other zip -> ``unknown``.
+* **pickle** (first byte 0x80, protocol 2..5; SB2 never wrote protocol 0/1):
+
+  - a GLOBAL/STACK_GLOBAL from a ``stable_baselines`` module within the first ``SNIFF_BYTES``
+    -> ``sb2-pickle`` with confidence ``high``;
+  - otherwise, a top-level 2-tuple (read from the file's last bytes, so multi-GB files are not read
+    whole) whose scanned prefix references numpy, gym, cloudpickle or OrderedDict -> ``sb2-pickle``
+    with confidence ``low``. This admits SB2 files whose policy is a user class (pickled by
+    reference to the user's module) while leaving unrelated pickles alone: ``(data, params)`` of
+    SB2 always holds numpy arrays in an OrderedDict or list;
+  - any other pickle -> ``unknown`` (with the protocol reported), so a stray ``*.pkl`` is never
+    sent to conversion and quarantined.
+* everything else (empty, random, text) -> ``unknown``.
+
+Identification is a label, not a verdict: the legacy reader and ``verify_zip`` decide safety and
+integrity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from ckptd.formats import Format
+from ckptd.formats.pickle_peek import ends_with_tuple2, peek_pickle
+from ckptd.formats.zipread import foreign_directory_problem
+from ckptd.fsio import open_regular_nofollow
+
+logger = logging.getLogger(__name__)
+
+SNIFF_BYTES = 4 * 1024 * 1024  # data (with the policy reference) precedes the parameters
+TAIL_BYTES = 16
+ZIP_MAGIC = b"PK\x03\x04"
+SB2_MODULE = "stable_baselines"
+_CHECKPOINT_HINTS = ("numpy.", "gym.", "gymnasium.", "cloudpickle.", "collections.OrderedDict")
+SB2_ZIP_MEMBERS = frozenset({"parameters", "parameter_list"})
+SB3_VERSION_MEMBER = "_stable_baselines3_version"
+
+Confidence = Literal["high", "low"]
+
+
+@dataclass(frozen=True)
+class Identification:
+    """What a file is, judged from its bytes."""
+
+    format: Format
+    confidence: Confidence
+    note: str  # one line: why this label
+    size: int
+    protocol: int | None = None  # pickles
+    globals: tuple[str, ...] = ()  # pickles: globals seen in the scanned prefix
+    members: tuple[str, ...] = ()  # zips, in central-directory order
+
+
+def is_sb2_module(global_name: str) -> bool:
+    return global_name == SB2_MODULE or global_name.startswith(SB2_MODULE + ".")
+
+
+def classify_zip_members(names: tuple[str, ...]) -> Format:
+    """The zip flavour from member names alone (pure)."""
+    present = set(names)
+    if present >= SB2_ZIP_MEMBERS:
+        return Format.SB2_ZIP
+    if SB3_VERSION_MEMBER in present or any(name.endswith(".pth") for name in names):
+        return Format.SB3_ZIP
+    return Format.UNKNOWN
+
+
+def identify(path: Path) -> Identification:
+    """Identify ``path`` by content. Raises OSError / UnsafePathError if it cannot be opened."""
+    with open_regular_nofollow(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(SNIFF_BYTES)
+        if not head:
+            return Identification(Format.UNKNOWN, "high", "empty file", size)
+        if head.startswith(ZIP_MAGIC):
+            return _identify_zip(handle, size)
+        if head[0] == 0x80 and len(head) >= 2:
+            return _identify_pickle(handle, head, size)
+    return Identification(
+        Format.UNKNOWN, "high", f"neither a zip nor a pickle (starts with {head[:4].hex()})", size
+    )
+
+
+def _identify_zip(handle: BinaryIO, size: int) -> Identification:
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            names = tuple(archive.namelist())
+            foreign = foreign_directory_problem(archive)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return Identification(
+            Format.UNKNOWN, "high", f"zip magic but no readable central directory ({err})", size
+        )
+    if foreign:
+        return Identification(
+            Format.UNKNOWN, "high", f"zip magic but no readable central directory ({foreign})", size
+        )
+    flavour = classify_zip_members(names)
+    notes = {
+        Format.SB2_ZIP: "zip with parameters and parameter_list",
+        Format.SB3_ZIP: "zip with SB3 members",
+        Format.UNKNOWN: "zip without stable-baselines members",
+    }
+    return Identification(flavour, "high", notes[flavour], size, members=names)
+
+
+def _identify_pickle(handle: BinaryIO, head: bytes, size: int) -> Identification:
+    protocol = head[1]
+    if not 2 <= protocol <= 5:
+        return Identification(
+            Format.UNKNOWN, "high", f"pickle protocol {protocol} (SB2 wrote 2..5)", size, protocol
+        )
+    peek = peek_pickle(head)
+    sb2_globals = [name for name in peek.globals if is_sb2_module(name)]
+    if sb2_globals:
+        note = f"pickle protocol {protocol} referencing {sb2_globals[0]}"
+        return Identification(Format.SB2_PICKLE, "high", note, size, protocol, peek.globals)
+    handle.seek(max(0, size - TAIL_BYTES))
+    tail = handle.read(TAIL_BYTES)
+    hints = [name for name in peek.globals if name.startswith(_CHECKPOINT_HINTS)]
+    if ends_with_tuple2(tail) and hints:
+        note = (
+            f"pickle protocol {protocol}: a 2-tuple referencing {hints[0]} but no stable_baselines"
+            " module (a custom policy?)"
+        )
+        return Identification(Format.SB2_PICKLE, "low", note, size, protocol, peek.globals)
+    note = f"pickle protocol {protocol} without a stable_baselines reference"
+    logger.debug("%s: %s (scan: %s)", handle.name, note, peek.error or "complete")
+    return Identification(Format.UNKNOWN, "high", note, size, protocol, peek.globals)

@@ -1,0 +1,317 @@
+"""A streaming writer for ZIP_STORED archives whose member sizes and CRCs are known before writing.
+
+Why not ``zipfile``: it writes a placeholder local header and seeks back to patch sizes and CRC
+(or appends data descriptors when it cannot seek). Both defeat what the SB2 writer needs: a nested
+zip (the ``parameters`` npz inside the outer zip) streamed in one pass with O(1) extra memory,
+a sha256 of exactly the bytes that reach the disk, and headers that carry real sizes (streaming
+readers such as Java's ZipInputStream refuse STORED members with data descriptors). Because the
+parameter arrays are already in memory, every CRC is computed up front (one ``zlib.crc32`` pass over
+each array) and combined arithmetically (``crc32_combine``), so nothing is buffered or re-read.
+
+The layout (``layout_stored_zip``) is pure: it returns the archive as a list of ``Piece``s (header
+bytes and zero-copy views of the payload). ``write_pieces`` is the only function doing I/O. Records
+follow CPython's zipfile byte for byte (versions, attributes, zip64 rules of ``_write_end_record``),
+except that the local header carries the real CRC and sizes (no data descriptor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+# zipfile's limits and record formats (CPython Lib/zipfile.py).
+ZIP64_LIMIT = (1 << 31) - 1
+ZIP_FILECOUNT_LIMIT = (1 << 16) - 1
+_DEFAULT_VERSION = 20
+_ZIP64_VERSION = 45
+_CREATE_SYSTEM_UNIX = 3
+_UTF8_FLAG = 0x800
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_CENTRAL_DIR = struct.Struct("<4s4B4HL2L5H2L")
+_END_ARCHIVE = struct.Struct("<4s4H2LH")
+_END_ARCHIVE64 = struct.Struct("<4sQ2H2L4Q")
+_END_ARCHIVE64_LOCATOR = struct.Struct("<4sLQL")
+WRITE_CHUNK = 16 * 1024 * 1024
+DOS_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+_CRC_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (reflected), as zlib's crc32_combine computes it."""
+    m = 1 << 31
+    product = 0
+    while True:
+        if a & m:
+            product ^= b
+            if (a & (m - 1)) == 0:
+                break
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return product
+
+
+def _x2n_table() -> tuple[int, ...]:
+    table = [1 << 30]  # x^1
+    for _ in range(31):
+        table.append(_multmodp(table[-1], table[-1]))
+    return tuple(table)
+
+
+_X2N = _x2n_table()
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A+B from crc32(A), crc32(B) and len(B) (zlib's algorithm; Python does not expose it)."""
+    power = 1 << 31  # x^0
+    bits = len2
+    k = 3  # len2 bytes = len2 * 2^3 bits
+    while bits:
+        if bits & 1:
+            power = _multmodp(_X2N[k & 31], power)
+        bits >>= 1
+        k += 1
+    return _multmodp(power, crc1) ^ crc2
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of bytes to write, with its CRC-32 computed once."""
+
+    data: memoryview  # a flat byte view ("B" format, C-contiguous); large payloads are not copied
+    crc: int
+
+    @classmethod
+    def of(cls, data: bytes | bytearray | memoryview) -> Piece:
+        view = as_byte_view(data)
+        return cls(view, zlib.crc32(view))
+
+    @property
+    def size(self) -> int:
+        return self.data.nbytes
+
+
+def as_byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+    """A flat unsigned-byte view of ``data`` in memory order, without copying."""
+    view = memoryview(data)
+    if view.nbytes == 0:
+        return memoryview(b"")
+    if view.format == "B" and view.ndim == 1 and view.c_contiguous:
+        return view
+    if not view.contiguous:
+        raise ValueError("a zip payload must be a contiguous buffer")
+    if not view.c_contiguous:
+        # A Fortran-ordered buffer: its memory is one contiguous block; expose it flat via numpy
+        # (imported here so this module stays usable without it).
+        import numpy as np
+
+        flat = np.asarray(view).ravel(order="K")
+        return memoryview(flat.view(np.uint8).data)
+    return view.cast("B")
+
+
+def combined_crc(pieces: Iterable[Piece]) -> tuple[int, int]:
+    """(crc32, size) of the concatenation of ``pieces``."""
+    crc = 0
+    size = 0
+    for piece in pieces:
+        crc = crc32_combine(crc, piece.crc, piece.size)
+        size += piece.size
+    return crc, size
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One stored member: its name, content (as pieces) and the header fields SB2/numpy write."""
+
+    name: str
+    content: tuple[Piece, ...]
+    date_time: tuple[int, int, int, int, int, int] = DOS_EPOCH
+    external_attr: int = 0o600 << 16
+
+
+@dataclass(frozen=True)
+class MemberLayout:
+    """Where a member landed: offsets are relative to the start of the archive."""
+
+    name: str
+    header_offset: int
+    data_offset: int
+    size: int
+    crc: int
+
+
+@dataclass(frozen=True)
+class ZipLayout:
+    """A whole archive as pieces to write in order, plus where each member is."""
+
+    pieces: tuple[Piece, ...]
+    members: tuple[MemberLayout, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(piece.size for piece in self.pieces)
+
+    @property
+    def crc(self) -> int:
+        return combined_crc(self.pieces)[0]
+
+
+def _dos_date_time(date_time: tuple[int, int, int, int, int, int]) -> tuple[int, int]:
+    year, month, day, hour, minute, second = date_time
+    if year < 1980:
+        raise ValueError("ZIP does not support timestamps before 1980")
+    return (year - 1980) << 9 | month << 5 | day, hour << 11 | minute << 5 | second // 2
+
+
+def _encode_name(name: str) -> tuple[bytes, int]:
+    try:
+        return name.encode("ascii"), 0
+    except UnicodeEncodeError:
+        return name.encode("utf-8"), _UTF8_FLAG
+
+
+def layout_stored_zip(members: Sequence[MemberSpec]) -> ZipLayout:
+    """Lay out a ZIP_STORED archive (pure: no I/O, no copies of member content)."""
+    pieces: list[Piece] = []
+    placed: list[tuple[MemberLayout, MemberSpec, bytes, int, int]] = []
+    offset = 0
+    seen: set[str] = set()
+    for spec in members:
+        if spec.name in seen:
+            raise ValueError(f"duplicate zip member name {spec.name!r}")
+        seen.add(spec.name)
+        name_bytes, flags = _encode_name(spec.name)
+        crc, size = combined_crc(spec.content)
+        dosdate, dostime = _dos_date_time(spec.date_time)
+        # Local header: zip64 only when the size needs it (as Python 3.7's numpy/zipfile wrote).
+        extra = b""
+        header_size_field = size
+        version = _DEFAULT_VERSION
+        if size > ZIP64_LIMIT:
+            extra = struct.pack("<HHQQ", 1, 16, size, size)
+            header_size_field = 0xFFFFFFFF
+            version = _ZIP64_VERSION
+        header = _LOCAL_HEADER.pack(
+            b"PK\x03\x04",
+            version,
+            0,
+            flags,
+            0,  # ZIP_STORED
+            dostime,
+            dosdate,
+            crc,
+            header_size_field,
+            header_size_field,
+            len(name_bytes),
+            len(extra),
+        )
+        header_piece = Piece.of(header + name_bytes + extra)
+        layout = MemberLayout(
+            name=spec.name,
+            header_offset=offset,
+            data_offset=offset + header_piece.size,
+            size=size,
+            crc=crc,
+        )
+        placed.append((layout, spec, name_bytes, flags, version))
+        pieces.append(header_piece)
+        pieces.extend(spec.content)
+        offset = layout.data_offset + size
+
+    central_start = offset
+    central = bytearray()
+    for layout, spec, name_bytes, flags, local_version in placed:
+        zip64_fields: list[int] = []
+        size_field = layout.size
+        if layout.size > ZIP64_LIMIT:
+            zip64_fields += [layout.size, layout.size]
+            size_field = 0xFFFFFFFF
+        offset_field = layout.header_offset
+        if layout.header_offset > ZIP64_LIMIT:
+            zip64_fields.append(layout.header_offset)
+            offset_field = 0xFFFFFFFF
+        extra = b""
+        version = local_version
+        if zip64_fields:
+            extra = struct.pack(f"<HH{len(zip64_fields)}Q", 1, 8 * len(zip64_fields), *zip64_fields)
+            version = _ZIP64_VERSION
+        dosdate, dostime = _dos_date_time(spec.date_time)
+        central += _CENTRAL_DIR.pack(
+            b"PK\x01\x02",
+            version,
+            _CREATE_SYSTEM_UNIX,
+            version,
+            0,
+            flags,
+            0,
+            dostime,
+            dosdate,
+            layout.crc,
+            size_field,
+            size_field,
+            len(name_bytes),
+            len(extra),
+            0,  # comment length
+            0,  # disk number start
+            0,  # internal attributes
+            spec.external_attr,
+            offset_field,
+        )
+        central += name_bytes + extra
+    count = len(placed)
+    central_size = len(central)
+    end_offset = central_start + central_size
+    if count > ZIP_FILECOUNT_LIMIT or central_start > ZIP64_LIMIT or central_size > ZIP64_LIMIT:
+        central += _END_ARCHIVE64.pack(
+            b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, central_size, central_start
+        )
+        central += _END_ARCHIVE64_LOCATOR.pack(b"PK\x06\x07", 0, end_offset, 1)
+    central += _END_ARCHIVE.pack(
+        b"PK\x05\x06",
+        0,
+        0,
+        min(count, 0xFFFF),
+        min(count, 0xFFFF),
+        min(central_size, 0xFFFFFFFF),
+        min(central_start, 0xFFFFFFFF),
+        0,
+    )
+    pieces.append(Piece.of(bytes(central)))
+    return ZipLayout(tuple(pieces), tuple(layout for layout, *_ in placed))
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """How many bytes were written and their sha256."""
+
+    size: int
+    sha256: str
+
+
+def write_pieces(handle: BinaryIO, pieces: Iterable[Piece]) -> WriteResult:
+    """Write ``pieces`` in order, in bounded slices, hashing exactly what is written."""
+    digest = hashlib.sha256()
+    written = 0
+    for piece in pieces:
+        data = piece.data
+        for start in range(0, data.nbytes, WRITE_CHUNK):
+            chunk = data[start : start + WRITE_CHUNK]
+            digest.update(chunk)
+            _write_all(handle, chunk)
+            written += chunk.nbytes
+    return WriteResult(written, digest.hexdigest())
+
+
+def _write_all(handle: BinaryIO, chunk: memoryview) -> None:
+    # Raw (unbuffered) files may write less than asked; buffered ones write all or raise.
+    remaining = chunk
+    while remaining.nbytes:
+        count = handle.write(remaining)
+        if not count:  # a non-blocking raw stream that could not take anything
+            raise BlockingIOError("output stream accepted no bytes")
+        remaining = remaining[count:]

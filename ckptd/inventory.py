@@ -1,0 +1,436 @@
+"""Inventory: find a root's runs and each run's checkpoints, with cached identification and hashes.
+
+What is listed (design.md, "Retention semantics" and "Manifest"):
+
+* Runs are the directories exactly ``run_depth`` below a root (0 = the root itself). Symlinked
+  directories, dot-directories and the state dir are never entered, so nothing outside a root is seen.
+* Checkpoints are regular files below a run (any depth, same skips) whose *name* matches one of
+  ``checkpoints.patterns`` and none of ``checkpoints.ignore``; never symlinks, ckptd temp files, the
+  manifest or the root index, nor anything inside the state dir.
+* Archived legacy originals (``<state>/legacy/X.pkl``) are listed separately and attached to the zip
+  whose manifest entry says ``converted_from: X.pkl`` (or, when rebuilding without a manifest, the
+  sb2-zip ``X.zip`` beside where ``X.pkl`` was); the pair is one checkpoint.
+
+Reading is minimal: a file younger than ``stable_for`` is never opened (it is ``incomplete``), and
+format and sha256 come from the previous manifest when its entry has the same (size, mtime_ns), so a
+warm pass is stat-only. The daemon adds its own stabilizer on top of the mtime age test.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from ckptd.config import CheckpointsConfig
+from ckptd.errors import CkptdError
+from ckptd.formats import Format
+from ckptd.fsio import CHUNK_SIZE, FileIdentity, is_temp_name, open_regular_nofollow
+from ckptd.manifest import INDEX_FILENAME, ManifestEntry
+from ckptd.statedir import StateLayout
+from ckptd.timefmt import from_ns
+
+logger = logging.getLogger(__name__)
+
+# Maps a complete file to its format by content. The default is ckptd.formats.sniff.identify;
+# tests pass a counting fake to prove a warm pass reads nothing.
+Identifier = Callable[[Path], Format]
+
+# Statuses a Candidate may carry (retention skips everything but "ok").
+OK = "ok"
+INCOMPLETE = "incomplete"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run directory and where it sits under its root."""
+
+    root: Path
+    run_dir: Path
+    relpath: str  # posix, relative to the root; "." when run_depth is 0
+
+
+@dataclass(frozen=True)
+class RunScan:
+    """The runs of one root, plus directories that could not be listed (relpath, error)."""
+
+    runs: tuple[RunRef, ...]
+    errors: tuple[tuple[str, str], ...] = ()
+
+
+def find_runs(root: Path, run_depth: int, state_dir: str) -> RunScan:
+    """Every run exactly ``run_depth`` directories below ``root``, sorted by relative path.
+
+    Raises OSError when the root itself cannot be listed; an unreadable directory further down is
+    reported in ``errors`` and the scan goes on.
+    """
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: root is not a directory")
+    runs: list[RunRef] = []
+    errors: list[tuple[str, str]] = []
+    level: list[tuple[Path, str]] = [(root, ".")]
+    for _ in range(run_depth):
+        next_level: list[tuple[Path, str]] = []
+        for directory, relpath in level:
+            try:
+                names = _child_dirs(directory, state_dir)
+            except OSError as err:
+                errors.append((relpath, f"cannot list directory: {err.strerror}"))
+                continue
+            next_level.extend(
+                (directory / name, name if relpath == "." else f"{relpath}/{name}")
+                for name in names
+            )
+        level = next_level
+    runs.extend(RunRef(root, directory, relpath) for directory, relpath in level)
+    runs.sort(key=lambda run: run.relpath)
+    return RunScan(tuple(runs), tuple(errors))
+
+
+def _child_dirs(directory: Path, state_dir: str) -> list[str]:
+    with os.scandir(directory) as entries:
+        return sorted(
+            entry.name
+            for entry in entries
+            if entry.is_dir(follow_symlinks=False) and not _skipped_dir(entry.name, state_dir)
+        )
+
+
+def _skipped_dir(name: str, state_dir: str) -> bool:
+    return name.startswith(".") or name == state_dir
+
+
+@dataclass(frozen=True)
+class LegacyOriginal:
+    """An archived legacy original that belongs to a converted zip."""
+
+    path: str  # run-relative, e.g. ".ckptd/legacy/rl_model_5000_steps.pkl"
+    identity: FileIdentity
+    sha256: str | None
+    cached: ManifestEntry | None = None  # the previous manifest's entry, when still valid
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of a run as found on disk (plus its archived legacy original)."""
+
+    path: str  # run-relative, posix
+    step: int | None
+    identity: FileIdentity
+    format: Format
+    sha256: str | None  # None when incomplete or when hashing was not asked for
+    complete: bool
+    status: str  # "ok", "incomplete", "unknown", "refused", "broken"
+    legacy: LegacyOriginal | None = None
+    converted_from: str | None = None  # run-relative path of the original before archiving
+    cached: ManifestEntry | None = None  # the previous manifest's entry, when still valid
+    error: str | None = None  # why it could not be read, when it could not
+
+    @property
+    def size(self) -> int:
+        return self.identity.size
+
+    @property
+    def mtime(self) -> datetime:
+        return from_ns(self.identity.mtime_ns)
+
+    @property
+    def total_size(self) -> int:
+        """Bytes on disk counting the archived original (what retention budgets and prune frees)."""
+        return self.size + (self.legacy.identity.size if self.legacy else 0)
+
+
+@dataclass(frozen=True)
+class RunInventory:
+    """A run's checkpoints (sorted by path) and every archived original found in its state dir."""
+
+    run: RunRef
+    checkpoints: tuple[Checkpoint, ...]
+    archived: tuple[LegacyOriginal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    relpath: str
+    name: str
+    abspath: str  # a str, not a Path: building 100,000 Path objects costs more than the stats
+    identity: FileIdentity
+
+    @property
+    def path(self) -> Path:
+        return Path(self.abspath)
+
+
+class CheckpointMatcher:
+    """Name filters compiled once per config: patterns, ignore, temp names, ckptd's own files."""
+
+    def __init__(self, checkpoints: CheckpointsConfig, manifest_filename: str) -> None:
+        self._include = _compile_globs(checkpoints.patterns)
+        self._ignore = _compile_globs(checkpoints.ignore)
+        self._own = frozenset({manifest_filename, INDEX_FILENAME})
+        self._step = re.compile(checkpoints.step_pattern)
+
+    def matches(self, name: str) -> bool:
+        if name in self._own or is_temp_name(name):
+            return False
+        return bool(self._include.match(name)) and not self._ignore.match(name)
+
+    def step_of(self, name: str) -> int | None:
+        match = self._step.search(name)
+        if match is None:
+            return None
+        try:
+            return int(match.group(1))
+        except (IndexError, TypeError, ValueError):
+            return None
+
+
+def _compile_globs(globs: tuple[str, ...]) -> re.Pattern[str]:
+    if not globs:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+
+
+def _walk_files(
+    directory: str, relpath: str, skip_dir: Callable[[str], bool], wanted: Callable[[str], bool]
+) -> Iterator[_Found]:
+    """Regular files below ``directory`` whose name is ``wanted`` (never through symlinks)."""
+    with os.scandir(directory) as entries:
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if not skip_dir(name):
+                    subdirs.append((entry.path, f"{relpath}/{name}" if relpath else name))
+            elif wanted(name) and entry.is_file(follow_symlinks=False):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # vanished between listing and stat
+                child = f"{relpath}/{name}" if relpath else name
+                yield _Found(child, name, entry.path, FileIdentity.of(st))
+    for subdir, child in subdirs:
+        try:
+            yield from _walk_files(subdir, child, skip_dir, wanted)
+        except OSError as err:
+            logger.warning(
+                "%s: cannot list directory (%s); its files are not inventoried", subdir, err
+            )
+
+
+def default_identifier() -> Identifier:
+    """ckptd.formats.sniff.identify reduced to the format (imported lazily: it is optional here)."""
+    from ckptd.formats.sniff import identify
+
+    def identify_format(path: Path) -> Format:
+        return Format(identify(path).format)
+
+    return identify_format
+
+
+def hash_if_unchanged(path: Path, identity: FileIdentity) -> str | None:
+    """sha256 of ``path`` if it is still the file ``identity`` describes before and after reading.
+
+    Returns None when it changed (it is being written: treat it as incomplete). Never follows a
+    final symlink (open_regular_nofollow).
+    """
+    digest = hashlib.sha256()
+    with open_regular_nofollow(path) as handle:
+        if FileIdentity.of(os.fstat(handle.fileno())) != identity:
+            return None
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+        if FileIdentity.of(os.fstat(handle.fileno())) != identity:
+            return None
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class InventoryOptions:
+    """How a run is inventoried: names, completeness age, and whether to hash."""
+
+    matcher: CheckpointMatcher
+    state_dir: str
+    stable_for_ns: int
+    hash_files: bool
+    identify: Identifier
+
+
+def inventory_run(
+    run: RunRef,
+    options: InventoryOptions,
+    *,
+    now: datetime,
+    previous: Mapping[str, ManifestEntry],
+) -> RunInventory:
+    """List ``run``'s checkpoints and archived originals.
+
+    ``previous`` maps run-relative paths to the last manifest's entries: an entry whose (size,
+    mtime_ns) still match supplies format and sha256 without reading the file. Raises OSError when
+    the run directory itself cannot be listed.
+    """
+    layout = StateLayout(run.run_dir, options.state_dir)
+    now_ns = _to_ns(now)
+    skip = _dir_skipper(options.state_dir)
+    found = list(_walk_files(str(run.run_dir), "", skip, options.matcher.matches))
+    archived = _archived_originals(layout, options, now_ns, previous)
+    archived_by_path = {original.path: original for original in archived}
+    checkpoints = []
+    for item in found:
+        cached = _valid_cache(previous.get(item.relpath), item.identity)
+        checkpoint = _checkpoint(item, options, now_ns, cached)
+        if checkpoint is not None:
+            checkpoints.append(checkpoint)
+    linked = _link_originals(checkpoints, archived_by_path, layout, options)
+    return RunInventory(run, tuple(sorted(linked, key=lambda c: c.path)), tuple(archived))
+
+
+def _to_ns(moment: datetime) -> int:
+    whole = int(moment.timestamp())
+    return whole * 1_000_000_000 + moment.microsecond * 1000
+
+
+def _dir_skipper(state_dir: str) -> Callable[[str], bool]:
+    def skip(name: str) -> bool:
+        return _skipped_dir(name, state_dir)
+
+    return skip
+
+
+def _valid_cache(entry: ManifestEntry | None, identity: FileIdentity) -> ManifestEntry | None:
+    if entry is None or entry.size != identity.size or entry.mtime_ns != identity.mtime_ns:
+        return None
+    return entry
+
+
+def _archived_originals(
+    layout: StateLayout,
+    options: InventoryOptions,
+    now_ns: int,
+    previous: Mapping[str, ManifestEntry],
+) -> list[LegacyOriginal]:
+    prefix = layout.legacy_relpath("")
+    try:
+        found = list(_walk_files(str(layout.legacy), prefix.rstrip("/"), _never, _not_temp))
+    except FileNotFoundError:
+        return []
+    originals = []
+    for item in sorted(found, key=lambda f: f.relpath):
+        cached = _valid_cache(previous.get(item.relpath), item.identity)
+        sha256 = cached.sha256 if cached else None
+        if sha256 is None and options.hash_files:
+            sha256 = _hash_or_none(item)
+        originals.append(LegacyOriginal(item.relpath, item.identity, sha256, cached))
+    return originals
+
+
+def _never(name: str) -> bool:
+    return False
+
+
+def _not_temp(name: str) -> bool:
+    return not is_temp_name(name)
+
+
+def _hash_or_none(item: _Found) -> str | None:
+    try:
+        return hash_if_unchanged(item.path, item.identity)
+    except (OSError, CkptdError) as err:
+        logger.warning("%s: cannot hash (%s)", item.path, err)
+        return None
+
+
+def _checkpoint(
+    item: _Found, options: InventoryOptions, now_ns: int, cached: ManifestEntry | None
+) -> Checkpoint | None:
+    step = options.matcher.step_of(item.name)
+    complete = now_ns - item.identity.mtime_ns >= options.stable_for_ns
+    if not complete:
+        # Never read a file that may still be written; remember what we knew about it.
+        fmt = cached.format if cached else Format.UNKNOWN
+        return Checkpoint(
+            item.relpath, step, item.identity, fmt, None, False, INCOMPLETE, cached=cached
+        )
+    error = None
+    if cached is not None and cached.state != "pending":
+        fmt = cached.format
+    else:
+        try:
+            fmt = options.identify(item.path)
+        except FileNotFoundError:
+            return None  # vanished since the listing: it is simply not there any more
+        except (OSError, CkptdError) as err:
+            fmt, error = Format.UNKNOWN, str(err)
+    sha256 = cached.sha256 if cached else None
+    if sha256 is None and options.hash_files and error is None:
+        sha256 = _hash_or_none(item)
+        if sha256 is None:
+            return Checkpoint(item.relpath, step, item.identity, fmt, None, False, INCOMPLETE)
+    return Checkpoint(
+        item.relpath,
+        step,
+        item.identity,
+        fmt,
+        sha256,
+        True,
+        _status(fmt, cached, error),
+        converted_from=cached.converted_from if cached else None,
+        cached=cached,
+        error=error,
+    )
+
+
+def _status(fmt: Format, cached: ManifestEntry | None, error: str | None) -> str:
+    if error is not None:
+        return "broken"
+    if cached is not None and cached.state in ("refused", "broken"):
+        return cached.state
+    if fmt is Format.UNKNOWN:
+        return "unknown"
+    return OK
+
+
+def _link_originals(
+    checkpoints: list[Checkpoint],
+    archived: Mapping[str, LegacyOriginal],
+    layout: StateLayout,
+    options: InventoryOptions,
+) -> list[Checkpoint]:
+    """Attach archived originals to their zips; an in-place original (``original: keep``) that a
+    zip names as ``converted_from`` is attached too rather than listed as a checkpoint of its own."""
+    by_path = {c.path: c for c in checkpoints}
+    result: dict[str, Checkpoint] = dict(by_path)
+    for checkpoint in checkpoints:
+        source = checkpoint.converted_from
+        if source is None and checkpoint.format is Format.SB2_ZIP:
+            guess = _sibling_pickle(checkpoint.path)
+            if layout.legacy_relpath(guess) in archived:
+                source = guess  # rebuilt without a manifest: convert writes x.zip beside x.pkl
+        if source is None:
+            continue
+        original = archived.get(layout.legacy_relpath(source))
+        in_place = by_path.get(source)
+        if original is None and in_place is not None and in_place is not checkpoint:
+            original = LegacyOriginal(
+                in_place.path, in_place.identity, in_place.sha256, in_place.cached
+            )
+            result.pop(source, None)
+        result[checkpoint.path] = _with_legacy(checkpoint, source, original)
+    return list(result.values())
+
+
+def _with_legacy(
+    checkpoint: Checkpoint, source: str, original: LegacyOriginal | None
+) -> Checkpoint:
+    return replace(checkpoint, converted_from=source, legacy=original)
+
+
+def _sibling_pickle(zip_path: str) -> str:
+    stem, _, _ = zip_path.rpartition(".")
+    return f"{stem or zip_path}.pkl"

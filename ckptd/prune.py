@@ -1,0 +1,425 @@
+"""One retention pass (``ckptd prune``) and one manifest pass (``ckptd manifest``) over every run.
+
+Per run, under the run lock: previous manifest (the cache; a corrupt one is logged and rebuilt)
+→ inventory → evaluations (keep_best) → pins → ``retention.plan_run`` → (real pass only) pins
+re-read right before deleting (a changed pin set re-plans) → deletions (trash or unlink, each
+re-checked against what was judged) → trash purge → manifest (kept states with reasons, the
+removed list) → and per root, the index. A failing run is reported with its error and the other
+runs go on. A dry run writes nothing: no lock file, state dir, manifest or index is created, and
+files are not hashed (only identified) since no manifest is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from ckptd.config import Config, Policy, RootConfig
+from ckptd.deletion import Deleted, delete_checkpoints, purge_trash
+from ckptd.errors import CkptdError, FileChangedError, ManifestError, UnsafePathError
+from ckptd.fanout import map_in_order
+from ckptd.inventory import (
+    Checkpoint,
+    CheckpointMatcher,
+    Identifier,
+    InventoryOptions,
+    RunInventory,
+    RunRef,
+    default_identifier,
+    find_runs,
+    inventory_run,
+)
+from ckptd.manifest import (
+    INDEX_FILENAME,
+    IndexRun,
+    Manifest,
+    RemovedEntry,
+    RootIndex,
+    index_run,
+    load_index,
+    load_manifest,
+    write_index,
+    write_manifest,
+)
+from ckptd.prune_report import PathDecision, PruneReport, RootProblem, RunReport
+from ckptd.rebuild import build_manifest
+from ckptd.retention import Candidate, Evaluation, RunPlan, plan_run
+from ckptd.statedir import Pin, StateLayout, read_pins, run_lock
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOCK_TIMEOUT = 30.0  # seconds; the daemon holds a run's lock for one conversion at most
+
+
+class Planner(Protocol):
+    """The shape of ``retention.plan_run`` (tests wrap it to act between judging and deleting)."""
+
+    def __call__(
+        self,
+        candidates: Sequence[Candidate],
+        policy: Policy,
+        *,
+        now: datetime,
+        evaluations: Sequence[Evaluation] | None = None,
+        max_fraction: float = 1.0,
+    ) -> RunPlan: ...
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """Knobs of one pass that are not config: the content identifier, planner and lock wait."""
+
+    identify: Identifier | None = None  # None: ckptd.formats.sniff.identify
+    planner: Planner = plan_run
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    # >1 spreads runs over forked processes (ckptd.fanout): for the CLI only, never the daemon.
+    workers: int = 1
+
+
+# ---- public entry points ------------------------------------------------------------------------
+
+
+def prune_all(
+    config: Config, *, now: datetime, dry_run: bool, options: PassOptions = PassOptions()
+) -> PruneReport:
+    """One retention pass over every root of ``config``."""
+    reports = [
+        prune_root(config, root, now=now, dry_run=dry_run, options=options) for root in config.roots
+    ]
+    return PruneReport(
+        runs=tuple(run for report in reports for run in report.runs),
+        problems=tuple(problem for report in reports for problem in report.problems),
+        dry_run=dry_run,
+    )
+
+
+def prune_root(
+    config: Config,
+    root: RootConfig,
+    *,
+    now: datetime,
+    dry_run: bool,
+    options: PassOptions = PassOptions(),
+) -> PruneReport:
+    """One retention pass over the runs of one root (and, unless dry, its index)."""
+    return _pass_over_root(config, root, now=now, dry_run=dry_run, prune=True, options=options)
+
+
+def prune_run(
+    config: Config,
+    root: RootConfig,
+    run: RunRef,
+    *,
+    now: datetime,
+    dry_run: bool,
+    options: PassOptions = PassOptions(),
+) -> RunReport:
+    """One retention pass over one run; errors are returned in the report, never raised."""
+    return _guarded(config, root, run, now=now, dry_run=dry_run, prune=True, options=options)
+
+
+def write_manifests(
+    config: Config, *, now: datetime, options: PassOptions = PassOptions()
+) -> PruneReport:
+    """Write every run's manifest and every root's index now (no retention decisions are made)."""
+    reports = [
+        _pass_over_root(config, root, now=now, dry_run=False, prune=False, options=options)
+        for root in config.roots
+    ]
+    return PruneReport(
+        runs=tuple(run for report in reports for run in report.runs),
+        problems=tuple(problem for report in reports for problem in report.problems),
+    )
+
+
+# ---- one root -----------------------------------------------------------------------------------
+
+
+def _pass_over_root(
+    config: Config,
+    root: RootConfig,
+    *,
+    now: datetime,
+    dry_run: bool,
+    prune: bool,
+    options: PassOptions,
+) -> PruneReport:
+    try:
+        scan = find_runs(root.path, root.run_depth, config.state_dir)
+    except OSError as err:
+        message = f"cannot list root: {err.strerror or err}"
+        logger.error("%s: %s", root.path, message)
+        return PruneReport((), (RootProblem(root.path, message),), dry_run)
+    problems = [RootProblem(root.path / relpath, message) for relpath, message in scan.errors]
+
+    def one_run(run: RunRef) -> RunReport:
+        return _guarded(config, root, run, now=now, dry_run=dry_run, prune=prune, options=options)
+
+    runs = tuple(map_in_order(one_run, scan.runs, workers=options.workers))
+    if not dry_run:
+        try:
+            _write_root_index(config, root, runs, now)
+        except (CkptdError, OSError) as err:
+            logger.error("%s: cannot write the index: %s", root.path, err)
+            problems.append(RootProblem(root.path, f"cannot write the index: {err}"))
+    return PruneReport(runs, tuple(problems), dry_run)
+
+
+def _write_root_index(
+    config: Config, root: RootConfig, runs: Sequence[RunReport], now: datetime
+) -> None:
+    entries = []
+    filename = config.manifest.filename
+    for report in runs:
+        manifest_relpath = filename if report.run == "." else f"{report.run}/{filename}"
+        if report.manifest is not None:
+            entries.append(
+                index_run(report.manifest, run=report.run, manifest_relpath=manifest_relpath)
+            )
+        else:
+            entries.append(
+                IndexRun(report.run, manifest_relpath, 0, 0, None, None, error=report.error)
+            )
+    index = RootIndex(str(root.path), now, tuple(entries))
+    path = root.path / INDEX_FILENAME
+    try:
+        previous: RootIndex | None = load_index(path)
+    except (FileNotFoundError, ManifestError):
+        previous = None
+    if not index.same_content(previous):
+        write_index(path, index)
+
+
+# ---- one run ------------------------------------------------------------------------------------
+
+
+def _guarded(
+    config: Config,
+    root: RootConfig,
+    run: RunRef,
+    *,
+    now: datetime,
+    dry_run: bool,
+    prune: bool,
+    options: PassOptions,
+) -> RunReport:
+    try:
+        return _process_run(
+            config, root, run, now=now, dry_run=dry_run, prune=prune, options=options
+        )
+    except (CkptdError, OSError) as err:
+        # One line naming the run; the other runs go on (design.md, "Reliability rules").
+        logger.error("run %s: %s", run.run_dir, err)
+        return RunReport(root.path, run.relpath, error=str(err))
+
+
+def _process_run(
+    config: Config,
+    root: RootConfig,
+    run: RunRef,
+    *,
+    now: datetime,
+    dry_run: bool,
+    prune: bool,
+    options: PassOptions,
+) -> RunReport:
+    layout = StateLayout(run.run_dir, config.state_dir)
+    policy = config.policy_for(root)
+    manifest_path = run.run_dir / config.manifest.filename
+    inventory_options = InventoryOptions(
+        matcher=CheckpointMatcher(config.checkpoints, config.manifest.filename),
+        state_dir=config.state_dir,
+        stable_for_ns=int(config.checkpoints.stable_for.total_seconds() * 1_000_000_000),
+        hash_files=not dry_run,
+        identify=options.identify or default_identifier(),
+    )
+    with run_lock(layout, timeout=options.lock_timeout, shared=dry_run, create=not dry_run):
+        previous = _load_previous(manifest_path)
+        inventory = inventory_run(
+            run, inventory_options, now=now, previous=previous.by_path() if previous else {}
+        )
+        if not prune:
+            manifest = build_manifest(
+                inventory, run=run.relpath, policy=root.policy, now=now, previous=previous
+            )
+            written = _write_if_changed(manifest_path, manifest, previous)
+            return RunReport(root.path, run.relpath, manifest_written=written, manifest=manifest)
+        evaluations = _evaluations(run.run_dir, policy)
+        pins = read_pins(layout)
+        plan = _plan(options.planner, inventory, pins, policy, config, now, evaluations)
+        if dry_run:
+            return _report(root.path, run.relpath, plan)
+        fresh_pins = read_pins(layout)  # the user may have pinned something while we judged
+        if fresh_pins != pins:
+            logger.info("run %s: pins changed during the pass; planning again", run.run_dir)
+            plan = _plan(options.planner, inventory, fresh_pins, policy, config, now, evaluations)
+        return _apply(config, root, run, layout, inventory, plan, previous, now)
+
+
+def _load_previous(manifest_path: Path) -> Manifest | None:
+    try:
+        return load_manifest(manifest_path)
+    except FileNotFoundError:
+        return None
+    except ManifestError as err:
+        logger.error("%s; rebuilding it from the files", err)
+        return None
+
+
+def _evaluations(run_dir: Path, policy: Policy) -> list[Evaluation] | None:
+    if policy.keep_best is None:
+        return None
+    # Imported here: it needs numpy, which a pass without keep_best should not pay for.
+    from ckptd.evaluations import load_evaluations
+
+    return load_evaluations(run_dir, policy.keep_best)
+
+
+def _pin_for(checkpoint: Checkpoint, pins: Mapping[str, Pin]) -> str | None:
+    # A pin on the zip, on the pickle it was converted from, or on the archived copy all hold.
+    for path in (
+        checkpoint.path,
+        checkpoint.converted_from,
+        checkpoint.legacy and checkpoint.legacy.path,
+    ):
+        if path and path in pins:
+            return pins[path].reason
+    return None
+
+
+def candidates_of(inventory: RunInventory, pins: Mapping[str, Pin]) -> list[Candidate]:
+    """Retention's view of a run's checkpoints (an archived original's size counts toward its zip)."""
+    return [
+        Candidate(
+            path=checkpoint.path,
+            step=checkpoint.step,
+            mtime=checkpoint.mtime,
+            size=checkpoint.total_size,
+            complete=checkpoint.complete,
+            status=checkpoint.status,
+            pinned=_pin_for(checkpoint, pins),
+        )
+        for checkpoint in inventory.checkpoints
+    ]
+
+
+def _plan(
+    planner: Planner,
+    inventory: RunInventory,
+    pins: Mapping[str, Pin],
+    policy: Policy,
+    config: Config,
+    now: datetime,
+    evaluations: Sequence[Evaluation] | None,
+) -> RunPlan:
+    return planner(
+        candidates_of(inventory, pins),
+        policy,
+        now=now,
+        evaluations=evaluations,
+        max_fraction=config.delete.max_fraction,
+    )
+
+
+def _report(root: Path, run: str, plan: RunPlan) -> RunReport:
+    decisions = tuple(PathDecision(d.path, d.action, d.reasons) for d in plan.decisions)
+    return RunReport(root, run, decisions, plan.guard, plan.notes)
+
+
+def _skip_reason(err: BaseException) -> str:
+    if isinstance(err, FileChangedError):
+        return "skip: changed since judged"
+    if isinstance(err, UnsafePathError):
+        return "skip: unsafe path"
+    if isinstance(err, FileNotFoundError):
+        return "skip: vanished"
+    return f"skip: {getattr(err, 'strerror', None) or err}"
+
+
+def _apply(
+    config: Config,
+    root: RootConfig,
+    run: RunRef,
+    layout: StateLayout,
+    inventory: RunInventory,
+    plan: RunPlan,
+    previous: Manifest | None,
+    now: datetime,
+) -> RunReport:
+    by_path = {checkpoint.path: checkpoint for checkpoint in inventory.checkpoints}
+    doomed = [by_path[d.path] for d in plan.decisions if d.action == "delete"]
+    outcomes = dict(
+        zip(
+            (c.path for c in doomed),
+            delete_checkpoints(layout, doomed, mode=config.delete.mode, now=now),
+            strict=True,
+        )
+    )
+    decisions = []
+    deleted: list[Deleted] = []
+    removed: list[RemovedEntry] = []
+    for decision in plan.decisions:
+        outcome = outcomes.get(decision.path)
+        if isinstance(outcome, Deleted):
+            deleted.append(outcome)
+            removed.append(_removed_entry(by_path[decision.path], outcome, decision.reasons, now))
+            decisions.append(PathDecision(decision.path, "delete", decision.reasons))
+        elif outcome is not None:
+            decisions.append(
+                PathDecision(decision.path, "skip", (_skip_reason(outcome), *decision.reasons))
+            )
+        else:
+            decisions.append(PathDecision(decision.path, decision.action, decision.reasons))
+    purge = purge_trash(layout, config.delete.trash_ttl, now)
+    gone = {d.path for d in deleted} | {d.legacy_path for d in deleted if d.legacy_path}
+    manifest = build_manifest(
+        inventory,
+        run=run.relpath,
+        policy=root.policy,
+        now=now,
+        previous=previous,
+        reasons={d.path: d.reasons for d in decisions},
+        gone=gone,
+        removed=removed,
+    )
+    written = _write_if_changed(run.run_dir / config.manifest.filename, manifest, previous)
+    return RunReport(
+        root.path,
+        run.relpath,
+        tuple(decisions),
+        plan.guard,
+        plan.notes,
+        tuple(deleted),
+        sum(d.bytes for d in deleted),
+        purge.removed,
+        purge.bytes,
+        written,
+        manifest=manifest,
+    )
+
+
+def _removed_entry(
+    checkpoint: Checkpoint, deleted: Deleted, reasons: tuple[str, ...], now: datetime
+) -> RemovedEntry:
+    return RemovedEntry(
+        path=checkpoint.path,
+        sha256=checkpoint.sha256,
+        removed_at=now,
+        reasons=reasons,
+        trash=deleted.trash,
+        converted_from=deleted.legacy_path,
+        converted_from_sha256=checkpoint.legacy.sha256 if checkpoint.legacy else None,
+        converted_from_trash=deleted.legacy_trash,
+    )
+
+
+def _write_if_changed(path: Path, manifest: Manifest, previous: Manifest | None) -> bool:
+    # Rewriting an unchanged manifest every minute would only churn the disk and the watchers.
+    if manifest.same_content(previous):
+        return False
+    write_manifest(path, manifest)
+    return True

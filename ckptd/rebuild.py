@@ -1,0 +1,121 @@
+"""Rebuild a run's manifest from its inventory, carrying over what the previous manifest knew (pure).
+
+Used by prune (with the pass's decisions as reasons and the removals it made) and by
+``ckptd manifest``. An entry whose file is unchanged keeps the state and conversion details the
+daemon recorded; a new complete file is ``kept`` (``broken`` when it could not be read), an
+incomplete one ``pending``; archived originals are listed as ``converted``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from ckptd.formats import Format
+from ckptd.inventory import Checkpoint, LegacyOriginal, RunInventory
+from ckptd.manifest import Manifest, ManifestEntry, ManifestState, RemovedEntry, add_removed
+from ckptd.timefmt import from_ns
+
+
+def build_manifest(
+    inventory: RunInventory,
+    *,
+    run: str,
+    policy: str,
+    now: datetime,
+    previous: Manifest | None,
+    reasons: Mapping[str, tuple[str, ...]] | None = None,
+    gone: frozenset[str] | set[str] = frozenset(),
+    removed: Sequence[RemovedEntry] = (),
+) -> Manifest:
+    """The run's manifest from what is on disk, carrying over what the previous one knew.
+
+    An entry whose file is unchanged keeps its state and conversion details (set by the daemon);
+    ``reasons`` (a prune's decisions) replace the stored reasons; paths in ``gone`` were just
+    deleted and are left out; ``removed`` is appended to the previous removed list.
+    """
+    entries = [
+        _checkpoint_entry(checkpoint, reasons.get(checkpoint.path) if reasons is not None else None)
+        for checkpoint in inventory.checkpoints
+        if checkpoint.path not in gone
+    ]
+    originals: dict[str, LegacyOriginal] = {
+        original.path: original for original in inventory.archived
+    }
+    for checkpoint in inventory.checkpoints:
+        if checkpoint.legacy is not None:
+            originals.setdefault(checkpoint.legacy.path, checkpoint.legacy)
+    entries.extend(
+        _original_entry(original) for path, original in originals.items() if path not in gone
+    )
+    base = previous or Manifest(run=run, generated_at=now, policy=policy)
+    manifest = dataclasses.replace(
+        base,
+        run=run,
+        generated_at=now,
+        policy=policy,
+        checkpoints=tuple(sorted(entries, key=lambda e: e.path)),
+    )
+    return add_removed(manifest, removed) if removed else manifest
+
+
+def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -> ManifestEntry:
+    cached = checkpoint.cached
+    state: ManifestState
+    if not checkpoint.complete:
+        state = "pending"
+    elif cached is not None and cached.state != "pending":
+        state = cached.state
+    elif checkpoint.error is not None:
+        state = "broken"
+    else:
+        state = "kept"
+    base = cached or ManifestEntry(
+        path=checkpoint.path,
+        step=checkpoint.step,
+        size=checkpoint.size,
+        mtime=checkpoint.mtime,
+        sha256=None,
+        format=checkpoint.format,
+        state=state,
+    )
+    return dataclasses.replace(
+        base,
+        path=checkpoint.path,
+        step=checkpoint.step,
+        size=checkpoint.size,
+        mtime=checkpoint.mtime,
+        mtime_ns=checkpoint.identity.mtime_ns,
+        sha256=checkpoint.sha256,
+        format=checkpoint.format,
+        state=state,
+        reasons=reasons if reasons is not None else base.reasons,
+        converted_from=checkpoint.converted_from,
+        error=checkpoint.error if state == "broken" and checkpoint.error else base.error,
+    )
+
+
+def _original_entry(original: LegacyOriginal) -> ManifestEntry:
+    cached = original.cached
+    base = cached or ManifestEntry(
+        path=original.path,
+        step=None,
+        size=original.identity.size,
+        mtime=_mtime(original),
+        sha256=None,
+        format=Format.SB2_PICKLE,  # only sb2 pickles are converted and archived
+        state="converted",
+    )
+    return dataclasses.replace(
+        base,
+        size=original.identity.size,
+        mtime=_mtime(original),
+        mtime_ns=original.identity.mtime_ns,
+        sha256=original.sha256,
+        state="converted",
+    )
+
+
+def _mtime(original: LegacyOriginal) -> datetime:
+    return from_ns(original.identity.mtime_ns)

@@ -1,0 +1,31 @@
+"""ISO 8601 UTC timestamps as ckptd writes them in manifests, indexes and state files (``...Z``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def format_utc(moment: datetime) -> str:
+    """``2026-11-23T20:00:00Z``; microseconds only when the moment has them. Naive input is refused."""
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: ckptd only handles aware UTC times")
+    moment = moment.astimezone(UTC)
+    spec = "microseconds" if moment.microsecond else "seconds"
+    return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def parse_utc(text: str) -> datetime:
+    """Parse a timestamp written by :func:`format_utc` (or any ISO 8601 text with an offset).
+
+    Raises ValueError for junk or for a time without an offset (it would be ambiguous).
+    """
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no time zone")
+    return moment.astimezone(UTC)
+
+
+def from_ns(nanoseconds: int) -> datetime:
+    """An aware UTC datetime from ``st_mtime_ns`` (microsecond precision, as datetime allows)."""
+    seconds, remainder = divmod(nanoseconds, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=remainder // 1000)

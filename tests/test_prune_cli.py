@@ -1,0 +1,153 @@
+"""``ckptd prune`` and ``ckptd manifest`` through the real CLI entry point, in-process and once as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ckptd.cli import ExitStatus, main
+
+# Checkpoints are dated relative to the real clock: the CLI reads it (only the CLI and daemon do).
+NOW = datetime.now(UTC)
+
+
+def make_zip(path: Path, age: timedelta) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data", "{}")
+        archive.writestr("parameters", b"x" * 100)
+        archive.writestr("parameter_list", "[]")
+    ns = int((NOW - age).timestamp()) * 1_000_000_000
+    os.utime(path, ns=(ns, ns))
+    return path
+
+
+def make_tree(tmp_path: Path) -> Path:
+    """Two runs of 6 hourly checkpoints and a config keeping the last 2 of each."""
+    for run in ("alpha", "beta"):
+        for i in range(6):
+            make_zip(
+                tmp_path / "runs" / run / f"rl_model_{i * 1000}_steps.zip", timedelta(hours=6 - i)
+            )
+    config = tmp_path / "ckptd.yaml"
+    config.write_text(
+        "version: 1\n"
+        "roots:\n"
+        "  - path: ./runs\n"
+        "policies:\n"
+        "  default:\n"
+        "    keep_last: 2\n"
+        "delete:\n"
+        "  max_fraction: 1.0\n"
+    )
+    return config
+
+
+def snapshot(directory: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p), p.lstat().st_size, p.lstat().st_mtime_ns) for p in directory.rglob("*"))
+
+
+def test_prune_json_dry_run_prints_the_contract_shape_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_tree(tmp_path)
+    before = snapshot(tmp_path)
+    assert main(["prune", "-c", str(config), "--dry-run", "--json"]) == ExitStatus.OK
+    assert snapshot(tmp_path) == before
+    document = json.loads(capsys.readouterr().out)
+    assert [run["run"] for run in document["runs"]] == ["alpha", "beta"]
+    for run in document["runs"]:
+        assert len(run["decisions"]) == 6
+        for decision in run["decisions"]:
+            assert set(decision) == {"path", "action", "reasons"}
+            assert decision["action"] in ("keep", "delete", "skip") and decision["reasons"]
+    alpha = {d["path"]: d for d in document["runs"][0]["decisions"]}
+    assert alpha["rl_model_5000_steps.zip"] == {
+        "path": "rl_model_5000_steps.zip",
+        "action": "keep",
+        "reasons": ["keep_last #1", "newest"],
+    }
+    assert alpha["rl_model_0_steps.zip"]["action"] == "delete"
+
+
+def test_prune_text_output_is_a_table_per_run_with_a_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_tree(tmp_path)
+    assert main(["prune", "-c", str(config)]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert "rl_model_0_steps.zip" in out and "no rule keeps it" in out and "keep_last #1" in out
+    assert out.count("kept 2, deleted 4, skipped 0, freed") == 2
+    assert not (tmp_path / "runs" / "alpha" / "rl_model_0_steps.zip").exists()
+    assert (tmp_path / "runs" / "alpha" / ".ckptd" / "trash" / "rl_model_0_steps.zip").exists()
+
+
+def test_prune_exits_1_when_a_run_fails_and_names_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_tree(tmp_path)
+    pins = tmp_path / "runs" / "beta" / ".ckptd" / "pins.json"
+    pins.parent.mkdir()
+    pins.write_text("{broken")
+    assert main(["prune", "-c", str(config), "--json"]) == ExitStatus.FAILED
+    runs = {run["run"]: run for run in json.loads(capsys.readouterr().out)["runs"]}
+    assert runs["beta"]["error"].startswith(f"{pins}: pins file is not valid JSON")
+    assert "error" not in runs["alpha"]
+    assert (tmp_path / "runs" / "beta" / "rl_model_0_steps.zip").exists()
+
+
+def test_prune_with_a_bad_config_exits_2_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("version: 1\nroots: []\nbogus: 3\n")
+    assert main(["prune", "-c", str(config)]) == ExitStatus.USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert str(config) in captured.err and "Traceback" not in captured.err
+
+
+def test_manifest_writes_every_manifest_and_prints_one_line_per_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_tree(tmp_path)
+    assert main(["manifest", "-c", str(config)]) == ExitStatus.OK
+    root = (tmp_path / "runs").resolve()
+    assert capsys.readouterr().out.splitlines() == [
+        f"{root}: 2 runs, 12 checkpoints, {_size(root)}, 2 manifests written (0 unchanged), 0 failed"
+    ]
+    for run in ("alpha", "beta"):
+        document = json.loads((tmp_path / "runs" / run / "ckptd-manifest.json").read_text())
+        assert len(document["checkpoints"]) == 6
+    assert (
+        json.loads((tmp_path / "runs" / "ckptd-index.json").read_text())["schema"]
+        == "ckptd.index/1"
+    )
+    assert main(["manifest", "-c", str(config)]) == ExitStatus.OK
+    assert "0 manifests written (2 unchanged)" in capsys.readouterr().out
+
+
+def _size(root: Path) -> str:
+    from ckptd.cli.prune_cmds import human_size
+
+    return human_size(sum(p.stat().st_size for p in root.rglob("*.zip")))
+
+
+def test_prune_dry_run_json_as_a_real_process(tmp_path: Path) -> None:
+    config = make_tree(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckptd", "prune", "-c", str(config), "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["runs"]) == 2
