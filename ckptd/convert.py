@@ -72,8 +72,13 @@ def convert_file(
     state_dir: str = ".ckptd",
     allow_code: bool = True,
     param_names: Sequence[str] | None = None,
+    archive_path: Path | None = None,
 ) -> ConversionOutcome:
     """Convert ``source`` (a legacy SB2 pickle) to an SB2 zip; an existing valid SB2 zip is verified.
+
+    With ``original="archive"`` the source moves to ``archive_path`` when given (the daemon passes
+    the run's ``<state_dir>/legacy/<relative path>``), else to ``<state_dir>/legacy/`` beside it;
+    an archived name that is taken gets a numeric suffix, never an overwrite.
 
     Raises UnsafeCheckpoint (refused: the file references code outside the allowlist),
     FormatError (broken or not a stable-baselines checkpoint), ConversionError, VerifyError or
@@ -118,7 +123,9 @@ def convert_file(
     else:
         output_sha256, output_size = _write_verified(target, checkpoint, data_json)
 
-    outcome_original, archived_to = _dispose_original(source, before, original, state_dir)
+    if original == "archive" and archive_path is None:
+        archive_path = source.parent / state_dir / "legacy" / source.name
+    outcome_original, archived_to = _dispose_original(source, before, original, archive_path)
     policy = _policy_global(checkpoint)
     algorithm = guess_algorithm(list(checkpoint.data), policy)
     version = guess_sb2_version(
@@ -220,7 +227,7 @@ def _sha256_stream(handle: IO[bytes]) -> str:
 
 
 def _dispose_original(
-    source: Path, judged: fsio.FileIdentity, action: OriginalAction, state_dir: str
+    source: Path, judged: fsio.FileIdentity, action: OriginalAction, archive_path: Path | None
 ) -> tuple[Literal["kept", "archived", "deleted"], Path | None]:
     if action == "keep":
         return "kept", None
@@ -230,9 +237,10 @@ def _dispose_original(
             "changed after it was converted; the original was left in place", path=str(source)
         )
     if action == "archive":
-        archive_dir = source.parent / state_dir / "legacy"
-        archive_dir.mkdir(parents=True, exist_ok=True)
-        destination = fsio.unique_destination(archive_dir, source.name)
+        if archive_path is None:  # convert_file always sets it; never fall through to delete
+            raise ConversionError("no archive location for the original", path=str(source))
+        archive_path.parent.mkdir(parents=True, exist_ok=True)
+        destination = fsio.unique_destination(archive_path.parent, archive_path.name)
         fsio.durable_move(source, destination)
         return "archived", destination
     os.unlink(source)
