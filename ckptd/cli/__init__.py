@@ -26,7 +26,7 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; each command module adds its own subcommands."""
     # Imported here, not at module load, so `import ckptd.cli` stays cheap and side-effect free.
-    from ckptd.cli import config_cmd, convert_cmds, ops_cmds, prune_cmds, run_cmd
+    from ckptd.cli import config_cmd, convert_cmds, inspect_cmds, ops_cmds, prune_cmds, run_cmd
 
     parser = argparse.ArgumentParser(
         prog="ckptd",
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ckptd {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run_cmd, convert_cmds, prune_cmds, config_cmd, ops_cmds):
+    for module in (run_cmd, convert_cmds, inspect_cmds, prune_cmds, config_cmd, ops_cmds):
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,191 @@
+"""Measure the running daemon: a 10,000-file burst, idle CPU on inotify, event-to-manifest latency.
+
+Usage (from the checkout): ``.venv/bin/python benchmarks/daemon.py [--files 10000] [--runs 10]``
+
+Starts ``python -m ckptd run`` on a temporary root (``stable_for: 1s``, inotify, no prune) and prints:
+
+* burst: N small SB3 zips written as fast as possible across R runs; time from the first write until
+  every file is recorded in its run's manifest, how many were missed, the daemon's peak RSS (VmHWM);
+* idle: the daemon's CPU time over 10 s with nothing happening (utime+stime from /proc/<pid>/stat);
+* latency: for single files (a legacy pickle that gets converted, and a zip that is verified), the
+  time from the writer's close() to the entry appearing in the manifest (the target is stable_for+1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins  # noqa: E402
+from tests.sb2zip_helpers import make_sb3_zip  # noqa: E402
+
+STABLE_FOR = 1.0
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def write_config(path: Path, root: Path) -> None:
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
+                "checkpoints": {"stable_for": f"{STABLE_FOR:g}s"},
+                "schedule": {"prune": None, "manifest": None, "rescan": "1h"},
+                "log": {"level": "warning"},
+            }
+        )
+    )
+
+
+def recorded(run: Path) -> set[str]:
+    try:
+        data = json.loads((run / "ckptd-manifest.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return set()
+    return {entry["path"] for entry in data["checkpoints"]}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND  # utime, stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_ready(proc: subprocess.Popen[bytes], runs_root: Path, timeout: float = 30.0) -> None:
+    # The benchmark does not play systemd; the index-free way to know it is up: a probe file.
+    probe_run = runs_root / "probe"
+    probe_run.mkdir()
+    make_sb3_zip(probe_run / "probe.zip")
+    deadline = time.monotonic() + timeout
+    while "probe.zip" not in recorded(probe_run):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("daemon did not come up")
+        time.sleep(0.05)
+
+
+def burst(runs_root: Path, files: int, runs: int, template: bytes) -> tuple[float, int]:
+    run_dirs = [runs_root / f"run-{index:03d}" for index in range(runs)]
+    for run in run_dirs:
+        run.mkdir()
+    expected: dict[Path, set[str]] = {run: set() for run in run_dirs}
+    started = time.monotonic()
+    for index in range(files):
+        run = run_dirs[index % runs]
+        name = f"model_{index}_steps.zip"
+        (run / name).write_bytes(template)
+        expected[run].add(name)
+    written = time.monotonic() - started
+    print(f"burst: wrote {files} files ({len(template)} bytes each) in {written:.2f}s")
+    deadline = time.monotonic() + 600
+    missing = files
+    while time.monotonic() < deadline:
+        missing = sum(len(names - recorded(run)) for run, names in expected.items())
+        if missing == 0:
+            break
+        time.sleep(0.25)
+    return time.monotonic() - started, missing
+
+
+def latency(runs_root: Path, data: bytes, name: str, recorded_name: str) -> float:
+    run = runs_root / "latency"
+    run.mkdir(exist_ok=True)
+    with (run / name).open("wb") as handle:
+        handle.write(data)
+    closed = time.monotonic()
+    while recorded_name not in recorded(run):
+        if time.monotonic() - closed > 30:
+            return float("inf")
+        time.sleep(0.005)
+    return time.monotonic() - closed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ckptd-bench-") as tmp:
+        base = Path(tmp)
+        runs_root = base / "runs"
+        runs_root.mkdir()
+        config = base / "ckptd.yaml"
+        write_config(config, runs_root)
+        make_sb3_zip(base / "template.zip")
+        template = (base / "template.zip").read_bytes()
+        with stand_ins():
+            legacy = make_ppo2_checkpoint(base / "legacy.pkl").read_bytes()
+        log = (base / "daemon.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ckptd", "run", "-c", str(config)],
+            stderr=log,
+            cwd=REPO,
+        )
+        try:
+            wait_ready(proc, runs_root)
+            elapsed, missing = burst(runs_root, args.files, args.runs, template)
+            print(
+                f"burst: {args.files - missing}/{args.files} recorded in manifests "
+                f"{elapsed:.2f}s after the first write; missed {missing}; "
+                f"daemon peak RSS {peak_rss_mib(proc.pid):.1f} MiB"
+            )
+            time.sleep(2)  # let the tail of the burst settle
+            before = cpu_seconds(proc.pid)
+            time.sleep(10)
+            idle = cpu_seconds(proc.pid) - before
+            print(f"idle: {idle:.3f} s CPU over 10 s ({idle / 10 * 100:.2f}% of a core)")
+            for label, data, suffix, recorded_suffix in (
+                ("legacy pickle (converted)", legacy, ".pkl", ".zip"),
+                ("zip (verified)", template, ".zip", ".zip"),
+            ):
+                samples = [
+                    latency(
+                        runs_root,
+                        data,
+                        f"{label[:3]}_{i}{suffix}",
+                        f"{label[:3]}_{i}{recorded_suffix}",
+                    )
+                    for i in range(args.samples)
+                ]
+                print(
+                    f"latency {label}: close -> manifest median {statistics.median(samples):.2f}s, "
+                    f"max {max(samples):.2f}s (stable_for {STABLE_FOR:g}s; target <= {STABLE_FOR + 1:g}s)"
+                )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            log.close()
+            print(f"daemon exit status {code}")
+            errors = [
+                line
+                for line in (base / "daemon.log").read_text().splitlines()
+                if " ERROR " in line or "Traceback" in line
+            ]
+            print(f"daemon log: {len(errors)} error lines")
+            for line in errors[:5]:
+                print("  " + line)
+
+
+if __name__ == "__main__":
+    main()
