@@ -69,7 +69,9 @@ class LegacyCheckpoint:
     def carries_code(self) -> tuple[str, ...]:
         """The ``data`` keys whose values hold code (schedules, lambdas)."""
         return tuple(
-            key for key, value in self.data.items() if isinstance(value, OpaqueValue) and value.carries_code
+            key
+            for key, value in self.data.items()
+            if isinstance(value, OpaqueValue) and value.carries_code
         )
 
     @property
