@@ -29,7 +29,7 @@ from ckptd.formats.legacy import read_legacy_file
 from ckptd.formats.model import LegacyCheckpoint, OpaqueValue
 from ckptd.formats.npy import read_npy_header
 from ckptd.formats.sb2meta import guess_algorithm, guess_sb2_version
-from ckptd.formats.sb2zip import encode_data_json, verify_zip, write_sb2_zip
+from ckptd.formats.sb2zip import encode_data_json, verify_zip, write_checked_sb2_zip
 from ckptd.formats.sniff import identify
 
 logger = logging.getLogger(__name__)
@@ -108,11 +108,10 @@ def convert_file(
             "changed while it was being read; will retry when it is stable", path=str(source)
         )
 
-    data_json = encode_data_json(checkpoint.data)
     status: Status = "converted"
     if target.exists() or target.is_symlink():
         try:
-            _check_zip_matches(target, checkpoint, data_json)
+            _check_zip_matches(target, checkpoint, encode_data_json(checkpoint.data))
         except (FormatError, OSError) as err:
             raise ConversionError(
                 f"{target.name} already exists and is not this checkpoint's conversion ({err}); not overwriting",
@@ -121,7 +120,9 @@ def convert_file(
         status = "already-converted"
         output_sha256, output_size = fsio.sha256_file(target)
     else:
-        output_sha256, output_size = _write_verified(target, checkpoint, data_json)
+        # Written to a temp file, re-read and verified byte for byte, and only then renamed.
+        report = write_checked_sb2_zip(target, checkpoint.data, checkpoint.params)
+        output_sha256, output_size = report.sha256, report.size
 
     if original == "archive" and archive_path is None:
         archive_path = source.parent / state_dir / "legacy" / source.name
@@ -171,23 +172,12 @@ def _already_zip(source: Path) -> ConversionOutcome:
     )
 
 
-def _write_verified(
-    target: Path, checkpoint: LegacyCheckpoint, data_json: bytes
-) -> tuple[str, int]:
-    """Write the zip through a temp file, verify the temp file, then rename it into place."""
-
-    def verify(temp: Path) -> None:
-        _check_zip_matches(temp, checkpoint, data_json)
-
-    with fsio.atomic_write(target, before_replace=verify) as handle:
-        # The writer makes one linear pass and hashes the exact bytes it writes; verification
-        # then re-reads the file from disk, so the digest describes what a later scrub will find.
-        report = write_sb2_zip(handle, checkpoint.data, checkpoint.params)
-    return report.sha256, report.size
-
-
 def _check_zip_matches(path: Path, checkpoint: LegacyCheckpoint, data_json: bytes) -> None:
-    """Re-read a written zip and prove it holds exactly this checkpoint; raises VerifyError if not."""
+    """Prove an existing zip holds exactly this checkpoint (a rerun after a crash); VerifyError if not.
+
+    Independent of the writer's layout: full verification, then members, JSON and every array's
+    npy header and bytes compared with the source.
+    """
     report = verify_zip(path)
     if not report.ok:
         raise VerifyError("; ".join(report.problems), path=str(path))

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -19,6 +21,7 @@ from ckptd import fsio
 from ckptd.cli import main
 from ckptd.convert import convert_file
 from ckptd.errors import ConversionError, FormatError, UnsafeCheckpoint, VerifyError
+from ckptd.formats.storedzip import Piece, WriteResult
 from ckptd.formats.verify import verify_zip
 from tests.sb2_fixtures import dumps, make_ppo2_checkpoint, stand_ins
 
@@ -210,16 +213,38 @@ def test_write_failure_leaves_no_file_under_the_checkpoint_name(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Disk full mid-write: the original is untouched and no partial zip or temp file remains."""
-    import ckptd.convert as convert_module
+    import ckptd.formats.sb2zip as sb2zip
 
-    def full_disk(handle: object, *args: object, **kwargs: object) -> None:
-        handle.write(b"PK\x03\x04 partial")  # type: ignore[attr-defined]
+    def full_disk(handle: BinaryIO, pieces: object) -> None:
+        handle.write(b"PK\x03\x04 partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(convert_module, "write_sb2_zip", full_disk)
+    monkeypatch.setattr(sb2zip, "write_pieces", full_disk)
     source = run_dir / "rl_model_dqn_1000_steps.pkl"
     before = listing(run_dir)
     with pytest.raises(OSError, match="No space"):
+        convert_file(source, original="delete")
+    assert listing(run_dir) == before
+
+
+def test_bytes_damaged_on_disk_before_the_rename_are_caught(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verification re-reads the temp file: a byte that differs on disk stops the rename."""
+    import ckptd.formats.sb2zip as sb2zip
+
+    real_write = sb2zip.write_pieces
+
+    def write_then_corrupt(handle: BinaryIO, pieces: Sequence[Piece]) -> WriteResult:
+        result = real_write(handle, pieces)
+        handle.flush()
+        os.pwrite(handle.fileno(), b"\xff", result.size // 2)  # bit rot between write and re-read
+        return result
+
+    monkeypatch.setattr(sb2zip, "write_pieces", write_then_corrupt)
+    source = run_dir / "rl_model_ppo2_1000_steps.pkl"
+    before = listing(run_dir)
+    with pytest.raises(VerifyError, match="differ"):
         convert_file(source, original="delete")
     assert listing(run_dir) == before
 

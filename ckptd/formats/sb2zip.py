@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ckptd.errors import ConversionError, FormatError
+from ckptd.errors import ConversionError, FormatError, VerifyError
 from ckptd.formats import Format
 from ckptd.formats.datajson import DataAnalysis, DataEntry, encode_data_json
 from ckptd.formats.model import DataValue, ParamArray
@@ -33,6 +33,7 @@ from ckptd.formats.storedzip import (
     Piece,
     ZipLayout,
     as_byte_view,
+    compare_file_with_pieces,
     layout_stored_zip,
     write_pieces,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "encode_parameter_list",
     "read_sb2_zip",
     "verify_zip",
+    "write_checked_sb2_zip",
     "write_sb2_zip",
     "write_sb2_zip_file",
 ]
@@ -170,6 +172,48 @@ def write_sb2_zip_file(
     """``write_sb2_zip`` into ``dest`` atomically (temp file, fsync, rename, fsync dir)."""
     with atomic_write(dest, mode=mode) as handle:
         return write_sb2_zip(handle, data, params, date_time=date_time)
+
+
+def write_checked_sb2_zip(
+    dest: Path,
+    data: Mapping[str, DataValue],
+    params: Sequence[ParamArray],
+    *,
+    date_time: DateTime | None = None,
+    mode: int = 0o644,
+) -> ZipWriteReport:
+    """Write ``dest`` atomically and verify it before it gets its name.
+
+    After the temp file is written and fsynced it is re-read from disk and must be byte-identical
+    to the layout (headers, CRCs, every array byte: one streamed compare, no second CRC or hash
+    pass) and its central directory must list exactly the three members where the layout put them.
+    Only then is it renamed to ``dest``; on any mismatch ``dest`` is untouched and VerifyError raised.
+    """
+    import zipfile
+
+    stamp = as_stored(date_time or local_now())
+    outer, npz, data_bytes, list_bytes = build_sb2_layout(data, params, date_time=stamp)
+
+    def check(temp: Path) -> None:
+        compare_file_with_pieces(temp, outer.pieces)
+        with zipfile.ZipFile(temp) as archive:
+            found = [(i.filename, i.header_offset, i.file_size, i.CRC) for i in archive.infolist()]
+        expected = [(m.name, m.header_offset, m.size, m.crc) for m in outer.members]
+        if found != expected:
+            raise VerifyError(f"central directory {found} differs from the layout", path=str(temp))
+
+    with atomic_write(dest, mode=mode, before_replace=check) as handle:
+        written = write_pieces(handle, outer.pieces)
+    return ZipWriteReport(
+        size=written.size,
+        sha256=written.sha256,
+        data_bytes=len(data_bytes),
+        parameters_bytes=npz.size,
+        parameter_list_bytes=len(list_bytes),
+        params_count=len(params),
+        params_bytes=sum(param.nbytes for param in params),
+        date_time=stamp,
+    )
 
 
 @dataclass(frozen=True)

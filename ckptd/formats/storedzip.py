@@ -17,11 +17,15 @@ except that the local header carries the real CRC and sizes (no data descriptor)
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
+
+from ckptd.errors import VerifyError
 
 # zipfile's limits and record formats (CPython Lib/zipfile.py).
 ZIP64_LIMIT = (1 << 31) - 1
@@ -315,3 +319,47 @@ def _write_all(handle: BinaryIO, chunk: memoryview) -> None:
         if not count:  # a non-blocking raw stream that could not take anything
             raise BlockingIOError("output stream accepted no bytes")
         remaining = remaining[count:]
+
+
+def compare_file_with_pieces(path: Path, pieces: Iterable[Piece]) -> int:
+    """Re-read ``path`` and require it byte-identical to ``pieces`` laid end to end; returns its size.
+
+    This is how a freshly written zip is verified before it is renamed into place: every header,
+    CRC and array byte on disk must be exactly what the layout says (the layout itself is tested
+    against zipfile, numpy and stable-baselines' own loaders). Streamed in WRITE_CHUNK blocks.
+    """
+    full = bytearray(WRITE_CHUNK)
+    offset = 0
+    with open(path, "rb", buffering=0) as handle:
+        for piece in pieces:
+            data = piece.data
+            for start in range(0, data.nbytes, WRITE_CHUNK):
+                expected = data[start : start + WRITE_CHUNK]
+                # bytearray == memoryview is a memcmp; memoryview == memoryview compares per item.
+                chunk = full if expected.nbytes == WRITE_CHUNK else bytearray(expected.nbytes)
+                got = _read_into(handle, chunk)
+                if got != expected.nbytes:
+                    raise VerifyError(
+                        f"written file ends early at byte {offset + got}", path=str(path)
+                    )
+                if chunk != expected:
+                    raise VerifyError(
+                        f"written bytes differ from the layout near byte {offset}", path=str(path)
+                    )
+                offset += got
+        if handle.read(1):
+            raise VerifyError(
+                f"written file is longer than its layout ({offset} bytes)", path=str(path)
+            )
+    return offset
+
+
+def _read_into(handle: io.RawIOBase, buffer: bytearray) -> int:
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        count = handle.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
