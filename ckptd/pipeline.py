@@ -119,6 +119,7 @@ class Converter(Protocol):
         state_dir: str = ".ckptd",
         allow_code: bool = True,
         param_names: Sequence[str] | None = None,
+        archive_path: Path | None = None,
     ) -> ConversionOutcome: ...
 
 
@@ -482,6 +483,8 @@ class _Work:
                 original=convert.original,
                 state_dir=self.config.state_dir,
                 allow_code=convert.allow_code,
+                # Where inventory looks for it: <run>/<state_dir>/legacy/<path relative to the run>.
+                archive_path=self.layout.legacy_path(relpath),
             )
         except UnsafeCheckpoint as err:
             return self._refuse(path, relpath, identity, manifest, err.message)

@@ -117,6 +117,22 @@ def test_legacy_pickle_is_converted_archived_and_recorded(config: Config, runs: 
     assert process_path(config, config.roots[0], zip_path).action == "unchanged"
 
 
+def test_a_pickle_in_a_run_subfolder_is_archived_where_inventory_finds_it(
+    config: Config, runs: Path
+) -> None:
+    """Regression: the archive went to <sub>/.ckptd/legacy/, where nothing links it to its zip."""
+    run = runs / "ppo-1"
+    (run / "sub").mkdir()
+    source = legacy(run / "sub" / "rl_model_7000_steps.pkl")
+    outcome = process_path(config, config.roots[0], source)
+    assert outcome.action == "converted", outcome.message
+    archived = run / ".ckptd" / "legacy" / "sub" / "rl_model_7000_steps.pkl"
+    assert archived.is_file()
+    assert not (run / "sub" / ".ckptd").exists()
+    entries = manifest_of(run).by_path()
+    assert entries["sub/rl_model_7000_steps.zip"].converted_from == "sub/rl_model_7000_steps.pkl"
+
+
 def test_original_keep_records_the_pickle_as_converted(runs: Path) -> None:
     config = make_config(runs, original="keep")
     run = runs / "ppo-1"
