@@ -1,0 +1,241 @@
+"""Operator access to one run: find the run a path belongs to, and edit its manifest safely.
+
+Shared by the operator commands (``pin``, ``trash``, ``quarantine``, ``scrub``). A path is resolved
+to its run in one of two ways:
+
+* with a config: the root it lies under and ``run_depth`` say which directory is the run (the same
+  rule the daemon and prune use, so both always agree on what "the run" is);
+* without one: walk up from the path to the nearest directory holding a manifest
+  (``ckptd-manifest.json``) or a state dir (``.ckptd/``): what the daemon leaves in every run.
+
+Manifest edits are made by the caller while it holds the run lock (``statedir.run_lock``), through
+:func:`load_manifest_or_none` and :func:`save_manifest`, so they never interleave with a daemon batch
+or a prune writing the same file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ckptd.config import CheckpointsConfig, Config, RootConfig
+from ckptd.errors import CkptdError, ManifestError, UnsafePathError
+from ckptd.fsio import fsync_dir
+from ckptd.manifest import Manifest, load_manifest, write_manifest
+from ckptd.statedir import StateLayout
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = ".ckptd"
+DEFAULT_MANIFEST_FILENAME = "ckptd-manifest.json"
+# Operator commands wait this long for a daemon batch or a prune to release a run (seconds). A
+# prune holds a run's lock for one pass over it; the daemon for about a second at a time.
+OPS_LOCK_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """A run as the operator commands see it: where it is and how its state is named."""
+
+    run_dir: Path
+    state_dir_name: str = DEFAULT_STATE_DIR
+    manifest_filename: str = DEFAULT_MANIFEST_FILENAME
+    root: Path | None = None  # the config root it lies under (None when found by walking up)
+    relpath: str = "."  # relative to the root; the directory name when found by walking up
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
+    policy: str = "default"
+
+    @property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.run_dir, self.state_dir_name)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / self.manifest_filename
+
+    def in_state_dir(self, relpath: str) -> bool:
+        return relpath == self.state_dir_name or relpath.startswith(self.state_dir_name + "/")
+
+    def state_relpath(self, *parts: str) -> str:
+        return "/".join((self.state_dir_name, *parts))
+
+
+def absolute(path: Path) -> Path:
+    """``path`` made absolute and normalized (``..`` removed) without following any symlink."""
+    return Path(os.path.abspath(path))
+
+
+def handle_for_root(config: Config, root: RootConfig, run_dir: Path, relpath: str) -> RunHandle:
+    return RunHandle(
+        run_dir=run_dir,
+        state_dir_name=config.state_dir,
+        manifest_filename=config.manifest.filename,
+        root=root.path,
+        relpath=relpath,
+        checkpoints=config.checkpoints,
+        policy=root.policy,
+    )
+
+
+def locate(path: Path, config: Config | None = None) -> tuple[RunHandle, str]:
+    """The run ``path`` belongs to and ``path`` relative to it (posix; "" for the run itself).
+
+    Raises UnsafePathError (naming the path) when it lies in no run.
+    """
+    target = absolute(path)
+    if config is not None:
+        return _locate_in_roots(target, config)
+    return _locate_by_walking_up(target)
+
+
+def locate_run_dir(directory: Path, config: Config | None = None) -> RunHandle:
+    """The run that ``directory`` is, or lies in (for commands that act on a whole run)."""
+    handle, _ = locate(directory, config)
+    return handle
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _locate_in_roots(target: Path, config: Config) -> tuple[RunHandle, str]:
+    for root in config.roots:
+        for root_path, candidate in _comparable(root.path, target):
+            try:
+                parts = candidate.relative_to(root_path).parts
+            except ValueError:
+                continue
+            if len(parts) < root.run_depth:
+                continue  # above the runs of this root
+            run_parts = parts[: root.run_depth]
+            if any(part.startswith(".") or part == config.state_dir for part in run_parts):
+                continue
+            run_dir = root.path.joinpath(*run_parts)
+            relpath = "/".join(run_parts) if run_parts else "."
+            inner = "/".join(parts[root.run_depth :])
+            return handle_for_root(config, root, run_dir, relpath), inner
+    roots = ", ".join(str(root.path) for root in config.roots)
+    raise UnsafePathError(f"not inside a run of any configured root ({roots})", path=str(target))
+
+
+def _comparable(root: Path, target: Path) -> list[tuple[Path, Path]]:
+    # Compare as written first; then with symlinked parents resolved on both sides, so a root
+    # reached through /scratch -> /lustre/scratch still matches (the last component is never
+    # resolved: a symlinked checkpoint is not followed anywhere in ckptd).
+    pairs = [(absolute(root), target)]
+    with contextlib.suppress(OSError):
+        pairs.append((root.resolve(), target.parent.resolve() / target.name))
+    return pairs
+
+
+def _locate_by_walking_up(target: Path) -> tuple[RunHandle, str]:
+    candidates = [target, *target.parents] if _is_dir(target) else list(target.parents)
+    for directory in candidates:
+        if directory.name == DEFAULT_STATE_DIR:
+            continue  # the state dir of a run is never a run itself
+        has_manifest = (directory / DEFAULT_MANIFEST_FILENAME).is_file()
+        has_state = _is_dir(directory / DEFAULT_STATE_DIR)
+        if has_manifest or has_state:
+            inner = "" if directory == target else target.relative_to(directory).as_posix()
+            return RunHandle(run_dir=directory, relpath=directory.name), inner
+    raise UnsafePathError(
+        f"not inside a ckptd run (no {DEFAULT_MANIFEST_FILENAME} or {DEFAULT_STATE_DIR}/ in any "
+        "directory above it); pass -c CONFIG if the run uses other names",
+        path=str(target),
+    )
+
+
+def require_plain_relpath(handle: RunHandle, relpath: str) -> None:
+    """Refuse an empty, ``..``-bearing or otherwise odd run-relative path."""
+    parts = relpath.split("/")
+    if not relpath or any(part in ("", ".", "..") for part in parts):
+        raise UnsafePathError("is not a file inside the run", path=str(handle.run_dir / relpath))
+
+
+def lstat_regular(path: Path) -> os.stat_result:
+    """``lstat`` of a regular file; UnsafePathError for a symlink or anything else, FileNotFoundError
+    when absent."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePathError("is a symlink; ckptd never follows links", path=str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError("is not a regular file", path=str(path))
+    return st
+
+
+def ensure_real_parents(run_dir: Path, relpath: str) -> None:
+    """Create the directories of ``relpath`` below ``run_dir``; refuse any that is a symlink.
+
+    A restored or released file must land inside the run, never through a link planted meanwhile.
+    """
+    directory = run_dir
+    for part in relpath.split("/")[:-1]:
+        directory = directory / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o755)
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            raise UnsafePathError(
+                "is a symlink or not a directory; refusing to put a file through it",
+                path=str(directory),
+            )
+
+
+def move_no_clobber(source: Path, destination: Path) -> None:
+    """Move ``source`` to ``destination`` (same filesystem) and never overwrite anything there.
+
+    ``link`` + ``unlink`` makes the "does it exist" test and the move one atomic step; filesystems
+    without hard links fall back to a check then ``rename`` (a narrow window, documented).
+    """
+    try:
+        os.link(source, destination, follow_symlinks=False)
+    except FileExistsError:
+        raise CkptdError(
+            "a file of that name is already there; refusing to overwrite it", path=str(destination)
+        ) from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOTSUP):
+            raise
+        if os.path.lexists(destination):
+            raise CkptdError(
+                "a file of that name is already there; refusing to overwrite it",
+                path=str(destination),
+            ) from None
+        os.rename(source, destination)
+    else:
+        os.unlink(source)
+    fsync_dir(destination.parent)
+    if destination.parent != source.parent:
+        fsync_dir(source.parent)
+
+
+def load_manifest_or_none(handle: RunHandle) -> Manifest | None:
+    """The run's manifest; None when there is none or it cannot be parsed (logged).
+
+    A broken manifest is rebuilt by the next manifest pass; an operator command must not fail
+    because of it, but it cannot record anything in it either.
+    """
+    try:
+        return load_manifest(handle.manifest_path)
+    except FileNotFoundError:
+        return None
+    except ManifestError as err:
+        logger.warning("%s; not recording this change in it", err)
+        return None
+
+
+def save_manifest(handle: RunHandle, new: Manifest, old: Manifest | None, now: datetime) -> bool:
+    """Write ``new`` atomically unless it equals ``old``; hold the run lock. True when written."""
+    if new.same_content(old):
+        return False
+    write_manifest(handle.manifest_path, dataclasses.replace(new, generated_at=now))
+    return True

@@ -1,0 +1,76 @@
+"""Shared setup for the operator-command tests: real runs made by the real pipeline and prune."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ckptd.config import Config, parse_config
+from ckptd.manifest import Manifest, load_manifest
+from ckptd.pipeline import process_path
+from ckptd.prune import prune_all
+from ckptd.prune_report import PruneReport, RunReport
+from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
+
+MANIFEST = "ckptd-manifest.json"
+
+
+def ops_config(root: Path, **sections: Any) -> Config:
+    """A config over ``root`` (run_depth 1) that keeps one checkpoint and deletes to the trash."""
+    document: dict[str, Any] = {
+        "roots": [{"path": str(root), "run_depth": 1, "observer": "polling"}],
+        "checkpoints": {"stable_for": "0s"},
+        "policies": {"default": {"keep_last": 1}},
+        "delete": {"mode": "trash", "max_fraction": 1.0},
+    }
+    document.update(sections)
+    return parse_config(document)
+
+
+def converted_run(
+    config: Config, name: str = "ppo-1", steps: Sequence[int] = (1000, 2000, 3000)
+) -> Path:
+    """A run whose legacy checkpoints the daemon's pipeline converted (zips + archived originals,
+    all recorded in the manifest); retention orders them by step."""
+    root = config.roots[0]
+    run = root.path / name
+    run.mkdir(parents=True, exist_ok=True)
+    with stand_ins():
+        for step in steps:
+            source = make_ppo2_checkpoint(run / f"rl_model_{step}_steps.pkl")
+            outcome = process_path(config, root, source)
+            assert outcome.action == "converted", outcome.message
+    return run
+
+
+def prune_now(config: Config) -> PruneReport:
+    return prune_all(config, now=datetime.now(UTC), dry_run=False)
+
+
+def run_report(report: PruneReport, run: str) -> RunReport:
+    return next(item for item in report.runs if item.run == run)
+
+
+def decisions(report: RunReport) -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {d.path: (d.action, d.reasons) for d in report.decisions}
+
+
+def manifest_of(run: Path) -> Manifest:
+    return load_manifest(run / MANIFEST)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Change one byte in place and put the mtime back, as bit rot would (no write is visible)."""
+    st = path.stat()
+    mode = st.st_mode
+    os.chmod(path, 0o600)
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    os.chmod(path, mode & 0o7777)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
