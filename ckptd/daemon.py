@@ -21,7 +21,7 @@ while a single closed checkpoint is in its manifest one tick after ``stable_for`
 Health (every second): ``watchset.heal()``, ``scheduler.healthy()``, workers alive (a dead one is
 replaced). ``WATCHDOG=1`` is sent only while all are healthy. A root that does not exist (an NFS
 mount not up yet) is retried and shown in ``STATUS=`` but does not stop the pings: restarting the
-daemon would not bring it back. The scrub job is not implemented yet and is never scheduled.
+daemon would not bring it back. The scrub job (``schedule.scrub``) runs ``scrub.scheduled_scrub`` at ``scrub.max_rate``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from ckptd.pipeline import (
 )
 from ckptd.prune import prune_all, write_manifests
 from ckptd.scheduling import JobCallback, JobScheduler
+from ckptd.scrub import scheduled_scrub
 from ckptd.stabilize import Stabilizer
 from ckptd.timefmt import format_utc
 from ckptd.watcher import NameFilter, WatchEvent, WatchRoot, WatchSet
@@ -75,7 +76,7 @@ STOP_GRACE_SECONDS = 3.0
 STALE_TEMP_SECONDS = 30.0
 # A run whose batch could not take the run lock is left alone this long before the next try.
 LOCKED_RUN_BACKOFF_SECONDS = 5.0
-JOB_NAMES = ("prune", "manifest", "rescan")
+JOB_NAMES = ("prune", "manifest", "rescan", "scrub")
 _V = TypeVar("_V")
 
 
@@ -334,6 +335,15 @@ class Daemon:
             written = sum(1 for run in report.runs if run.manifest_written)
             logger.debug("manifest pass: %d of %d manifests rewritten", written, len(report.runs))
             return JobDone("manifest")
+        if job.name == "scrub":
+            # Rate-limited and long: it holds one worker; SIGTERM interrupts it between reads.
+            scheduled_scrub(
+                job.config,
+                now=now,
+                set_corrupt_gauge=self.metrics.set_scrub_corrupt,
+                stop=self._stopping.is_set,
+            )
+            return JobDone("scrub")
         return JobDone(job.name, error=f"unknown job {job.name}")
 
     # ---- scheduler callbacks (scheduler threads: only enqueue) ----------------------------------
@@ -347,11 +357,15 @@ class Daemon:
     def _request_rescan(self) -> None:
         self._job_requests.put("rescan")
 
+    def _request_scrub(self) -> None:
+        self._job_requests.put("scrub")
+
     def _job_callbacks(self) -> dict[str, JobCallback]:
         return {
             "prune": self._request_prune,
             "manifest": self._request_manifest,
             "rescan": self._request_rescan,
+            "scrub": self._request_scrub,
         }
 
     # ---- the tick --------------------------------------------------------------------------------
@@ -704,7 +718,12 @@ class Daemon:
 def _job_specs(config: Config) -> dict[str, ScheduleSpec | None]:
     # scrub is not implemented yet: it is never scheduled (rather than scheduled as a no-op).
     schedule = config.schedule
-    return {"prune": schedule.prune, "manifest": schedule.manifest, "rescan": schedule.rescan}
+    return {
+        "prune": schedule.prune,
+        "manifest": schedule.manifest,
+        "rescan": schedule.rescan,
+        "scrub": schedule.scrub,
+    }
 
 
 def _take(ordered: OrderedDict[Path, _V], count: int) -> OrderedDict[Path, _V]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -203,3 +204,46 @@ def test_bad_config_at_start_exits_2_with_every_issue(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "bogus" in result.stderr and "stable_for" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_scheduled_scrub_flags_a_flipped_byte_and_never_touches_the_file(
+    tmp_path: Path, legacy_bytes: bytes, notify_socket: NotifySocket
+) -> None:
+    root = tmp_path / "runs"
+    run = root / "ppo-1"
+    run.mkdir(parents=True)
+    (run / "rl_model_100_steps.pkl").write_bytes(legacy_bytes)
+    settings = base_config(root)
+    settings["schedule"] = {"prune": None, "manifest": "1m", "rescan": "1h", "scrub": "1s"}
+    settings["scrub"] = {"max_rate": "100MiB"}
+    config = write_config(tmp_path / "ckptd.yaml", settings)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify_socket)
+    zip_path = run / "rl_model_100_steps.zip"
+    try:
+        daemon.wait_ready()
+
+        def verified() -> bool:
+            try:
+                entry = manifest(run).by_path().get("rl_model_100_steps.zip")
+            except (FileNotFoundError, ValueError):
+                return False
+            return entry is not None and "last_verified" in entry.extra
+
+        wait_until(verified, 20, f"a first clean scrub:\n{daemon.log_text()}")
+        before = zip_path.stat()
+        damaged = bytearray(zip_path.read_bytes())
+        damaged[len(damaged) // 2] ^= 0x01
+        zip_path.write_bytes(bytes(damaged))
+        # Bit rot changes bytes, not sizes or times: put the recorded mtime back.
+        os.utime(zip_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+        def flagged() -> bool:
+            entry = manifest(run).by_path()["rl_model_100_steps.zip"]
+            return bool(entry.extra.get("corrupt"))
+
+        wait_until(flagged, 20, f"scrub to flag the flipped byte:\n{daemon.log_text()}")
+        assert zip_path.read_bytes() == bytes(damaged)  # never deleted or rewritten
+        assert "1 corrupt" in daemon.log_text()
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
