@@ -114,6 +114,8 @@ def run_convert(args: argparse.Namespace) -> int:
     failed = 0
     sizes = {path: _size_or_zero(path) for path in files}
     with progress_bar(enabled=not args.json and len(files) > 1) as progress:
+        # While the bar is live, lines go through its console so they print above the bar.
+        say = progress.console.print if not progress.disable else stdout_console().print
         task = progress.add_task("converting", total=sum(sizes.values()), current="")
         for path in files:
             progress.update(task, current=path.name)
@@ -131,12 +133,15 @@ def run_convert(args: argparse.Namespace) -> int:
                 message = (
                     str(err) if isinstance(err, CkptdError) else f"{path}: {err.strerror or err}"
                 )
-                error_line(message)
+                if progress.disable:
+                    error_line(message)
+                else:
+                    progress.console.print(f"ckptd: {message}", markup=False, highlight=False)
                 results.append({"source": str(path), "status": _status_of(err), "error": message})
             else:
                 results.append(_outcome_json(outcome))
                 if not args.json:
-                    _print_outcome(outcome)
+                    say(_describe_outcome(outcome), markup=False, highlight=False)
             progress.advance(task, sizes[path])
     if args.json:
         print_json({"results": results})
@@ -146,18 +151,16 @@ def run_convert(args: argparse.Namespace) -> int:
     return ExitStatus.FAILED if failed else ExitStatus.OK
 
 
-def _print_outcome(outcome: ConversionOutcome) -> None:
-    console = stdout_console()
+def _describe_outcome(outcome: ConversionOutcome) -> str:
     if outcome.status == "already sb2-zip":
-        console.print(f"{outcome.source}: already sb2-zip, verified")
-        return
+        return f"{outcome.source}: already sb2-zip, verified"
     code = f", carries code: {', '.join(outcome.carries_code)}" if outcome.carries_code else ""
     original = {
         "kept": "",
         "archived": f", original archived to {outcome.archived_to}",
         "deleted": ", original deleted",
     }[outcome.original]
-    console.print(
+    return (
         f"{outcome.source} -> {outcome.output}: {outcome.status} "
         f"({outcome.algorithm or 'unknown algorithm'}, {outcome.params_count} params, "
         f"{outcome.params_bytes} bytes{code}{original})"
