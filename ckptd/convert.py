@@ -1,7 +1,10 @@
 """Convert one legacy stable-baselines pickle into the SB2 zip format, safely and verifiably.
 
 The order of operations is the safety argument:
-1. read the source once into memory (no TOCTOU) and parse it statically — nothing is executed;
+1. read the source once (no TOCTOU) and parse it statically — nothing is executed; large array
+   payloads are not kept in memory but re-read from the still-open source when written and
+   verified, each re-read checked against the CRC-32 of the first read and the file's identity
+   (``ckptd.formats.legacy.open_legacy_file``);
 2. write the zip to a temp file beside the target, fsync it;
 3. re-read the temp file and verify it (structure, CRCs, JSON, every array's bytes) — only then
    rename it into place and fsync the directory;
@@ -25,8 +28,8 @@ from typing import IO, Literal
 from ckptd import fsio
 from ckptd.errors import ConversionError, FileChangedError, FormatError, VerifyError
 from ckptd.formats import Format
-from ckptd.formats.legacy import read_legacy_file
-from ckptd.formats.model import LegacyCheckpoint, OpaqueValue
+from ckptd.formats.legacy import open_legacy_file
+from ckptd.formats.model import FileParamArray, LegacyCheckpoint, OpaqueValue, Param
 from ckptd.formats.npy import read_npy_header
 from ckptd.formats.sb2meta import guess_algorithm, guess_sb2_version
 from ckptd.formats.sb2zip import encode_data_json, verify_zip, write_checked_sb2_zip
@@ -100,29 +103,15 @@ def convert_file(
         )
 
     before = fsio.FileIdentity.of(os.stat(source, follow_symlinks=False))
-    checkpoint, source_sha256 = read_legacy_file(
-        source, allow_code=allow_code, param_names=param_names
-    )
-    if fsio.FileIdentity.of(os.stat(source, follow_symlinks=False)) != before:
-        raise FileChangedError(
-            "changed while it was being read; will retry when it is stable", path=str(source)
-        )
-
-    status: Status = "converted"
-    if target.exists() or target.is_symlink():
-        try:
-            _check_zip_matches(target, checkpoint, encode_data_json(checkpoint.data))
-        except (FormatError, OSError) as err:
-            raise ConversionError(
-                f"{target.name} already exists and is not this checkpoint's conversion ({err}); not overwriting",
-                path=str(source),
-            ) from err
-        status = "already-converted"
-        output_sha256, output_size = fsio.sha256_file(target)
-    else:
-        # Written to a temp file, re-read and verified byte for byte, and only then renamed.
-        report = write_checked_sb2_zip(target, checkpoint.data, checkpoint.params)
-        output_sha256, output_size = report.sha256, report.size
+    with open_legacy_file(source, allow_code=allow_code, param_names=param_names) as (
+        checkpoint,
+        source_sha256,
+    ):
+        if fsio.FileIdentity.of(os.stat(source, follow_symlinks=False)) != before:
+            raise FileChangedError(
+                "changed while it was being read; will retry when it is stable", path=str(source)
+            )
+        status, output_sha256, output_size = _write_or_match(source, target, checkpoint)
 
     if original == "archive" and archive_path is None:
         archive_path = source.parent / state_dir / "legacy" / source.name
@@ -153,6 +142,26 @@ def convert_file(
         archived_to=archived_to,
         globals=checkpoint.globals,
     )
+
+
+def _write_or_match(
+    source: Path, target: Path, checkpoint: LegacyCheckpoint
+) -> tuple[Status, str, int]:
+    """Write ``target`` (verified before it gets its name), or prove an existing one is this
+    checkpoint's conversion (a rerun after a crash); (status, output sha256, output size)."""
+    if target.exists() or target.is_symlink():
+        try:
+            _check_zip_matches(target, checkpoint, encode_data_json(checkpoint.data))
+        except (FormatError, OSError) as err:
+            raise ConversionError(
+                f"{target.name} already exists and is not this checkpoint's conversion ({err}); not overwriting",
+                path=str(source),
+            ) from err
+        output_sha256, output_size = fsio.sha256_file(target)
+        return "already-converted", output_sha256, output_size
+    # Written to a temp file, re-read and verified byte for byte, and only then renamed.
+    report = write_checked_sb2_zip(target, checkpoint.data, checkpoint.params)
+    return "converted", report.sha256, report.size
 
 
 def _already_zip(source: Path) -> ConversionOutcome:
@@ -203,10 +212,20 @@ def _check_zip_matches(path: Path, checkpoint: LegacyCheckpoint, data_json: byte
                         raise VerifyError(
                             f"{param.name}: npy header differs from the source", path=str(path)
                         )
-                    if _sha256_stream(member) != hashlib.sha256(param.raw).hexdigest():
+                    if _sha256_stream(member) != _param_sha256(param):
                         raise VerifyError(
                             f"{param.name}: array bytes differ from the source", path=str(path)
                         )
+
+
+def _param_sha256(param: Param) -> str:
+    if not isinstance(param, FileParamArray):
+        return hashlib.sha256(param.raw).hexdigest()
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(min(_HASH_CHUNK, max(1, param.nbytes))))
+    for chunk in param.payload.chunks(buffer):  # checked against the first read at the end
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _sha256_stream(handle: IO[bytes]) -> str:

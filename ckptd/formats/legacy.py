@@ -8,6 +8,14 @@ value turned into what SB2's ``data_to_json`` would store (``legacy_data``).
 
 ``read_legacy_file`` reads the file once, hashing as it reads, and parses exactly those bytes,
 so what was judged is what was hashed (no time-of-check/time-of-use gap).
+
+``open_legacy_file`` is the low-memory variant the converter uses: the file is read once
+(``legacy_stream``), everything but its large array payloads is kept and parsed exactly as above,
+and the parameters whose bytes stayed in the file come back as ``FileParamArray``s that the writer
+streams from the still-open file, each re-read checked against the first read's CRC-32 and the
+file's identity. If a large payload is used for anything but a parameter's bytes (a ``data`` value,
+a byte-swapped array), the kept bytes are completed from the file, proven identical to the first
+read by their sha256, and read as a whole, as ``read_legacy_file`` does.
 """
 
 from __future__ import annotations
@@ -15,25 +23,46 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from ckptd.errors import FileChangedError, FormatError, UnsafeCheckpoint
 from ckptd.formats.allowlist import check_graph
 from ckptd.formats.legacy_arrays import array_of, is_array_node
 from ckptd.formats.legacy_data import data_value
-from ckptd.formats.model import DataValue, LegacyCheckpoint, OpaqueValue, ParamArray
+from ckptd.formats.legacy_stream import (
+    DEFAULT_MIN_DEFERRED,
+    Region,
+    SourceFile,
+    SparseRead,
+    scan_source,
+)
+from ckptd.formats.model import (
+    DataValue,
+    FileParamArray,
+    FilePayload,
+    LegacyCheckpoint,
+    OpaqueValue,
+    Param,
+    ParamArray,
+)
 from ckptd.formats.pickle_graph import (
+    BytesNode,
     Call,
     Const,
     DictNode,
     ListNode,
     Node,
+    PickleGraph,
     TupleNode,
     build_graph,
     is_ordered_dict_call,
+    reachable,
 )
-from ckptd.formats.pickle_ops import parse_ops
+from ckptd.formats.pickle_ops import ParsedPickle, parse_ops
 from ckptd.fsio import CHUNK_SIZE, open_regular_nofollow
 
 logger = logging.getLogger(__name__)
@@ -105,9 +134,12 @@ def _param(name: str, node: Node, source: str) -> ParamArray:
     )
 
 
+ParamMaker = Callable[[str, Node, str], Param]
+
+
 def _read_params(
-    params: Node, param_names: Sequence[str] | None, source: str
-) -> tuple[tuple[ParamArray, ...], bool]:
+    params: Node, param_names: Sequence[str] | None, source: str, make: ParamMaker = _param
+) -> tuple[tuple[Param, ...], bool]:
     if isinstance(params, ListNode):
         if param_names is None:
             raise FormatError(
@@ -121,7 +153,7 @@ def _read_params(
                 path=source,
             )
         return tuple(
-            _param(name, node, source) for name, node in zip(param_names, params.items, strict=True)
+            make(name, node, source) for name, node in zip(param_names, params.items, strict=True)
         ), True
     assert isinstance(params, Call)
     named: dict[str, Node] = {}
@@ -131,7 +163,7 @@ def _read_params(
                 f"parameter name is {_describe(key)}, not a string", path=source, offset=key.pos
             )
         named[key.value] = node
-    return tuple(_param(name, node, source) for name, node in named.items()), False
+    return tuple(make(name, node, source) for name, node in named.items()), False
 
 
 def _read_data(data: DictNode, source: str) -> dict[str, DataValue]:
@@ -162,9 +194,21 @@ def read_legacy(
     _gate(view, source)
     parsed = parse_ops(view, source=source)
     graph = build_graph(parsed, source=source)
+    return _checkpoint(parsed, graph, source, allow_code, param_names, _param)
+
+
+def _checkpoint(
+    parsed: ParsedPickle,
+    graph: PickleGraph,
+    source: str,
+    allow_code: bool,
+    param_names: Sequence[str] | None,
+    make: ParamMaker,
+) -> LegacyCheckpoint:
+    """Judge the graph against the allowlist, then turn it into a LegacyCheckpoint."""
     report = check_graph(graph, source=source)
     data_node, params_node = _split_top(graph.root, source)
-    params, were_list = _read_params(params_node, param_names, source)
+    params, were_list = _read_params(params_node, param_names, source, make)
     data = _read_data(data_node, source)
     code_keys = [
         key for key, value in data.items() if isinstance(value, OpaqueValue) and value.carries_code
@@ -225,3 +269,120 @@ def read_legacy_file(
     buf, digest = read_file_bytes(Path(path), max_bytes=max_bytes)
     checkpoint = read_legacy(buf, source=str(path), allow_code=allow_code, param_names=param_names)
     return checkpoint, digest
+
+
+class _NeedsWholeFile(Exception):
+    """A payload left in the file is used for more than a parameter's bytes (rare; see below)."""
+
+
+def _address(view: memoryview) -> int:
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
+
+
+def _region_ops(parsed: ParsedPickle, regions: Sequence[Region], source: str) -> dict[int, Region]:
+    """{opcode offset: region}; each region must be exactly the payload of one byte opcode."""
+    by_end = {op.end: op for op in parsed.ops if op.name in ("BINBYTES", "BINBYTES8", "BYTEARRAY8")}
+    matched: dict[int, Region] = {}
+    for region in regions:
+        op = by_end.get(region.end)
+        if op is None or not isinstance(op.arg, memoryview) or op.arg.nbytes != region.length:
+            # Cannot happen while the framer and the parser share one opcode table; never guess.
+            raise FormatError(
+                f"bytes at offset {region.offset} could not be framed as one payload",
+                path=source,
+                offset=region.offset,
+            )
+        matched[op.pos] = region
+    return matched
+
+
+def _sparse_checkpoint(
+    sparse: SparseRead,
+    reader: SourceFile,
+    *,
+    source: str,
+    allow_code: bool,
+    param_names: Sequence[str] | None,
+) -> LegacyCheckpoint:
+    """Read the first pass's bytes; parameters whose payload stayed in the file become file-backed.
+
+    Raises _NeedsWholeFile if a payload that was not kept is reachable other than as exactly the
+    bytes of a parameter array (a ``data`` value, a shared node, a byte-swapped copy).
+    """
+    view = memoryview(sparse.buffer)
+    _gate(view, source)
+    parsed = parse_ops(view, source=source)
+    at_op = _region_ops(parsed, sparse.regions, source)
+    graph = build_graph(parsed, source=source)
+    deferred = {
+        id(node): at_op[node.pos]
+        for node in graph.nodes
+        if isinstance(node, BytesNode) and node.pos in at_op
+    }
+    base = _address(view)
+
+    def make(name: str, node: Node, where: str) -> Param:
+        used = {id(n) for n in reachable(node)} & deferred.keys()
+        if not used:
+            return _param(name, node, where)
+        if len(used) > 1:
+            raise _NeedsWholeFile(f"parameter {name!r} reaches {len(used)} large payloads")
+        region = deferred[used.pop()]
+        resident = _param(name, node, where)  # shape/dtype checks; its raw is only a view
+        # Only a zero-copy view of exactly the payload may stand for bytes left in the file.
+        if resident.raw.nbytes != region.length or _address(resident.raw) != base + region.offset:
+            raise _NeedsWholeFile(f"parameter {name!r} is not a plain view of its payload")
+        payload = FilePayload(reader, region.offset, region.length, region.crc)
+        return FileParamArray(name, resident.descr, resident.shape, resident.fortran_order, payload)
+
+    root = graph.root
+    if isinstance(root, TupleNode) and len(root.items) == 2:
+        data_nodes = {id(n) for n in reachable(root.items[0])}
+        if data_nodes & deferred.keys():
+            raise _NeedsWholeFile("a data value holds a large payload")
+    return _checkpoint(parsed, graph, source, allow_code, param_names, make)
+
+
+def _whole_file(sparse: SparseRead, reader: SourceFile) -> memoryview:
+    """Complete the first pass's buffer from the file and prove it is the bytes first hashed."""
+    view = memoryview(sparse.buffer)
+    for region in sparse.regions:
+        reader.read_into(region.offset, view[region.offset : region.end])
+    reader.check_unchanged()
+    if hashlib.sha256(view).hexdigest() != sparse.sha256:
+        raise FileChangedError("changed while it was being read", path=reader.name)
+    return view
+
+
+@contextmanager
+def open_legacy_file(
+    path: Path,
+    *,
+    allow_code: bool = True,
+    param_names: Sequence[str] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    min_deferred: int = DEFAULT_MIN_DEFERRED,
+) -> Iterator[tuple[LegacyCheckpoint, str]]:
+    """Like ``read_legacy_file``, in about the memory of the file minus its large arrays.
+
+    Yields (checkpoint, sha256 of the file as first read). Parameters whose payload is at least
+    ``min_deferred`` bytes are ``FileParamArray``s, readable only inside the ``with`` block (the
+    file stays open); reading them raises FileChangedError if the file changed since the first
+    read. Errors are those of ``read_legacy_file``.
+    """
+    with SourceFile(Path(path)) as reader:
+        sparse = scan_source(reader, max_bytes=max_bytes, min_deferred=min_deferred)
+        source = str(path)
+        try:
+            checkpoint = _sparse_checkpoint(
+                sparse, reader, source=source, allow_code=allow_code, param_names=param_names
+            )
+        except _NeedsWholeFile as why:
+            logger.info("%s: reading it whole (%s)", source, why)
+            checkpoint = read_legacy(
+                _whole_file(sparse, reader),
+                source=source,
+                allow_code=allow_code,
+                param_names=param_names,
+            )
+        yield checkpoint, sparse.sha256

@@ -2,15 +2,23 @@
 
 The safe legacy reader produces these from a pickle without executing it; the SB2 zip writer
 turns them into ``data`` / ``parameters`` / ``parameter_list``; inspect and the manifest report them.
+
+A parameter is either resident (``ParamArray``: its bytes are in memory) or file-backed
+(``FileParamArray``: its bytes stay in the source file and are re-read in bounded chunks, each
+re-read checked against the CRC-32 taken when the file was first read). They are distinct types on
+purpose: a file-backed parameter has no ``raw`` that could silently stand for bytes never read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 import numpy as np
+
+from ckptd.errors import FileChangedError
 
 # A value SB2's data_to_json stores as plain JSON: None, bool, int, float (incl. nan/inf), str,
 # and lists / str-keyed dicts of these (tuples already turned into lists, as json.dumps would).
@@ -55,13 +63,103 @@ class ParamArray:
         return flat.reshape(self.shape, order="F" if self.fortran_order else "C")
 
 
+class PayloadReader(Protocol):
+    """Re-reads byte ranges of a source file that was already read (and hashed) once."""
+
+    @property
+    def name(self) -> str:
+        """The source's path, for error messages."""
+        ...
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the bytes at ``offset``; FileChangedError if the file is shorter."""
+        ...
+
+    def check_unchanged(self) -> None:
+        """FileChangedError unless the file's identity (size, mtime, inode...) is as first read."""
+        ...
+
+
+@dataclass(frozen=True)
+class FilePayload:
+    """A run of inert payload bytes left in the source file, with the CRC-32 of its first read."""
+
+    reader: PayloadReader
+    offset: int
+    length: int
+    crc: int  # CRC-32 of these bytes as they were read (and hashed) in the first pass
+
+    @property
+    def size(self) -> int:
+        return self.length
+
+    @property
+    def source(self) -> str:
+        return self.reader.name
+
+    def chunks(self, buffer: memoryview, *, verify_crc: bool = True) -> Iterator[memoryview]:
+        """The bytes in order, read into ``buffer`` (each chunk is valid until the next one).
+
+        After the last chunk the file must still have its first identity and, with
+        ``verify_crc``, the re-read bytes the first read's CRC-32; else FileChangedError. A
+        consumer that reads to the end never gets bytes other than those that were hashed
+        (``verify_crc=False`` is for a consumer that compares them with bytes already verified).
+        """
+        if buffer.nbytes == 0 and self.length:
+            raise ValueError("an empty buffer cannot carry any bytes")
+        crc = 0
+        done = 0
+        while done < self.length:
+            count = min(buffer.nbytes, self.length - done)
+            chunk = buffer[:count]
+            self.reader.read_into(self.offset + done, chunk)
+            if verify_crc:
+                crc = zlib.crc32(chunk, crc)
+            done += count
+            yield chunk
+        if verify_crc and crc != self.crc:
+            raise FileChangedError(
+                f"bytes at offset {self.offset} changed since the file was first read",
+                path=self.source,
+            )
+        self.reader.check_unchanged()
+
+
+@dataclass(frozen=True)
+class FileParamArray:
+    """One parameter array whose bytes are still in the source file (see ``FilePayload``)."""
+
+    name: str
+    descr: str
+    shape: tuple[int, ...]
+    fortran_order: bool
+    payload: FilePayload  # exactly prod(shape) * itemsize bytes, in the stored memory order
+
+    @property
+    def nbytes(self) -> int:
+        return self.payload.length
+
+    def as_array(self) -> np.ndarray:
+        """Read the bytes (checked as ``FilePayload.chunks`` does) into a new read-only ndarray."""
+        data = bytearray(self.payload.length)
+        for _ in self.payload.chunks(memoryview(data)):
+            pass  # one chunk, read straight into ``data``
+        flat = np.frombuffer(data, dtype=np.dtype(self.descr))
+        flat.flags.writeable = False  # like ParamArray.as_array: a value, not a scratch buffer
+        return flat.reshape(self.shape, order="F" if self.fortran_order else "C")
+
+
+# What a checkpoint's parameters are: resident, or file-backed and streamed by the writer.
+Param: TypeAlias = ParamArray | FileParamArray
+
+
 @dataclass(frozen=True)
 class LegacyCheckpoint:
     """A legacy ``(data, params)`` pickle, read statically."""
 
     protocol: int
     data: Mapping[str, DataValue]  # insertion order = SB2's save() literal order
-    params: tuple[ParamArray, ...]  # order = get_parameter_list() order
+    params: tuple[Param, ...]  # order = get_parameter_list() order
     params_were_list: bool = False  # SB2 <= 2.5.1 saved a list without names
     globals: tuple[str, ...] = ()  # every global referenced anywhere in the file, sorted
 

@@ -7,9 +7,11 @@ ZIP_STORED members ``data``, ``parameters``, ``parameter_list`` in that order, `
 are laid out as Python 3.7's zipfile and numpy 1.16 wrote them (no zip64 records unless a size or
 offset needs them), which is also what SB2's own environment reads.
 
-It streams: the npz is never assembled in memory. Every CRC is computed up front from the arrays
-(they are in memory already) and the whole file goes out in one linear pass, hashed as it is written
-(see ``ckptd.formats.storedzip``). Extra memory is O(number of parameters), independent of their size.
+It streams: the npz is never assembled in memory. Every CRC is known up front (computed from a
+resident array, or taken while a file-backed array's source was first read) and the whole file
+goes out in one linear pass, hashed as it is written (see ``ckptd.formats.storedzip``); file-backed
+arrays are re-read in bounded chunks. Extra memory is O(number of parameters) plus a few chunk
+buffers, independent of the arrays' size.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from typing import BinaryIO
 from ckptd.errors import ConversionError, FormatError, VerifyError
 from ckptd.formats import Format
 from ckptd.formats.datajson import DataAnalysis, DataEntry, encode_data_json
-from ckptd.formats.model import DataValue, ParamArray
+from ckptd.formats.model import DataValue, FileParamArray, Param
 from ckptd.formats.npy import checked_dtype, npy_header_bytes
 from ckptd.formats.storedzip import (
     DOS_EPOCH,
+    AnyPiece,
     MemberSpec,
     Piece,
+    StreamedPiece,
     ZipLayout,
     as_byte_view,
     compare_file_with_pieces,
@@ -79,7 +83,7 @@ def encode_parameter_list(names: Sequence[str]) -> bytes:
     return json.dumps(list(names), indent=4).encode("utf-8")
 
 
-def _npy_pieces(param: ParamArray) -> tuple[Piece, Piece]:
+def _npy_pieces(param: Param) -> tuple[Piece, AnyPiece]:
     where = f"parameter {param.name!r}"
     if not isinstance(param.name, str) or not param.name:
         raise ConversionError(f"{where}: a parameter needs a non-empty name")
@@ -88,11 +92,13 @@ def _npy_pieces(param: ParamArray) -> tuple[Piece, Piece]:
     except FormatError as err:
         raise ConversionError(f"{where}: {err.message}") from err
     expected = math.prod(param.shape) * dtype.itemsize
-    if param.raw.nbytes != expected:
+    if param.nbytes != expected:
         raise ConversionError(
-            f"{where}: {param.raw.nbytes} raw bytes, but {param.descr} {param.shape} needs {expected}"
+            f"{where}: {param.nbytes} raw bytes, but {param.descr} {param.shape} needs {expected}"
         )
     header = npy_header_bytes(param.descr, param.fortran_order, param.shape)
+    if isinstance(param, FileParamArray):
+        return Piece.of(header), StreamedPiece(param.payload)
     try:
         raw = as_byte_view(param.raw)
     except ValueError as err:
@@ -112,7 +118,7 @@ def as_stored(stamp: DateTime) -> DateTime:
 
 
 def build_sb2_layout(
-    data: Mapping[str, DataValue], params: Sequence[ParamArray], *, date_time: DateTime
+    data: Mapping[str, DataValue], params: Sequence[Param], *, date_time: DateTime
 ) -> tuple[ZipLayout, ZipLayout, bytes, bytes]:
     """(outer layout, npz layout, data bytes, parameter_list bytes); pure apart from CRC passes."""
     names = [param.name for param in params]
@@ -137,7 +143,7 @@ def build_sb2_layout(
 def write_sb2_zip(
     handle: BinaryIO,
     data: Mapping[str, DataValue],
-    params: Sequence[ParamArray],
+    params: Sequence[Param],
     *,
     date_time: DateTime | None = None,
 ) -> ZipWriteReport:
@@ -164,7 +170,7 @@ def write_sb2_zip(
 def write_sb2_zip_file(
     dest: Path,
     data: Mapping[str, DataValue],
-    params: Sequence[ParamArray],
+    params: Sequence[Param],
     *,
     date_time: DateTime | None = None,
     mode: int = 0o644,
@@ -177,7 +183,7 @@ def write_sb2_zip_file(
 def write_checked_sb2_zip(
     dest: Path,
     data: Mapping[str, DataValue],
-    params: Sequence[ParamArray],
+    params: Sequence[Param],
     *,
     date_time: DateTime | None = None,
     mode: int = 0o644,
@@ -195,6 +201,7 @@ def write_checked_sb2_zip(
     outer, npz, data_bytes, list_bytes = build_sb2_layout(data, params, date_time=stamp)
 
     def check(temp: Path) -> None:
+        # Also the last re-read of any file-backed array: its source checks its identity after it.
         compare_file_with_pieces(temp, outer.pieces)
         with zipfile.ZipFile(temp) as archive:
             found = [(i.filename, i.header_offset, i.file_size, i.CRC) for i in archive.infolist()]

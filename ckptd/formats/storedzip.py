@@ -4,12 +4,15 @@ Why not ``zipfile``: it writes a placeholder local header and seeks back to patc
 (or appends data descriptors when it cannot seek). Both defeat what the SB2 writer needs: a nested
 zip (the ``parameters`` npz inside the outer zip) streamed in one pass with O(1) extra memory,
 a sha256 of exactly the bytes that reach the disk, and headers that carry real sizes (streaming
-readers such as Java's ZipInputStream refuse STORED members with data descriptors). Because the
-parameter arrays are already in memory, every CRC is computed up front (one ``zlib.crc32`` pass over
-each array) and combined arithmetically (``crc32_combine``), so nothing is buffered or re-read.
+readers such as Java's ZipInputStream refuse STORED members with data descriptors). Every CRC is
+known up front (one ``zlib.crc32`` pass over an array in memory, or taken while a file-backed
+array's source was first read) and combined arithmetically (``crc32_combine``), so nothing is
+buffered and nothing is patched afterwards.
 
 The layout (``layout_stored_zip``) is pure: it returns the archive as a list of ``Piece``s (header
-bytes and zero-copy views of the payload). ``write_pieces`` is the only function doing I/O. Records
+bytes and zero-copy views of the payload) and ``StreamedPiece``s (payloads that stay in a source
+file, whose CRC is known from when that file was first read; they are re-read in bounded chunks).
+``write_pieces`` and ``compare_file_with_pieces`` are the only functions doing I/O. Records
 follow CPython's zipfile byte for byte (versions, attributes, zip64 rules of ``_write_end_record``),
 except that the local header carries the real CRC and sizes (no data descriptor).
 """
@@ -20,10 +23,10 @@ import hashlib
 import io
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, TypeAlias
 
 from ckptd.errors import VerifyError
 
@@ -39,7 +42,7 @@ _CENTRAL_DIR = struct.Struct("<4s4B4HL2L5H2L")
 _END_ARCHIVE = struct.Struct("<4s4H2LH")
 _END_ARCHIVE64 = struct.Struct("<4sQ2H2L4Q")
 _END_ARCHIVE64_LOCATOR = struct.Struct("<4sLQL")
-WRITE_CHUNK = 16 * 1024 * 1024
+WRITE_CHUNK = 4 * 1024 * 1024  # bounded buffers: a few of these are all the writer holds
 DOS_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 _CRC_POLY = 0xEDB88320
@@ -99,6 +102,62 @@ class Piece:
         return self.data.nbytes
 
 
+class StreamedContent(Protocol):
+    """Payload bytes read on demand (``ckptd.formats.model.FilePayload`` is one)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def crc(self) -> int: ...
+
+    def chunks(self, buffer: memoryview, *, verify_crc: bool = True) -> Iterator[memoryview]:
+        """The bytes in order, read into ``buffer``; raises (e.g. FileChangedError) after the last
+        chunk if the source changed or (with ``verify_crc``) the bytes do not have ``crc``."""
+        ...
+
+
+@dataclass(frozen=True)
+class StreamedPiece:
+    """A run of bytes that is not in memory: written and compared chunk by chunk from its source."""
+
+    content: StreamedContent
+
+    @property
+    def crc(self) -> int:
+        return self.content.crc
+
+    @property
+    def size(self) -> int:
+        return self.content.size
+
+
+AnyPiece: TypeAlias = Piece | StreamedPiece
+
+
+class _Scratch:
+    """One WRITE_CHUNK buffer for streamed pieces, allocated on first use and then reused
+    (a fresh buffer per piece costs a page fault per 4 KiB)."""
+
+    def __init__(self) -> None:
+        self._buffer: memoryview | None = None
+
+    def get(self) -> memoryview:
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(WRITE_CHUNK))
+        return self._buffer
+
+
+def _chunks(piece: AnyPiece, scratch: _Scratch, *, verify_crc: bool = True) -> Iterator[memoryview]:
+    """A piece's bytes in slices of at most WRITE_CHUNK."""
+    if isinstance(piece, StreamedPiece):
+        yield from piece.content.chunks(scratch.get(), verify_crc=verify_crc)
+        return
+    data = piece.data
+    for start in range(0, data.nbytes, WRITE_CHUNK):
+        yield data[start : start + WRITE_CHUNK]
+
+
 def as_byte_view(data: bytes | bytearray | memoryview) -> memoryview:
     """A flat unsigned-byte view of ``data`` in memory order, without copying."""
     view = memoryview(data)
@@ -118,7 +177,7 @@ def as_byte_view(data: bytes | bytearray | memoryview) -> memoryview:
     return view.cast("B")
 
 
-def combined_crc(pieces: Iterable[Piece]) -> tuple[int, int]:
+def combined_crc(pieces: Iterable[AnyPiece]) -> tuple[int, int]:
     """(crc32, size) of the concatenation of ``pieces``."""
     crc = 0
     size = 0
@@ -133,7 +192,7 @@ class MemberSpec:
     """One stored member: its name, content (as pieces) and the header fields SB2/numpy write."""
 
     name: str
-    content: tuple[Piece, ...]
+    content: tuple[AnyPiece, ...]
     date_time: tuple[int, int, int, int, int, int] = DOS_EPOCH
     external_attr: int = 0o600 << 16
 
@@ -153,7 +212,7 @@ class MemberLayout:
 class ZipLayout:
     """A whole archive as pieces to write in order, plus where each member is."""
 
-    pieces: tuple[Piece, ...]
+    pieces: tuple[AnyPiece, ...]
     members: tuple[MemberLayout, ...]
 
     @property
@@ -181,7 +240,7 @@ def _encode_name(name: str) -> tuple[bytes, int]:
 
 def layout_stored_zip(members: Sequence[MemberSpec]) -> ZipLayout:
     """Lay out a ZIP_STORED archive (pure: no I/O, no copies of member content)."""
-    pieces: list[Piece] = []
+    pieces: list[AnyPiece] = []
     placed: list[tuple[MemberLayout, MemberSpec, bytes, int, int]] = []
     offset = 0
     seen: set[str] = set()
@@ -297,14 +356,17 @@ class WriteResult:
     sha256: str
 
 
-def write_pieces(handle: BinaryIO, pieces: Iterable[Piece]) -> WriteResult:
-    """Write ``pieces`` in order, in bounded slices, hashing exactly what is written."""
+def write_pieces(handle: BinaryIO, pieces: Iterable[AnyPiece]) -> WriteResult:
+    """Write ``pieces`` in order, in bounded slices, hashing exactly what is written.
+
+    A streamed piece's source raises after its last chunk if the bytes were not those whose CRC
+    the layout carries (e.g. FileChangedError), so a wrong zip never completes without an error.
+    """
     digest = hashlib.sha256()
     written = 0
+    scratch = _Scratch()
     for piece in pieces:
-        data = piece.data
-        for start in range(0, data.nbytes, WRITE_CHUNK):
-            chunk = data[start : start + WRITE_CHUNK]
+        for chunk in _chunks(piece, scratch):
             digest.update(chunk)
             _write_all(handle, chunk)
             written += chunk.nbytes
@@ -321,30 +383,38 @@ def _write_all(handle: BinaryIO, chunk: memoryview) -> None:
         remaining = remaining[count:]
 
 
-def compare_file_with_pieces(path: Path, pieces: Iterable[Piece]) -> int:
+def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> int:
     """Re-read ``path`` and require it byte-identical to ``pieces`` laid end to end; returns its size.
 
     This is how a freshly written zip is verified before it is renamed into place: every header,
     CRC and array byte on disk must be exactly what the layout says (the layout itself is tested
-    against zipfile, numpy and stable-baselines' own loaders). Streamed in WRITE_CHUNK blocks.
+    against zipfile, numpy and stable-baselines' own loaders). Streamed in WRITE_CHUNK blocks;
+    a streamed piece is re-read from its source, which checks it is still what was first read.
     """
     full = bytearray(WRITE_CHUNK)
+    window = memoryview(full)
+    scratch = _Scratch()
     offset = 0
     with open(path, "rb", buffering=0) as handle:
         for piece in pieces:
-            data = piece.data
-            for start in range(0, data.nbytes, WRITE_CHUNK):
-                expected = data[start : start + WRITE_CHUNK]
-                # bytearray == memoryview is a memcmp; memoryview == memoryview compares per item.
-                chunk = full if expected.nbytes == WRITE_CHUNK else bytearray(expected.nbytes)
-                got = _read_into(handle, chunk)
+            # A streamed piece's bytes were CRC-checked against the first read as they were
+            # written; here they are compared byte for byte with the file, whose identity the
+            # source checks after this, the last re-read.
+            for expected in _chunks(piece, scratch, verify_crc=False):
+                got = _read_into(handle, window[: expected.nbytes])
                 if got != expected.nbytes:
                     raise VerifyError(
                         f"written file ends early at byte {offset + got}", path=str(path)
                     )
-                if chunk != expected:
+                # A memcmp of the first expected.nbytes bytes (memoryview == memoryview would
+                # compare item by item, and slicing ``full`` would copy).
+                if not full.startswith(expected):
+                    source = (
+                        " (re-read from the source)" if isinstance(piece, StreamedPiece) else ""
+                    )
                     raise VerifyError(
-                        f"written bytes differ from the layout near byte {offset}", path=str(path)
+                        f"written bytes differ from the layout{source} near byte {offset}",
+                        path=str(path),
                     )
                 offset += got
         if handle.read(1):
@@ -354,10 +424,9 @@ def compare_file_with_pieces(path: Path, pieces: Iterable[Piece]) -> int:
     return offset
 
 
-def _read_into(handle: io.RawIOBase, buffer: bytearray) -> int:
-    view = memoryview(buffer)
+def _read_into(handle: io.RawIOBase, view: memoryview) -> int:
     filled = 0
-    while filled < len(buffer):
+    while filled < view.nbytes:
         count = handle.readinto(view[filled:])
         if not count:
             break
