@@ -25,20 +25,22 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from ckptd.config import CheckpointsConfig
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
+from ckptd.frozen_build import build_frozen
 from ckptd.fsio import CHUNK_SIZE, FileIdentity, is_temp_name, open_regular_nofollow
 from ckptd.manifest import INDEX_FILENAME, ManifestEntry
 from ckptd.statedir import StateLayout
-from ckptd.timefmt import from_ns
 
 logger = logging.getLogger(__name__)
 
-# Maps a complete file to its format by content. The default is ckptd.formats.sniff.identify;
+# Maps a complete file to its format by content. The default is ckptd.formats.sniff.identify_format;
 # tests pass a counting fake to prove a warm pass reads nothing.
 Identifier = Callable[[Path], Format]
 
@@ -138,7 +140,7 @@ class Checkpoint:
 
     @property
     def mtime(self) -> datetime:
-        return from_ns(self.identity.mtime_ns)
+        return utc_from_ns(self.identity.mtime_ns)
 
     @property
     def total_size(self) -> int:
@@ -155,11 +157,13 @@ class RunInventory:
     archived: tuple[LegacyOriginal, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(NamedTuple):
+    """A listed file. A tuple, and ``abspath`` a str, not a Path: a cold pass lists 100,000 files,
+    and building objects per file costs more than the stat calls themselves."""
+
     relpath: str
     name: str
-    abspath: str  # a str, not a Path: building 100,000 Path objects costs more than the stats
+    abspath: str
     identity: FileIdentity
 
     @property
@@ -214,7 +218,7 @@ def _walk_files(
                 except FileNotFoundError:
                     continue  # vanished between listing and stat
                 child = f"{relpath}/{name}" if relpath else name
-                yield _Found(child, name, entry.path, FileIdentity.of(st))
+                yield _Found(child, name, entry.path, _identity_of(st))
     for subdir, child in subdirs:
         try:
             yield from _walk_files(subdir, child, skip_dir, wanted)
@@ -224,12 +228,26 @@ def _walk_files(
             )
 
 
-def default_identifier() -> Identifier:
-    """ckptd.formats.sniff.identify reduced to the format (imported lazily: it is optional here)."""
-    from ckptd.formats.sniff import identify
+def _identity_of(st: os.stat_result) -> FileIdentity:
+    """``FileIdentity.of(st)`` without the frozen dataclass's per-field __init__ (hot loop)."""
+    return build_frozen(
+        FileIdentity,
+        {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev},
+    )
 
-    def identify_format(path: Path) -> Format:
-        return Format(identify(path).format)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utc_from_ns(nanoseconds: int) -> datetime:
+    """``ckptd.timefmt.from_ns`` in one datetime operation instead of three (once per checkpoint)."""
+    return _EPOCH + timedelta(microseconds=nanoseconds // 1000)
+
+
+def default_identifier() -> Identifier:
+    """ckptd.formats.sniff.identify_format: identify's label, found with less work (imported
+    lazily: it is optional here)."""
+    from ckptd.formats.sniff import identify_format
 
     return identify_format
 
@@ -287,8 +305,13 @@ def inventory_run(
         checkpoint = _checkpoint(item, options, now_ns, cached)
         if checkpoint is not None:
             checkpoints.append(checkpoint)
-    linked = _link_originals(checkpoints, archived_by_path, layout, options)
-    return RunInventory(run, tuple(sorted(linked, key=lambda c: c.path)), tuple(archived))
+    if archived_by_path or any(c.converted_from is not None for c in checkpoints):
+        checkpoints = _link_originals(checkpoints, archived_by_path, layout, options)
+    checkpoints.sort(key=_by_path)
+    return RunInventory(run, tuple(checkpoints), tuple(archived))
+
+
+_by_path = attrgetter("path")
 
 
 def _to_ns(moment: datetime) -> int:
@@ -372,18 +395,45 @@ def _checkpoint(
         sha256 = _hash_or_none(item)
         if sha256 is None:
             return Checkpoint(item.relpath, step, item.identity, fmt, None, False, INCOMPLETE)
-    return Checkpoint(
+    return _complete_checkpoint(
         item.relpath,
         step,
         item.identity,
         fmt,
         sha256,
-        True,
         _status(fmt, cached, error),
-        converted_from=cached.converted_from if cached else None,
-        cached=cached,
-        error=error,
+        cached.converted_from if cached else None,
+        cached,
+        error,
     )
+
+
+def _complete_checkpoint(
+    path: str,
+    step: int | None,
+    identity: FileIdentity,
+    fmt: Format,
+    sha256: str | None,
+    status: str,
+    converted_from: str | None,
+    cached: ManifestEntry | None,
+    error: str | None,
+) -> Checkpoint:
+    """``Checkpoint(..., complete=True, ...)``, built once per checkpoint of every pass."""
+    fields: dict[str, Any] = {
+        "path": path,
+        "step": step,
+        "identity": identity,
+        "format": fmt,
+        "sha256": sha256,
+        "complete": True,
+        "status": status,
+        "legacy": None,
+        "converted_from": converted_from,
+        "cached": cached,
+        "error": error,
+    }
+    return build_frozen(Checkpoint, fields)
 
 
 def _status(fmt: Format, cached: ManifestEntry | None, error: str | None) -> str:

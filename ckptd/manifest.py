@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ from typing import Any, Literal, cast, get_args
 from ckptd import __version__
 from ckptd.errors import ManifestError
 from ckptd.formats import Format
+from ckptd.frozen_build import build_frozen
 from ckptd.fsio import write_bytes_atomic
 from ckptd.timefmt import format_utc, parse_utc
 
@@ -324,10 +326,17 @@ def _entry_from_json(obj: object, where: str, check: _Checker) -> ManifestEntry:
 _BASE_ENTRY_KEYS = frozenset(
     {"path", "step", "size", "mtime", "sha256", "format", "state", "reasons"}
 )
+_BASE_ENTRY_KEYS_NS = _BASE_ENTRY_KEYS | {"mtime_ns"}
 
 
 def _entry_fast(obj: object) -> ManifestEntry | None:
-    if type(obj) is not dict or not obj.keys() >= _BASE_ENTRY_KEYS:
+    # Exactly the keys a checkpoint without conversion details has; anything else (conversion
+    # details, errors, unknown keys) goes to the full checker. Type tests come before the `in`
+    # tests: a list where a string belongs is unhashable and would raise TypeError there.
+    if type(obj) is not dict:
+        return None
+    keys = obj.keys()
+    if keys not in (_BASE_ENTRY_KEYS, _BASE_ENTRY_KEYS_NS):
         return None
     path, step, size, sha256 = obj["path"], obj["step"], obj["size"], obj["sha256"]
     fmt, state, reasons, mtime_ns = obj["format"], obj["state"], obj["reasons"], obj.get("mtime_ns")
@@ -337,22 +346,40 @@ def _entry_fast(obj: object) -> ManifestEntry | None:
         or type(size) is not int
         or size < 0
         or not (sha256 is None or type(sha256) is str)
+        or type(fmt) is not str
         or fmt not in _FORMATS
+        or type(state) is not str
         or state not in MANIFEST_STATES
         or type(reasons) is not list
-        or not all(type(reason) is str for reason in reasons)
+        or (reasons and not all(type(reason) is str for reason in reasons))
         or not (mtime_ns is None or (type(mtime_ns) is int and mtime_ns >= 0))
     ):
         return None
-    others = obj.keys() - _BASE_ENTRY_KEYS
-    if others - {"mtime_ns"}:
-        return None  # conversion details, errors or unknown keys: the full checker handles them
     try:
         mtime = parse_utc(obj["mtime"])
     except (TypeError, ValueError):
         return None
-    return ManifestEntry(
-        path, step, size, mtime, sha256, _FORMATS[fmt], state, tuple(reasons), mtime_ns=mtime_ns
+    # Every field, in declaration order (tests check this against the constructor).
+    return build_frozen(
+        ManifestEntry,
+        {
+            "path": path,
+            "step": step,
+            "size": size,
+            "mtime": mtime,
+            "sha256": sha256,
+            "format": _FORMATS[fmt],
+            "state": state,
+            "reasons": tuple(reasons),
+            "converted_from": None,
+            "algorithm": None,
+            "params": None,
+            "carries_code": None,
+            "error": None,
+            "refusal": None,
+            "mtime_ns": mtime_ns,
+            "extra": {},
+        },
     )
 
 
@@ -569,7 +596,13 @@ def index_run(manifest: Manifest, *, run: str, manifest_relpath: str) -> IndexRu
 def _read_capped(path: Path) -> bytes:
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
+            # read(n) allocates n bytes up front: ask for what the file holds (plus one byte, to
+            # notice growth), not for the cap: a 64 MiB allocation per manifest dominated a warm
+            # pass's system time.
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(min(size, MAX_MANIFEST_BYTES) + 1)
+            if len(data) > size:  # it grew since fstat: fall back to reading up to the cap
+                data += handle.read(MAX_MANIFEST_BYTES + 1 - len(data))
     except FileNotFoundError:
         raise
     except OSError as err:

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import functools
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from operator import attrgetter
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -189,7 +191,7 @@ def plan_run(
             for d in series_decisions
         ]
     decisions += series_decisions
-    decisions.sort(key=lambda d: d.path)
+    decisions.sort(key=_path_of)
 
     deleted = {d.path for d in series_decisions if d.action == "delete"}
     kept_bytes = sum(c.size for c in candidates if c.path not in deleted)
@@ -216,11 +218,17 @@ def _split(
     usable = [c for c in candidates if c.complete and c.status == OK_STATUS]
     stepped = [c for c in usable if c.step is not None]
     if stepped:
-        stepped.sort(key=lambda c: (c.step, c.mtime, c.path))
+        stepped.sort(key=_step_order)
         members, unstepped = stepped, [c for c in usable if c.step is None]
     else:
-        members, unstepped = sorted(usable, key=lambda c: (c.mtime, c.path)), []
+        members, unstepped = sorted(usable, key=_time_order), []
     return [_Judged(c, i) for i, c in enumerate(members)], unstepped, skipped
+
+
+# C-level sort keys: a plan sorts every run's checkpoints two or three times.
+_path_of = attrgetter("path")
+_step_order = attrgetter("step", "mtime", "path")
+_time_order = attrgetter("mtime", "path")
 
 
 def _skip_decision(candidate: Candidate) -> Decision:
@@ -233,11 +241,15 @@ def _skip_decision(candidate: Candidate) -> Decision:
 PeriodKey = Callable[[datetime], Hashable]
 
 # Calendar rules in borg's order, each with its period key on a local (policy-timezone) datetime.
+# prune_split only asks whether two consecutive checkpoints share a period, so any key that is
+# equal exactly when the periods are will do; day ordinals are cheaper than date tuples and
+# isocalendar(). Day 1 (0001-01-01) is a Monday, so (ordinal - 1) // 7 numbers the ISO weeks
+# (Monday to Sunday; an ISO week never straddles two ISO years).
 _CALENDAR_RULES: tuple[tuple[str, PeriodKey], ...] = (
-    ("keep_hourly", lambda t: (t.year, t.month, t.day, t.hour, t.utcoffset())),
-    ("keep_daily", lambda t: (t.year, t.month, t.day)),
-    ("keep_weekly", lambda t: t.isocalendar()[:2]),
-    ("keep_monthly", lambda t: (t.year, t.month)),
+    ("keep_hourly", lambda t: (t.toordinal(), t.hour, t.utcoffset())),
+    ("keep_daily", lambda t: t.toordinal()),
+    ("keep_weekly", lambda t: (t.toordinal() - 1) // 7),
+    ("keep_monthly", lambda t: t.year * 12 + t.month),
     ("keep_yearly", lambda t: t.year),
 )
 
@@ -258,7 +270,8 @@ def _apply_time_rules(series: list[_Judged], policy: Policy) -> None:
     if not active:
         return
     zone = _zone(policy.timezone)
-    # Converting every mtime once is cheaper than converting lazily per rule and per visit.
+    # Converting every mtime once is cheaper than converting lazily per rule and per visit
+    # (and free when the zone is UTC: astimezone returns a UTC datetime itself).
     local_newest_first = [j.candidate.mtime.astimezone(zone) for j in newest_first]
     for rule, period in active:
         count: int = getattr(policy, rule)
@@ -300,7 +313,9 @@ def _zone(name: str) -> tzinfo:
     # ZoneInfo caches too, but its constructor still costs a lookup per call; plans are many.
     zone = _ZONES.get(name)
     if zone is None:
-        zone = _ZONES[name] = ZoneInfo(name)
+        # UTC as datetime's own fixed zone: mtimes arrive in it, so converting them is a no-op,
+        # and every period key (fields and a zero utcoffset) comes out the same as ZoneInfo's.
+        zone = _ZONES[name] = UTC if name == "UTC" else ZoneInfo(name)
     return zone
 
 
@@ -356,23 +371,27 @@ class _Overrides:
     """newest, protect globs, pins and min_age: kept whatever the rules said, never evicted."""
 
     def __init__(self, policy: Policy, now: datetime) -> None:
-        self._globs = [
-            (glob, re.compile(fnmatch.translate(glob)).match, "/" in glob)
-            for glob in policy.protect
-        ]
+        self._globs = [(glob, _glob_matcher(glob), "/" in glob) for glob in policy.protect]
         self._young_after = now - policy.min_age if policy.min_age > timedelta(0) else None
 
     def reasons(self, candidate: Candidate, *, is_newest: bool) -> tuple[str, ...]:
         reasons = [NEWEST_REASON] if is_newest else []
-        name = candidate.path.rpartition("/")[2]
-        for glob, match, whole_path in self._globs:
-            if match(candidate.path if whole_path else name):
-                reasons.append(f"protect: {glob}")
+        if self._globs:
+            name = candidate.path.rpartition("/")[2]
+            for glob, match, whole_path in self._globs:
+                if match(candidate.path if whole_path else name):
+                    reasons.append(f"protect: {glob}")
         if candidate.pinned is not None:
             reasons.append(f"pinned: {candidate.pinned}" if candidate.pinned else "pinned")
         if self._young_after is not None and candidate.mtime > self._young_after:
             reasons.append(MIN_AGE_REASON)
         return tuple(reasons)
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_matcher(glob: str) -> Callable[[str], object]:
+    """A protect glob compiled once per process, not once per plan (the policies are few)."""
+    return re.compile(fnmatch.translate(glob)).match
 
 
 # ---------------------------------------------------------------- size budget

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,8 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ckptd.cli import ExitStatus
-from ckptd.config import load_config
-from ckptd.prune import PassOptions, prune_all, write_manifests
+from ckptd.config import Config, load_config
+from ckptd.prune import (
+    PassOptions,
+    RenderedPass,
+    prune_all,
+    prune_all_rendered,
+    write_manifests,
+)
 from ckptd.prune_report import PruneReport, RunReport
 
 
@@ -43,21 +52,66 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run_prune(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    report = prune_all(
-        config, now=datetime.now(UTC), dry_run=args.dry_run, options=cli_pass_options()
-    )
-    if args.json:
-        # Compact on purpose: json's C encoder only runs without indent (100,000 decisions: 0.2 s
-        # instead of 4 s). Pipe through `jq` to read it.
-        sys.stdout.write(json.dumps(report.to_json_obj()) + "\n")
-    else:
-        print_prune_report(report, Console(stderr=False, soft_wrap=False))
+    now = datetime.now(UTC)
+    with cyclic_gc_paused():
+        return _prune_and_report(config, now, dry_run=args.dry_run, as_json=args.json)
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one bounded CLI pass.
+
+    A pass over 100,000 checkpoints allocates a few hundred thousand acyclic objects and keeps
+    most of them until it reports: every automatic collection re-walks all of them for nothing
+    (measured: ~20% of a warm pass). Reference counting still frees everything as usual; only
+    cycles wait until the pass ends. Forked workers inherit the pause.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _prune_and_report(config: Config, now: datetime, *, dry_run: bool, as_json: bool) -> int:
+    if as_json:
+        rendered = prune_all_rendered(
+            config, now=now, dry_run=dry_run, render=run_json, options=cli_pass_options()
+        )
+        for chunk in prune_json_chunks(rendered):
+            sys.stdout.write(chunk)
+        sys.stdout.write("\n")
+        return ExitStatus.OK if rendered.ok else ExitStatus.FAILED
+    report = prune_all(config, now=now, dry_run=dry_run, options=cli_pass_options())
+    print_prune_report(report, Console(stderr=False, soft_wrap=False))
     return ExitStatus.OK if report.ok else ExitStatus.FAILED
+
+
+def run_json(run: RunReport) -> str:
+    """One run's part of the ``--json`` document, rendered by the worker that judged the run.
+
+    Compact on purpose: json's C encoder only runs without indent (100,000 decisions: 0.2 s
+    instead of 4 s). Pipe through `jq` to read it.
+    """
+    return json.dumps(run.to_json_obj())
+
+
+def prune_json_chunks(rendered: RenderedPass[str]) -> Iterator[str]:
+    """The text of ``json.dumps(PruneReport.to_json_obj())`` from runs already rendered by
+    :func:`run_json` (the same keys in the same order; tests compare the two byte for byte)."""
+    errors = [{"root": str(p.root), "error": p.message} for p in rendered.problems]
+    yield f'{{"dry_run": {json.dumps(rendered.dry_run)}, "runs": ['
+    for index, run in enumerate(rendered.runs):
+        yield run if index == 0 else ", " + run
+    yield f'], "errors": {json.dumps(errors)}}}'
 
 
 def run_manifest(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    report = write_manifests(config, now=datetime.now(UTC), options=cli_pass_options())
+    with cyclic_gc_paused():
+        report = write_manifests(config, now=datetime.now(UTC), options=cli_pass_options())
     for root in config.roots:
         print(manifest_summary(root.path, report))
     for problem in report.problems:

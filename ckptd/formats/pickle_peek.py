@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import pickletools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_OPCODES = 200_000
@@ -29,7 +29,6 @@ _STRING_OPS = frozenset(
 )
 _MEMO_STORE_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MEMO_LOAD_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
-_NO_PUSH_OPS = frozenset({"PROTO", "FRAME", "MEMOIZE", *_MEMO_STORE_OPS})
 _BUILDING_OPS = frozenset({"REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"})
 # The last bytes of a pickle whose top-level object is a 2-tuple: TUPLE2, an optional memo store
 # (MEMOIZE, BINPUT n, LONG_BINPUT n), STOP. That is how cloudpickle ends ``(data, params)``.
@@ -48,45 +47,64 @@ class PicklePeek:
     error: str | None = None  # why the scan stopped early (truncated prefix, bad opcode)
 
 
-def _ops(data: bytes | memoryview) -> Iterator[tuple[str, object]]:
-    for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
-        yield opcode.name, arg
+def peek_pickle(
+    data: bytes | memoryview,
+    *,
+    max_opcodes: int = MAX_OPCODES,
+    stop_at: Callable[[str], bool] | None = None,
+) -> PicklePeek:
+    """Scan up to ``max_opcodes`` opcodes of ``data`` (a whole pickle or just its first bytes).
 
+    With ``stop_at``, the scan ends right after the first global for which it returns True (that
+    global is the last one in ``globals``; ``complete`` is False and ``error`` None): callers that
+    only ask "is there such a reference?" need not walk megabytes of opcodes after the answer.
 
-def peek_pickle(data: bytes | memoryview, *, max_opcodes: int = MAX_OPCODES) -> PicklePeek:
-    """Scan up to ``max_opcodes`` opcodes of ``data`` (a whole pickle or just its first bytes)."""
+    STACK_GLOBAL's operands are approximated by the values of the last two pushes (every opcode
+    but PROTO, FRAME and the memo stores counts as one push; only strings, directly or through
+    the memo, carry a value), which is how SB2's cloudpickle writes them.
+    """
     protocol: int | None = None
     found: dict[str, None] = {}
     memo: dict[int, str | None] = {}
-    recent: list[str | None] = [None, None]  # the values of the last two pushes, if strings
+    previous: str | None = None  # the values of the last two pushes, if strings
+    last: str | None = None
     builds = False
     count = 0
     complete = False
     error: str | None = None
+    # The loop body runs once per opcode of every legacy file a cold pass identifies: branches
+    # are ordered by frequency and the push window is two locals, not a list.
     try:
-        for name, arg in _ops(data):
+        for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
             count += 1
-            if name == "PROTO" and count == 1 and isinstance(arg, int):
-                protocol = arg
+            name = opcode.name
+            if name in _STRING_OPS:
+                previous, last = last, arg if isinstance(arg, str) else None
+            elif name in _MEMO_LOAD_OPS:
+                previous, last = last, memo.get(arg) if isinstance(arg, int) else None
+            elif name == "MEMOIZE":
+                memo[len(memo)] = last
+            elif name in _MEMO_STORE_OPS:
+                if isinstance(arg, int):
+                    memo[arg] = last
+            elif name == "PROTO" or name == "FRAME":
+                if name == "PROTO" and count == 1 and isinstance(arg, int):
+                    protocol = arg
             elif name == "STOP":
                 complete = True
                 break
-            elif name == "GLOBAL" and isinstance(arg, str):
-                found.setdefault(arg.replace(" ", ".", 1), None)
-            elif name == "STACK_GLOBAL":
-                module, qualname = recent
-                if module is not None and qualname is not None:
-                    found.setdefault(f"{module}.{qualname}", None)
-            builds = builds or name in _BUILDING_OPS
-            if name == "MEMOIZE":
-                memo[len(memo)] = recent[-1]
-            elif name in _MEMO_STORE_OPS and isinstance(arg, int):
-                memo[arg] = recent[-1]
-            elif name not in _NO_PUSH_OPS:
-                pushed = arg if name in _STRING_OPS and isinstance(arg, str) else None
-                if name in _MEMO_LOAD_OPS and isinstance(arg, int):
-                    pushed = memo.get(arg)
-                recent = [recent[-1], pushed]
+            else:
+                reference = None
+                if name == "GLOBAL" and isinstance(arg, str):
+                    reference = arg.replace(" ", ".", 1)
+                elif name == "STACK_GLOBAL" and previous is not None and last is not None:
+                    reference = f"{previous}.{last}"
+                if reference is not None:
+                    found.setdefault(reference, None)
+                    if stop_at is not None and stop_at(reference):
+                        break
+                builds = builds or name in _BUILDING_OPS
+                previous, last = last, None
             if count >= max_opcodes:
                 error = f"stopped after {max_opcodes} opcodes"
                 break

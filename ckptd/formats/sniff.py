@@ -24,6 +24,7 @@ integrity.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import zipfile
@@ -78,15 +79,34 @@ def classify_zip_members(names: tuple[str, ...]) -> Format:
 
 def identify(path: Path) -> Identification:
     """Identify ``path`` by content. Raises OSError / UnsafePathError if it cannot be opened."""
+    return _identify(path, first_sb2_reference_is_enough=False)
+
+
+def identify_format(path: Path) -> Format:
+    """Just the format of ``path``, as :func:`identify` would label it, found with less work.
+
+    The inventory's hot path (100,000 files on a cold pass): a legacy pickle's opcode scan stops
+    at its first ``stable_baselines`` global, which decides the label, instead of walking up to
+    ``SNIFF_BYTES`` for the full list of globals that only ``inspect`` reports. Same errors as
+    :func:`identify`.
+    """
+    return _identify(path, first_sb2_reference_is_enough=True).format
+
+
+def _identify(path: Path, *, first_sb2_reference_is_enough: bool) -> Identification:
     with open_regular_nofollow(path) as handle:
         size = os.fstat(handle.fileno()).st_size
-        head = handle.read(SNIFF_BYTES)
+        # Ask for no more than the file holds: read(n) allocates n bytes up front, and a 4 MiB
+        # allocation per small file costs more than reading it (size 0: a file that may not say).
+        head = handle.read(min(size, SNIFF_BYTES) or SNIFF_BYTES)
         if not head:
             return Identification(Format.UNKNOWN, "high", "empty file", size)
         if head.startswith(ZIP_MAGIC):
-            return _identify_zip(handle, size)
+            # A file read whole is parsed from memory: zipfile's seeks and reads cost syscalls.
+            whole = len(head) == size
+            return _identify_zip(io.BytesIO(head) if whole else handle, size)
         if head[0] == 0x80 and len(head) >= 2:
-            return _identify_pickle(handle, head, size)
+            return _identify_pickle(handle, head, size, first_sb2_reference_is_enough)
     return Identification(
         Format.UNKNOWN, "high", f"neither a zip nor a pickle (starts with {head[:4].hex()})", size
     )
@@ -114,13 +134,17 @@ def _identify_zip(handle: BinaryIO, size: int) -> Identification:
     return Identification(flavour, "high", notes[flavour], size, members=names)
 
 
-def _identify_pickle(handle: BinaryIO, head: bytes, size: int) -> Identification:
+def _identify_pickle(
+    handle: BinaryIO, head: bytes, size: int, first_sb2_reference_is_enough: bool
+) -> Identification:
     protocol = head[1]
     if not 2 <= protocol <= 5:
         return Identification(
             Format.UNKNOWN, "high", f"pickle protocol {protocol} (SB2 wrote 2..5)", size, protocol
         )
-    peek = peek_pickle(head)
+    # Stopping at the first SB2 global changes only how many globals are listed, never the label:
+    # any SB2 global in the prefix makes it sb2-pickle/high, and without one the scan runs to the end.
+    peek = peek_pickle(head, stop_at=is_sb2_module if first_sb2_reference_is_enough else None)
     sb2_globals = [name for name in peek.globals if is_sb2_module(name)]
     if sb2_globals:
         note = f"pickle protocol {protocol} referencing {sb2_globals[0]}"
