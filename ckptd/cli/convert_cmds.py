@@ -7,15 +7,19 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptd import fsio
 from ckptd.cli import ExitStatus
 from ckptd.cli.output import error_line, print_json, progress_bar, stdout_console
-from ckptd.convert import ConversionOutcome, convert_file
 from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
 from ckptd.formats import Format
-from ckptd.formats.sniff import identify
+
+if TYPE_CHECKING:
+    from ckptd.convert import ConversionOutcome
+
+# The converter (numpy, the pickle reader, the zip writer) is imported by the handler that needs
+# it, so every other command starts without paying for it.
 
 STATE_DIR = ".ckptd"
 
@@ -59,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _legacy_files_below(directory: Path) -> Iterator[Path]:
     """Legacy pickles below ``directory``, by content; never follows links, skips ckptd state."""
+    from ckptd.formats.sniff import identify
+
     for current, dirnames, filenames in os.walk(directory, followlinks=False):
         dirnames[:] = sorted(name for name in dirnames if name != STATE_DIR)
         for name in sorted(filenames):
@@ -105,6 +111,8 @@ def _outcome_json(outcome: ConversionOutcome) -> dict[str, Any]:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from ckptd.convert import convert_file
+
     files = _expand(args.paths)
     if args.output is not None and (len(args.paths) != 1 or args.paths[0].is_dir()):
         error_line("-o/--output names the output of a single input file")

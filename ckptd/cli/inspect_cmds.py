@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from ckptd.cli import ExitStatus
 from ckptd.cli.output import error_line, print_json, stdout_console
-from ckptd.inspection import InspectReport, inspect_path
-from ckptd.verification import FileVerdict, expand_paths, verify_file
+
+if TYPE_CHECKING:
+    from ckptd.inspection import InspectReport
+    from ckptd.verification import FileVerdict
 
 MAX_ROWS = 40  # longer param / member lists are cut, with a count of what was left out
 
@@ -56,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from ckptd.inspection import inspect_path  # numpy and the pickle reader: only when inspecting
+
     report = inspect_path(args.path)
     if args.json:
         print_json(report.as_json())
@@ -156,6 +160,8 @@ def _members_table(report: InspectReport) -> Table:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from ckptd.verification import expand_paths, verify_file
+
     files = expand_paths(args.paths)
     verdicts = [verify_file(path) for path in files]
     if args.json:
