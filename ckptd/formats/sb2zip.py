@@ -35,6 +35,7 @@ from ckptd.formats.storedzip import (
     MemberSpec,
     Piece,
     StreamedPiece,
+    WriteResult,
     ZipLayout,
     as_byte_view,
     compare_file_with_pieces,
@@ -155,16 +156,7 @@ def write_sb2_zip(
     stamp = as_stored(date_time or local_now())
     outer, npz, data_bytes, list_bytes = build_sb2_layout(data, params, date_time=stamp)
     written = write_pieces(handle, outer.pieces)
-    return ZipWriteReport(
-        size=written.size,
-        sha256=written.sha256,
-        data_bytes=len(data_bytes),
-        parameters_bytes=npz.size,
-        parameter_list_bytes=len(list_bytes),
-        params_count=len(params),
-        params_bytes=sum(param.nbytes for param in params),
-        date_time=stamp,
-    )
+    return _report(written, npz, data_bytes, list_bytes, params, stamp)
 
 
 def write_sb2_zip_file(
@@ -211,6 +203,17 @@ def write_checked_sb2_zip(
 
     with atomic_write(dest, mode=mode, before_replace=check) as handle:
         written = write_pieces(handle, outer.pieces)
+    return _report(written, npz, data_bytes, list_bytes, params, stamp)
+
+
+def _report(
+    written: WriteResult,
+    npz: ZipLayout,
+    data_bytes: bytes,
+    list_bytes: bytes,
+    params: Sequence[Param],
+    stamp: DateTime,
+) -> ZipWriteReport:
     return ZipWriteReport(
         size=written.size,
         sha256=written.sha256,
