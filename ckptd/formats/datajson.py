@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 import json
 import re
 from collections.abc import Mapping
@@ -22,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ckptd.errors import CkptdError, ConversionError, UnsafeCheckpoint
+from ckptd.formats.allowlist import check_pickle_bytes
 from ckptd.formats.model import DataValue, JsonValue, OpaqueValue
 from ckptd.formats.pickle_peek import peek_pickle
 
 TYPE_KEY = ":type:"
 SERIALIZED_KEY = ":serialized:"
-ALLOWLIST_MODULE = "ckptd.formats.allowlist"
 # cloudpickle helpers that rebuild functions and code objects: their presence means "carries code".
 _CODE_HELPERS = frozenset(
     {
@@ -197,20 +196,9 @@ def _check_blob(
     blob: bytes, where: str, source: str | None
 ) -> tuple[str, str | None, tuple[str, ...], bool | None, UnsafeCheckpoint | None]:
     """(safety, problem, globals, carries_code, refusal) from the allowlist check; fails closed."""
-    try:
-        allowlist = importlib.import_module(ALLOWLIST_MODULE)
-    except ImportError:
-        reason = f"unchecked: {ALLOWLIST_MODULE} is not available"
-        return (
-            reason,
-            f"{where}: cannot check the pickle's safety ({ALLOWLIST_MODULE} missing)",
-            (),
-            None,
-            None,
-        )
     label = f"{source}:{where}" if source else where
     try:
-        report = allowlist.check_pickle_bytes(blob, source=label)
+        report = check_pickle_bytes(blob, source=label)
     except CkptdError as err:
         refusal = err if isinstance(err, UnsafeCheckpoint) else None
         return f"refused: {err.message}", f"{where}: {err.message}", (), None, refusal
