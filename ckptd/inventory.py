@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from ckptd.formats import Format
 from ckptd.frozen_build import build_frozen
 from ckptd.fsio import CHUNK_SIZE, FileIdentity, is_temp_name, open_regular_nofollow
 from ckptd.manifest import INDEX_FILENAME, ManifestEntry
-from ckptd.statedir import StateLayout
+from ckptd.statedir import QUARANTINE_DIR, StateLayout
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ class RunInventory:
     run: RunRef
     checkpoints: tuple[Checkpoint, ...]
     archived: tuple[LegacyOriginal, ...]
+    # Run-relative paths of the regular files in the quarantine dir: a refused entry stays in the
+    # manifest while the file it names there exists.
+    quarantined: frozenset[str] = frozenset()
 
 
 class _Found(NamedTuple):
@@ -308,7 +312,7 @@ def inventory_run(
     if archived_by_path or any(c.converted_from is not None for c in checkpoints):
         checkpoints = _link_originals(checkpoints, archived_by_path, layout, options)
     checkpoints.sort(key=_by_path)
-    return RunInventory(run, tuple(checkpoints), tuple(archived))
+    return RunInventory(run, tuple(checkpoints), tuple(archived), _quarantined_files(layout))
 
 
 _by_path = attrgetter("path")
@@ -351,6 +355,27 @@ def _archived_originals(
             sha256 = _hash_or_none(item)
         originals.append(LegacyOriginal(item.relpath, item.identity, sha256, cached))
     return originals
+
+
+def _quarantined_files(layout: StateLayout) -> frozenset[str]:
+    """Regular files in the quarantine dir (reason files too: they never match an entry's path).
+
+    One failing scandir per run without a quarantine; never through a symlinked directory."""
+    prefix = f"{layout.state_dir_name}/{QUARANTINE_DIR}/"
+    try:
+        if not stat.S_ISDIR(os.lstat(layout.quarantine).st_mode):
+            return frozenset()
+        with os.scandir(layout.quarantine) as entries:
+            return frozenset(
+                prefix + entry.name
+                for entry in entries
+                if entry.is_file(follow_symlinks=False) and not is_temp_name(entry.name)
+            )
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as err:
+        logger.warning("%s: cannot list the quarantine (%s)", layout.quarantine, err)
+        return frozenset()
 
 
 def _never(name: str) -> bool:

@@ -34,6 +34,10 @@ MAX_REMOVED = 1000
 # A manifest of 100 checkpoints is ~40 KB; anything this big was not written by ckptd.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
+# The entry key the pipeline sets, on a refused file it quarantined, to the file's run-relative path
+# in the quarantine dir (the entry keeps the path the file was refused at).
+QUARANTINE_KEY = "quarantine"
+
 ManifestState = Literal["kept", "pending", "refused", "broken", "converted"]
 MANIFEST_STATES: frozenset[str] = frozenset(get_args(ManifestState))
 _FORMATS = {member.value: member for member in Format}
@@ -108,6 +112,18 @@ class RemovedEntry:
     converted_from_sha256: str | None = None
     converted_from_trash: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Bytes freed (None in manifests written before ckptd recorded them).
+    size: int | None = None
+    converted_from_size: int | None = None
+
+    @property
+    def bytes_freed(self) -> int | None:
+        """The checkpoint's bytes with its archived original's; None when not recorded."""
+        if self.size is None or (
+            self.converted_from is not None and self.converted_from_size is None
+        ):
+            return None
+        return self.size + (self.converted_from_size or 0)
 
     def to_json_obj(self) -> JsonDict:
         obj: JsonDict = {
@@ -118,13 +134,33 @@ class RemovedEntry:
             "trash": self.trash,
         }
         optional = {
+            "size": self.size,
             "converted_from": self.converted_from,
             "converted_from_sha256": self.converted_from_sha256,
             "converted_from_trash": self.converted_from_trash,
+            "converted_from_size": self.converted_from_size,
         }
         obj.update((key, value) for key, value in optional.items() if value is not None)
         obj.update(sorted(self.extra.items()))
         return obj
+
+
+@dataclass(frozen=True)
+class PruneRecord:
+    """What the last real prune pass over a run did (written even when it deleted nothing)."""
+
+    at: datetime
+    deleted: int
+    bytes_freed: int
+    guard: str | None = None  # the max_fraction guard's text when it stopped the deletions
+
+    def to_json_obj(self) -> JsonDict:
+        return {
+            "at": format_utc(self.at),
+            "deleted": self.deleted,
+            "bytes_freed": self.bytes_freed,
+            "guard": self.guard,
+        }
 
 
 @dataclass(frozen=True)
@@ -138,6 +174,7 @@ class Manifest:
     removed: tuple[RemovedEntry, ...] = ()
     ckptd_version: str = __version__
     extra: Mapping[str, Any] = field(default_factory=dict)
+    last_prune: PruneRecord | None = None  # None until a real prune pass ran (or an old manifest)
 
     def __post_init__(self) -> None:
         # One canonical order, so equal content compares equal however it was assembled.
@@ -162,6 +199,8 @@ class Manifest:
             "checkpoints": [e.to_json_obj() for e in sorted(self.checkpoints, key=_entry_key)],
             "removed": [e.to_json_obj() for e in self.removed],
         }
+        if self.last_prune is not None:
+            obj["last_prune"] = self.last_prune.to_json_obj()
         obj.update(sorted(self.extra.items()))
         return _dump(obj)
 
@@ -197,6 +236,7 @@ class Manifest:
             ),
             ckptd_version=check.text(obj, "ckptd_version", "", required=False) or "unknown",
             extra=_extras(obj, _MANIFEST_KEYS),
+            last_prune=_prune_record_from_json(obj, check),
         )
 
 
@@ -206,14 +246,15 @@ def _entry_key(entry: ManifestEntry) -> str:
 
 _MANIFEST_KEYS = frozenset(
     {"schema", "run", "generated_at", "policy", "ckptd_version", "checkpoints", "removed"}
+    | {"last_prune"}
 )
 _ENTRY_KEYS = frozenset(
     {"path", "step", "size", "mtime", "sha256", "format", "state", "reasons", "converted_from"}
     | {"algorithm", "params", "carries_code", "error", "refusal", "mtime_ns"}
 )
 _REMOVED_KEYS = frozenset(
-    {"path", "sha256", "removed_at", "reasons", "trash"}
-    | {"converted_from", "converted_from_sha256", "converted_from_trash"}
+    {"path", "sha256", "removed_at", "reasons", "trash", "size"}
+    | {"converted_from", "converted_from_sha256", "converted_from_trash", "converted_from_size"}
 )
 
 
@@ -430,6 +471,20 @@ def _removed_from_json(obj: object, where: str, check: _Checker) -> RemovedEntry
         converted_from_sha256=check.optional_text(obj, "converted_from_sha256", where),
         converted_from_trash=check.optional_text(obj, "converted_from_trash", where),
         extra=_extras(cast(JsonDict, obj), _REMOVED_KEYS),
+        size=check.integer(obj, "size", where, nullable=True),
+        converted_from_size=check.integer(obj, "converted_from_size", where, nullable=True),
+    )
+
+
+def _prune_record_from_json(obj: JsonDict, check: _Checker) -> PruneRecord | None:
+    record = check.get(obj, "last_prune", "", False)
+    if record is None:
+        return None  # written before ckptd recorded prune passes, or never pruned
+    return PruneRecord(
+        at=check.time(record, "at", "last_prune"),
+        deleted=cast(int, check.integer(record, "deleted", "last_prune")),
+        bytes_freed=cast(int, check.integer(record, "bytes_freed", "last_prune")),
+        guard=check.optional_text(record, "guard", "last_prune"),
     )
 
 
@@ -489,6 +544,14 @@ def with_conversion(
         params=params,
         carries_code=tuple(carries_code),
     )
+
+
+def quarantined_as(entry: ManifestEntry) -> str | None:
+    """The run-relative quarantine path of a refused entry whose file the pipeline quarantined."""
+    if entry.state != "refused":
+        return None
+    where = entry.extra.get(QUARANTINE_KEY)
+    return where if isinstance(where, str) and where else None
 
 
 def add_removed(manifest: Manifest, removed: Iterable[RemovedEntry]) -> Manifest:
@@ -577,14 +640,16 @@ class RootIndex:
 
 
 def index_run(manifest: Manifest, *, run: str, manifest_relpath: str) -> IndexRun:
-    """Summarize a run's manifest: archived originals add bytes but are not separate checkpoints."""
-    checkpoints = [entry for entry in manifest.checkpoints if entry.state != "converted"]
+    """Summarize a run's manifest: archived originals add bytes but are not separate checkpoints;
+    quarantined files (kept in the manifest as ``refused``) are neither: they left the run."""
+    present = [entry for entry in manifest.checkpoints if quarantined_as(entry) is None]
+    checkpoints = [entry for entry in present if entry.state != "converted"]
     steps = [entry.step for entry in checkpoints if entry.step is not None]
     return IndexRun(
         run=run,
         manifest=manifest_relpath,
         checkpoints=len(checkpoints),
-        bytes=sum(entry.size for entry in manifest.checkpoints),
+        bytes=sum(entry.size for entry in present),
         newest_step=max(steps) if steps else None,
         newest_mtime=max((entry.mtime for entry in checkpoints), default=None),
     )

@@ -6,18 +6,23 @@ restarts and work with or without a daemon. Every prune keeps a pinned file with
 
 Why a pin never races a prune (two locks, always taken in the order run lock -> pins lock):
 
-* ``pins.json`` is read-modify-written only under the short **pins lock** (``<state>/pins.lock``),
-  so two pin/unpin/restore commands never lose each other's pins.
+* ``pins.json`` is read-modify-written only under the **pins lock** (``<state>/pins.lock``), so
+  two pin/unpin/restore commands never lose each other's pins.
 * A pin does **not** wait for the run lock before it lands: a prune holds that lock for a whole
-  pass over the run, and the pin must reach it before it deletes. The prune re-reads the pins right
-  before deleting and plans again if they changed (``prune._process_run``), so a pin that lands
-  while a prune is judging the run is honoured.
+  pass over the run, and the pin must reach it before it deletes. The prune holds the pins lock
+  from its last re-read of the pins through its deletions (``prune._process_run``), and ``pin``
+  checks its file still exists under the pins lock before writing the pin. So a pin that lands
+  while a prune is judging the run is honoured (the re-read sees it and the prune plans again),
+  and one that arrives while the prune deletes waits for the deletions and then either finds its
+  file still there (pinned) or gone: the command fails without pinning and names the trash entry
+  (``ckptd trash restore`` restores and pins it). Nothing is lost silently.
 * Then the pin takes the **run lock** (waiting for that prune to finish), checks the file is still
-  there and records the pin in the manifest entry (``"pinned": {"reason", "pinned_at"}``). If the
-  file is gone, a prune deleted it in the instant between its re-read and its delete: the command
-  fails, says so and names ``ckptd trash restore`` (which restores and pins it). Nothing is lost
-  silently. (Holding the pins lock in prune from that re-read through the deletions would close
-  even that instant; see the report to the lead.)
+  there and records the pin in the manifest entry (``"pinned": {"reason", "pinned_at"}``). A
+  file missing at that point was removed by something outside ckptd's locks (a prune cannot get
+  between the pin and its re-read any more): the command says so and keeps the pin.
+
+Nothing here waits for the run lock while holding the pins lock (the order is run lock, then pins
+lock, as prune and ``trash restore`` take them), so the two never deadlock.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ logger = logging.getLogger(__name__)
 PINS_LOCK_FILE = "pins.lock"
 PIN_KEY = "pinned"  # the manifest entry key that shows a pin
 DEFAULT_REASON = "pinned by operator"
-# The pins lock is only ever held for one small file write.
+# The pins lock is held for one small file write, or by a prune for its deletions in one run.
 PINS_LOCK_TIMEOUT = 10.0
 _POLL_SECONDS = 0.02
 
@@ -114,9 +119,22 @@ def pins_lock(layout: StateLayout, *, timeout: float = PINS_LOCK_TIMEOUT) -> Ite
         os.close(fd)
 
 
-def set_pin(layout: StateLayout, relpath: str, pin: Pin) -> Pin | None:
-    """Add or replace the pin on ``relpath`` (under the pins lock); returns the pin it replaced."""
-    with pins_lock(layout):
+def set_pin(
+    layout: StateLayout,
+    relpath: str,
+    pin: Pin,
+    *,
+    require_file: bool = False,
+    timeout: float = PINS_LOCK_TIMEOUT,
+) -> Pin | None:
+    """Add or replace the pin on ``relpath`` (under the pins lock); returns the pin it replaced.
+
+    With ``require_file``, FileNotFoundError (nothing written) when the file is gone by the time
+    the lock is held: a prune that held the lock deleted it.
+    """
+    with pins_lock(layout, timeout=timeout):
+        if require_file and not os.path.lexists(layout.run_dir / relpath):
+            raise FileNotFoundError(errno.ENOENT, "no such file", str(layout.run_dir / relpath))
         pins = read_pins(layout)
         previous = pins.get(relpath)
         pins[relpath] = pin
@@ -151,7 +169,21 @@ def pin(
     _check_pinnable(handle, relpath)
     layout = handle.layout
     new_pin = Pin(reason=(reason or "").strip() or DEFAULT_REASON, pinned_at=now)
-    previous = set_pin(layout, relpath, new_pin)
+    try:
+        # A prune deleting in this run holds the pins lock: wait for it as long as for a run lock.
+        previous = set_pin(
+            layout,
+            relpath,
+            new_pin,
+            require_file=True,
+            timeout=max(PINS_LOCK_TIMEOUT, lock_timeout),
+        )
+    except FileNotFoundError:
+        hint = _trash_hint(handle, relpath) or "it is not in the trash"
+        raise CkptdError(
+            f"was deleted (by a prune, while the pin waited for it) and is not pinned; {hint}",
+            path=str(handle.run_dir / relpath),
+        ) from None
     logger.info("pinned %s (%s)", handle.run_dir / relpath, new_pin.reason)
     updated, note = _record_in_manifest(handle, relpath, new_pin, now, lock_timeout)
     return PinResult(handle.run_dir, relpath, new_pin, previous, updated, note)

@@ -50,6 +50,7 @@ from ckptd.errors import (
     FileChangedError,
     FormatError,
     ManifestError,
+    RunLockedError,
     UnsafeCheckpoint,
     UnsafePathError,
     VerifyError,
@@ -68,12 +69,14 @@ from ckptd.fsio import (
 )
 from ckptd.inventory import CheckpointMatcher, RunRef, hash_if_unchanged
 from ckptd.manifest import (
+    QUARANTINE_KEY,
     Manifest,
     ManifestEntry,
     ManifestState,
     ParamsSummary,
     drop_entry,
     load_manifest,
+    quarantined_as,
     set_entry,
     write_manifest,
 )
@@ -155,6 +158,9 @@ class BatchResult:
     deferred: tuple[Path, ...] = ()  # not started within the time budget: hand them in again
     manifest_written: bool = False
     error: str | None = None  # the batch could not run at all (lock, unwritable state dir)
+    # The run was locked by another ckptd process: hand the whole batch in again after a pause.
+    # Any other run-level error lasts (an unwritable run): the reconciliation scan retries it.
+    busy: bool = False
 
 
 # ---- which run a path belongs to, and whether it needs work (pure) -------------------------------
@@ -257,7 +263,12 @@ def process_batch(
     except (CkptdError, OSError) as err:
         message = f"cannot process run: {err}"
         logger.error("%s", message, extra={"run": run.relpath})
-        return BatchResult(run, tuple(outcomes), tuple(paths[len(outcomes) :]), False, message)
+        # A run locked by another ckptd process is free again soon: hand the paths back. Any other
+        # failure (an unwritable run or state dir) lasts: retrying every few seconds would only
+        # repeat this line, so the next reconciliation scan finds the files again instead.
+        busy = isinstance(err, RunLockedError)
+        unfinished = tuple(paths[len(outcomes) :]) if busy else ()
+        return BatchResult(run, tuple(outcomes), unfinished, False, message, busy)
     return BatchResult(run, tuple(outcomes), tuple(deferred), written)
 
 
@@ -353,6 +364,12 @@ class _Work:
     def forget_if_absent(self, path: Path, manifest: Manifest) -> Manifest:
         located = run_of(self.root, path, self.config.state_dir)
         if located is None or located[0].run_dir != self.run.run_dir or os.path.lexists(path):
+            return manifest
+        entry = manifest.by_path().get(located[1])
+        jailed = None if entry is None else quarantined_as(entry)
+        if jailed is not None and os.path.lexists(self.run.run_dir / jailed):
+            # Our own quarantine move reported this path gone: the refused entry stays while the
+            # quarantined file exists (as a manifest or prune pass keeps it, ckptd.rebuild).
             return manifest
         return self._drop(manifest, located[1])
 
@@ -600,8 +617,8 @@ class _Work:
             destination = quarantine(
                 path, self.layout, identity, sha256, refusal, self.deps.clock()
             )
-            extra["quarantine"] = self._relpath(destination)
-            message = f"{refusal}; quarantined as {extra['quarantine']}"
+            extra[QUARANTINE_KEY] = self._relpath(destination)
+            message = f"{refusal}; quarantined as {extra[QUARANTINE_KEY]}"
         else:
             message = f"{refusal}; left in place"
         self._log(logging.WARNING, relpath, "%s", message)

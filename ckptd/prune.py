@@ -1,12 +1,17 @@
 """One retention pass (``ckptd prune``) and one manifest pass (``ckptd manifest``) over every run.
 
 Per run, under the run lock: previous manifest (the cache; a corrupt one is logged and rebuilt)
-→ inventory → evaluations (keep_best) → pins → ``retention.plan_run`` → (real pass only) pins
-re-read right before deleting (a changed pin set re-plans) → deletions (trash or unlink, each
+→ inventory → evaluations (keep_best) → pins → ``retention.plan_run`` → (real pass only) under
+the pins lock: pins re-read (a changed pin set re-plans) and deletions (trash or unlink, each
 re-checked against what was judged) → trash purge → manifest (kept states with reasons, the
-removed list) → and per root, the index. A failing run is reported with its error and the other
-runs go on. A dry run writes nothing: no lock file, state dir, manifest or index is created, and
-files are not hashed (only identified) since no manifest is written.
+removed list with sizes, and ``last_prune``: when, how many deleted, bytes freed, the guard) →
+and per root, the index. A failing run is reported with its error and the other runs go on. A
+dry run writes nothing: no lock file, state dir, manifest or index is created, and files are not
+hashed (only identified) since no manifest is written.
+
+Locks are taken in one order, run lock then pins lock (``ckptd.pins`` never waits for the run lock
+while holding the pins lock), so a pin either lands before the re-read and is honoured, or waits
+until the deletions are done and then finds its file gone and says so; it is never lost.
 
 Runs may be spread over forked workers (``PassOptions.workers``, CLI only); what a worker sends
 back is kept small: the run's report (or, through :func:`prune_all_rendered`, its rendering, e.g.
@@ -21,10 +26,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeAlias, TypeVar
 
 from ckptd.config import CheckpointsConfig, Config, Policy, RootConfig
-from ckptd.deletion import Deleted, delete_checkpoints, purge_trash
+from ckptd.deletion import Deleted, DeleteMode, delete_checkpoints, purge_trash
 from ckptd.errors import CkptdError, FileChangedError, ManifestError, UnsafePathError
 from ckptd.fanout import map_in_order
 from ckptd.frozen_build import build_frozen
@@ -44,6 +49,7 @@ from ckptd.manifest import (
     INDEX_FILENAME,
     IndexRun,
     Manifest,
+    PruneRecord,
     RemovedEntry,
     RootIndex,
     index_run,
@@ -52,6 +58,7 @@ from ckptd.manifest import (
     write_index,
     write_manifest,
 )
+from ckptd.pins import pins_lock
 from ckptd.prune_report import PathDecision, PruneReport, RootProblem, RunReport
 from ckptd.rebuild import build_manifest
 from ckptd.retention import Candidate, Evaluation, RunPlan, plan_run
@@ -60,6 +67,22 @@ from ckptd.statedir import Pin, StateLayout, read_pins, run_lock
 logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 30.0  # seconds; the daemon holds a run's lock for one conversion at most
+
+
+DeleteOutcome: TypeAlias = Deleted | FileChangedError | UnsafePathError | OSError
+
+
+class Deleter(Protocol):
+    """The shape of ``deletion.delete_checkpoints`` (tests wrap it to act while prune deletes)."""
+
+    def __call__(
+        self,
+        layout: StateLayout,
+        checkpoints: Sequence[Checkpoint],
+        *,
+        mode: DeleteMode,
+        now: datetime,
+    ) -> list[DeleteOutcome]: ...
 
 
 class Planner(Protocol):
@@ -78,11 +101,12 @@ class Planner(Protocol):
 
 @dataclass(frozen=True)
 class PassOptions:
-    """Knobs of one pass that are not config: the content identifier, planner and lock wait."""
+    """Knobs of one pass that are not config: the content identifier, planner, deleter, lock wait."""
 
     identify: Identifier | None = None  # None: ckptd.formats.sniff.identify
     planner: Planner = plan_run
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # for the run lock, and then the pins lock
+    deleter: Deleter = delete_checkpoints
     # >1 spreads runs over forked processes (ckptd.fanout): for the CLI only, never the daemon.
     workers: int = 1
 
@@ -330,11 +354,18 @@ def _process_run(
         plan = _plan(options.planner, inventory, pins, policy, config, now, evaluations)
         if dry_run:
             return _report(root.path, run.relpath, plan)
-        fresh_pins = read_pins(layout)  # the user may have pinned something while we judged
-        if fresh_pins != pins:
-            logger.info("run %s: pins changed during the pass; planning again", run.run_dir)
-            plan = _plan(options.planner, inventory, fresh_pins, policy, config, now, evaluations)
-        return _apply(config, root, run, layout, inventory, plan, previous, now)
+        # Held from the re-read through the last deletion: a pin cannot land in between unseen.
+        with pins_lock(layout, timeout=options.lock_timeout):
+            fresh_pins = read_pins(layout)  # the user may have pinned something while we judged
+            if fresh_pins != pins:
+                logger.info("run %s: pins changed during the pass; planning again", run.run_dir)
+                plan = _plan(
+                    options.planner, inventory, fresh_pins, policy, config, now, evaluations
+                )
+            doomed = _doomed(inventory, plan)
+            deleted = options.deleter(layout, doomed, mode=config.delete.mode, now=now)
+        outcomes = dict(zip((c.path for c in doomed), deleted, strict=True))
+        return _apply(config, root, run, layout, inventory, plan, outcomes, previous, now)
 
 
 @functools.lru_cache(maxsize=8)
@@ -429,6 +460,11 @@ def _skip_reason(err: BaseException) -> str:
     return f"skip: {getattr(err, 'strerror', None) or err}"
 
 
+def _doomed(inventory: RunInventory, plan: RunPlan) -> list[Checkpoint]:
+    by_path = {checkpoint.path: checkpoint for checkpoint in inventory.checkpoints}
+    return [by_path[d.path] for d in plan.decisions if d.action == "delete"]
+
+
 def _apply(
     config: Config,
     root: RootConfig,
@@ -436,18 +472,12 @@ def _apply(
     layout: StateLayout,
     inventory: RunInventory,
     plan: RunPlan,
+    outcomes: Mapping[str, DeleteOutcome],
     previous: Manifest | None,
     now: datetime,
 ) -> RunReport:
+    """Report the deletions made, purge the trash and record it all in the manifest."""
     by_path = {checkpoint.path: checkpoint for checkpoint in inventory.checkpoints}
-    doomed = [by_path[d.path] for d in plan.decisions if d.action == "delete"]
-    outcomes = dict(
-        zip(
-            (c.path for c in doomed),
-            delete_checkpoints(layout, doomed, mode=config.delete.mode, now=now),
-            strict=True,
-        )
-    )
     decisions = []
     deleted: list[Deleted] = []
     removed: list[RemovedEntry] = []
@@ -465,6 +495,7 @@ def _apply(
             decisions.append(PathDecision(decision.path, decision.action, decision.reasons))
     purge = purge_trash(layout, config.delete.trash_ttl, now)
     gone = {d.path for d in deleted} | {d.legacy_path for d in deleted if d.legacy_path}
+    freed = sum(d.bytes for d in deleted)
     manifest = build_manifest(
         inventory,
         run=run.relpath,
@@ -474,6 +505,7 @@ def _apply(
         reasons={d.path: d.reasons for d in decisions},
         gone=gone,
         removed=removed,
+        last_prune=PruneRecord(at=now, deleted=len(deleted), bytes_freed=freed, guard=plan.guard),
     )
     written = _write_if_changed(run.run_dir / config.manifest.filename, manifest, previous)
     return RunReport(
@@ -483,7 +515,7 @@ def _apply(
         plan.guard,
         plan.notes,
         tuple(deleted),
-        sum(d.bytes for d in deleted),
+        freed,
         purge.removed,
         purge.bytes,
         written,
@@ -494,6 +526,7 @@ def _apply(
 def _removed_entry(
     checkpoint: Checkpoint, deleted: Deleted, reasons: tuple[str, ...], now: datetime
 ) -> RemovedEntry:
+    legacy = checkpoint.legacy if deleted.legacy_path else None
     return RemovedEntry(
         path=checkpoint.path,
         sha256=checkpoint.sha256,
@@ -501,8 +534,10 @@ def _removed_entry(
         reasons=reasons,
         trash=deleted.trash,
         converted_from=deleted.legacy_path,
-        converted_from_sha256=checkpoint.legacy.sha256 if checkpoint.legacy else None,
+        converted_from_sha256=legacy.sha256 if legacy else None,
         converted_from_trash=deleted.legacy_trash,
+        size=checkpoint.size,
+        converted_from_size=legacy.identity.size if legacy else None,
     )
 
 

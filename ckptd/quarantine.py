@@ -14,6 +14,10 @@ names and whether the allowlist accepts it, and where the refusal is. Nothing is
 recorded in the manifest entry (``"released": {...}``), and only moves the file back to where it
 was: its manifest entry stays ``refused`` with the file's unchanged size and mtime, so the daemon
 does not pick it up again, and conversion still never executes it.
+
+While a file is in the quarantine, its ``refused`` entry (at the path it was refused at, with
+``quarantine`` naming where it is now) survives manifest and prune passes (``ckptd.rebuild``);
+release drops ``quarantine`` from it, and a quarantined file deleted by hand drops the entry.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from ckptd.errors import CkptdError, StateError
 from ckptd.formats import Format
 from ckptd.fsio import FileIdentity, is_temp_name, sha256_file
 from ckptd.inventory import CheckpointMatcher
-from ckptd.manifest import Manifest, ManifestEntry, set_entry
+from ckptd.manifest import QUARANTINE_KEY, Manifest, ManifestEntry, set_entry
 from ckptd.pipeline import REASON_SCHEMA, REASON_SUFFIX
 from ckptd.runaccess import (
     OPS_LOCK_TIMEOUT,
@@ -51,7 +55,6 @@ from ckptd.timefmt import format_utc, from_ns, parse_utc
 logger = logging.getLogger(__name__)
 
 RELEASED_KEY = "released"
-QUARANTINE_KEY = "quarantine"  # the manifest entry key pipeline sets to the quarantined path
 RELEASED_MODE = 0o644
 _MAX_REASON_BYTES = 1024 * 1024
 

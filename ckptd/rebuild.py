@@ -3,7 +3,10 @@
 Used by prune (with the pass's decisions as reasons and the removals it made) and by
 ``ckptd manifest``. An entry whose file is unchanged keeps the state and conversion details the
 daemon recorded; a new complete file is ``kept`` (``broken`` when it could not be read), an
-incomplete one ``pending``; archived originals are listed as ``converted``.
+incomplete one ``pending``; archived originals are listed as ``converted``. A ``refused`` entry
+whose file the daemon quarantined is not on disk at its path any more; it is carried over as long
+as the quarantined file it names exists (``quarantine release`` moves the file back and records
+it at its path; deleting the quarantined file drops the entry at the next pass).
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from datetime import datetime
 
 from ckptd.formats import Format
 from ckptd.inventory import Checkpoint, LegacyOriginal, RunInventory
-from ckptd.manifest import Manifest, ManifestEntry, ManifestState, RemovedEntry, add_removed
+from ckptd.manifest import (
+    Manifest,
+    ManifestEntry,
+    ManifestState,
+    PruneRecord,
+    RemovedEntry,
+    add_removed,
+    quarantined_as,
+)
 from ckptd.timefmt import from_ns
 
 
@@ -28,12 +39,15 @@ def build_manifest(
     reasons: Mapping[str, tuple[str, ...]] | None = None,
     gone: frozenset[str] | set[str] = frozenset(),
     removed: Sequence[RemovedEntry] = (),
+    last_prune: PruneRecord | None = None,
 ) -> Manifest:
     """The run's manifest from what is on disk, carrying over what the previous one knew.
 
     An entry whose file is unchanged keeps its state and conversion details (set by the daemon);
     ``reasons`` (a prune's decisions) replace the stored reasons; paths in ``gone`` were just
-    deleted and are left out; ``removed`` is appended to the previous removed list.
+    deleted and are left out; ``removed`` is appended to the previous removed list; refused
+    entries of files still in the quarantine are kept; ``last_prune`` (a real prune pass's
+    record) replaces the previous one, which is kept otherwise.
     """
     entries = [
         _checkpoint_entry(checkpoint, reasons.get(checkpoint.path) if reasons is not None else None)
@@ -49,6 +63,13 @@ def build_manifest(
     entries.extend(
         _original_entry(original) for path, original in originals.items() if path not in gone
     )
+    if previous is not None and inventory.quarantined:
+        on_disk = {entry.path for entry in entries} | gone
+        entries.extend(
+            entry
+            for entry in previous.checkpoints
+            if entry.path not in on_disk and quarantined_as(entry) in inventory.quarantined
+        )
     base = previous or Manifest(run=run, generated_at=now, policy=policy)
     manifest = dataclasses.replace(
         base,
@@ -56,6 +77,7 @@ def build_manifest(
         generated_at=now,
         policy=policy,
         checkpoints=tuple(sorted(entries, key=lambda e: e.path)),
+        last_prune=last_prune or base.last_prune,
     )
     return add_removed(manifest, removed) if removed else manifest
 

@@ -1,7 +1,8 @@
 """``ckptd status``: the state of every run, read from its manifest and state dir (no daemon needed).
 
 Per run: checkpoints kept and bytes (archived originals included), the newest checkpoint and its
-age, the last prune that removed something and what it freed, pending/refused/broken/corrupt
+age, the last prune pass and what it freed (the manifest's ``last_prune``; for a manifest written
+before ckptd recorded it, the newest removals and their sizes), pending/refused/broken/corrupt
 counts, trash and quarantine sizes, pins, and the last scrub. A run has *problems* when it has
 refused, broken or corrupt files, when its newest checkpoint is older than ``monitor.stale_after``,
 or when its manifest is behind the files on disk: checkpoint files that have been complete for
@@ -30,9 +31,9 @@ from ckptd.deletion import TRASH_INDEX
 from ckptd.errors import CkptdError, ManifestError
 from ckptd.fsio import is_temp_name
 from ckptd.inventory import RunRef, find_runs
-from ckptd.manifest import Manifest, RemovedEntry, load_manifest
+from ckptd.manifest import Manifest, RemovedEntry, load_manifest, quarantined_as
 from ckptd.pipeline import REASON_SUFFIX
-from ckptd.quarantine import QUARANTINE_KEY, RELEASED_KEY
+from ckptd.quarantine import RELEASED_KEY
 from ckptd.scrub import CORRUPT_KEY, LAST_SCRUB_KEY
 from ckptd.statedir import Pin, StateLayout, read_pins
 from ckptd.timefmt import format_utc
@@ -63,11 +64,13 @@ class Newest:
 
 @dataclass(frozen=True)
 class LastPrune:
-    """The most recent prune that removed something (from the manifest's ``removed`` list)."""
+    """The most recent real prune pass (the manifest's ``last_prune``), or for an older manifest
+    the most recent one that removed something (its ``removed`` list)."""
 
     at: datetime
     removed: int
-    bytes: int | None  # None when some removed files are no longer in the trash to measure
+    bytes: int | None  # freed; None when an old manifest's removals can no longer be measured
+    guard: str | None = None  # the max_fraction guard stopped that pass's deletions
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,12 @@ class RunStatus:
             },
             "last_prune": None
             if prune is None
-            else {"at": format_utc(prune.at), "removed": prune.removed, "bytes": prune.bytes},
+            else {
+                "at": format_utc(prune.at),
+                "removed": prune.removed,
+                "bytes": prune.bytes,
+                "guard": prune.guard,
+            },
             "counts": {
                 "pending": self.pending,
                 "refused": self.refused,
@@ -172,6 +180,30 @@ def last_prune_of(removed: Sequence[RemovedEntry]) -> tuple[datetime, list[Remov
     return newest, [entry for entry in removed if entry.removed_at == newest]
 
 
+def recorded_bytes(entries: Sequence[RemovedEntry]) -> int | None:
+    """What the removals freed by their recorded sizes; None if any entry predates sizes."""
+    total = 0
+    for entry in entries:
+        freed = entry.bytes_freed
+        if freed is None:
+            return None
+        total += freed
+    return total
+
+
+def prune_summary(manifest: Manifest, measured_bytes: int | None) -> LastPrune | None:
+    """The last prune pass: the manifest's record, else (an older manifest) its newest removals,
+    with their recorded sizes or else ``measured_bytes`` (what their trash files measure)."""
+    record = manifest.last_prune
+    if record is not None:
+        return LastPrune(record.at, record.deleted, record.bytes_freed, record.guard)
+    last = last_prune_of(manifest.removed)
+    if last is None:
+        return None
+    recorded = recorded_bytes(last[1])
+    return LastPrune(last[0], len(last[1]), measured_bytes if recorded is None else recorded)
+
+
 def summarize(
     run: RunRef,
     manifest: Manifest | None,
@@ -203,12 +235,13 @@ def summarize(
     entries = manifest.checkpoints
     checkpoints = [entry for entry in entries if entry.state != "converted"]
     counts = {state: sum(1 for e in entries if e.state == state) for state in ("kept", "pending")}
-    # Quarantined files are counted from the quarantine dir (a manifest pass drops their entries);
-    # a file released on the operator's explicit trust is no longer a problem to point at.
+    # Quarantined files are counted from the quarantine dir (also those whose entry is gone, e.g.
+    # with a manifest rebuilt from scratch), so their refused entries are not counted again; a file
+    # released on the operator's explicit trust is no longer a problem to point at.
     left_refused = sum(
         1
         for e in entries
-        if e.state == "refused" and QUARANTINE_KEY not in e.extra and RELEASED_KEY not in e.extra
+        if e.state == "refused" and quarantined_as(e) is None and RELEASED_KEY not in e.extra
     )
     corrupt = sum(1 for e in entries if CORRUPT_KEY in e.extra)
     scrub_broken = sum(1 for e in entries if e.state == "broken" and CORRUPT_KEY in e.extra)
@@ -226,8 +259,6 @@ def summarize(
             newest_entry.path, newest_entry.step, newest_entry.mtime, now - newest_entry.mtime
         )
     )
-    last = last_prune_of(manifest.removed)
-    last_prune = None if last is None else LastPrune(last[0], len(last[1]), facts.last_prune_bytes)
     if refused:
         problems.append(f"{refused} refused (unsafe) file{'s' if refused != 1 else ''}")
     if broken:
@@ -254,9 +285,10 @@ def summarize(
         refused=refused,
         broken=broken,
         corrupt=corrupt,
-        bytes=sum(entry.size for entry in entries),
+        # A quarantined file's entry is kept for the record; its bytes are the quarantine's.
+        bytes=sum(entry.size for entry in entries if quarantined_as(entry) is None),
         newest=newest,
-        last_prune=last_prune,
+        last_prune=prune_summary(manifest, facts.last_prune_bytes),
         last_scrub=last_scrub if isinstance(last_scrub, dict) else None,
         problems=tuple(problems),
     )
@@ -344,7 +376,10 @@ def run_status(config: Config, root: RootConfig, run: RunRef, *, now: datetime) 
     except OSError as err:
         unrecorded = 0
         problems.append(f"cannot list the run: {err.strerror or err}")
-    last = last_prune_of(manifest.removed) if manifest else None
+    # Only an old manifest (no last_prune, removals without sizes) needs the trash measured.
+    last = last_prune_of(manifest.removed) if manifest and manifest.last_prune is None else None
+    if last is not None and recorded_bytes(last[1]) is not None:
+        last = None
     facts = RunFacts(
         pins=pins,
         trash=_usage(layout.trash, frozenset({TRASH_INDEX})),

@@ -143,6 +143,9 @@ def test_release_after_a_manifest_pass_dropped_the_entry_records_it_again(
 ) -> None:
     run = jailed.parents[2]
     write_manifests(config, now=datetime.now(UTC))
+    assert manifest_of(run).by_path()[NAME].state == "refused"  # kept while it is quarantined
+    (run / "ckptd-manifest.json").unlink()  # lost: rebuilt from the files alone, without it
+    write_manifests(config, now=datetime.now(UTC))
     assert NAME not in manifest_of(run).by_path()  # the file is not in the run any more
 
     release(jailed, trusted=True, now=datetime.now(UTC))

@@ -14,7 +14,7 @@ JSON shapes (times are ``...Z`` UTC strings, sizes bytes, paths relative to the 
     status:   {"generated_at", "errors": [str],
                "runs": [{"root", "run", "manifest": "ok"|"missing"|"invalid", "generated_at",
                          "kept", "bytes", "newest": {"path", "step", "mtime", "age_seconds"}|null,
-                         "last_prune": {"at", "removed", "bytes"|null}|null,
+                         "last_prune": {"at", "removed", "bytes"|null, "guard"}|null,
                          "counts": {"pending", "refused", "broken", "corrupt"},
                          "trash": {"files", "bytes"}, "quarantine": {"files", "bytes"},
                          "pins": [{"path", "reason", "pinned_at"}],
