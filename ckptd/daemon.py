@@ -588,14 +588,14 @@ class Daemon:
                     self.metrics.record_refused()
                 elif outcome.action == "broken":
                     self.metrics.record_broken()
-        if result.deferred or result.error is not None:
+        if result.deferred or result.busy:
             run_queue = self._runs.get(item.run.run_dir)
             if run_queue is None:
                 run_queue = self._runs[item.run.run_dir] = _RunQueue(item.root, item.run)
             for path in result.deferred:
                 if path in item.expected:
                     run_queue.ready.setdefault(path, item.expected[path])
-            if result.error is not None:
+            if result.busy:
                 for path in item.gone:
                     run_queue.gone.setdefault(path, None)
                 run_queue.not_before = now + LOCKED_RUN_BACKOFF_SECONDS

@@ -2,25 +2,112 @@
 
 ``NotifySocket`` plays systemd: an abstract-namespace datagram socket whose messages are collected
 on demand. ``DaemonProcess`` starts the daemon with ``NOTIFY_SOCKET`` pointing at it, keeps its
-stderr in a file, and offers waits with hard deadlines.
+stderr in a file, and offers waits with hard deadlines. ``unprivileged_user`` finds how to run
+ckptd as an unprivileged user (``DaemonProcess(..., user=...)``), where permission bits apply.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+NOBODY = 65534  # uid and gid of nobody/nogroup on Debian-like systems
+
+
+@dataclass(frozen=True)
+class UnprivilegedUser:
+    """A uid/gid (no supplementary groups) and the argv prefix that runs ``ckptd`` as that user."""
+
+    uid: int
+    gid: int
+    ckptd: tuple[str, ...]  # e.g. (python, "-m", "ckptd"); the ckptd arguments follow
+
+    def popen_options(self) -> dict[str, Any]:
+        """``subprocess.Popen``/``run`` keyword arguments that switch to this user before exec."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def run(
+        self, args: Sequence[str], *, timeout: float = 60.0, cwd: Path = REPO
+    ) -> subprocess.CompletedProcess[str]:
+        """``ckptd ARGS`` as this user; output captured as text."""
+        return subprocess.run(
+            [*self.ckptd, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env=_child_env(),
+            **self.popen_options(),
+        )
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the user cannot write __pycache__ here anyway
+    env["HOME"] = "/nonexistent"  # root's home is not the user's (and usually not readable)
+    return env
+
+
+def _ckptd_commands() -> list[tuple[str, ...]]:
+    """Ways to start ckptd, best first: this interpreter; else a system one of the same X.Y.
+
+    A venv whose base interpreter lives under a private home (pyenv in /root, mode 0700) cannot be
+    executed by another user. The system interpreter of the same minor version runs the same
+    wheels (the ABI is per X.Y), so it is given this venv's site-packages (``.pth`` files
+    included, for the editable install) and started with ``-S`` so that its own site-packages
+    cannot shadow them.
+    """
+    commands: list[tuple[str, ...]] = [(sys.executable, "-m", "ckptd")]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")
+    if system is not None and os.path.realpath(system) != os.path.realpath(sys.executable):
+        site_packages = sysconfig.get_paths()["purelib"]
+        bootstrap = (
+            "import runpy, site; "
+            f"site.addsitedir({site_packages!r}); "
+            "runpy.run_module('ckptd', run_name='__main__', alter_sys=True)"
+        )
+        commands.append((system, "-S", "-c", bootstrap))
+    return commands
+
+
+@functools.cache
+def unprivileged_user(uid: int = NOBODY, gid: int = NOBODY) -> UnprivilegedUser | str:
+    """How to run ckptd as ``uid``/``gid``, or why it cannot be done here (a skip reason).
+
+    Needs root (to switch users) and an interpreter that user can execute and import ckptd with:
+    each candidate is probed with ``ckptd --version`` as the user.
+    """
+    if os.geteuid() != 0:
+        return "not root: cannot switch to an unprivileged user"
+    failures = []
+    for command in _ckptd_commands():
+        user = UnprivilegedUser(uid, gid, command)
+        try:
+            probe = user.run(["--version"], timeout=60)
+        except (OSError, subprocess.SubprocessError) as err:
+            failures.append(f"{command[0]}: {err}")
+            continue
+        if probe.returncode == 0 and probe.stdout.startswith("ckptd "):
+            return user
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        failures.append(f"{command[0]}: exit {probe.returncode}: {last}")
+    return f"uid {uid} cannot run ckptd from this venv ({'; '.join(failures)})"
 
 
 def wait_until(
@@ -80,8 +167,9 @@ class DaemonProcess:
         notify: NotifySocket,
         *,
         watchdog_usec: int | None = None,
+        user: UnprivilegedUser | None = None,
     ) -> None:
-        env = dict(os.environ)
+        env = _child_env() if user is not None else dict(os.environ)
         env["NOTIFY_SOCKET"] = notify.address
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("WATCHDOG_PID", None)
@@ -93,12 +181,14 @@ class DaemonProcess:
         self.notify = notify
         self._ready_before = notify.count("READY=1")  # earlier daemons on the same socket
         self._log_handle = log.open("ab")
+        command = user.ckptd if user is not None else (sys.executable, "-m", "ckptd")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ckptd", "run", "-c", str(config)],
+            [*command, "run", "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=self._log_handle,
             env=env,
             cwd=REPO,
+            **(user.popen_options() if user is not None else {}),
         )
 
     def log_text(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,28 +62,44 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     convert.set_defaults(handler=run_convert)
 
 
-def _legacy_files_below(directory: Path) -> Iterator[Path]:
-    """Legacy pickles below ``directory``, by content; never follows links, skips ckptd state."""
+def _legacy_files_below(directory: Path, unreadable: list[tuple[Path, str]]) -> Iterator[Path]:
+    """Legacy pickles below ``directory``, by content; never follows links, skips ckptd state.
+
+    A file or directory that cannot be read is added to ``unreadable`` (with the one-line reason)
+    rather than skipped: it may well be a checkpoint, and the user must hear it was not converted.
+    """
     from ckptd.formats.sniff import identify
 
-    for current, dirnames, filenames in os.walk(directory, followlinks=False):
+    def cannot_list(err: OSError) -> None:
+        unreadable.append((Path(err.filename), f"cannot list directory: {err.strerror or err}"))
+
+    for current, dirnames, filenames in os.walk(directory, onerror=cannot_list, followlinks=False):
         dirnames[:] = sorted(name for name in dirnames if name != STATE_DIR)
         for name in sorted(filenames):
             path = Path(current) / name
-            if fsio.is_temp_name(name) or path.is_symlink():
+            if fsio.is_temp_name(name):
                 continue
             try:
+                # Links are never followed, and opening a FIFO to read it would block forever.
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    continue
                 if identify(path).format is Format.SB2_PICKLE:
                     yield path
-            except (CkptdError, OSError):
-                continue
+            except FileNotFoundError:
+                continue  # gone since the listing
+            except OSError as err:
+                unreadable.append((path, f"cannot read: {err.strerror or err}"))
+            except CkptdError:
+                continue  # not a regular file: never a checkpoint to convert
 
 
-def _expand(paths: Sequence[Path]) -> list[Path]:
+def _expand(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files to convert, and the files or directories below a directory that could not be read."""
     files: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
     for path in paths:
-        files.extend(_legacy_files_below(path) if path.is_dir() else [path])
-    return files
+        files.extend(_legacy_files_below(path, unreadable) if path.is_dir() else [path])
+    return files, unreadable
 
 
 def _status_of(err: BaseException) -> str:
@@ -113,13 +130,18 @@ def _outcome_json(outcome: ConversionOutcome) -> dict[str, Any]:
 def run_convert(args: argparse.Namespace) -> int:
     from ckptd.convert import convert_file
 
-    files = _expand(args.paths)
+    files, unreadable = _expand(args.paths)
     if args.output is not None and (len(args.paths) != 1 or args.paths[0].is_dir()):
         error_line("-o/--output names the output of a single input file")
         return ExitStatus.USAGE
     param_names = _read_param_names(args.param_names) if args.param_names else None
-    results: list[dict[str, Any]] = []
-    failed = 0
+    results: list[dict[str, Any]] = [
+        {"source": str(path), "status": "error", "error": f"{path}: {reason}"}
+        for path, reason in unreadable
+    ]
+    failed = len(unreadable)
+    for path, reason in unreadable:
+        error_line(f"{path}: {reason}")
     sizes = {path: _size_or_zero(path) for path in files}
     with progress_bar(enabled=not args.json and len(files) > 1) as progress:
         # While the bar is live, lines go through its console so they print above the bar.
@@ -153,7 +175,7 @@ def run_convert(args: argparse.Namespace) -> int:
             progress.advance(task, sizes[path])
     if args.json:
         print_json({"results": results})
-    if not files:
+    if not files and not unreadable:
         error_line("no legacy checkpoints found in " + ", ".join(str(p) for p in args.paths))
         return ExitStatus.FAILED
     return ExitStatus.FAILED if failed else ExitStatus.OK
