@@ -97,7 +97,9 @@ class FileIdentity:
 def open_regular_nofollow(path: Path) -> BinaryIO:
     """Open ``path`` for reading without following a final symlink; refuse anything not a regular file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer. It has
+        # no effect on regular files, the only kind this returns.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise UnsafePathError(

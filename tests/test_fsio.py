@@ -117,3 +117,12 @@ def test_is_within(tmp_path: Path) -> None:
     assert fsio.is_within(link, root)
     assert not fsio.is_within(outside, root)
     assert not fsio.is_within(root / ".." / "outside.zip", root)
+
+
+@pytest.mark.timeout(10)
+def test_open_regular_nofollow_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    """Regression: a FIFO named like a checkpoint made inspect/verify wait forever for a writer."""
+    fifo = tmp_path / "rl_model_100_steps.pkl"
+    os.mkfifo(fifo)
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        fsio.open_regular_nofollow(fifo)
