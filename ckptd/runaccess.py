@@ -28,6 +28,7 @@ from pathlib import Path
 from ckptd.config import CheckpointsConfig, Config, RootConfig
 from ckptd.errors import CkptdError, ManifestError, UnsafePathError
 from ckptd.fsio import fsync_dir
+from ckptd.inventory import RunRef, find_runs
 from ckptd.manifest import Manifest, load_manifest, write_manifest
 from ckptd.statedir import StateLayout
 
@@ -239,3 +240,21 @@ def save_manifest(handle: RunHandle, new: Manifest, old: Manifest | None, now: d
         return False
     write_manifest(handle.manifest_path, dataclasses.replace(new, generated_at=now))
     return True
+
+
+def runs_of_all_roots(config: Config) -> tuple[list[tuple[RootConfig, RunRef]], list[str]]:
+    """Every run under every root, with one-line errors for roots or run dirs that cannot be listed.
+
+    A root that cannot be listed does not stop the others: operator commands report it and go on.
+    """
+    found: list[tuple[RootConfig, RunRef]] = []
+    errors: list[str] = []
+    for root in config.roots:
+        try:
+            scan = find_runs(root.path, root.run_depth, config.state_dir)
+        except OSError as err:
+            errors.append(f"{root.path}: cannot list root: {err.strerror or err}")
+            continue
+        errors.extend(f"{root.path / relpath}: {message}" for relpath, message in scan.errors)
+        found.extend((root, run) for run in scan.runs)
+    return found, errors

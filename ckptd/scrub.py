@@ -39,9 +39,15 @@ from ckptd.config import Config, RootConfig
 from ckptd.errors import CkptdError, ManifestError
 from ckptd.formats import Format
 from ckptd.fsio import open_regular_nofollow
-from ckptd.inventory import RunRef, find_runs
+from ckptd.inventory import RunRef
 from ckptd.manifest import Manifest, ManifestEntry, load_manifest, set_entry, with_state
-from ckptd.runaccess import OPS_LOCK_TIMEOUT, RunHandle, handle_for_root, save_manifest
+from ckptd.runaccess import (
+    OPS_LOCK_TIMEOUT,
+    RunHandle,
+    handle_for_root,
+    runs_of_all_roots,
+    save_manifest,
+)
 from ckptd.statedir import run_lock
 from ckptd.timefmt import format_utc
 
@@ -511,18 +517,8 @@ def scrub_all(
 ) -> ScrubReport:
     """Scrub every run of every root (those matching ``run_glob``, when given)."""
     started = time.monotonic()
-    planned: list[_Planned] = []
-    errors: list[str] = []
-    for root in config.roots:
-        try:
-            scan = find_runs(root.path, root.run_depth, config.state_dir)
-        except OSError as err:
-            errors.append(f"{root.path}: cannot list root: {err.strerror or err}")
-            continue
-        errors.extend(f"{root.path / relpath}: {message}" for relpath, message in scan.errors)
-        planned.extend(
-            _plan_run(config, root, run) for run in scan.runs if run_matches(run, run_glob)
-        )
+    found, errors = runs_of_all_roots(config)
+    planned = [_plan_run(config, root, run) for root, run in found if run_matches(run, run_glob)]
     if progress is not None:
         progress.start(
             sum(entry.size for plan in planned for entry in plan.targets),

@@ -30,10 +30,11 @@ from ckptd.config import Config, RootConfig
 from ckptd.deletion import TRASH_INDEX
 from ckptd.errors import CkptdError, ManifestError
 from ckptd.fsio import is_temp_name
-from ckptd.inventory import RunRef, find_runs
+from ckptd.inventory import RunRef
 from ckptd.manifest import Manifest, RemovedEntry, load_manifest, quarantined_as
 from ckptd.pipeline import REASON_SUFFIX
 from ckptd.quarantine import RELEASED_KEY
+from ckptd.runaccess import runs_of_all_roots
 from ckptd.scrub import CORRUPT_KEY, LAST_SCRUB_KEY
 from ckptd.statedir import Pin, StateLayout, read_pins
 from ckptd.timefmt import format_utc
@@ -393,14 +394,6 @@ def run_status(config: Config, root: RootConfig, run: RunRef, *, now: datetime) 
 
 def status_all(config: Config, *, now: datetime) -> StatusReport:
     """The status of every run of every root."""
-    runs: list[RunStatus] = []
-    errors: list[str] = []
-    for root in config.roots:
-        try:
-            scan = find_runs(root.path, root.run_depth, config.state_dir)
-        except OSError as err:
-            errors.append(f"{root.path}: cannot list root: {err.strerror or err}")
-            continue
-        errors.extend(f"{root.path / relpath}: {message}" for relpath, message in scan.errors)
-        runs.extend(run_status(config, root, run, now=now) for run in scan.runs)
-    return StatusReport(tuple(runs), tuple(errors), now)
+    runs, errors = runs_of_all_roots(config)
+    statuses = tuple(run_status(config, root, run, now=now) for root, run in runs)
+    return StatusReport(statuses, tuple(errors), now)

@@ -56,8 +56,7 @@ from ckptd.cli import ExitStatus
 from ckptd.cli.output import print_json, progress_bar
 from ckptd.config import Config, load_config
 from ckptd.errors import CkptdError
-from ckptd.inventory import find_runs
-from ckptd.runaccess import RunHandle, handle_for_root, locate_run_dir
+from ckptd.runaccess import RunHandle, handle_for_root, locate_run_dir, runs_of_all_roots
 from ckptd.timefmt import format_utc
 from ckptd.units import format_duration, format_size_human
 
@@ -121,16 +120,8 @@ def _handles(args: argparse.Namespace) -> tuple[list[RunHandle], list[str], Conf
         return [locate_run_dir(args.run or Path.cwd())], [], None
     if args.run is not None:
         return [locate_run_dir(args.run, config)], [], config
-    handles: list[RunHandle] = []
-    errors: list[str] = []
-    for root in config.roots:
-        try:
-            scan = find_runs(root.path, root.run_depth, config.state_dir)
-        except OSError as err:
-            errors.append(f"{root.path}: cannot list root: {err.strerror or err}")
-            continue
-        errors.extend(f"{root.path / relpath}: {message}" for relpath, message in scan.errors)
-        handles.extend(handle_for_root(config, root, run.run_dir, run.relpath) for run in scan.runs)
+    runs, errors = runs_of_all_roots(config)
+    handles = [handle_for_root(config, root, run.run_dir, run.relpath) for root, run in runs]
     return handles, errors, config
 
 
