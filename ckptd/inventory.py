@@ -48,6 +48,28 @@ Identifier = Callable[[Path], Format]
 # Statuses a Candidate may carry (retention skips everything but "ok").
 OK = "ok"
 INCOMPLETE = "incomplete"
+# Complete, but reading it failed (EACCES, EIO...): not a verdict on its content, so it is recorded
+# ``pending`` with the error and the retry mark, exactly as the daemon's pipeline records it, and
+# looked at again on every pass until it can be read.
+UNREADABLE = "unreadable"
+
+# The manifest entry key marking a verdict that is not final (the file could not be read, or its
+# conversion could not finish): the daemon's reconciliation scan processes such an entry again.
+RETRY_KEY = "retry"
+
+
+def cannot_read(err: OSError) -> str:
+    """The error an unreadable file is recorded with (by the pipeline and the passes alike)."""
+    return f"cannot read: {err.strerror or err}"
+
+
+def is_final_verdict(entry: ManifestEntry) -> bool:
+    """Whether ``entry`` judged the file's content, so an unchanged file need not be read again.
+
+    ``pending`` never is. Neither is ``broken`` without a sha256: every verdict on content hashes
+    the file, so such an entry only says that reading failed (older ckptd wrote a read error so).
+    """
+    return entry.state != "pending" and not (entry.state == "broken" and entry.sha256 is None)
 
 
 @dataclass(frozen=True)
@@ -129,7 +151,7 @@ class Checkpoint:
     format: Format
     sha256: str | None  # None when incomplete or when hashing was not asked for
     complete: bool
-    status: str  # "ok", "incomplete", "unknown", "refused", "broken"
+    status: str  # "ok", "incomplete", "unreadable", "unknown", "refused", "broken"
     legacy: LegacyOriginal | None = None
     converted_from: str | None = None  # run-relative path of the original before archiving
     cached: ManifestEntry | None = None  # the previous manifest's entry, when still valid
@@ -394,6 +416,28 @@ def _hash_or_none(item: _Found) -> str | None:
         return None
 
 
+class _Hashed(NamedTuple):
+    """A checkpoint's hash attempt: the digest, or why there is none."""
+
+    sha256: str | None  # None: changed while read, unreadable, or vanished
+    unreadable: OSError | None = None
+    vanished: bool = False
+
+
+def _hash_checkpoint(item: _Found) -> _Hashed:
+    try:
+        digest = hash_if_unchanged(item.path, item.identity)
+    except FileNotFoundError:
+        return _Hashed(None, vanished=True)
+    except OSError as err:
+        return _Hashed(None, unreadable=err)  # logged and recorded by _unreadable
+    except CkptdError as err:
+        # Replaced by something that is not a regular file since the listing: look again later.
+        logger.warning("%s: cannot hash (%s)", item.path, err)
+        return _Hashed(None)
+    return _Hashed(digest)
+
+
 def _checkpoint(
     item: _Found, options: InventoryOptions, now_ns: int, cached: ManifestEntry | None
 ) -> Checkpoint | None:
@@ -406,20 +450,29 @@ def _checkpoint(
             item.relpath, step, item.identity, fmt, None, False, INCOMPLETE, cached=cached
         )
     error = None
-    if cached is not None and cached.state != "pending":
+    if cached is not None and is_final_verdict(cached):
         fmt = cached.format
     else:
         try:
             fmt = options.identify(item.path)
         except FileNotFoundError:
             return None  # vanished since the listing: it is simply not there any more
-        except (OSError, CkptdError) as err:
+        except OSError as err:
+            return _unreadable(item, step, cached, err)
+        except CkptdError as err:
             fmt, error = Format.UNKNOWN, str(err)
     sha256 = cached.sha256 if cached else None
     if sha256 is None and options.hash_files and error is None:
-        sha256 = _hash_or_none(item)
-        if sha256 is None:
-            return Checkpoint(item.relpath, step, item.identity, fmt, None, False, INCOMPLETE)
+        hashed = _hash_checkpoint(item)
+        if hashed.vanished:
+            return None
+        if hashed.unreadable is not None:
+            return _unreadable(item, step, cached, hashed.unreadable)
+        sha256 = hashed.sha256
+        if sha256 is None:  # changed while it was read: it is being written again
+            return Checkpoint(
+                item.relpath, step, item.identity, fmt, None, False, INCOMPLETE, cached=cached
+            )
     return _complete_checkpoint(
         item.relpath,
         step,
@@ -430,6 +483,24 @@ def _checkpoint(
         cached.converted_from if cached else None,
         cached,
         error,
+    )
+
+
+def _unreadable(
+    item: _Found, step: int | None, cached: ManifestEntry | None, err: OSError
+) -> Checkpoint:
+    # INFO: the daemon's pipeline warns once; a pass runs every minute and records the error.
+    logger.info("%s: cannot read (%s); will retry", item.path, err)
+    return Checkpoint(
+        item.relpath,
+        step,
+        item.identity,
+        Format.UNKNOWN,
+        None,
+        True,
+        UNREADABLE,
+        cached=cached,
+        error=cannot_read(err),
     )
 
 
@@ -464,7 +535,7 @@ def _complete_checkpoint(
 def _status(fmt: Format, cached: ManifestEntry | None, error: str | None) -> str:
     if error is not None:
         return "broken"
-    if cached is not None and cached.state in ("refused", "broken"):
+    if cached is not None and is_final_verdict(cached) and cached.state in ("refused", "broken"):
         return cached.state
     if fmt is Format.UNKNOWN:
         return "unknown"

@@ -67,7 +67,7 @@ from ckptd.fsio import (
     unique_destination,
     write_bytes_atomic,
 )
-from ckptd.inventory import CheckpointMatcher, RunRef, hash_if_unchanged
+from ckptd.inventory import RETRY_KEY, CheckpointMatcher, RunRef, cannot_read, hash_if_unchanged
 from ckptd.manifest import (
     QUARANTINE_KEY,
     Manifest,
@@ -94,8 +94,6 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_BATCH_SECONDS = 1.0
 # Outcomes that moved files (conversion, quarantine): the manifest is written right after each.
 MOVING_ACTIONS = frozenset({"converted", "refused"})
-# Marks an entry whose verdict was not final (unreadable file, conversion not finished).
-RETRY_KEY = "retry"
 
 Action = Literal[
     "converted",  # legacy pickle converted; the zip is recorded
@@ -435,7 +433,7 @@ class _Work:
         manifest: Manifest,
         err: OSError,
     ) -> tuple[Manifest, PathOutcome]:
-        text = f"cannot read: {err.strerror or err}"
+        text = cannot_read(err)  # the same entry a manifest or prune pass writes (ckptd.rebuild)
         self._log(logging.WARNING, relpath, "%s; will retry", text)
         entry = self._entry(
             relpath,

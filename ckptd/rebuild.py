@@ -2,11 +2,14 @@
 
 Used by prune (with the pass's decisions as reasons and the removals it made) and by
 ``ckptd manifest``. An entry whose file is unchanged keeps the state and conversion details the
-daemon recorded; a new complete file is ``kept`` (``broken`` when it could not be read), an
-incomplete one ``pending``; archived originals are listed as ``converted``. A ``refused`` entry
-whose file the daemon quarantined is not on disk at its path any more; it is carried over as long
-as the quarantined file it names exists (``quarantine release`` moves the file back and records
-it at its path; deleting the quarantined file drops the entry at the next pass).
+daemon recorded; a new complete file is ``kept``, an incomplete one ``pending``; archived
+originals are listed as ``converted``. A file that cannot be read is ``pending`` with
+``error: "cannot read: ..."`` and the retry mark, the shape the daemon's pipeline gives it, so
+every pass writes the same entry and the daemon looks at the file again once it is readable. A
+``refused`` entry whose file the daemon quarantined is not on disk at its path any more; it is
+carried over as long as the quarantined file it names exists (``quarantine release`` moves the
+file back and records it at its path; deleting the quarantined file drops the entry at the next
+pass).
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from ckptd.formats import Format
-from ckptd.inventory import Checkpoint, LegacyOriginal, RunInventory
+from ckptd.inventory import (
+    RETRY_KEY,
+    UNREADABLE,
+    Checkpoint,
+    LegacyOriginal,
+    RunInventory,
+    is_final_verdict,
+)
 from ckptd.manifest import (
     Manifest,
     ManifestEntry,
@@ -84,10 +94,11 @@ def build_manifest(
 
 def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -> ManifestEntry:
     cached = checkpoint.cached
+    judged = cached is not None and is_final_verdict(cached)
     state: ManifestState
-    if not checkpoint.complete:
+    if checkpoint.status == UNREADABLE or not checkpoint.complete:
         state = "pending"
-    elif cached is not None and cached.state != "pending":
+    elif cached is not None and judged:
         state = cached.state
     elif checkpoint.error is not None:
         state = "broken"
@@ -102,6 +113,15 @@ def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -
         format=checkpoint.format,
         state=state,
     )
+    error, extra = base.error, base.extra
+    if checkpoint.status == UNREADABLE:
+        error, extra = checkpoint.error, {**base.extra, RETRY_KEY: True}
+    elif checkpoint.complete and not judged:
+        error = checkpoint.error
+        if cached is not None and cached.error is not None:
+            # Readable again. A pass only identifies, so the retry mark stays (or is set, over an
+            # older ckptd's read-error ``broken``) until the daemon verifies or converts the file.
+            extra = {**base.extra, RETRY_KEY: True}
     return dataclasses.replace(
         base,
         path=checkpoint.path,
@@ -114,7 +134,8 @@ def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -
         state=state,
         reasons=reasons if reasons is not None else base.reasons,
         converted_from=checkpoint.converted_from,
-        error=checkpoint.error if state == "broken" and checkpoint.error else base.error,
+        error=error,
+        extra=extra,
     )
 
 

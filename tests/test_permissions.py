@@ -36,9 +36,10 @@ from ckptd.formats import Format
 from ckptd.formats.verify import verify_zip
 from ckptd.fsio import is_temp_name
 from ckptd.inventory import RunRef
-from ckptd.manifest import Manifest, ManifestEntry, load_manifest
+from ckptd.manifest import Manifest, ManifestEntry, load_manifest, write_manifest
 from ckptd.pipeline import process_batch
 from ckptd.statedir import StateLayout, run_lock
+from ckptd.timefmt import from_ns
 from tests.daemon_harness import (
     NOBODY,
     DaemonProcess,
@@ -397,14 +398,6 @@ def test_prune_reports_the_unwritable_run_and_prunes_the_others(
     assert not (locked / ".ckptd").exists() and not (locked / MANIFEST).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known bug (ckptd/inventory.py + ckptd/rebuild.py, owned by another engineer): an "
-        "unreadable file flips between broken (with the error) and pending (error dropped) on "
-        "every manifest or prune pass; remove this marker with the fix"
-    ),
-)
 def test_manifest_passes_keep_an_unreadable_file_pending_with_its_error(
     tree: Path, user: UnprivilegedUser, legacy_bytes: bytes
 ) -> None:
@@ -430,6 +423,67 @@ def test_manifest_passes_keep_an_unreadable_file_pending_with_its_error(
         state == "pending" and error is not None and DENIED in error for _, state, error in seen
     ), seen
     assert len(set(seen)) == 1, seen
+
+
+def test_prune_skips_a_recorded_file_that_became_unreadable_and_records_why(
+    tree: Path, user: UnprivilegedUser, legacy_bytes: bytes
+) -> None:
+    """The entry the pipeline leaves when a conversion could not finish (kept, no sha256, retry)
+    is trusted as it is, so the pass reads the file only to hash it: that read fails here."""
+    root = owned_dir(tree / "runs")
+    run = owned_dir(root / "ppo-1")
+    unreadable = put(run / "rl_model_1_steps.pkl", legacy_bytes, owner=ROOT_UID, mode=0)
+    st = unreadable.stat()
+    not_converted = ManifestEntry(
+        path=unreadable.name,
+        step=1,
+        size=st.st_size,
+        mtime=from_ns(st.st_mtime_ns),
+        mtime_ns=st.st_mtime_ns,
+        sha256=None,
+        format=Format.SB2_PICKLE,
+        state="kept",
+        error="conversion failed, original left in place: No space left on device (ENOSPC)",
+        extra={"retry": True},
+    )
+    write_manifest(
+        run / MANIFEST,
+        Manifest(
+            run="ppo-1",
+            generated_at=from_ns(st.st_mtime_ns),
+            policy="default",
+            checkpoints=(not_converted,),
+        ),
+    )
+    os.chown(run / MANIFEST, NOBODY, NOBODY)
+    untouched = fingerprints([unreadable])
+    config = write_config(
+        tree / "ckptd.yaml",
+        {
+            "version": 1,
+            "roots": [{"path": str(root), "run_depth": 1, "observer": "polling"}],
+            "checkpoints": {"stable_for": "0s"},
+            "policies": {"default": {"keep_last": 1}},
+            "delete": {"max_fraction": 1.0},
+        },
+    )
+    os.chmod(config, 0o644)
+    recorded = []
+    for _ in range(2):
+        result = user.run(["prune", "-c", str(config), "--json"])
+        (report,) = json.loads(result.stdout)["runs"]
+        assert report["decisions"] == [
+            {"path": unreadable.name, "action": "skip", "reasons": ["skip: unreadable"]}
+        ], (report, result.stderr)
+        recorded.append(entries(run)[unreadable.name])
+    entry = recorded[0]
+    assert (entry.state, entry.error, entry.extra) == (
+        "pending",
+        f"cannot read: {DENIED}",
+        {"retry": True},
+    )
+    assert recorded[1] == entry
+    assert fingerprints([unreadable]) == untouched
 
 
 # ---- run-level errors in the pipeline (in-process, as root) ----------------------------------------

@@ -189,9 +189,10 @@ def test_broken_pickle_keeps_its_error_across_passes_until_it_changes(
     assert changed.error is None and changed.state == "kept"
 
 
-def test_a_file_that_could_not_be_read_stays_broken_with_its_error_and_is_not_reread(
+def test_a_file_that_could_not_be_read_stays_pending_with_its_error_until_it_can_be_read(
     config: Config,
 ) -> None:
+    """A read error is no verdict on the content: unlike ``broken``, it is tried again each pass."""
     run = config.roots[0].path / "ppo-1"
     run.mkdir(parents=True)
     (run / "a_1_steps.zip").write_bytes(b"PK")
@@ -203,17 +204,22 @@ def test_a_file_that_could_not_be_read_stays_broken_with_its_error_and_is_not_re
 
     write_manifests(config, now=now(), options=PassOptions(identify=unreadable))
     first = manifest_of(run).by_path()["a_1_steps.zip"]
-    assert first.state == "broken" and first.error and "Permission denied" in first.error
+    assert (first.state, first.error) == ("pending", "cannot read: Permission denied")
+    prune_all(config, now=now(), dry_run=False, options=PassOptions(identify=unreadable))
+    write_manifests(config, now=now(), options=PassOptions(identify=unreadable))
+    assert identified == ["a_1_steps.zip"] * 3
+    entry = manifest_of(run).by_path()["a_1_steps.zip"]
+    assert (entry.state, entry.error) == ("pending", first.error)
 
     def counting(path: Path) -> Format:
         identified.append(path.name)
         return identify_format(path)
 
     write_manifests(config, now=now(), options=PassOptions(identify=counting))
-    prune_all(config, now=now(), dry_run=False, options=PassOptions(identify=counting))
-    assert identified == ["a_1_steps.zip"]  # unchanged: judged once
-    entry = manifest_of(run).by_path()["a_1_steps.zip"]
-    assert (entry.state, entry.error) == ("broken", first.error)
+    readable = manifest_of(run).by_path()["a_1_steps.zip"]
+    assert (readable.state, readable.error) == ("kept", None)
+    write_manifests(config, now=now(), options=PassOptions(identify=counting))
+    assert identified == ["a_1_steps.zip"] * 4  # judged now: not read again while unchanged
 
 
 def test_release_of_a_file_no_longer_quarantined_fails_cleanly(config: Config, run: Path) -> None:
