@@ -496,7 +496,7 @@ def run_quarantine_list(args: argparse.Namespace) -> int:
                 escape(item.run_dir.name),
                 escape(item.path),
                 escape(item.original or "?"),
-                escape(item.refusal or item.problem or "?"),
+                escape(_reason(item.refusal) or item.problem or "?"),
                 "?" if item.quarantined_at is None else _age(_now() - item.quarantined_at),
             )
         _console().print(table)
@@ -520,7 +520,7 @@ def _show_lines(shown: Any) -> Iterator[str]:
     item, report = shown.item, shown.report
     yield f"file:        {item.run_dir / item.path}"
     yield f"from:        {item.original or '?'}"
-    yield f"refused:     {item.refusal or item.problem or '?'}"
+    yield f"refused:     {_reason(item.refusal) or item.problem or '?'}"
     if item.quarantined_at is not None:
         yield f"quarantined: {format_utc(item.quarantined_at)}"
     intact = "matches the refused file" if shown.intact else f"CHANGED (recorded {item.sha256})"
@@ -557,3 +557,10 @@ def run_quarantine_release(args: argparse.Namespace) -> int:
             "recorded as refused and ckptd will never convert or execute it"
         )
     return ExitStatus.OK
+
+
+def _reason(refusal: str | None) -> str | None:
+    """The refusal without its "refused: " lead, where a label already says so."""
+    if refusal is None:
+        return None
+    return refusal.removeprefix("refused: ")
