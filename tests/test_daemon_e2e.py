@@ -214,6 +214,10 @@ def test_scheduled_scrub_flags_a_flipped_byte_and_never_touches_the_file(
     run.mkdir(parents=True)
     (run / "rl_model_100_steps.pkl").write_bytes(legacy_bytes)
     settings = base_config(root)
+    # Bit rot makes no filesystem event, but flipping a byte from here does: with inotify the
+    # pipeline would race the scrub to the damaged file. A poller that never polls during the test
+    # leaves the file to the scrub alone (the start-up scan still finds the checkpoint).
+    settings["roots"][0].update(observer="polling", poll_interval="1h")
     settings["schedule"] = {"prune": None, "manifest": "1m", "rescan": "1h", "scrub": "1s"}
     settings["scrub"] = {"max_rate": "100MiB"}
     config = write_config(tmp_path / "ckptd.yaml", settings)
