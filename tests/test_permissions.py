@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ckptd.cli import main
@@ -524,3 +525,45 @@ def test_an_unusable_state_dir_is_left_to_the_reconciliation_scan(
     assert not result.busy and result.deferred == () and result.outcomes == ()
     assert result.error is not None and result.error.startswith("cannot process run: ")
     assert checkpoint.read_bytes() == legacy_bytes
+
+
+def test_an_unreadable_evaluations_file_fails_that_run_only(
+    tree: Path, user: UnprivilegedUser, zip_bytes: bytes
+) -> None:
+    """keep_best needs the run's evaluations.npz; one nobody cannot read is reported, not fatal."""
+    root = owned_dir(tree / "runs")
+    base_time = time.time() - 3600
+    for name in ("scored", "plain"):
+        run = owned_dir(root / name)
+        for step in (1, 2, 3):
+            path = put(run / f"rl_model_{step}_steps.zip", zip_bytes)
+            os.utime(path, (base_time + step, base_time + step))
+    evaluations = root / "scored" / "evaluations.npz"
+    np.savez(evaluations, timesteps=np.array([1, 2, 3]), results=np.ones((3, 2)))
+    os.chown(evaluations, ROOT_UID, ROOT_UID)
+    os.chmod(evaluations, 0)
+    config = write_config(
+        tree / "ckptd.yaml",
+        {
+            "version": 1,
+            "roots": [{"path": str(root), "run_depth": 1, "observer": "polling"}],
+            "checkpoints": {"stable_for": "0s"},
+            "policies": {
+                "default": {
+                    "keep_last": 1,
+                    "keep_best": {"metric": "mean_reward", "source": "evaluations.npz"},
+                    "min_age": "0s",
+                }
+            },
+            "delete": {"max_fraction": 1.0},
+        },
+    )
+    os.chmod(config, 0o644)
+
+    result = user.run(["prune", "-c", str(config), "--dry-run", "--json"])
+
+    assert result.returncode == 1, result
+    runs = {run["run"]: run for run in json.loads(result.stdout)["runs"]}
+    assert "evaluations.npz" in runs["scored"]["error"] and DENIED in runs["scored"]["error"]
+    assert "error" not in runs["plain"] and len(runs["plain"]["decisions"]) == 3
+    assert str(evaluations) in result.stderr and "cannot read evaluations" in result.stderr
