@@ -266,6 +266,12 @@ def summarize(
         problems.append(f"{broken} broken file{'s' if broken != 1 else ''}")
     if corrupt:
         problems.append(f"{corrupt} corrupt (scrub found a mismatch)")
+    # Recorded by the daemon and by every pass with the same text (inventory.cannot_read).
+    unreadable = sum(1 for e in entries if (e.error or "").startswith("cannot read:"))
+    if unreadable:
+        problems.append(
+            f"{unreadable} unreadable file{'s' if unreadable != 1 else ''} (permissions?)"
+        )
     stale_after = config.monitor.stale_after
     if stale_after is not None and newest is not None and newest.age > stale_after:
         problems.append(

@@ -101,6 +101,21 @@ def test_summarize_flags_a_stale_run_and_a_manifest_behind(tmp_path: Path) -> No
     assert quiet.problems == ()  # no stale_after: a finished run is not a problem
 
 
+def test_summarize_flags_unreadable_files(tmp_path: Path) -> None:
+    manifest = Manifest(
+        "ppo",
+        NOW,
+        "default",
+        (
+            entry("a.zip", hours_old=5),
+            entry("b.pkl", "pending", error="cannot read: Permission denied"),
+            entry("c.zip", "pending", hours_old=0.1),  # just written: not a problem
+        ),
+    )
+    status = summarize(RUN, manifest, facts(), ops_config(tmp_path), now=NOW)
+    assert status.problems == ("1 unreadable file (permissions?)",)
+
+
 def test_record_lag_follows_the_schedule(tmp_path: Path) -> None:
     config = ops_config(tmp_path, schedule={"manifest": "5m"}, checkpoints={"stable_for": "10s"})
     assert record_lag(config) == timedelta(minutes=6, seconds=10)
