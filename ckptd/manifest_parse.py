@@ -1,0 +1,169 @@
+"""Validating JSON -> manifest values: checkpoint entries, removals and the last prune record.
+
+A warm pass parses every run's manifest, so checkpoint entries take a fast straight-line path when
+they hold exactly the common keys, and the field-by-field checker (which names the problem) otherwise.
+Pure: ``Manifest.from_json`` calls in here.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from ckptd.formats import Format
+from ckptd.frozen_build import build_frozen
+from ckptd.manifest_json import JsonChecker, JsonDict, json_extras
+from ckptd.manifest_model import (
+    MANIFEST_STATES,
+    ManifestEntry,
+    ManifestState,
+    ParamsSummary,
+    PruneRecord,
+    RemovedEntry,
+)
+from ckptd.timefmt import parse_utc
+
+_FORMATS = {member.value: member for member in Format}
+
+MANIFEST_KEYS = frozenset(
+    {"schema", "run", "generated_at", "policy", "ckptd_version", "checkpoints", "removed"}
+    | {"last_prune"}
+)
+_ENTRY_KEYS = frozenset(
+    {"path", "step", "size", "mtime", "sha256", "format", "state", "reasons", "converted_from"}
+    | {"algorithm", "params", "carries_code", "error", "refusal", "mtime_ns"}
+)
+_REMOVED_KEYS = frozenset(
+    {"path", "sha256", "removed_at", "reasons", "trash", "size"}
+    | {"converted_from", "converted_from_sha256", "converted_from_trash", "converted_from_size"}
+)
+
+
+def entry_from_json(obj: object, where: str, check: JsonChecker) -> ManifestEntry:
+    # A warm pass parses 100,000 entries: try the straight-line check first and only walk the
+    # field-by-field checker (which names the problem) when something is off.
+    fast = _entry_fast(obj)
+    return fast if fast is not None else _entry_checked(obj, where, check)
+
+
+_BASE_ENTRY_KEYS = frozenset(
+    {"path", "step", "size", "mtime", "sha256", "format", "state", "reasons"}
+)
+_BASE_ENTRY_KEYS_NS = _BASE_ENTRY_KEYS | {"mtime_ns"}
+
+
+def _entry_fast(obj: object) -> ManifestEntry | None:
+    # Exactly the keys a checkpoint without conversion details has; anything else (conversion
+    # details, errors, unknown keys) goes to the full checker. Type tests come before the `in`
+    # tests: a list where a string belongs is unhashable and would raise TypeError there.
+    if type(obj) is not dict:
+        return None
+    keys = obj.keys()
+    if keys not in (_BASE_ENTRY_KEYS, _BASE_ENTRY_KEYS_NS):
+        return None
+    path, step, size, sha256 = obj["path"], obj["step"], obj["size"], obj["sha256"]
+    fmt, state, reasons, mtime_ns = obj["format"], obj["state"], obj["reasons"], obj.get("mtime_ns")
+    if (
+        type(path) is not str
+        or not (step is None or (type(step) is int and step >= 0))
+        or type(size) is not int
+        or size < 0
+        or not (sha256 is None or type(sha256) is str)
+        or type(fmt) is not str
+        or fmt not in _FORMATS
+        or type(state) is not str
+        or state not in MANIFEST_STATES
+        or type(reasons) is not list
+        or (reasons and not all(type(reason) is str for reason in reasons))
+        or not (mtime_ns is None or (type(mtime_ns) is int and mtime_ns >= 0))
+    ):
+        return None
+    try:
+        mtime = parse_utc(obj["mtime"])
+    except (TypeError, ValueError):
+        return None
+    # Every field, in declaration order (tests check this against the constructor).
+    return build_frozen(
+        ManifestEntry,
+        {
+            "path": path,
+            "step": step,
+            "size": size,
+            "mtime": mtime,
+            "sha256": sha256,
+            "format": _FORMATS[fmt],
+            "state": state,
+            "reasons": tuple(reasons),
+            "converted_from": None,
+            "algorithm": None,
+            "params": None,
+            "carries_code": None,
+            "error": None,
+            "refusal": None,
+            "mtime_ns": mtime_ns,
+            "extra": {},
+        },
+    )
+
+
+def _entry_checked(obj: object, where: str, check: JsonChecker) -> ManifestEntry:
+    path = check.text(obj, "path", where)
+    where = f"{where} ({path})"
+    format_text = check.text(obj, "format", where)
+    if format_text not in _FORMATS:
+        raise check.fail(f"{where}.format", f"unknown format {format_text!r}")
+    state = check.text(obj, "state", where)
+    if state not in MANIFEST_STATES:
+        raise check.fail(f"{where}.state", f"unknown state {state!r}")
+    params = None
+    params_obj = check.get(obj, "params", where, False)
+    if params_obj is not None:
+        params = ParamsSummary(
+            count=cast(int, check.integer(params_obj, "count", f"{where}.params")),
+            bytes=cast(int, check.integer(params_obj, "bytes", f"{where}.params")),
+        )
+    return ManifestEntry(
+        path=path,
+        step=check.integer(obj, "step", where, nullable=True),
+        size=cast(int, check.integer(obj, "size", where)),
+        mtime=check.time(obj, "mtime", where),
+        sha256=check.optional_text(obj, "sha256", where),
+        format=_FORMATS[format_text],
+        state=cast(ManifestState, state),
+        reasons=check.strings(obj, "reasons", where) or (),
+        converted_from=check.optional_text(obj, "converted_from", where),
+        algorithm=check.optional_text(obj, "algorithm", where),
+        params=params,
+        carries_code=check.strings(obj, "carries_code", where, nullable=True),
+        error=check.optional_text(obj, "error", where),
+        refusal=check.optional_text(obj, "refusal", where),
+        mtime_ns=check.integer(obj, "mtime_ns", where, nullable=True),
+        extra=json_extras(cast(JsonDict, obj), _ENTRY_KEYS),
+    )
+
+
+def removed_from_json(obj: object, where: str, check: JsonChecker) -> RemovedEntry:
+    return RemovedEntry(
+        path=check.text(obj, "path", where),
+        sha256=check.optional_text(obj, "sha256", where),
+        removed_at=check.time(obj, "removed_at", where),
+        reasons=check.strings(obj, "reasons", where) or (),
+        trash=check.optional_text(obj, "trash", where),
+        converted_from=check.optional_text(obj, "converted_from", where),
+        converted_from_sha256=check.optional_text(obj, "converted_from_sha256", where),
+        converted_from_trash=check.optional_text(obj, "converted_from_trash", where),
+        extra=json_extras(cast(JsonDict, obj), _REMOVED_KEYS),
+        size=check.integer(obj, "size", where, nullable=True),
+        converted_from_size=check.integer(obj, "converted_from_size", where, nullable=True),
+    )
+
+
+def prune_record_from_json(obj: JsonDict, check: JsonChecker) -> PruneRecord | None:
+    record = check.get(obj, "last_prune", "", False)
+    if record is None:
+        return None  # written before ckptd recorded prune passes, or never pruned
+    return PruneRecord(
+        at=check.time(record, "at", "last_prune"),
+        deleted=cast(int, check.integer(record, "deleted", "last_prune")),
+        bytes_freed=cast(int, check.integer(record, "bytes_freed", "last_prune")),
+        guard=check.optional_text(record, "guard", "last_prune"),
+    )

@@ -1,0 +1,117 @@
+"""Paths of each run waiting for a daemon worker, and which runs are in a batch right now.
+
+A run is in at most one batch at a time, so conversions of one run never race and a file is never
+processed twice at once; while it is, new paths of the run wait here (ready and vanished ones,
+deduplicated, in arrival order), and the next batch takes at most ``BATCH_MAX_PATHS`` of them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from ckptd.config import Config, RootConfig
+from ckptd.daemon_jobs import RunBatch
+from ckptd.inventory import RunRef
+from ckptd.pipeline import BatchResult
+
+BATCH_MAX_PATHS = 1000
+# A run whose batch could not take the run lock is left alone this long before the next try.
+LOCKED_RUN_BACKOFF_SECONDS = 5.0
+_V = TypeVar("_V")
+
+
+@dataclass
+class RunQueue:
+    """Ready and vanished paths of one run waiting for a worker (deduplicated, in arrival order)."""
+
+    root: RootConfig
+    run: RunRef
+    ready: OrderedDict[Path, tuple[int, int]] = field(default_factory=OrderedDict)
+    gone: OrderedDict[Path, None] = field(default_factory=OrderedDict)
+    not_before: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ready) + len(self.gone)
+
+
+class RunQueues:
+    """Every run's :class:`RunQueue` (by run directory) and the runs whose batch is running."""
+
+    def __init__(self) -> None:
+        self.runs: dict[Path, RunQueue] = {}
+        self.busy: set[Path] = set()
+
+    def queue_for(self, root: RootConfig, run: RunRef) -> RunQueue:
+        run_queue = self.runs.get(run.run_dir)
+        if run_queue is None:
+            run_queue = self.runs[run.run_dir] = RunQueue(root, run)
+        return run_queue
+
+    def add_ready(
+        self, root: RootConfig, run: RunRef, path: Path, settled: tuple[int, int]
+    ) -> None:
+        """Queue ``path`` as settled at (size, mtime_ns) ``settled``."""
+        run_queue = self.queue_for(root, run)
+        run_queue.gone.pop(path, None)
+        run_queue.ready[path] = settled
+
+    def add_gone(self, root: RootConfig, run: RunRef, path: Path) -> None:
+        """Queue ``path`` as deleted (its manifest entry is dropped if it is really absent)."""
+        run_queue = self.queue_for(root, run)
+        run_queue.ready.pop(path, None)
+        run_queue.gone[path] = None
+
+    def queued_paths(self) -> int:
+        return sum(len(run_queue) for run_queue in self.runs.values())
+
+    def dispatch(self, config: Config, now: float, offer: Callable[[RunBatch], bool]) -> None:
+        """Offer a batch for each idle run with waiting paths, until ``offer`` refuses one."""
+        for run_dir, run_queue in list(self.runs.items()):
+            if not run_queue:
+                del self.runs[run_dir]
+                continue
+            if run_dir in self.busy or run_queue.not_before > now:
+                continue
+            ready = take(run_queue.ready, BATCH_MAX_PATHS)
+            gone = tuple(take(run_queue.gone, BATCH_MAX_PATHS))
+            batch = RunBatch(config, run_queue.root, run_queue.run, tuple(ready), dict(ready), gone)
+            if not offer(batch):
+                # Back-pressure: the pool is busy; the paths wait here, deduplicated.
+                for path, identity in reversed(ready.items()):
+                    run_queue.ready[path] = identity
+                    run_queue.ready.move_to_end(path, last=False)
+                for path in gone:
+                    run_queue.gone[path] = None
+                return
+            self.busy.add(run_dir)
+
+    def batch_finished(self, item: RunBatch, result: BatchResult, now: float) -> None:
+        """The run is free again; hand back what the batch did not reach (or could not lock)."""
+        self.busy.discard(item.run.run_dir)
+        if result.deferred or result.busy:
+            run_queue = self.queue_for(item.root, item.run)
+            for path in result.deferred:
+                if path in item.expected:
+                    run_queue.ready.setdefault(path, item.expected[path])
+            if result.busy:
+                for path in item.gone:
+                    run_queue.gone.setdefault(path, None)
+                run_queue.not_before = now + LOCKED_RUN_BACKOFF_SECONDS
+
+    def keep_roots(self, wanted: set[Path]) -> None:
+        """Drop the queues of runs whose root is no longer configured (after a reload)."""
+        for run_dir in [d for d, q in self.runs.items() if q.root.path not in wanted]:
+            del self.runs[run_dir]
+
+
+def take(ordered: OrderedDict[Path, _V], count: int) -> OrderedDict[Path, _V]:
+    """Remove and return the first ``count`` items of ``ordered`` (all if fewer)."""
+    taken: OrderedDict[Path, _V] = OrderedDict()
+    while ordered and len(taken) < count:
+        path, value = ordered.popitem(last=False)
+        taken[path] = value
+    return taken
