@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import io
+import os
 import pickle
 import pickletools
 import struct
@@ -558,3 +559,13 @@ def _same(a: Any, b: Any) -> bool:
 def same_value(a: Any, b: Any) -> bool:
     """Public deep equality for test assertions."""
     return _same(a, b)
+
+
+class Exploit:
+    """Unpickling this runs ``touch <marker>``: the marker file proves whether a payload ever ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))

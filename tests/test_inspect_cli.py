@@ -16,16 +16,8 @@ import pytest
 
 from ckptd.cli import main
 from ckptd.convert import convert_file
-from tests.sb2_fixtures import MlpPolicy, make_ppo2_checkpoint, stand_ins, write_checkpoint
+from tests.sb2_fixtures import Exploit, MlpPolicy, make_ppo2_checkpoint, stand_ins, write_checkpoint
 from tests.sb2zip_helpers import make_sb3_zip
-
-
-class Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -22,6 +21,7 @@ from ckptd.convert import convert_file
 from ckptd.formats import Format
 from ckptd.inspection import InspectReport, inspect_path
 from tests.sb2_fixtures import (
+    Exploit,
     MlpPolicy,
     make_dqn_checkpoint,
     make_ppo2_checkpoint,
@@ -50,16 +50,6 @@ PPO2_KINDS = {
     "int64": "numpy-scalar",
     "bool_": "numpy-scalar",
 }
-
-
-class Exploit:
-    """Unpickling this runs ``touch <marker>`` (what a hostile checkpoint would do)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _snapshot(path: Path) -> tuple[bytes, int]:

@@ -15,17 +15,9 @@ from ckptd.cli import main
 from ckptd.config import Config, load_config
 from ckptd.pipeline import process_path
 from tests.ops_helpers import converted_run, flip_byte, prune_now
-from tests.sb2_fixtures import ppo2_data, ppo2_params, stand_ins, write_checkpoint
+from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, stand_ins, write_checkpoint
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture

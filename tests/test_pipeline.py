@@ -29,6 +29,7 @@ from ckptd.pipeline import (
     run_of,
 )
 from tests.sb2_fixtures import (
+    Exploit,
     make_ppo2_checkpoint,
     ppo2_data,
     ppo2_params,
@@ -38,16 +39,6 @@ from tests.sb2_fixtures import (
 from tests.sb2zip_helpers import make_sb3_zip
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Exploit:
-    """Unpickling this runs a shell command; the marker file proves whether it ever ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,21 +17,11 @@ from ckptd.prune import write_manifests
 from ckptd.quarantine import find, list_quarantine, release, show
 from ckptd.runaccess import locate_run_dir
 from tests.ops_helpers import flip_byte, manifest_of, ops_config
-from tests.sb2_fixtures import ppo2_data, ppo2_params, stand_ins, write_checkpoint
+from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, stand_ins, write_checkpoint
 
 pytestmark = pytest.mark.timeout(60)
 
 NAME = "rl_model_9_steps.pkl"
-
-
-class Exploit:
-    """Unpickling this runs a shell command; the marker file proves whether it ever ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,9 @@ once that file is gone; ``quarantine release`` and the passes must agree on what
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,6 +25,7 @@ from ckptd.quarantine import release
 from ckptd.status import status_all
 from tests.ops_helpers import converted_run, decisions, manifest_of, ops_config, run_report
 from tests.sb2_fixtures import (
+    Exploit,
     make_ppo2_checkpoint,
     ppo2_data,
     ppo2_params,
@@ -38,16 +37,6 @@ pytestmark = pytest.mark.timeout(60)
 
 EVIL = "rl_model_9_steps.pkl"
 JAILED = f".ckptd/quarantine/{EVIL}"
-
-
-class Exploit:
-    """Unpickling this runs a shell command; the marker file proves whether it ever ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(autouse=True)

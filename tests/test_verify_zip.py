@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import pickle
 import struct
 import time
@@ -23,6 +22,7 @@ from ckptd.formats.npy import npy_header_bytes
 from ckptd.formats.sb2zip import read_sb2_zip, verify_zip
 from ckptd.formats.sb3zip import parse_system_info, read_sb3_zip
 from ckptd.formats.sniff import identify
+from tests.sb2_fixtures import Exploit
 from tests.sb2zip_helpers import make_sb3_zip, params_of, sample_arrays, write_zip
 
 MLP_POLICY = b"\x80\x02cstable_baselines.common.policies\nMlpPolicy\nq\x00."
@@ -276,14 +276,6 @@ def test_overlapping_members_are_reported(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     problems = verify_zip(path).problems
     assert any(p.startswith("parameter_list: ") for p in problems), problems
-
-
-class Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_malicious_serialized_entry_is_reported_and_never_run(tmp_path: Path) -> None:
