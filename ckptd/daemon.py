@@ -173,7 +173,12 @@ class Daemon:
         self._scheduler.set_jobs(job_specs(config), self._job_callbacks())
         self._scheduler.start()
         # Watchers first, then the scan: a file written during the scan is seen by one or the other.
-        found, runs = scan_roots(config, config.roots, stale_temp_age=STALE_TEMP_SECONDS)
+        found, runs = scan_roots(
+            config,
+            config.roots,
+            stale_temp_age=STALE_TEMP_SECONDS,
+            on_run=notify.StartKeepalive().tick,
+        )
         self._run_count = runs
         self._settling.observe_found(found, time.monotonic())
         self._health(time.monotonic())

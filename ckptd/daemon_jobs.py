@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,11 +70,16 @@ WorkResult = BatchDone | JobDone
 
 
 def scan_roots(
-    config: Config, roots: Iterable[RootConfig], *, stale_temp_age: float | None
+    config: Config,
+    roots: Iterable[RootConfig],
+    *,
+    stale_temp_age: float | None,
+    on_run: Callable[[], None] | None = None,
 ) -> tuple[list[tuple[Path, FoundFile]], int]:
     """Reconciliation: every file of every run of ``roots`` that needs processing, and the run count.
 
-    A root or run that cannot be listed is logged and skipped; the scan goes on.
+    A root or run that cannot be listed is logged and skipped; the scan goes on. ``on_run`` is
+    called after each run (the start-up scan uses it to keep systemd's start timeout extended).
     """
     found: list[tuple[Path, FoundFile]] = []
     runs = 0
@@ -94,6 +99,8 @@ def scan_roots(
                 logger.warning("cannot scan run: %s", err, extra={"run": run.relpath})
                 continue
             found.extend((root.path, item) for item in work)
+            if on_run is not None:
+                on_run()
     return found, runs
 
 

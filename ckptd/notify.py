@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,34 @@ def watchdog_ping() -> bool:
 def extend_timeout(seconds: float) -> bool:
     """Ask for ``seconds`` more before systemd gives up on the current start/stop/reload."""
     return notify(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
+
+
+class StartKeepalive:
+    """While a long start-up step runs, keep extending systemd's start timeout.
+
+    ``tick()`` is cheap to call often (once per scanned run); it sends ``EXTEND_TIMEOUT_USEC``
+    at most every ``every`` seconds, asking for ``extend_by`` more each time, so a large tree on
+    slow storage is not killed by ``TimeoutStartSec=`` while a hung scan still is, ``extend_by``
+    after its last progress.
+    """
+
+    def __init__(
+        self,
+        *,
+        every: float = 10.0,
+        extend_by: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._every = every
+        self._extend_by = extend_by
+        self._clock = clock
+        self._last = clock()
+
+    def tick(self) -> None:
+        now = self._clock()
+        if now - self._last >= self._every:
+            self._last = now
+            extend_timeout(self._extend_by)
 
 
 def watchdog_interval() -> float | None:

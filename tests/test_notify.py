@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from ckptd import notify
+from ckptd.config import parse_config
+from ckptd.daemon_jobs import scan_roots
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +117,38 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(
     if pid is not None:
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() if pid == "self" else os.getpid() + 1))
     assert notify.watchdog_interval() == expected
+
+
+def test_start_keepalive_extends_the_start_timeout_at_most_every_interval(
+    manager: socket.socket,
+) -> None:
+    now = [100.0]
+    keepalive = notify.StartKeepalive(every=10.0, extend_by=60.0, clock=lambda: now[0])
+    manager.settimeout(0.2)
+    for moment in (101.0, 105.0, 109.9):  # progress, but not yet 10 s since the start
+        now[0] = moment
+        keepalive.tick()
+    with pytest.raises(TimeoutError):
+        manager.recv(4096)
+    now[0] = 110.0
+    keepalive.tick()
+    assert manager.recv(4096) == b"EXTEND_TIMEOUT_USEC=60000000"
+    now[0] = 115.0
+    keepalive.tick()  # 5 s after the last extension: nothing
+    now[0] = 120.5
+    keepalive.tick()
+    assert manager.recv(4096) == b"EXTEND_TIMEOUT_USEC=60000000"
+    with pytest.raises(TimeoutError):
+        manager.recv(4096)
+
+
+def test_start_scan_reports_progress_once_per_run(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+    config = parse_config({"roots": [{"path": str(root), "observer": "polling"}]})
+    ticks: list[None] = []
+    found, runs = scan_roots(
+        config, config.roots, stale_temp_age=None, on_run=lambda: ticks.append(None)
+    )
+    assert (runs, len(ticks), found) == (3, 3, [])
