@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import zipfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -80,28 +78,6 @@ def options(
 
 
 # ---- opens seen by the interpreter (a real count of file reads, not a mock) --------------------
-
-_OPENED: list[str] | None = None
-
-
-def _audit(event: str, args: tuple[object, ...]) -> None:
-    if event == "open" and _OPENED is not None and isinstance(args[0], str | bytes | os.PathLike):
-        _OPENED.append(os.fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)
-
-
-@pytest.fixture
-def opened() -> Iterator[list[str]]:
-    """Paths opened (open(), os.open(), io.open()) by this process during the test."""
-    global _OPENED
-    _OPENED = []
-    try:
-        yield _OPENED
-    finally:
-        _OPENED = None
-
 
 # ---- runs ---------------------------------------------------------------------------------------
 

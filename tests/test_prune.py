@@ -6,9 +6,8 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -83,27 +82,6 @@ def tree_state(directory: Path) -> dict[str, tuple[str, int, int, str]]:
 
 def decisions_of(report_run: object) -> dict[str, tuple[str, tuple[str, ...]]]:
     return {d.path: (d.action, d.reasons) for d in report_run.decisions}  # type: ignore[attr-defined]
-
-
-_OPENED: list[str] | None = None
-
-
-def _audit(event: str, args: tuple[object, ...]) -> None:
-    if event == "open" and _OPENED is not None and isinstance(args[0], str | bytes | os.PathLike):
-        _OPENED.append(os.fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)
-
-
-@pytest.fixture
-def opened() -> Iterator[list[str]]:
-    global _OPENED
-    _OPENED = []
-    try:
-        yield _OPENED
-    finally:
-        _OPENED = None
 
 
 # ---- dry run ------------------------------------------------------------------------------------
