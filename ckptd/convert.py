@@ -8,7 +8,10 @@ The order of operations is the safety argument:
 2. write the zip to a temp file beside the target, fsync it;
 3. re-read the temp file and verify it (structure, CRCs, JSON, every array's bytes) — only then
    rename it into place and fsync the directory;
-4. only after that, and only if the source is unchanged since it was read, archive or delete it.
+4. before an original is archived or deleted, verify the renamed zip completely, exactly as
+   ``ckptd verify`` does (``ckptd.formats.verify``: CRCs, JSON, npy headers, every
+   ``:serialized:`` pickle through the allowlist); a zip that fails is removed, the original stays;
+5. only after that, and only if the source is unchanged since it was read, archive or delete it.
 ``kill -9`` at any instant leaves the original intact and never a partial zip under the final name;
 a rerun after a crash recognizes an already-written, identical zip and finishes step 4.
 """
@@ -112,6 +115,8 @@ def convert_file(
                 "changed while it was being read; will retry when it is stable", path=str(source)
             )
         status, output_sha256, output_size = _write_or_match(source, target, checkpoint)
+    if original != "keep" and status == "converted":
+        _verify_before_disposal(source, target)
 
     if original == "archive" and archive_path is None:
         archive_path = source.parent / state_dir / "legacy" / source.name
@@ -162,6 +167,20 @@ def _write_or_match(
     # Written to a temp file, re-read and verified byte for byte, and only then renamed.
     report = write_checked_sb2_zip(target, checkpoint.data, checkpoint.params)
     return "converted", report.sha256, report.size
+
+
+def _verify_before_disposal(source: Path, target: Path) -> None:
+    """The full ``verify`` of our own output before the original goes; on failure remove it."""
+    report = verify_zip(target)
+    if report.ok:
+        return
+    target.unlink(missing_ok=True)
+    fsio.fsync_dir(target.parent)
+    raise VerifyError(
+        f"the written {target.name} failed verification and was removed, original left in place: "
+        + "; ".join(report.problems),
+        path=str(source),
+    )
 
 
 def _already_zip(source: Path) -> ConversionOutcome:

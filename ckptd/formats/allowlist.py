@@ -47,6 +47,7 @@ from ckptd.formats.pickle_graph import (
     is_ordered_dict_call,
 )
 from ckptd.formats.pickle_ops import parse_ops
+from ckptd.formats.pynames import in_package, is_dotted_name, is_identifier, name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def _shape_scalar(call: Call) -> str | None:
 def _is_bitgen_class(node: Node) -> bool:
     return (
         isinstance(node, Global)
-        and node.module.startswith("numpy.random.")
+        and in_package(node.module, "numpy.random")
         and node.name in BIT_GENERATORS
     )
 
@@ -283,6 +284,9 @@ def _shape_getattr(call: Call) -> str | None:
     # for files. Its result can never be called (only Globals may be), so the lookup is inert.
     args = call.args.items
     if len(args) == 2 and _const(args[1], str):
+        assert isinstance(args[1], Const)
+        if not is_identifier(args[1].value):
+            return "getattr of a name that is not a Python identifier"
         target = args[0]
         if isinstance(target, Global) or _is_call_of(target, CLOUDPICKLE_MODULES, "subimport"):
             return None
@@ -352,16 +356,19 @@ def _shape_subimport(call: Call) -> str | None:
     args = call.args.items
     if len(args) == 1 and _const(args[0], str):
         assert isinstance(args[0], Const) and isinstance(args[0].value, str)
-        if args[0].value.split(".")[0] in SUBIMPORT_PACKAGES:
+        module = args[0].value
+        if any(in_package(module, package) for package in SUBIMPORT_PACKAGES):
             return None
-        return f"subimport of {args[0].value!r} (importing runs its code; not an allowed package)"
+        return f"subimport of {module!r} (importing runs its code; not an allowed package)"
     return "subimport of a non-constant name"
 
 
 def _shape_dynamic_subimport(call: Call) -> str | None:
     args = call.args.items
     if len(args) == 2 and _const(args[0], str) and isinstance(args[1], DictNode):
-        return None
+        assert isinstance(args[0], Const)
+        if is_dotted_name(args[0].value):
+            return None
     return "dynamic_subimport with unexpected arguments"
 
 
@@ -553,19 +560,29 @@ _PLAIN_REFERENCE = Rule(_REF)
 
 
 def lookup(module: str, name: str) -> Rule | None:
-    """The rule for ``module.name``, or None when it is not allowed at all."""
+    """The rule for ``module.name``, or None when it is not allowed at all.
+
+    Both must be well formed first (``ckptd.formats.pynames``): a module string that merely
+    starts like an allowed package (``gym.spaces.box\\n...``) is never matched, and packages
+    match at identifier boundaries only.
+    """
+    if name_problem(module, name) is not None:
+        # Also refuses attribute traversal (protocol 4 dotted names): no listed name has a dot.
+        return None
     rule = _EXACT.get((module, name))
     if rule is not None:
         return rule
-    if "." in name or not name.isidentifier():
-        return None  # attribute traversal (protocol 4 dotted names) only when listed exactly
-    if module.startswith("gym.spaces.") and name in _GYM_SPACES:
+    if in_package(module, "gym.spaces") and module != "gym.spaces" and name in _GYM_SPACES:
         return _NEWOBJ_REFERENCE
-    if module == "stable_baselines" or module.startswith("stable_baselines."):
+    if in_package(module, "stable_baselines"):
         # Classes and functions of the library the checkpoint belongs to, by reference only:
         # instances may be rebuilt (NEWOBJ + BUILD, e.g. action noise), nothing may be called.
         return _NEWOBJ_REFERENCE
-    if module.startswith("tensorflow.python.ops.") and name in TF_ACTIVATIONS:
+    if (
+        in_package(module, "tensorflow.python.ops")
+        and module != "tensorflow.python.ops"
+        and name in TF_ACTIVATIONS
+    ):
         return _PLAIN_REFERENCE
     return None
 
@@ -613,12 +630,19 @@ def _build_state_problem(node: Call | NewObj, state: Node) -> str | None:
     return None
 
 
+def _not_allowed(source: str | None, node: Global) -> UnsafeCheckpoint:
+    problem = name_problem(node.module, node.name)
+    if problem is not None and not (is_dotted_name(node.module) and is_dotted_name(node.name)):
+        # Quoted by repr: attacker-chosen text, its control characters written as escapes.
+        what = f"global {node.module!r} {node.name!r}: {problem}"
+        return _refuse(source, node, what, node.dotted)
+    return _refuse(source, node, f"global {node.dotted} is not on the allowlist", node.dotted)
+
+
 def _check_node(node: Node, source: str | None) -> None:
     if isinstance(node, Global):
         if lookup(node.module, node.name) is None:
-            raise _refuse(
-                source, node, f"global {node.dotted} is not on the allowlist", node.dotted
-            )
+            raise _not_allowed(source, node)
     elif isinstance(node, Call):
         _check_call(node, source)
     elif isinstance(node, NewObj):
@@ -646,9 +670,7 @@ def _check_call(node: Call, source: str | None) -> None:
     if isinstance(func, Global):
         rule = lookup(func.module, func.name)
         if rule is None:
-            raise _refuse(
-                source, func, f"global {func.dotted} is not on the allowlist", func.dotted
-            )
+            raise _not_allowed(source, func)
         if rule.call is None:
             raise _refuse(
                 source, node, f"{func.dotted} may be referenced but not called", func.dotted

@@ -14,6 +14,8 @@ Python 3.11 + cloudpickle 3 + numpy 2:
 * Python 3 names are written with the Python 2 spellings CPython's protocol-2 pickler uses
   (``__builtin__``, ``copy_reg``), which every Python 3 unpickler maps back;
 * shared nodes and cycles go through the memo, exactly once per node;
+* a global whose module or name is not a dotted ASCII identifier is never written (UnsafeCheckpoint):
+  the text GLOBAL opcode would end the name at its first newline and read the rest as opcodes;
 * functions saved by cloudpickle 1.x stay in that form (``_fill_function``...); no translation
   between cloudpickle versions is attempted.
 """
@@ -25,7 +27,7 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from ckptd.errors import FormatError
+from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.formats.pickle_graph import (
     MAX_NESTING,
     BytesNode,
@@ -39,6 +41,7 @@ from ckptd.formats.pickle_graph import (
     SetNode,
     TupleNode,
 )
+from ckptd.formats.pynames import name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,17 @@ class _Emitter:
             self.get(self.global_memo[key])
             return
         written_module, written_name = _python2_spelling(module, name)
+        for checked_module, checked_name in ((module, name), (written_module, written_name)):
+            # A text GLOBAL ends each name at a newline: a name that is not a dotted identifier
+            # could carry opcodes into the output. Never write one, whatever the graph says.
+            problem = name_problem(checked_module, checked_name)
+            if problem is not None:
+                raise UnsafeCheckpoint(
+                    f"cannot write global {checked_module!r} {checked_name!r}: {problem}",
+                    path=self.source,
+                    opcode="GLOBAL",
+                    global_name=f"{checked_module}.{checked_name}",
+                )
         self.out += b"c" + f"{written_module}\n{written_name}\n".encode()
         index = self.fresh_index()
         self.global_memo[key] = index

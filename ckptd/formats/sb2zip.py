@@ -26,7 +26,12 @@ from typing import BinaryIO
 
 from ckptd.errors import ConversionError, FormatError, VerifyError
 from ckptd.formats import Format
-from ckptd.formats.datajson import DataAnalysis, DataEntry, encode_data_json
+from ckptd.formats.datajson import (
+    DataAnalysis,
+    DataEntry,
+    analyze_data_json,
+    encode_data_json,
+)
 from ckptd.formats.model import DataValue, FileParamArray, Param
 from ckptd.formats.npy import checked_dtype, npy_header_bytes
 from ckptd.formats.storedzip import (
@@ -185,7 +190,10 @@ def write_checked_sb2_zip(
     After the temp file is written and fsynced it is re-read from disk and must be byte-identical
     to the layout (headers, CRCs, every array byte: one streamed compare, no second CRC or hash
     pass) and its central directory must list exactly the three members where the layout put them.
-    Only then is it renamed to ``dest``; on any mismatch ``dest`` is untouched and VerifyError raised.
+    Every pickle written into ``data`` (each ``:serialized:`` entry) is then re-read through the
+    same static reader and allowlist as an input (``check_emitted_pickles``): the emitter is
+    trusted no more than a checkpoint. Only then is it renamed to ``dest``; on any mismatch
+    ``dest`` is untouched and VerifyError raised.
     """
     import zipfile
 
@@ -200,10 +208,26 @@ def write_checked_sb2_zip(
         expected = [(m.name, m.header_offset, m.size, m.crc) for m in outer.members]
         if found != expected:
             raise VerifyError(f"central directory {found} differs from the layout", path=str(temp))
+        # data_bytes are, byte for byte, the data member just compared with the file on disk.
+        check_emitted_pickles(data_bytes, dest)
 
     with atomic_write(dest, mode=mode, before_replace=check) as handle:
         written = write_pieces(handle, outer.pieces)
     return _report(written, npz, data_bytes, list_bytes, params, stamp)
+
+
+def check_emitted_pickles(data_bytes: bytes, dest: Path) -> None:
+    """Re-parse every ``:serialized:`` pickle of a ``data`` member we wrote; VerifyError if any fails.
+
+    The same static reader and allowlist every input passes (``ckptd.formats.allowlist``), so
+    nothing ckptd writes can reference what it would refuse to read.
+    """
+    analysis = analyze_data_json(data_bytes, source=dest.name)
+    if analysis.problems:
+        raise VerifyError(
+            "written data fails the check every input passes: " + "; ".join(analysis.problems),
+            path=str(dest),
+        )
 
 
 def _report(
