@@ -110,6 +110,10 @@ def peek_pickle(
                 break
     except ValueError as err:  # truncated prefix or an invalid opcode
         error = str(err)
+    except DeprecationWarning as err:
+        # pickletools escape-decodes text GLOBAL lines; an invalid escape (``\8``) in a name
+        # warns, which is an exception where warnings are errors: that is a broken name too.
+        error = f"invalid escape in a text argument ({err})"
     return PicklePeek(
         protocol=protocol,
         globals=tuple(found)[:MAX_GLOBALS],
