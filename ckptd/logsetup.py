@@ -4,6 +4,11 @@ Text: ``2026-12-03T06:00:00Z INFO ckptd.pipeline run=ppo-1 file=x.pkl converted 
 JSON: one object per line with ``ts``, ``level``, ``logger``, ``msg``, ``run``, ``file`` (and
 ``exc`` when an exception is attached). ``run``/``file`` come from ``extra={"run": ..., "file": ...}``.
 
+Messages name files and quote pickles (attacker-chosen text), so the text format passes the message,
+``run`` and ``file`` through :func:`ckptd.textsafe.shown` (control characters, newlines included,
+become visible escapes: no terminal escape and no forged log line), and the JSON format escapes
+everything outside ASCII (``ensure_ascii``: no raw C1 control, bidi override or lone surrogate).
+
 journald (or whoever reads stderr) splits on newlines, so a traceback is kept on one line: text
 output shows the exception's type, message and innermost frame; the full traceback is printed only
 at ``debug`` level. APScheduler's executor logs every failing job with a traceback although
@@ -21,6 +26,7 @@ from types import TracebackType
 from typing import TextIO
 
 from ckptd.config import LogConfig
+from ckptd.textsafe import shown
 
 HANDLER_NAME = "ckptd-stderr"
 APSCHEDULER_EXECUTORS = "apscheduler.executors"
@@ -43,7 +49,7 @@ def _utc_timestamp(created: float, *, millis: bool) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return shown(" ".join(text.split()))
 
 
 def exception_summary(exc_info: ExcInfo) -> str:
@@ -76,9 +82,8 @@ class TextFormatter(logging.Formatter):
         for key in ("run", "file"):
             value = getattr(record, key, None)
             if value is not None:
-                parts.append(f"{key}={value}")
-        message = record.getMessage()
-        parts.append(" | ".join(message.splitlines()) if "\n" in message else message)
+                parts.append(f"{key}={shown(value)}")
+        parts.append(shown(record.getMessage()))
         line = " ".join(parts)
         exc = _exc_info(record)
         if exc is not None:
@@ -104,7 +109,7 @@ class JsonFormatter(logging.Formatter):
         if exc is not None:
             obj["exc"] = exception_summary(exc)
             obj["traceback"] = "".join(traceback.format_exception(*exc))
-        return json.dumps(obj, ensure_ascii=False, default=str)
+        return json.dumps(obj, default=str)
 
 
 class OneLineJobErrors(logging.Filter):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from ckptd import __version__
 from ckptd.errors import CkptdError, ConfigError
+from ckptd.textsafe import shown
 
 
 class ExitStatus(enum.IntEnum):
@@ -48,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as err:
         for line in err.lines():
-            print(f"ckptd: {line}", file=sys.stderr)
+            print(f"ckptd: {shown(line)}", file=sys.stderr)
         return ExitStatus.USAGE
     except CkptdError as err:
-        print(f"ckptd: {err}", file=sys.stderr)
+        print(f"ckptd: {shown(err)}", file=sys.stderr)
         return ExitStatus.FAILED
     except KeyboardInterrupt:
         print("ckptd: interrupted", file=sys.stderr)

@@ -10,7 +10,9 @@ from typing import Any
 
 import yaml
 
+from ckptd.cli.output import say
 from ckptd.config import config_schema, config_to_mapping, load_config
+from ckptd.textsafe import shown
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -48,12 +50,13 @@ def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     roots = _plural(len(config.roots), "root", "roots")
     policies = _plural(len(config.policies), "policy", "policies")
-    print(f"{args.config}: ok ({roots}, {policies})")
+    say(f"{args.config}: ok ({roots}, {policies})")
     for root in config.roots:
         # Not an error: the config may be checked before the roots exist (the daemon reports it).
         if not root.path.is_dir():
             print(
-                f"{args.config}: note: root {root.path} is not a directory (yet)", file=sys.stderr
+                shown(f"{args.config}: note: root {root.path} is not a directory (yet)"),
+                file=sys.stderr,
             )
     return 0
 

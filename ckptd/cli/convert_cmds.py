@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from ckptd import fsio
 from ckptd.cli import ExitStatus
-from ckptd.cli.output import error_line, print_json, progress_bar, stdout_console
+from ckptd.cli.output import error_line, lit, print_json, progress_bar, stdout_console
 from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
 from ckptd.formats import Format
+from ckptd.textsafe import shown
 
 if TYPE_CHECKING:
     from ckptd.convert import ConversionOutcome
@@ -148,7 +149,7 @@ def run_convert(args: argparse.Namespace) -> int:
         say = progress.console.print if not progress.disable else stdout_console().print
         task = progress.add_task("converting", total=sum(sizes.values()), current="")
         for path in files:
-            progress.update(task, current=path.name)
+            progress.update(task, current=lit(path.name))  # the column reads markup
             try:
                 outcome = convert_file(
                     path,
@@ -166,12 +167,14 @@ def run_convert(args: argparse.Namespace) -> int:
                 if progress.disable:
                     error_line(message)
                 else:
-                    progress.console.print(f"ckptd: {message}", markup=False, highlight=False)
+                    progress.console.print(
+                        f"ckptd: {shown(message)}", markup=False, highlight=False
+                    )
                 results.append({"source": str(path), "status": _status_of(err), "error": message})
             else:
                 results.append(_outcome_json(outcome))
                 if not args.json:
-                    say(_describe_outcome(outcome), markup=False, highlight=False)
+                    say(shown(_describe_outcome(outcome)), markup=False, highlight=False)
             progress.advance(task, sizes[path])
     if args.json:
         print_json({"results": results})

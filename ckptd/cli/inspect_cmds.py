@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ckptd.cli import ExitStatus
-from ckptd.cli.output import error_line, print_json, stdout_console
+from ckptd.cli.output import error_line, lit, print_json, stdout_console
+from ckptd.textsafe import shown
 
 if TYPE_CHECKING:
     from ckptd.inspection import InspectReport
@@ -72,7 +73,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def render_report(report: InspectReport, console: Console) -> None:
     """The human-readable report: verdict, algorithm/version, data keys, params, members."""
-    console.print(f"[bold]{report.path}[/bold]: {report.format} ({report.format_note})")
+    # Paths, names, reasons and notes quote the file: lit() shows them literally.
+    console.print(f"[bold]{lit(report.path)}[/bold]: {report.format} ({lit(report.format_note)})")
     console.print(f"  size: {report.size} bytes" + _protocol(report))
     _render_verdict(report, console)
     if report.algorithm or report.sb2_version:
@@ -81,11 +83,11 @@ def render_report(report: InspectReport, console: Console) -> None:
         if version is not None:
             console.print(f"[bold]stable-baselines version[/bold]: {version}")
             for reason in version.evidence:
-                console.print(f"  - {reason}")
+                console.print(f"  - {lit(reason)}")
     if report.sb3_version or report.system_info:
         console.print(f"\n[bold]stable-baselines3[/bold]: {report.sb3_version or 'before 0.9'}")
         for key, value in report.system_info:
-            console.print(f"  {key}: {value}")
+            console.print(f"  {lit(key)}: {lit(value)}")
     if report.data:
         console.print(_data_table(report))
     if report.params:
@@ -94,7 +96,7 @@ def render_report(report: InspectReport, console: Console) -> None:
         console.print(_members_table(report))
     if report.globals:
         allowed = {True: "", False: " [red](not allowed)[/red]", None: ""}
-        names = [f"{ref.name}{allowed[ref.allowed]}" for ref in report.globals]
+        names = [f"{lit(ref.name)}{allowed[ref.allowed]}" for ref in report.globals]
         console.print(f"\n[bold]Globals referenced[/bold] ({len(names)}): " + ", ".join(names))
 
 
@@ -106,13 +108,13 @@ def _render_verdict(report: InspectReport, console: Console) -> None:
     colour = {"safe": "green", "unchecked": "yellow"}.get(report.verdict, "red")
     console.print(f"\n[bold]Verdict[/bold]: [{colour}]{report.verdict}[/{colour}]")
     for refusal in report.refusals:
-        console.print(f"  - {refusal.line()}", markup=False)
+        console.print(f"  - {shown(refusal.line())}", markup=False)
     for problem in report.problems:
-        console.print(f"  - {problem}", markup=False)
+        console.print(f"  - {shown(problem)}", markup=False)
     if report.error and not report.problems:
-        console.print(f"  - {report.error}", markup=False)
+        console.print(f"  - {shown(report.error)}", markup=False)
     if report.carries_code:
-        console.print(f"  carries code: {', '.join(report.carries_code)}")
+        console.print(f"  carries code: {lit(', '.join(report.carries_code))}")
 
 
 def _data_table(report: InspectReport) -> Table:
@@ -121,11 +123,11 @@ def _data_table(report: InspectReport) -> Table:
         table.add_column(column)
     for entry in report.data:
         table.add_row(
-            entry.key,
+            lit(entry.key),
             entry.kind,
-            entry.type_name or "",
+            lit(entry.type_name or ""),
             "yes" if entry.carries_code else "",
-            entry.safety,
+            lit(entry.safety),
         )
     return table
 
@@ -138,7 +140,7 @@ def _params_table(report: InspectReport) -> Table:
     for column in ("name", "dtype", "shape", "bytes"):
         table.add_column(column, justify="right" if column == "bytes" else "left")
     for param in params[:MAX_ROWS]:
-        table.add_row(param.name, param.dtype, str(param.shape), str(param.nbytes))
+        table.add_row(lit(param.name), lit(param.dtype), str(param.shape), str(param.nbytes))
     if len(params) > MAX_ROWS:
         table.add_row(f"... and {len(params) - MAX_ROWS} more", "", "", "")
     return table
@@ -150,7 +152,7 @@ def _members_table(report: InspectReport) -> Table:
     for column in ("name", "size", "compressed"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for member in members[:MAX_ROWS]:
-        table.add_row(member.name, str(member.size), str(member.compressed_size))
+        table.add_row(lit(member.name), str(member.size), str(member.compressed_size))
     if len(members) > MAX_ROWS:
         table.add_row(f"... and {len(members) - MAX_ROWS} more", "", "")
     return table
@@ -175,7 +177,7 @@ def run_verify(args: argparse.Namespace) -> int:
     for verdict in verdicts:
         if verdict.ok:
             if not args.json:
-                console.print(_ok_line(verdict), markup=False)
+                console.print(shown(_ok_line(verdict)), markup=False)
         else:
             for problem in verdict.problems or (verdict.status,):
                 error_line(f"{verdict.path}: {problem}")

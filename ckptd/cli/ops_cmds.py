@@ -40,20 +40,18 @@ JSON shapes (times are ``...Z`` UTC strings, sizes bytes, paths relative to the 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from ckptd import units
 from ckptd.cli import ExitStatus
-from ckptd.cli.output import print_json, progress_bar
+from ckptd.cli.output import error_line, lit, print_json, progress_bar, say
 from ckptd.config import Config, load_config
 from ckptd.errors import CkptdError
 from ckptd.runaccess import RunHandle, handle_for_root, locate_run_dir, runs_of_all_roots
@@ -131,7 +129,7 @@ def _console() -> Console:
 
 def _print_errors(errors: list[str]) -> None:
     for error in errors:
-        print(f"ckptd: {error}", file=sys.stderr)
+        error_line(error)
 
 
 def _age(delta: timedelta) -> str:
@@ -171,7 +169,7 @@ def _print_status(report: Any, console: Console) -> None:
     for run in report.runs:
         roots.setdefault(run.root, []).append(run)
     for root, runs in roots.items():
-        table = Table(title=f"ckptd status: {escape(str(root))}", title_justify="left")
+        table = Table(title=f"ckptd status: {lit(str(root))}", title_justify="left")
         for column in ("run", "kept", "size", "newest", "last prune", "trash", "quar.", "pins"):
             table.add_column(column, overflow="fold")
         table.add_column("problems", overflow="fold", ratio=2)
@@ -191,7 +189,7 @@ def _status_row(run: Any, now: datetime) -> list[str]:
         freed = "?" if run.last_prune.bytes is None else format_size_human(run.last_prune.bytes)
         prune = f"{_age(now - run.last_prune.at)}: {run.last_prune.removed} files, {freed}"
     return [
-        escape(run.run),
+        lit(run.run),
         str(run.kept),
         format_size_human(run.bytes),
         newest,
@@ -199,7 +197,7 @@ def _status_row(run: Any, now: datetime) -> list[str]:
         f"{run.trash.files} ({format_size_human(run.trash.bytes)})",
         str(run.quarantine.files),
         str(len(run.pins)),
-        escape("; ".join(run.problems)) or "ok",
+        lit("; ".join(run.problems)) or "ok",
     ]
 
 
@@ -242,7 +240,7 @@ class _BarProgress:
         self.progress.advance(self.task, nbytes)
 
     def current(self, label: str) -> None:
-        self.progress.update(self.task, current=label)
+        self.progress.update(self.task, current=lit(label))
 
 
 def run_scrub(args: argparse.Namespace) -> int:
@@ -259,11 +257,11 @@ def run_scrub(args: argparse.Namespace) -> int:
         for run in report.runs:
             for finding in run.corrupt:
                 console.print(
-                    f"[bold red]MISMATCH[/] {escape(str(run.run_dir / finding.path))} "
-                    f"({finding.role}): {escape('; '.join(finding.problems))}"
+                    f"[bold red]MISMATCH[/] {lit(str(run.run_dir / finding.path))} "
+                    f"({finding.role}): {lit('; '.join(finding.problems))}"
                 )
             if run.error:
-                console.print(f"[bold red]error[/] {escape(str(run.run_dir))}: {escape(run.error)}")
+                console.print(f"[bold red]error[/] {lit(str(run.run_dir))}: {lit(run.error)}")
         rate_text = format_size_human(int(report.bytes / report.seconds)) if report.seconds else "-"
         console.print(
             f"scrubbed {sum(r.checked for r in report.runs)} files in {len(report.runs)} runs, "
@@ -305,9 +303,9 @@ def run_pin(args: argparse.Namespace) -> int:
         print_json(result.to_json_obj())
     else:
         reason = result.pin.reason if result.pin else ""
-        print(f"pinned {result.run_dir / result.path} ({reason})")
+        say(f"pinned {result.run_dir / result.path} ({reason})")
         if result.note:
-            print(f"note: {result.note}")
+            say(f"note: {result.note}")
     return ExitStatus.OK
 
 
@@ -319,9 +317,9 @@ def run_unpin(args: argparse.Namespace) -> int:
         print_json(result.to_json_obj())
     else:
         previous = result.previous.reason if result.previous else ""
-        print(f"unpinned {result.run_dir / result.path} (was: {previous})")
+        say(f"unpinned {result.run_dir / result.path} (was: {previous})")
         if result.note:
-            print(f"note: {result.note}")
+            say(f"note: {result.note}")
     return ExitStatus.OK
 
 
@@ -389,9 +387,9 @@ def run_trash_list(args: argparse.Namespace) -> int:
             if item.companion_of:
                 original += f" (with {item.companion_of})"
             table.add_row(
-                escape(item.run_dir.name),
-                escape(item.trash_path),
-                escape(original),
+                lit(item.run_dir.name),
+                lit(item.trash_path),
+                lit(original),
                 _age(now - item.trashed_at),
                 format_size_human(item.size),
             )
@@ -408,8 +406,8 @@ def run_trash_restore(args: argparse.Namespace) -> int:
         print_json(result.to_json_obj())
     else:
         for restored in result.files:
-            print(f"restored {result.run_dir / restored.path} (from {restored.trash_path})")
-        print(f"pinned: {result.pin_reason}")
+            say(f"restored {result.run_dir / restored.path} (from {restored.trash_path})")
+        say(f"pinned: {result.pin_reason}")
     return ExitStatus.OK
 
 
@@ -432,7 +430,7 @@ def run_trash_purge(args: argparse.Namespace) -> int:
         print_json({"runs": [o.to_json_obj() for o in outcomes], "errors": errors})
     else:
         for outcome in outcomes:
-            print(
+            say(
                 f"{outcome.run_dir}: purged {len(outcome.removed)} files "
                 f"({format_size_human(outcome.bytes)}) trashed over {format_duration(older_than)} ago"
             )
@@ -493,10 +491,10 @@ def run_quarantine_list(args: argparse.Namespace) -> int:
             table.add_column(column, overflow="fold")
         for item in items:
             table.add_row(
-                escape(item.run_dir.name),
-                escape(item.path),
-                escape(item.original or "?"),
-                escape(_reason(item.refusal) or item.problem or "?"),
+                lit(item.run_dir.name),
+                lit(item.path),
+                lit(item.original or "?"),
+                lit(_reason(item.refusal) or item.problem or "?"),
                 "?" if item.quarantined_at is None else _age(_now() - item.quarantined_at),
             )
         _console().print(table)
@@ -512,7 +510,7 @@ def run_quarantine_show(args: argparse.Namespace) -> int:
         print_json(shown.to_json_obj())
         return ExitStatus.OK
     for line in _show_lines(shown):
-        print(line)
+        say(line)
     return ExitStatus.OK
 
 
@@ -552,7 +550,7 @@ def run_quarantine_release(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_json_obj())
     else:
-        print(
+        say(
             f"released {result.run_dir / result.path} (from {result.quarantined_as}); it stays "
             "recorded as refused and ckptd will never convert or execute it"
         )

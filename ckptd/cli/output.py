@@ -1,4 +1,9 @@
-"""Shared output helpers for the CLI: JSON documents, one-line errors, progress bars."""
+"""Shared output helpers for the CLI: JSON documents, one-line errors, progress bars.
+
+Every string that came from a file, a name or a pickle goes through :func:`ckptd.textsafe.shown`
+before it reaches the terminal (control characters escaped), and through :func:`lit` where rich
+would read markup (``rl_model_[bold]_1_steps.zip`` stays exactly that). See ``docs/security.md``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -16,6 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+from ckptd.textsafe import shown
 
 
 def print_json(document: Any) -> None:
@@ -32,9 +40,19 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def error_line(message: str) -> None:
+def lit(value: object) -> str:
+    """``value`` for a rich markup string: control characters escaped, markup shown literally."""
+    return escape(shown(value))
+
+
+def say(line: object) -> None:
+    """One plain line on stdout (no markup), control characters escaped."""
+    print(shown(line))
+
+
+def error_line(message: object) -> None:
     """One line on stderr, prefixed so it is obvious in logs which tool spoke."""
-    print(f"ckptd: {message}", file=sys.stderr)
+    print(f"ckptd: {shown(message)}", file=sys.stderr)
 
 
 def stdout_console() -> Console:

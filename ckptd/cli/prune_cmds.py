@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ckptd.cli import ExitStatus
+from ckptd.cli.output import error_line, lit, say
 from ckptd.config import Config, load_config
 from ckptd.prune import (
     PassOptions,
@@ -113,9 +114,9 @@ def run_manifest(args: argparse.Namespace) -> int:
     with cyclic_gc_paused():
         report = write_manifests(config, now=datetime.now(UTC), options=cli_pass_options())
     for root in config.roots:
-        print(manifest_summary(root.path, report))
+        say(manifest_summary(root.path, report))
     for problem in report.problems:
-        print(f"ckptd: {problem.root}: {problem.message}", file=sys.stderr)
+        error_line(f"{problem.root}: {problem.message}")
     return ExitStatus.OK if report.ok else ExitStatus.FAILED
 
 
@@ -154,7 +155,9 @@ def print_prune_report(report: PruneReport, console: Console) -> None:
         console.print(_run_table(run, report.dry_run))
         console.print(_run_summary(run, report.dry_run), highlight=False)
     for problem in report.problems:
-        console.print(f"[red]error[/red] {problem.root}: {problem.message}", highlight=False)
+        console.print(
+            f"[red]error[/red] {lit(problem.root)}: {lit(problem.message)}", highlight=False
+        )
 
 
 _ACTION_STYLE = {"keep": "green", "delete": "red", "skip": "yellow"}
@@ -162,20 +165,23 @@ _ACTION_STYLE = {"keep": "green", "delete": "red", "skip": "yellow"}
 
 def _run_table(run: RunReport, dry_run: bool) -> Table:
     title = f"{run.root}/{run.run}" if run.run != "." else str(run.root)
-    table = Table(title=f"{title}{' (dry run)' if dry_run else ''}", title_justify="left")
+    table = Table(title=f"{lit(title)}{' (dry run)' if dry_run else ''}", title_justify="left")
     table.add_column("checkpoint", overflow="fold")
     table.add_column("action")
     table.add_column("reasons", overflow="fold")
     for decision in run.decisions:
         action = decision.action if not dry_run or decision.action != "delete" else "would delete"
         style = _ACTION_STYLE.get(decision.action, "")
-        table.add_row(decision.path, f"[{style}]{action}[/{style}]", "; ".join(decision.reasons))
+        # Paths and reasons (a pin's reason is text from the run directory) are shown literally.
+        table.add_row(
+            lit(decision.path), f"[{style}]{action}[/{style}]", lit("; ".join(decision.reasons))
+        )
     return table
 
 
 def _run_summary(run: RunReport, dry_run: bool) -> str:
     if run.error is not None:
-        return f"  error: {run.error}"
+        return f"  error: {lit(run.error)}"
     parts = [
         f"kept {run.count('keep')}",
         f"{'would delete' if dry_run else 'deleted'} {run.count('delete')}",
@@ -188,5 +194,5 @@ def _run_summary(run: RunReport, dry_run: bool) -> str:
         if run.purged:
             parts.append(f"purged {len(run.purged)} from trash ({human_size(run.bytes_purged)})")
     lines = ["  " + ", ".join(parts)]
-    lines.extend(f"  {line}" for line in (run.guard, *run.notes) if line)
+    lines.extend(f"  {lit(line)}" for line in (run.guard, *run.notes) if line)
     return "\n".join(lines)
