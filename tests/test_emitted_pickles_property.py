@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from ckptd.convert import convert_file
 from ckptd.errors import CkptdError
+from ckptd.formats import allowlist
 from ckptd.formats.allowlist import lookup
 from ckptd.formats.verify import verify_zip
 from tests.daemon_harness import REPO
@@ -37,25 +38,39 @@ from tests.test_hostile_names import FAMILIES, checkpoint
 pytestmark = pytest.mark.timeout(300)
 
 # The loading process: stand-in gym / stable_baselines / tensorflow modules, an audit hook that
-# records every global the unpickler looks up, then one base64 pickle per line in, one JSON out.
+# records every global the unpickler looks up and every module the load itself imports (not the
+# modules those import in turn: numpy.random pulls in hashlib), then one base64 pickle per line in,
+# one JSON out.
 _LOADER = """
 import base64, json, pickle, sys
 sys.path.insert(0, sys.argv[1])
 from tests.sb2_fixtures import stand_ins
 found = []
+imported = []
 def hook(event, args):
     if event == "pickle.find_class":
         found.append([str(args[0]), str(args[1])])
+    elif event == "import" and direct():
+        imported.append(str(args[0]))
+def direct():
+    # Nested imports run inside another module's body (a "<module>" frame other than ours).
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_code.co_filename != "<string>":
+            return False
+        frame = frame.f_back
+    return True
 sys.addaudithook(hook)
 with stand_ins():
     for line in sys.stdin:
         found.clear()
+        imported.clear()
         try:
             pickle.loads(base64.b64decode(line))
             error = None
         except Exception as err:  # an SB2-era helper missing on this stack, for example
             error = type(err).__name__
-        print(json.dumps({"found": found, "error": error}), flush=True)
+        print(json.dumps({"found": found, "imported": imported, "error": error}), flush=True)
 """
 
 
@@ -71,12 +86,13 @@ class Loader:
             cwd=REPO,
         )
 
-    def globals_of(self, blob: bytes) -> list[tuple[str, str]]:
+    def load(self, blob: bytes) -> tuple[list[tuple[str, str]], list[str]]:
+        """(globals looked up, modules imported) while a real unpickler loads ``blob``."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(base64.b64encode(blob).decode() + "\n")
         self.proc.stdin.flush()
         reply = json.loads(self.proc.stdout.readline())
-        return [(module, name) for module, name in reply["found"]]
+        return [(module, name) for module, name in reply["found"]], reply["imported"]
 
     def close(self) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -90,6 +106,15 @@ def loader() -> Iterator[Loader]:
     process = Loader()
     yield process
     process.close()
+
+
+# Top-level packages a load may import: those of allowlisted globals, the packages cloudpickle's
+# subimport may name, and the codec ``_codecs.encode(..., 'latin1')`` looks up.
+IMPORTABLE = {module.split(".")[0] for module, _ in allowlist._EXACT} | {
+    *allowlist.SUBIMPORT_PACKAGES,
+    "builtins",
+    "encodings",
+}
 
 
 def python3_name(module: str, name: str) -> tuple[str, str]:
@@ -218,6 +243,16 @@ def test_accepted_input_gives_output_that_verifies_and_imports_only_allowlisted_
         if isinstance(value, dict) and ":serialized:" in value:
             blob = base64.b64decode(value[":serialized:"])
             event("serialized entry loaded")
-            for module, name in loader.globals_of(blob):
+            found, imported = loader.load(blob)
+            for module, name in found:
                 assert lookup(*python3_name(module, name)) is not None, (key, module, name)
+            for module in imported:
+                assert module.split(".")[0] in IMPORTABLE, (key, module)
     assert not marker.exists()
+
+
+def test_the_loader_sees_what_a_pickle_looks_up_and_imports(loader: Loader) -> None:
+    """The audit hook is not blind: a pickle naming an unimported module shows up in both lists."""
+    found, imported = loader.load(b"\x80\x02ccolorsys\nrgb_to_hsv\n.")
+    assert found == [("colorsys", "rgb_to_hsv")]
+    assert "colorsys" in imported

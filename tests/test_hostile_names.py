@@ -378,3 +378,44 @@ def test_pipeline_quarantines_every_bad_name(tmp_path: Path) -> None:
     assert not list(run.glob("*.zip"))
     assert not marker.exists()
     assert len(labels) > len(BAD_PIECES)
+
+
+def test_daemon_pipeline_keeps_the_original_when_its_output_fails_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon archives originals by default: with the emitter and the post-write check both
+    broken (faults), the full verify before archiving fails, the zip is removed, the original
+    stays in the run untouched, and the outcome and the log carry one line."""
+    from ckptd.config import parse_config
+    from ckptd.formats import legacy_data, sb2zip
+    from ckptd.formats.pickle_emit import EmittedPickle
+    from ckptd.manifest import load_manifest
+    from ckptd.pipeline import process_path
+
+    hostile = bytes(Asm(2).global_("posix", "system").call("true").raw(b"."))
+    monkeypatch.setattr(
+        legacy_data, "emit_pickle", lambda node, source=None: EmittedPickle(hostile, ())
+    )
+    monkeypatch.setattr(sb2zip, "check_emitted_pickles", lambda data, dest: None)
+    root = tmp_path / "runs"
+    run = root / "ppo-1"
+    run.mkdir(parents=True)
+    config = parse_config(
+        {
+            "roots": [{"path": str(root), "run_depth": 1, "observer": "polling"}],
+            "checkpoints": {"stable_for": "0s"},
+        }
+    )
+    assert config.convert.original == "archive"
+    source = run / "rl_model_1_steps.pkl"
+    blob = checkpoint(*FAMILIES[1], "STACK_GLOBAL")
+    source.write_bytes(blob)
+    outcome = process_path(config, config.roots[0], source)
+    assert outcome.action == "failed"
+    assert "failed verification and was removed" in outcome.message
+    assert "\n" not in outcome.message
+    assert source.read_bytes() == blob
+    assert not list(run.rglob("*.zip"))
+    assert not (run / ".ckptd" / "legacy" / source.name).exists()
+    entry = load_manifest(run / "ckptd-manifest.json").by_path()[source.name]
+    assert entry.state == "kept" and entry.error is not None
