@@ -15,6 +15,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from ckptd.textsafe import shown
+
 logger = logging.getLogger(__name__)
 
 # A wedged service manager must not wedge the daemon's main loop (send blocks on a full queue).
@@ -58,8 +60,9 @@ def notify(*lines: str) -> bool:
 
 
 def _status_line(text: str) -> str:
-    # A newline would start a new KEY=VALUE assignment; systemd shows STATUS on one line anyway.
-    return "STATUS=" + " ".join(text.splitlines())
+    # A newline would start a new KEY=VALUE assignment; systemd shows STATUS on one line anyway,
+    # in `systemctl status` on a terminal: control characters are escaped (ckptd.textsafe).
+    return "STATUS=" + shown(" ".join(text.splitlines()))
 
 
 def ready(status: str | None = None) -> bool:

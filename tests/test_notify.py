@@ -56,6 +56,7 @@ def manager(
         (lambda: notify.ready(), b"READY=1"),
         (lambda: notify.ready("watching 2 roots"), b"READY=1\nSTATUS=watching 2 roots"),
         (lambda: notify.status("pruning\nrun-3"), b"STATUS=pruning run-3"),
+        (lambda: notify.status("run\x1b]0;x\x07\r\u202e"), b"STATUS=run\\x1b]0;x\\x07 \\u202e"),
         (lambda: notify.watchdog_ping(), b"WATCHDOG=1"),
         (lambda: notify.stopping(), b"STOPPING=1"),
         (lambda: notify.reloading(), b"RELOADING=1"),
