@@ -419,3 +419,52 @@ def test_daemon_pipeline_keeps_the_original_when_its_output_fails_verify(
     assert not (run / ".ckptd" / "legacy" / source.name).exists()
     entry = load_manifest(run / "ckptd-manifest.json").by_path()[source.name]
     assert entry.state == "kept" and entry.error is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_real_daemon_quarantines_every_injection(tmp_path: Path) -> None:
+    """``ckptd run``: each family's injection, as GLOBAL and STACK_GLOBAL, is refused and
+    quarantined; no zip is written and the payload's marker never appears."""
+    import json
+
+    from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until
+
+    root = tmp_path / "runs"
+    run = root / "ppo-1"
+    run.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    config = tmp_path / "ckptd.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
+                "checkpoints": {"stable_for": "1s"},
+                "policies": {"default": {"keep_last": 5, "min_age": "0s"}},
+            }
+        )
+    )
+    notify = NotifySocket()
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify)
+    try:
+        daemon.wait_ready(timeout=30)
+        count = 0
+        for index, entry in enumerate(FAMILIES):
+            for opcode in OPCODES:
+                name = f"rl_model_{index}{opcode.lower()}_{count}_steps.pkl"
+                (run / name).write_bytes(checkpoint(*entry, opcode, marker))
+                count += 1
+        jail = run / ".ckptd" / "quarantine"
+        wait_until(
+            lambda: len(list(jail.glob("*.pkl"))) == count if jail.is_dir() else False,
+            60,
+            f"{count} quarantined files:\n{daemon.log_text()}",
+        )
+    finally:
+        assert daemon.stop(timeout=10) == 0
+        notify.close()
+    assert not list(run.rglob("*.zip"))
+    assert not list(run.glob("*.pkl"))  # every one moved to the quarantine
+    assert not marker.exists()
+    assert "Traceback" not in daemon.log_text()
