@@ -189,3 +189,61 @@ def test_daemon_log_escapes_a_hostile_file(hostile_file: Path, tmp_path: Path) -
         notify.close()
     text = assert_clean((tmp_path / "daemon.log").read_bytes(), "daemon log")
     assert "gym.spaces.box\\x1b]0;pwned" in text
+
+
+def test_successful_commands_print_hostile_file_names_literally(tmp_path: Path) -> None:
+    run = tmp_path / f"run{HOSTILE}"
+    run.mkdir()
+    with stand_ins():
+        source = make_ppo2_checkpoint(run / f"rl_model_{MARKUP}{HOSTILE}_1_steps.pkl")
+    converted = ckptd("convert", str(source))
+    assert converted.returncode == 0, converted.stderr
+    text = assert_clean(converted.stdout + converted.stderr, "convert")
+    assert f"rl_model_{MARKUP}\\x1b]0;pwned" in text
+    output = source.with_suffix(".zip")
+    for args in (("verify", str(output)), ("inspect", str(output)), ("inspect", str(source))):
+        result = ckptd(*args)
+        assert result.returncode == 0, result.stderr
+        assert f"{MARKUP}\\x1b]0;pwned" in assert_clean(result.stdout + result.stderr, args[0])
+
+
+def test_progress_bar_on_a_terminal_shows_names_literally(tmp_path: Path) -> None:
+    """On a terminal rich draws the bar with its own escapes; the file's own never get through."""
+    import pty
+    import select
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with stand_ins():
+        for step in (1, 2):
+            make_ppo2_checkpoint(run / f"rl_model_{MARKUP}{HOSTILE}_{step}_steps.pkl")
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="300", TERM="xterm")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ckptd", "convert", str(run)],
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env,
+    )
+    os.close(slave)
+    raw = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        os.close(master)
+        assert proc.wait(60) == 0
+    for sequence in (b"\x1b]0;pwned", b"\x1b[2J", b"\xc2\x9b31m", b"\xe2\x80\xae"):
+        assert sequence not in raw, (sequence, raw)
+    assert b"\\x1b]0;pwned" in raw
