@@ -13,7 +13,7 @@ The order of operations is the safety argument:
    ``:serialized:`` pickle through the allowlist); a zip that fails is removed, the original stays;
 5. only after that, and only if the source is unchanged since it was read, archive or delete it.
 ``kill -9`` at any instant leaves the original intact and never a partial zip under the final name;
-a rerun after a crash recognizes an already-written, identical zip and finishes step 4.
+a rerun after a crash recognizes an already-written, identical zip and finishes step 5.
 """
 
 from __future__ import annotations
