@@ -82,6 +82,18 @@ class UnsafeCheckpoint(CkptdError):
         super().__init__(f"refused: {reason}{suffix}", path=path)
 
 
+class HeldCheckpoint(CkptdError):
+    """A readable, safe checkpoint ckptd keeps but will not convert until told something it lacks.
+
+    ``note`` is the one line that says what is needed (docs/param-names.md), e.g. the parameter
+    names of a pre-2.6 file of a custom policy.
+    """
+
+    def __init__(self, note: str, *, path: str | None = None) -> None:
+        self.note = note
+        super().__init__(f"held: {note}", path=path)
+
+
 class VerifyError(FormatError):
     """A written or stored checkpoint failed verification (CRC, JSON, npy header, member list)."""
 

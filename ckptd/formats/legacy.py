@@ -23,15 +23,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ckptd.errors import FileChangedError, FormatError, UnsafeCheckpoint
+from ckptd.errors import FileChangedError, FormatError, HeldCheckpoint, UnsafeCheckpoint
 from ckptd.formats.allowlist import check_graph
-from ckptd.formats.legacy_arrays import array_of, is_array_node
+from ckptd.formats.legacy_arrays import array_of, is_array_node, is_scalar_node
 from ckptd.formats.legacy_data import data_value
 from ckptd.formats.legacy_stream import (
     DEFAULT_MIN_DEFERRED,
@@ -63,6 +63,7 @@ from ckptd.formats.pickle_graph import (
     reachable,
 )
 from ckptd.formats.pickle_ops import ParsedPickle, parse_ops
+from ckptd.formats.sb2names import ParamNames, infer_param_names
 from ckptd.fsio import CHUNK_SIZE, open_regular_nofollow
 
 logger = logging.getLogger(__name__)
@@ -138,15 +139,15 @@ ParamMaker = Callable[[str, Node, str], Param]
 
 
 def _read_params(
-    params: Node, param_names: Sequence[str] | None, source: str, make: ParamMaker = _param
+    params: Node,
+    param_names: Sequence[str] | None,
+    source: str,
+    make: ParamMaker = _param,
+    data: Mapping[str, DataValue] | None = None,
 ) -> tuple[tuple[Param, ...], bool]:
     if isinstance(params, ListNode):
         if param_names is None:
-            raise FormatError(
-                f"parameters are an unnamed list of {len(params.items)} arrays (stable-baselines <= 2.5.1); "
-                "their TF variable names are needed to convert it: pass the model's parameter names",
-                path=source,
-            )
+            param_names = _inferred_names(params.items, data or {}, source, make)
         if len(param_names) != len(params.items):
             raise FormatError(
                 f"{len(param_names)} parameter names given for {len(params.items)} arrays",
@@ -164,6 +165,27 @@ def _read_params(
             )
         named[key.value] = node
     return tuple(make(name, node, source) for name, node in named.items()), False
+
+
+def _shape_of(node: Node, make: ParamMaker, source: str) -> tuple[int, ...]:
+    # TF hands 0-d variables (DQN's eps, SAC's log_ent_coef) back as numpy scalars: shape ().
+    return () if is_scalar_node(node) else make("#", node, source).shape
+
+
+def _inferred_names(
+    items: Sequence[Node], data: Mapping[str, DataValue], source: str, make: ParamMaker
+) -> tuple[str, ...]:
+    """Names for a stable-baselines <= 2.5.1 list from the file's own data, proven by every shape.
+
+    Raises HeldCheckpoint with the note saying what is needed when it cannot be named
+    (docs/param-names.md); nothing is ever guessed.
+    """
+    shapes = [_shape_of(node, make, source) for node in items]
+    inferred = infer_param_names(data, shapes)
+    if not isinstance(inferred, ParamNames):
+        raise HeldCheckpoint(inferred.note, path=source)
+    logger.info("%s: parameter names inferred for %s", source, inferred.basis)
+    return inferred.names
 
 
 def _read_data(data: DictNode, source: str) -> dict[str, DataValue]:
@@ -208,8 +230,8 @@ def _checkpoint(
     """Judge the graph against the allowlist, then turn it into a LegacyCheckpoint."""
     report = check_graph(graph, source=source)
     data_node, params_node = _split_top(graph.root, source)
-    params, were_list = _read_params(params_node, param_names, source, make)
     data = _read_data(data_node, source)
+    params, were_list = _read_params(params_node, param_names, source, make, data)
     code_keys = [
         key for key, value in data.items() if isinstance(value, OpaqueValue) and value.carries_code
     ]

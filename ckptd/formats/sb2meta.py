@@ -16,7 +16,8 @@ _ALGORITHM_KEYS: tuple[tuple[str, frozenset[str]], ...] = (
     ("PPO1", frozenset({"clip_param", "optim_epochs", "optim_stepsize"})),
     ("TRPO", frozenset({"max_kl", "cg_iters", "vf_stepsize"})),
     ("ACKTR", frozenset({"kfac_clip", "vf_fisher_coef"})),
-    ("ACER", frozenset({"replay_ratio", "correction_term"})),
+    # ACER <= 2.5.1 has no correction_term; replay_start and q_coef are ACER's alone too.
+    ("ACER", frozenset({"replay_ratio", "correction_term", "replay_start", "q_coef"})),
     ("A2C", frozenset({"alpha", "lr_schedule", "epsilon"})),
     ("TD3", frozenset({"policy_delay", "target_noise_clip", "target_policy_noise"})),
     ("DDPG", frozenset({"actor_lr", "critic_lr", "param_noise_adaption_interval"})),

@@ -1,0 +1,305 @@
+"""Names for the unnamed parameter list of a stable-baselines <= 2.5.1 legacy pickle.
+
+Up to 2.5.1 stable-baselines saved ``self.sess.run(self.params)``: a list of arrays in TF creation
+order, without the variable names the zip format's ``parameter_list`` needs (docs/param-names.md).
+For the built-in policies the names follow from what the file does say: the algorithm (from the
+``data`` keys), the policy class (pickled by reference), ``policy_kwargs`` and the spaces. This
+module rebuilds the variable list those imply (``sb2graph``) and uses it only when every shape
+equals the shape of the array at that position; anything else (a custom policy, keyword arguments
+it does not model, one shape off) is :class:`Unnamed` with a note saying what to do. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ckptd.formats.model import DataValue, JsonValue, OpaqueValue
+from ckptd.formats.sb2graph import (
+    Recorder,
+    Shape,
+    Space,
+    Unsupported,
+    dqn_policy,
+    feed_forward,
+    lstm_policy,
+    sac_actor,
+    sac_critics,
+)
+from ckptd.formats.sb2meta import guess_algorithm
+
+HOW_TO_NAME = (
+    "convert with --param-names FILE (one TF variable name per line, in get_parameter_list() order)"
+)
+
+
+@dataclass(frozen=True)
+class ParamNames:
+    """One TF variable name per position, proven by every shape; ``basis`` says what built it."""
+
+    names: tuple[str, ...]
+    basis: str
+
+
+@dataclass(frozen=True)
+class Unnamed:
+    """Why the list cannot be named; ``note`` is the one line an operator acts on."""
+
+    reason: str
+
+    @property
+    def note(self) -> str:
+        return f"pre-2.6 parameter list of {self.reason}: {HOW_TO_NAME}"
+
+
+_COMMON = "stable_baselines.common.policies."
+# policy class -> (cnn, lstm, layer-normalized lstm)
+_ACTOR_CRITIC = {
+    "MlpPolicy": (False, False, False),
+    "CnnPolicy": (True, False, False),
+    "MlpLstmPolicy": (False, True, False),
+    "MlpLnLstmPolicy": (False, True, True),
+    "CnnLstmPolicy": (True, True, False),
+    "CnnLnLstmPolicy": (True, True, True),
+}
+# policy class -> (cnn, layer norm)
+_DQN = {
+    "MlpPolicy": (False, False),
+    "LnMlpPolicy": (False, True),
+    "CnnPolicy": (True, False),
+    "LnCnnPolicy": (True, True),
+}
+_SAC = _DQN
+# Keyword arguments each family's built-in policies accept and this module models; act_fun only
+# changes the arithmetic, never a variable.
+_AC_KWARGS = frozenset({"net_arch", "layers", "act_fun"})
+_AC_LSTM_KWARGS = frozenset({"net_arch", "layers", "act_fun", "n_lstm"})
+_DQN_KWARGS = frozenset({"layers", "dueling", "act_fun"})
+_SAC_KWARGS = frozenset({"layers", "act_fun", "reg_weight"})
+_ON_POLICY = ("A2C", "ACER", "ACKTR", "PPO1", "PPO2", "TRPO")
+
+
+# --- facts from the data values ------------------------------------------------------------
+
+
+def _space(value: DataValue | None) -> Space | None:
+    if not isinstance(value, OpaqueValue):
+        return None
+    kind = {
+        "<class 'gym.spaces.box.Box'>": "box",
+        "<class 'gym.spaces.discrete.Discrete'>": "discrete",
+        "<class 'gym.spaces.multi_discrete.MultiDiscrete'>": "multi_discrete",
+        "<class 'gym.spaces.multi_binary.MultiBinary'>": "multi_binary",
+    }.get(value.type_name)
+    extras = value.extras
+    if kind == "box":
+        shape = extras.get("shape")
+        if isinstance(shape, list) and all(type(d) is int and d > 0 for d in shape):
+            dims = tuple(int(d) for d in shape if isinstance(d, int))
+            return Space("box", dims, math.prod(dims))
+    elif kind in ("discrete", "multi_binary"):
+        count = extras.get("n")
+        if type(count) is int and count > 0:
+            return Space(kind, (), count)
+    elif kind == "multi_discrete":
+        nvec = extras.get("nvec")  # str() of an int array, e.g. "[2 3 4]"
+        if isinstance(nvec, str) and re.fullmatch(r"\[[\d\s]+\]", nvec):
+            return Space(kind, (), sum(int(n) for n in nvec.strip("[]").split()))
+    return None
+
+
+def _kwargs(value: DataValue | None) -> dict[str, JsonValue] | None:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, OpaqueValue) and value.type_name == "<class 'dict'>":
+        return dict(value.extras)  # a dict with a function in it: its items, the rest as str()
+    return None
+
+
+def _policy_class(value: DataValue | None) -> str | None:
+    # A class pickled by reference is exactly one global; one rebuilt by value carries more.
+    if isinstance(value, OpaqueValue) and len(value.globals) == 1 and "__module__" in value.extras:
+        return value.globals[0]
+    return None
+
+
+@dataclass(frozen=True)
+class _Facts:
+    algorithm: str
+    policy: str
+    obs: Space
+    action: Space
+    kwargs: dict[str, JsonValue]
+    data: Mapping[str, DataValue]
+
+
+# --- the variable lists per algorithm ------------------------------------------------------
+
+
+Builder = Callable[[Recorder], None]
+
+
+def _check_kwargs(facts: _Facts, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(facts.kwargs) - allowed)
+    if unknown:
+        raise Unsupported(f"policy_kwargs ckptd does not model ({', '.join(unknown)})")
+
+
+def _on_policy(facts: _Facts, name: str) -> list[Builder]:
+    cnn, recurrent, norm = _ACTOR_CRITIC[name]
+    _check_kwargs(facts, _AC_LSTM_KWARGS if recurrent else _AC_KWARGS)
+
+    def policy(prefix: str) -> Builder:
+        if recurrent:
+            return lambda rec: lstm_policy(
+                rec, prefix, facts.obs, facts.action, cnn, norm, facts.kwargs
+            )
+        return lambda rec: feed_forward(rec, prefix, facts.obs, facts.action, cnn, facts.kwargs)
+
+    if facts.algorithm == "TRPO":
+        # TRPO's params are every trainable variable: the policy and the old policy ("oldpi").
+        return [policy(""), policy("oldpi/")]
+    return [policy("")]
+
+
+def _layers(facts: _Facts, default: list[int]) -> list[int]:
+    layers = facts.kwargs.get("layers")
+    if layers is None:
+        return default
+    if not (isinstance(layers, list) and all(type(size) is int for size in layers)):
+        raise Unsupported("layers is not a list of sizes")
+    return [int(size) for size in layers if isinstance(size, int)]
+
+
+def _dqn(facts: _Facts, name: str) -> list[Builder]:
+    cnn, norm = _DQN[name]
+    _check_kwargs(facts, _DQN_KWARGS)
+    layers = _layers(facts, [64, 64])
+    dueling = facts.kwargs.get("dueling", True)
+    if name == "LnMlpPolicy":
+        dueling = True  # LnMlpPolicy passes dueling=True whatever the keyword says
+    if not isinstance(dueling, bool):
+        raise Unsupported("dueling is not a bool")
+    param_noise = facts.data.get("param_noise", False)
+    if not isinstance(param_noise, bool):
+        raise Unsupported("param_noise is not a bool")
+
+    def policy(prefix: str) -> Builder:
+        return lambda rec: dqn_policy(
+            rec, prefix, facts.obs, facts.action, cnn, norm, dueling, layers
+        )
+
+    def eps(rec: Recorder) -> None:
+        rec.var("deepq/eps", ())
+
+    builders: list[Builder] = [eps, policy("deepq/")]
+    if param_noise:
+        builders += [policy("deepq/perturbed_model/"), policy("deepq/adaptive_model/")]
+    return [*builders, policy("deepq/target_q_func/")]
+
+
+def _sac(facts: _Facts, name: str) -> list[Builder]:
+    cnn, norm = _SAC[name]
+    _check_kwargs(facts, _SAC_KWARGS)
+    layers = _layers(facts, [64, 64])
+    if facts.action.kind != "box":
+        raise Unsupported(f"SAC with a {facts.action.kind} action space")
+    learned_entropy = facts.data.get("ent_coef") == "auto"
+    obs, action = facts.obs, facts.action
+
+    def model(rec: Recorder) -> None:
+        sac_actor(rec, "model/pi", obs, action, cnn, norm, layers)
+        sac_critics(rec, "model/values_fn", obs, action, cnn, norm, layers, with_qf=True)
+        if learned_entropy:
+            rec.var("model/log_ent_coef", ())
+
+    def target(rec: Recorder) -> None:
+        sac_critics(rec, "target/values_fn", obs, action, cnn, norm, layers, with_qf=False)
+
+    return [model, target]
+
+
+def _builders(facts: _Facts) -> list[Builder]:
+    module, _, name = facts.policy.rpartition(".")
+    if facts.algorithm in _ON_POLICY and module + "." == _COMMON and name in _ACTOR_CRITIC:
+        return _on_policy(facts, name)
+    if facts.algorithm == "DQN" and module == "stable_baselines.deepq.policies" and name in _DQN:
+        return _dqn(facts, name)
+    if facts.algorithm == "SAC" and module == "stable_baselines.sac.policies" and name in _SAC:
+        return _sac(facts, name)
+    if facts.algorithm == "DDPG":
+        raise Unsupported(
+            "DDPG (2.4.x-2.5.0 and 2.5.1 name the critic's output layer differently, and the "
+            "file does not say which wrote it)"
+        )
+    if facts.policy.startswith("stable_baselines."):
+        raise Unsupported(f"{facts.algorithm} with {facts.policy}")
+    raise Unsupported(f"a custom policy ({facts.policy})")
+
+
+# --- matching ------------------------------------------------------------------------------
+
+
+def _describe(facts: _Facts) -> str:
+    return f"{facts.algorithm} {facts.policy.rpartition('.')[2]}"
+
+
+def _match(
+    expected: Sequence[tuple[str, Shape]], shapes: Sequence[Shape], facts: _Facts
+) -> ParamNames | Unnamed:
+    count = len(expected)
+    # SAC <= 2.5.1 saved its variables twice (params + target_params, both every trainable
+    # variable): the names cover the first copy, whose twin the reader checks and leaves out.
+    copies = len(shapes) // count if count and len(shapes) % count == 0 else 0
+    if facts.algorithm != "SAC" and copies > 1:
+        copies = 0
+    if copies < 1:
+        return Unnamed(
+            f"{_describe(facts)}: {len(shapes)} arrays where its policy has {count} variables"
+        )
+    for index, shape in enumerate(shapes):
+        name, want = expected[index % count]
+        if tuple(shape) != want:
+            return Unnamed(
+                f"{_describe(facts)}: array {index + 1} has shape {tuple(shape)} where "
+                f"{name} is {want}"
+            )
+    basis = f"{_describe(facts)} with policy_kwargs {sorted(facts.kwargs) or 'none'}"
+    return ParamNames(tuple(name for name, _ in expected), basis)
+
+
+def infer_param_names(
+    data: Mapping[str, DataValue], shapes: Sequence[Shape]
+) -> ParamNames | Unnamed:
+    """Names for a pre-2.6 parameter list, or why there are none (see the module docstring)."""
+    policy = _policy_class(data.get("policy"))
+    if policy is None:
+        return Unnamed("a policy that is not a class pickled by reference")
+    algorithm = guess_algorithm(list(data), policy)
+    if algorithm is None:
+        return Unnamed(f"an unknown algorithm (policy {policy})")
+    if algorithm == "TRPO" and data.get("using_gail") is True:
+        return Unnamed("GAIL (its adversary's variables are not modelled)")
+    obs = _space(data.get("observation_space"))
+    action = _space(data.get("action_space"))
+    kwargs = _kwargs(data.get("policy_kwargs"))
+    if obs is None or action is None:
+        return Unnamed(f"{algorithm} with an observation or action space ckptd cannot read")
+    if kwargs is None:
+        return Unnamed(f"{algorithm} with policy_kwargs that are not a dict")
+    facts = _Facts(algorithm, policy, obs, action, kwargs, data)
+    recorder = Recorder()
+    try:
+        for build in _builders(facts):
+            build(recorder)
+    except Unsupported as why:
+        return Unnamed(
+            str(why)
+            if str(why).startswith(("a custom", "DDPG", "GAIL"))
+            else f"{_describe(facts)}: {why}"
+        )
+    return _match(recorder.variables, shapes, facts)
