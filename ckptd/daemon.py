@@ -352,7 +352,7 @@ class Daemon:
                 self._settling.observe(
                     item.root.path, outcome.path, now, closed=False, expect_close=False
                 )
-            elif outcome.action in ("converted", "kept", "broken", "refused"):
+            elif outcome.action in ("converted", "kept", "broken", "refused", "held"):
                 self.metrics.record_seen()
                 if outcome.action == "converted":
                     self.metrics.record_converted()

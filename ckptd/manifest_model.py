@@ -28,7 +28,8 @@ MAX_REMOVED = 1000
 # in the quarantine dir (the entry keeps the path the file was refused at).
 QUARANTINE_KEY = "quarantine"
 
-ManifestState = Literal["kept", "pending", "refused", "broken", "converted"]
+# held: recorded and kept, not converted until given what its ``note`` says (docs/param-names.md).
+ManifestState = Literal["kept", "pending", "refused", "broken", "converted", "held"]
 MANIFEST_STATES: frozenset[str] = frozenset(get_args(ManifestState))
 
 
@@ -59,6 +60,7 @@ class ManifestEntry:
     error: str | None = None
     refusal: str | None = None
     mtime_ns: int | None = None
+    note: str | None = None  # what a held checkpoint needs
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json_obj(self) -> JsonDict:
@@ -79,6 +81,7 @@ class ManifestEntry:
             "carries_code": None if self.carries_code is None else list(self.carries_code),
             "error": self.error,
             "refusal": self.refusal,
+            "note": self.note,
             "mtime_ns": self.mtime_ns,
         }
         obj.update((key, value) for key, value in optional.items() if value is not None)

@@ -30,7 +30,7 @@ MANIFEST_KEYS = frozenset(
 )
 _ENTRY_KEYS = frozenset(
     {"path", "step", "size", "mtime", "sha256", "format", "state", "reasons", "converted_from"}
-    | {"algorithm", "params", "carries_code", "error", "refusal", "mtime_ns"}
+    | {"algorithm", "params", "carries_code", "error", "refusal", "mtime_ns", "note"}
 )
 _REMOVED_KEYS = frozenset(
     {"path", "sha256", "removed_at", "reasons", "trash", "size"}
@@ -100,6 +100,7 @@ def _entry_fast(obj: object) -> ManifestEntry | None:
             "error": None,
             "refusal": None,
             "mtime_ns": mtime_ns,
+            "note": None,
             "extra": {},
         },
     )
@@ -137,6 +138,7 @@ def _entry_checked(obj: object, where: str, check: JsonChecker) -> ManifestEntry
         error=check.optional_text(obj, "error", where),
         refusal=check.optional_text(obj, "refusal", where),
         mtime_ns=check.integer(obj, "mtime_ns", where, nullable=True),
+        note=check.optional_text(obj, "note", where),
         extra=json_extras(cast(JsonDict, obj), _ENTRY_KEYS),
     )
 

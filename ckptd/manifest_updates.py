@@ -34,20 +34,25 @@ def with_state(
     *,
     error: str | None = None,
     refusal: str | None = None,
+    note: str | None = None,
 ) -> ManifestEntry:
-    """``entry`` in ``state``; ``broken`` needs an ``error`` and ``refused`` a ``refusal`` text.
+    """``entry`` in ``state``; ``broken`` needs an ``error``, ``refused`` a ``refusal`` and
+    ``held`` a ``note`` text.
 
-    Other states clear a stale error/refusal. Raises ValueError on a missing text (a caller bug).
+    Other states clear a stale error/refusal/note. Raises ValueError on a missing text (a caller bug).
     """
     if state == "broken" and not error:
         raise ValueError("state 'broken' needs an error text")
     if state == "refused" and not refusal:
         raise ValueError("state 'refused' needs a refusal text")
+    if state == "held" and not note:
+        raise ValueError("state 'held' needs a note")
     return dataclasses.replace(
         entry,
         state=state,
         error=error if state == "broken" else None,
         refusal=refusal if state == "refused" else None,
+        note=note if state == "held" else None,
     )
 
 

@@ -25,6 +25,7 @@ Action = Literal[
     "kept",  # verified (or unknown content) and recorded as it is
     "broken",  # unreadable content, recorded with its error
     "refused",  # unsafe; quarantined or left, recorded with the refusal
+    "held",  # safe, kept as it is, not converted: recorded with a note saying what it needs
     "failed",  # could not be processed now (I/O error, disk full); recorded, retried later
     "changed",  # changed while being processed: observe it again
     "vanished",  # gone; its entry (if any) dropped

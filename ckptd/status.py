@@ -97,6 +97,7 @@ class RunStatus:
     pending: int = 0
     refused: int = 0
     broken: int = 0
+    held: int = 0
     corrupt: int = 0
     bytes: int = 0
     newest: Newest | None = None
@@ -138,6 +139,7 @@ class RunStatus:
                 "pending": self.pending,
                 "refused": self.refused,
                 "broken": self.broken,
+                "held": self.held,
                 "corrupt": self.corrupt,
             },
             "trash": self.trash.to_json_obj(),
@@ -235,7 +237,9 @@ def summarize(
         return dataclasses.replace(base, problems=tuple(problems))
     entries = manifest.checkpoints
     checkpoints = [entry for entry in entries if entry.state != "converted"]
-    counts = {state: sum(1 for e in entries if e.state == state) for state in ("kept", "pending")}
+    counts = {
+        state: sum(1 for e in entries if e.state == state) for state in ("kept", "pending", "held")
+    }
     # Quarantined files are counted from the quarantine dir (also those whose entry is gone, e.g.
     # with a manifest rebuilt from scratch), so their refused entries are not counted again; a file
     # released on the operator's explicit trust is no longer a problem to point at.
@@ -249,7 +253,7 @@ def summarize(
     broken = sum(1 for e in entries if e.state == "broken") - scrub_broken
     refused = left_refused + facts.quarantine.files
     newest_entry = max(
-        (e for e in checkpoints if e.state in ("kept", "pending")),
+        (e for e in checkpoints if e.state in ("kept", "pending", "held")),
         key=lambda e: e.mtime,
         default=None,
     )
@@ -264,6 +268,11 @@ def summarize(
         problems.append(f"{refused} refused (unsafe) file{'s' if refused != 1 else ''}")
     if broken:
         problems.append(f"{broken} broken file{'s' if broken != 1 else ''}")
+    if counts["held"]:
+        held = counts["held"]
+        problems.append(
+            f"{held} held file{'s' if held != 1 else ''} (not converted: see its manifest note)"
+        )
     if corrupt:
         problems.append(f"{corrupt} corrupt (scrub found a mismatch)")
     # Recorded by the daemon and by every pass with the same text (inventory.cannot_read).
@@ -287,10 +296,11 @@ def summarize(
     return dataclasses.replace(
         base,
         generated_at=manifest.generated_at,
-        kept=counts["kept"],
+        kept=counts["kept"] + counts["held"],  # a held checkpoint is kept, just not converted
         pending=counts["pending"],
         refused=refused,
         broken=broken,
+        held=counts["held"],
         corrupt=corrupt,
         # A quarantined file's entry is kept for the record; its bytes are the quarantine's.
         bytes=sum(entry.size for entry in entries if quarantined_as(entry) is None),

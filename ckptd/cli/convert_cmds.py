@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ckptd import fsio
 from ckptd.cli import ExitStatus
 from ckptd.cli.output import error_line, lit, print_json, progress_bar, stdout_console
-from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
+from ckptd.errors import CkptdError, FormatError, HeldCheckpoint, UnsafeCheckpoint
 from ckptd.formats import Format
 from ckptd.textsafe import shown
 
@@ -106,6 +106,8 @@ def _expand(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
 def _status_of(err: BaseException) -> str:
     if isinstance(err, UnsafeCheckpoint):
         return "refused"
+    if isinstance(err, HeldCheckpoint):
+        return "held"
     if isinstance(err, FormatError):
         return "broken"
     return "error"
@@ -170,7 +172,10 @@ def run_convert(args: argparse.Namespace) -> int:
                     progress.console.print(
                         f"ckptd: {shown(message)}", markup=False, highlight=False
                     )
-                results.append({"source": str(path), "status": _status_of(err), "error": message})
+                result = {"source": str(path), "status": _status_of(err), "error": message}
+                if isinstance(err, HeldCheckpoint):
+                    result["note"] = err.note
+                results.append(result)
             else:
                 results.append(_outcome_json(outcome))
                 if not args.json:

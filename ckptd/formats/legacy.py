@@ -199,6 +199,25 @@ def _read_data(data: DictNode, source: str) -> dict[str, DataValue]:
     return {key: data_value(node, source=source) for key, node in nodes.items()}
 
 
+def read_naming_input(
+    buf: bytes | bytearray | memoryview, *, source: str
+) -> tuple[dict[str, DataValue], list[tuple[int, ...]]] | None:
+    """The ``data`` values and the parameter shapes of an unnamed (<= 2.5.1) list, else None.
+
+    What ``sb2names.infer_param_names`` works from; for tests and tools (docs/param-names.md).
+    """
+    view = memoryview(buf).cast("B")
+    _gate(view, source)
+    parsed = parse_ops(view, source=source)
+    graph = build_graph(parsed, source=source)
+    check_graph(graph, source=source)
+    data_node, params_node = _split_top(graph.root, source)
+    if not isinstance(params_node, ListNode):
+        return None
+    shapes = [_shape_of(node, _param, source) for node in params_node.items]
+    return _read_data(data_node, source), shapes
+
+
 def read_legacy(
     buf: bytes | bytearray | memoryview,
     *,

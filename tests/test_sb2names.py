@@ -1,0 +1,173 @@
+"""Parameter names for stable-baselines <= 2.5.1 lists, proven against real stable-baselines.
+
+``data/sb2-names/oracle-<version>.json`` holds, for each model variant built and saved by the real
+stable-baselines (TF 1.14, Python 3.7; see sb2names_oracle.py), what ckptd's static reader got
+from the saved file (its ``data`` values without pickled payloads, and the array shapes) and the
+names ``model.params`` really had. The inference must give exactly those names, or, where the
+file cannot say (DDPG), be held; a custom policy, an unknown keyword or one shape off is held.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ckptd.formats.model import DataValue, OpaqueValue
+from ckptd.formats.sb2names import HOW_TO_NAME, ParamNames, Unnamed, infer_param_names
+from ckptd.manifest import load_manifest
+from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
+
+DATA = Path(__file__).parent / "data" / "sb2-names"
+ORACLE = sorted(DATA.glob("oracle-*.json"))
+CASES = [case for path in ORACLE for case in json.loads(path.read_text())]
+
+
+def _value(obj: Any) -> DataValue:
+    if isinstance(obj, dict) and "__opaque__" in obj:
+        opaque = obj["__opaque__"]
+        return OpaqueValue(opaque["type_name"], b"", opaque["extras"], tuple(opaque["globals"]))
+    return obj  # type: ignore[no-any-return]
+
+
+def _inputs(case: dict[str, Any]) -> tuple[dict[str, DataValue], list[tuple[int, ...]]]:
+    data = {key: _value(value) for key, value in case["data"].items()}
+    return data, [tuple(shape) for shape in case["shapes"]]
+
+
+def test_the_oracle_covers_every_family() -> None:
+    algorithms = {case["spec"]["algo"] for case in CASES}
+    assert {"PPO2", "A2C", "ACER", "ACKTR", "PPO1", "TRPO", "DQN", "SAC", "DDPG"} <= algorithms
+    assert len(CASES) >= 35
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['version']}-{c['id']}" for c in CASES])
+def test_names_equal_what_stable_baselines_gave(case: dict[str, Any]) -> None:
+    data, shapes = _inputs(case)
+    result = infer_param_names(data, shapes)
+    if case["spec"]["algo"] == "DDPG":
+        assert isinstance(result, Unnamed) and "DDPG" in result.note
+        return
+    assert isinstance(result, ParamNames), result
+    assert list(result.names) == case["names"]
+    if case["spec"]["algo"] == "SAC":
+        assert len(shapes) == 2 * len(result.names)  # params + target_params, both everything
+
+
+def _case(case_id: str) -> dict[str, Any]:
+    return next(c for c in CASES if c["id"] == case_id)
+
+
+def test_unknown_policy_kwargs_are_held() -> None:
+    data, shapes = _inputs(_case("ppo2-netarch-split"))
+    data["policy_kwargs"] = {"net_arch": [{"pi": [32], "vf": [16, 16]}], "cnn_extractor": "x"}
+    result = infer_param_names(data, shapes)
+    assert isinstance(result, Unnamed)
+    assert "cnn_extractor" in result.note and result.note.endswith(HOW_TO_NAME)
+
+
+def test_a_custom_policy_class_is_held() -> None:
+    data, shapes = _inputs(_case("ppo2-mlp-cartpole"))
+    data["policy"] = OpaqueValue(
+        "<class 'abc.ABCMeta'>", b"", {"__module__": "lab.nets"}, ("lab.nets.Wide",)
+    )
+    result = infer_param_names(data, shapes)
+    assert isinstance(result, Unnamed)
+    assert result.note == (
+        "pre-2.6 parameter list of a custom policy (lab.nets.Wide): " + HOW_TO_NAME
+    )
+
+
+@pytest.mark.parametrize("index", [0, 5, -1])
+def test_one_shape_off_is_held(index: int) -> None:
+    data, shapes = _inputs(_case("ppo2-mlplnlstm"))
+    shapes[index] = (*shapes[index], 1)
+    result = infer_param_names(data, shapes)
+    assert isinstance(result, Unnamed) and "has shape" in result.note
+
+
+def test_a_missing_array_is_held() -> None:
+    data, shapes = _inputs(_case("dqn-lnmlp"))
+    result = infer_param_names(data, shapes[:-1])
+    assert isinstance(result, Unnamed) and "arrays where its policy has" in result.note
+
+
+def _ckptd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ckptd", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+def test_convert_names_a_genuine_251_file(tmp_path: Path) -> None:
+    source = tmp_path / "ppo2.pkl"
+    shutil.copy(DATA / "ppo2-lstm-netarch-2.5.1.pkl", source)
+    result = _ckptd("convert", str(source), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "ppo2.zip") as archive:
+        names = json.loads(archive.read("parameter_list"))
+    assert names == _case("ppo2-lstm-netarch")["names"]
+
+
+def test_convert_exits_1_with_the_note_for_a_held_file(tmp_path: Path) -> None:
+    source = tmp_path / "ddpg.pkl"
+    shutil.copy(DATA / "ddpg-norm-2.5.1.pkl", source)
+    before = source.read_bytes()
+    result = _ckptd("convert", str(source), cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "held: pre-2.6 parameter list of DDPG" in lines[0]
+    assert lines[0].endswith(HOW_TO_NAME) and str(source) in lines[0]
+    result = _ckptd("convert", "--json", str(source), cwd=tmp_path)
+    assert result.returncode == 1
+    (entry,) = json.loads(result.stdout)["results"]
+    assert entry["status"] == "held" and entry["note"].endswith(HOW_TO_NAME)
+    assert source.read_bytes() == before and not (tmp_path / "ddpg.zip").exists()
+
+
+def test_the_daemon_records_a_held_file_and_keeps_it(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    run = root / "ddpg-run"
+    run.mkdir(parents=True)
+    config = write_config(
+        tmp_path / "ckptd.yaml",
+        {
+            "version": 1,
+            "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
+            "checkpoints": {"stable_for": "1s"},
+            "policies": {"default": {"keep_last": 2, "min_age": "0s"}},
+            "schedule": {"prune": "2s", "manifest": "1m", "rescan": "1h"},
+        },
+    )
+    shutil.copy(DATA / "ddpg-norm-2.5.1.pkl", run / "rl_model_100_steps.pkl")
+    notify = NotifySocket()
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify)
+    try:
+        daemon.wait_ready()
+
+        def held() -> bool:
+            path = run / "ckptd-manifest.json"
+            if not path.exists():
+                return False
+            entries = load_manifest(path).by_path()
+            entry = entries.get("rl_model_100_steps.pkl")
+            return entry is not None and entry.state == "held" and bool(entry.reasons)
+
+        wait_until(held, 20, f"held entry judged by a prune pass:\n{daemon.log_text()}")
+        entry = load_manifest(run / "ckptd-manifest.json").by_path()["rl_model_100_steps.pkl"]
+        assert entry.note is not None and entry.note.endswith(HOW_TO_NAME)
+        assert entry.sha256 is not None and entry.reasons  # judged by retention like any kept file
+        assert (run / "rl_model_100_steps.pkl").exists() and not (
+            run / "rl_model_100_steps.zip"
+        ).exists()
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
+    status = _ckptd("status", "-c", str(config), "--json", cwd=tmp_path)
+    (run_status,) = json.loads(status.stdout)["runs"]
+    assert run_status["counts"]["held"] == 1 and run_status["kept"] == 1
