@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.errors import FormatError, UnsafeCheckpoint, UnsafePathError
+from ckptd.errors import FormatError, HeldCheckpoint, UnsafeCheckpoint, UnsafePathError
 from ckptd.formats.allowlist import check_pickle_bytes
 from ckptd.formats.legacy import read_legacy, read_legacy_file
 from ckptd.formats.model import LegacyCheckpoint, OpaqueValue
@@ -231,7 +231,7 @@ def test_dqn_without_functions_reads_with_allow_code_false(tmp_path: Path) -> No
 def test_list_params_need_names(tmp_path: Path) -> None:
     with stand_ins():
         path = make_ppo2_checkpoint(tmp_path / "old.pkl", protocol=4, list_params=True)
-    with pytest.raises(FormatError, match=r"unnamed list of 15 arrays .* names are needed|names"):
+    with pytest.raises(HeldCheckpoint, match=r"pre-2\.6 parameter list"):
         read_legacy_file(path)
     names = [f"arr_{index}" for index in range(15)]
     checkpoint, _ = read_legacy_file(path, param_names=names)
