@@ -1,11 +1,35 @@
-"""Build stable-baselines models on the SB2-era stack and print their true parameter names (see sb2names_oracle.py)."""
+"""Build stable-baselines models on the SB2-era stack and print their true parameter names.
 
-import gym
-import numpy as np
-from gym import spaces
+Runs under Python 3.7 with TensorFlow 1.14, gym and one stable-baselines release on PYTHONPATH
+(stable-baselines imports cv2 for GAIL's datasets only; an empty ``cv2`` module will do):
+
+    PYTHONPATH=<stable-baselines>:<dir with cv2.py> python3.7 tests/sb2names_probe.py \
+        "$(python3 tests/sb2names_specs.py)" OUTDIR > probe.json
+
+For each spec it builds the model, saves it with the model's own ``save`` into OUTDIR and prints
+(JSON) the names and shapes of ``model.params``: the names the inference must find
+(sb2names_oracle.py turns this into the test's table). Not imported by ckptd or the tests.
+"""
+
+import json
+import os
+import sys
+import warnings
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+warnings.filterwarnings("ignore")
+
+import gym  # noqa: E402 (after the TF log level is set)
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from gym import spaces  # noqa: E402
+
+tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
 
 
 class Img(gym.Env):
+    """A 40x40x3 image observation: the smallest size the nature CNN takes, with room to spare."""
+
     def __init__(self, act="discrete"):
         self.observation_space = spaces.Box(0, 255, (40, 40, 3), dtype=np.uint8)
         self.action_space = (
@@ -15,11 +39,13 @@ class Img(gym.Env):
     def reset(self):
         return self.observation_space.sample()
 
-    def step(self, a):
+    def step(self, action):
         return self.observation_space.sample(), 0.0, False, {}
 
 
 class Vec(gym.Env):
+    """The other gym spaces, as observation and action."""
+
     def __init__(self, obs="box", act="multidiscrete"):
         self.observation_space = {
             "box": spaces.Box(-1, 1, (5,), dtype=np.float32),
@@ -38,62 +64,46 @@ class Vec(gym.Env):
     def reset(self):
         return self.observation_space.sample()
 
-    def step(self, a):
+    def step(self, action):
         return self.observation_space.sample(), 0.0, False, {}
 
 
-import json  # noqa: E402 (after TF_CPP_MIN_LOG_LEVEL is set)
-import os  # noqa: E402 (after TF_CPP_MIN_LOG_LEVEL is set)
-import sys  # noqa: E402 (after TF_CPP_MIN_LOG_LEVEL is set)
-import warnings  # noqa: E402 (after TF_CPP_MIN_LOG_LEVEL is set)
+def build(spec):
+    from stable_baselines.common.vec_env import DummyVecEnv
 
-warnings.filterwarnings("ignore")
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import tensorflow as tf  # noqa: E402 (after TF_CPP_MIN_LOG_LEVEL is set)
-
-tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
-import gym  # noqa: E402 (after TF_CPP_MIN_LOG_LEVEL is set)
-from stable_baselines.common.vec_env import DummyVecEnv  # noqa: E402 (after TF_CPP_MIN_LOG_LEVEL is set)
-
-specs = json.loads(sys.argv[1])
-outdir = sys.argv[2] if len(sys.argv) > 2 else None
-res = []
-for spec in specs:
-    algo = spec["algo"]
-    mod = __import__("stable_baselines", fromlist=[algo])
-    cls = getattr(mod, algo)
+    cls = getattr(__import__("stable_baselines", fromlist=[spec["algo"]]), spec["algo"])
     env = spec.get("env", "CartPole-v1")
-
     if isinstance(env, list):
         env = globals()[env[0]](*env[1:])
-    kw = dict(spec.get("kw", {}))
     if spec.get("n_envs"):
-        env = DummyVecEnv(
-            [(lambda e=env: gym.make(e)) if isinstance(env, str) else (lambda e=env: e)]
-            * spec["n_envs"]
-        )
-    pk = spec.get("pk")
-    if pk is not None:
-        kw["policy_kwargs"] = pk
+        make = (lambda: gym.make(env)) if isinstance(env, str) else (lambda: env)
+        env = DummyVecEnv([make] * spec["n_envs"])
+    kwargs = dict(spec.get("kw", {}))
+    if spec.get("pk") is not None:
+        kwargs["policy_kwargs"] = spec["pk"]
+    return cls(spec.get("policy", "MlpPolicy"), env, **kwargs)
+
+
+def probe(spec, outdir):
     try:
-        m = cls(spec.get("policy", "MlpPolicy"), env, **kw)
-        params = m.sess.run(m.params)
-        names = [p.name for p in m.params]
-        extra = []
-        for attr in ("target_params", "obs_rms_params", "ret_rms_params"):
-            if getattr(m, attr, None):
-                extra.append((attr, [p.name for p in getattr(m, attr)]))
+        model = build(spec)
+        arrays = model.sess.run(model.params)
         item = {
             "spec": spec,
-            "names": names,
-            "shapes": [list(a.shape) for a in params],
-            "extra": extra,
+            "names": [variable.name for variable in model.params],
+            "shapes": [list(np.shape(array)) for array in arrays],
         }
-        if outdir:
-            path = os.path.join(outdir, spec["id"] + ".pkl")
-            m.save(path)
-            item["file"] = path
-    except Exception as e:
-        item = {"spec": spec, "error": repr(e)[:300]}
-    res.append(item)
-print(json.dumps(res))
+        if hasattr(model, "get_parameter_list"):  # >= 2.6.0: what the saved dict's keys are
+            item["saved_names"] = [variable.name for variable in model.get_parameter_list()]
+        path = os.path.join(outdir, spec["id"] + ".pkl")
+        # >= 2.8.0 writes zips unless asked for the legacy pickle.
+        legacy = {"cloudpickle": True} if "cloudpickle" in model.save.__code__.co_varnames else {}
+        model.save(path, **legacy)
+        item["file"] = os.path.abspath(path)
+        return item
+    except Exception as error:  # a variant this release cannot build: recorded, not fatal
+        return {"spec": spec, "error": repr(error)[:300]}
+
+
+if __name__ == "__main__":
+    print(json.dumps([probe(spec, sys.argv[2]) for spec in json.loads(sys.argv[1])]))

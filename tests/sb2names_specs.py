@@ -13,6 +13,8 @@ def add(id, algo, policy="MlpPolicy", env="CartPole-v1", pk=None, kw=None, n_env
         d["kw"] = kw
     if n_envs:
         d["n_envs"] = n_envs
+    elif isinstance(env, list):
+        d["n_envs"] = 1  # a custom env instance must come in a VecEnv
     S.append(d)
 
 
@@ -89,4 +91,11 @@ add(
 )
 add("ddpg-normobs", "DDPG", env="Pendulum-v0", kw={"normalize_observations": True})
 add("ddpg-cnn", "DDPG", "CnnPolicy", env=["Img", "box"])
+add("gail-mlp-cartpole", "GAIL")
+add("gail-mlp-pendulum", "GAIL", env="Pendulum-v0", kw={"hidden_size_adversary": 16})
+add("dqn-lnmlp-dueling-false", "DQN", "LnMlpPolicy", pk={"dueling": False})
+add("acktr-cnn", "ACKTR", "CnnPolicy", env=["Img"])
+add("acer-cnnlstm", "ACER", "CnnLstmPolicy", env=["Img"], pk={"n_lstm": 8})
+add("ppo1-cnn", "PPO1", "CnnPolicy", env=["Img"])
+add("sac-lncnn", "SAC", "LnCnnPolicy", env=["Img", "box"], pk={"layers": [8]})
 print(json.dumps(S))

@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--param-names",
         type=Path,
         metavar="FILE",
-        help="JSON list of parameter names, for SB2 <= 2.5.1 checkpoints that saved parameters as a list",
+        help="parameter names (one per line, or a JSON list) for SB2 <= 2.5.1 checkpoints whose "
+        "unnamed parameter list ckptd cannot name itself (docs/param-names.md)",
     )
     convert.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     convert.set_defaults(handler=run_convert)
@@ -213,10 +214,20 @@ def _size_or_zero(path: Path) -> int:
 
 
 def _read_param_names(path: Path) -> list[str]:
+    """One TF variable name per line (what ``held`` notes ask for), or a JSON list of them."""
     try:
-        names = json.loads(path.read_text())
+        text = path.read_text()
     except (OSError, ValueError) as err:
         raise FormatError(f"cannot read parameter names: {err}", path=str(path)) from err
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+    if not text.lstrip().startswith("["):
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        if not names:
+            raise FormatError("no parameter names in the file", path=str(path))
+        return names
+    try:
+        loaded = json.loads(text)
+    except ValueError as err:
+        raise FormatError(f"cannot read parameter names: {err}", path=str(path)) from err
+    if not isinstance(loaded, list) or not all(isinstance(name, str) for name in loaded):
         raise FormatError("parameter names must be a JSON list of strings", path=str(path))
-    return names
+    return loaded

@@ -127,6 +127,15 @@ def _policy_class(value: DataValue | None) -> str | None:
     return None
 
 
+def _custom_policy(value: DataValue | None) -> str:
+    # A class defined in the training script is pickled by value, its code and all.
+    if isinstance(value, OpaqueValue) and value.carries_code:
+        module = value.extras.get("__module__")
+        where = f" defined in {module}" if isinstance(module, str) else ""
+        return f"a custom policy (a class{where}, pickled by value)"
+    return "a policy that is not a class pickled by reference"
+
+
 @dataclass(frozen=True)
 class _Facts:
     algorithm: str
@@ -278,12 +287,14 @@ def infer_param_names(
     """Names for a pre-2.6 parameter list, or why there are none (see the module docstring)."""
     policy = _policy_class(data.get("policy"))
     if policy is None:
-        return Unnamed("a policy that is not a class pickled by reference")
+        return Unnamed(_custom_policy(data.get("policy")))
     algorithm = guess_algorithm(list(data), policy)
     if algorithm is None:
         return Unnamed(f"an unknown algorithm (policy {policy})")
     if algorithm == "TRPO" and data.get("using_gail") is True:
-        return Unnamed("GAIL (its adversary's variables are not modelled)")
+        # 2.5.x lists the adversary's variables first (every trainable variable) and again last
+        # (params.extend(reward_giver variables)): a zip cannot hold a name twice.
+        return Unnamed("GAIL (it lists its adversary's variables twice, first and last)")
     obs = _space(data.get("observation_space"))
     action = _space(data.get("action_space"))
     kwargs = _kwargs(data.get("policy_kwargs"))
