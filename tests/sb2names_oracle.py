@@ -40,8 +40,7 @@ def extract(probe_path: str, version: str) -> None:
             continue
         path = Path(item["file"])
         found = read_naming_input(path.read_bytes(), source=str(path))
-        assert found is not None, path
-        data, shapes = found
+        data, shapes = found.data, found.shapes
         assert [list(s) for s in shapes[: len(item["names"])]] == item["shapes"], path
         cases.append(
             {

@@ -20,6 +20,7 @@ read by their sha256, and read as a whole, as ``read_legacy_file`` does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -199,12 +200,20 @@ def _read_data(data: DictNode, source: str) -> dict[str, DataValue]:
     return {key: data_value(node, source=source) for key, node in nodes.items()}
 
 
-def read_naming_input(
-    buf: bytes | bytearray | memoryview, *, source: str
-) -> tuple[dict[str, DataValue], list[tuple[int, ...]]] | None:
-    """The ``data`` values and the parameter shapes of an unnamed (<= 2.5.1) list, else None.
+@dataclasses.dataclass(frozen=True)
+class NamingInput:
+    """What ``sb2names.infer_param_names`` works from, and the names the file has, if any."""
 
-    What ``sb2names.infer_param_names`` works from; for tests and tools (docs/param-names.md).
+    data: dict[str, DataValue]
+    shapes: list[tuple[int, ...]]
+    names: list[str] | None  # the dict's keys (>= 2.6.0); None for an unnamed list (<= 2.5.1)
+
+
+def read_naming_input(buf: bytes | bytearray | memoryview, *, source: str) -> NamingInput:
+    """The ``data`` values and parameter shapes of a legacy file, judged like any other.
+
+    For tests and tools (docs/param-names.md): a named file's keys are what the inference must
+    give when its parameters are treated as the list an older release would have saved.
     """
     view = memoryview(buf).cast("B")
     _gate(view, source)
@@ -212,10 +221,13 @@ def read_naming_input(
     graph = build_graph(parsed, source=source)
     check_graph(graph, source=source)
     data_node, params_node = _split_top(graph.root, source)
-    if not isinstance(params_node, ListNode):
-        return None
-    shapes = [_shape_of(node, _param, source) for node in params_node.items]
-    return _read_data(data_node, source), shapes
+    data = _read_data(data_node, source)
+    if isinstance(params_node, ListNode):
+        return NamingInput(data, [_shape_of(n, _param, source) for n in params_node.items], None)
+    assert isinstance(params_node, Call)
+    pairs = [(k.value, n) for k, n in params_node.setitems if isinstance(k, Const)]
+    shapes = [_shape_of(node, _param, source) for _, node in pairs]
+    return NamingInput(data, shapes, [str(key) for key, _ in pairs])
 
 
 def read_legacy(
