@@ -143,6 +143,7 @@ def test_status_of_real_runs(tmp_path: Path) -> None:
         "pending": 0,
         "refused": 0,
         "broken": 0,
+        "held": 0,
         "corrupt": 0,
     }
 

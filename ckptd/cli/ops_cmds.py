@@ -15,7 +15,7 @@ JSON shapes (times are ``...Z`` UTC strings, sizes bytes, paths relative to the 
                "runs": [{"root", "run", "manifest": "ok"|"missing"|"invalid", "generated_at",
                          "kept", "bytes", "newest": {"path", "step", "mtime", "age_seconds"}|null,
                          "last_prune": {"at", "removed", "bytes"|null, "guard"}|null,
-                         "counts": {"pending", "refused", "broken", "corrupt"},
+                         "counts": {"pending", "refused", "broken", "held", "corrupt"},
                          "trash": {"files", "bytes"}, "quarantine": {"files", "bytes"},
                          "pins": [{"path", "reason", "pinned_at"}],
                          "last_scrub": {"at", "checked", "bytes", "corrupt"}|null,
