@@ -182,45 +182,72 @@ def test_param_names_one_per_line_convert_a_held_file(tmp_path: Path) -> None:
         assert json.loads(archive.read("parameter_list")) == CUSTOM_NAMES
 
 
+def _daemon_config(root: Path, keep_last: int) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
+        "checkpoints": {"stable_for": "1s"},
+        "policies": {"default": {"keep_last": keep_last, "min_age": "0s"}},
+        "schedule": {"prune": "2s", "manifest": "1m", "rescan": "1h"},
+    }
+
+
 def test_the_daemon_records_a_held_file_and_keeps_it(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     run = root / "custom-run"
     run.mkdir(parents=True)
-    config = write_config(
-        tmp_path / "ckptd.yaml",
-        {
-            "version": 1,
-            "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-            "checkpoints": {"stable_for": "1s"},
-            "policies": {"default": {"keep_last": 2, "min_age": "0s"}},
-            "schedule": {"prune": "2s", "manifest": "1m", "rescan": "1h"},
-        },
-    )
+    config = write_config(tmp_path / "ckptd.yaml", _daemon_config(root, keep_last=3))
     shutil.copy(DATA / "custom-policy-ppo2-2.5.1.pkl", run / "rl_model_100_steps.pkl")
+    for step in (200, 300):
+        shutil.copy(DATA / "ppo2-lstm-netarch-2.5.1.pkl", run / f"rl_model_{step}_steps.pkl")
+    manifest_path = run / "ckptd-manifest.json"
+
+    def settled() -> bool:
+        if not manifest_path.exists():
+            return False
+        entries = load_manifest(manifest_path).by_path()
+        entry = entries.get("rl_model_100_steps.pkl")
+        converted = all(
+            entries.get(f"rl_model_{step}_steps.zip") is not None for step in (200, 300)
+        )
+        return (
+            converted
+            and entry is not None
+            and entry.state == "held"
+            and entry.reasons == ("keep_last #3",)
+        )
+
     notify = NotifySocket()
-    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify)
     try:
-        daemon.wait_ready()
-
-        def held() -> bool:
-            path = run / "ckptd-manifest.json"
-            if not path.exists():
-                return False
-            entries = load_manifest(path).by_path()
-            entry = entries.get("rl_model_100_steps.pkl")
-            return entry is not None and entry.state == "held" and bool(entry.reasons)
-
-        wait_until(held, 20, f"held entry judged by a prune pass:\n{daemon.log_text()}")
-        entry = load_manifest(run / "ckptd-manifest.json").by_path()["rl_model_100_steps.pkl"]
+        for _start in range(2):  # a restart must not convert it or judge it again
+            daemon = DaemonProcess(config, tmp_path / "daemon.log", notify)
+            try:
+                daemon.wait_ready(timeout=30)
+                wait_until(settled, 30, f"held and judged by a prune pass:\n{daemon.log_text()}")
+            finally:
+                assert daemon.stop() == 0
+        entries = load_manifest(manifest_path).by_path()
+        entry = entries["rl_model_100_steps.pkl"]
         assert entry.note is not None and entry.note.endswith(HOW_TO_NAME)
         assert "a custom policy" in entry.note and entry.format.value == "sb2-pickle"
-        assert entry.sha256 is not None and entry.reasons  # judged by retention like any kept file
-        assert (run / "rl_model_100_steps.pkl").exists() and not (
-            run / "rl_model_100_steps.zip"
-        ).exists()
+        assert entry.sha256 is not None and entry.reasons == ("keep_last #3",)
+        assert (run / "rl_model_100_steps.pkl").exists()
+        assert not (run / "rl_model_100_steps.zip").exists()
+        assert daemon.log_text().count("held, not converted") == 1
     finally:
-        assert daemon.stop() == 0
         notify.close()
     status = _ckptd("status", "-c", str(config), "--json", cwd=tmp_path)
     (run_status,) = json.loads(status.stdout)["runs"]
-    assert run_status["counts"]["held"] == 1 and run_status["kept"] == 1
+    assert run_status["counts"]["held"] == 1 and run_status["kept"] == 3
+    assert any("1 held file" in problem for problem in run_status["problems"])
+    # Retention counts it as one of the run's checkpoints (in the series, not skipped).
+    strict = write_config(tmp_path / "strict.yaml", _daemon_config(root, keep_last=2))
+    result = _ckptd("prune", "-c", str(strict), "--dry-run", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (pruned,) = json.loads(result.stdout)["runs"]
+    decisions = {d["path"]: d for d in pruned["decisions"]}
+    assert decisions["rl_model_100_steps.pkl"] == {
+        "path": "rl_model_100_steps.pkl",
+        "action": "delete",
+        "reasons": ["no rule keeps it"],
+    }
