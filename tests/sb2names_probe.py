@@ -80,7 +80,10 @@ def build(spec):
         env = DummyVecEnv([make] * spec["n_envs"])
     kwargs = dict(spec.get("kw", {}))
     if spec.get("pk") is not None:
-        kwargs["policy_kwargs"] = spec["pk"]
+        policy_kwargs = dict(spec["pk"])
+        if "act_fun" in policy_kwargs:  # "tf.nn.relu": the function itself, pickled by name
+            policy_kwargs["act_fun"] = getattr(tf.nn, policy_kwargs["act_fun"].split(".")[-1])
+        kwargs["policy_kwargs"] = policy_kwargs
     return cls(spec.get("policy", "MlpPolicy"), env, **kwargs)
 
 

@@ -171,6 +171,18 @@ def test_convert_exits_1_with_the_note_for_a_held_file(
     assert source.read_bytes() == before and not (tmp_path / "old.zip").exists()
 
 
+def test_param_names_win_over_the_inference(tmp_path: Path) -> None:
+    source = tmp_path / "ppo2.pkl"
+    shutil.copy(DATA / "ppo2-lstm-netarch-2.5.1.pkl", source)
+    given = [f"mine/v{index}:0" for index in range(len(_case("ppo2-lstm-netarch")["names"]))]
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps(given))
+    result = _ckptd("convert", str(source), "--param-names", str(names), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "ppo2.zip") as archive:
+        assert json.loads(archive.read("parameter_list")) == given
+
+
 def test_param_names_one_per_line_convert_a_held_file(tmp_path: Path) -> None:
     source = tmp_path / "custom.pkl"
     shutil.copy(DATA / "custom-policy-ppo2-2.5.1.pkl", source)
