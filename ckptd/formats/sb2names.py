@@ -232,7 +232,8 @@ def _sac(facts: _Facts, name: str) -> list[Builder]:
     return [model, target]
 
 
-def _builders(facts: _Facts) -> list[Builder]:
+def _builders(facts: _Facts) -> list[Builder] | Unnamed:
+    """The builders of the saved list, or why this family of files is held as a whole."""
     module, _, name = facts.policy.rpartition(".")
     if facts.algorithm in _ON_POLICY and module + "." == _COMMON and name in _ACTOR_CRITIC:
         return _on_policy(facts, name)
@@ -241,13 +242,13 @@ def _builders(facts: _Facts) -> list[Builder]:
     if facts.algorithm == "SAC" and module == "stable_baselines.sac.policies" and name in _SAC:
         return _sac(facts, name)
     if facts.algorithm == "DDPG":
-        raise Unsupported(
+        return Unnamed(
             "DDPG (2.4.x-2.5.0 and 2.5.1 name the critic's output layer differently, and the "
             "file does not say which wrote it)"
         )
     if facts.policy.startswith("stable_baselines."):
-        raise Unsupported(f"{facts.algorithm} with {facts.policy}")
-    raise Unsupported(f"a custom policy ({facts.policy})")
+        return Unnamed(f"{facts.algorithm} with {facts.policy} (not modelled)")
+    return Unnamed(f"a custom policy ({facts.policy})")
 
 
 # --- matching ------------------------------------------------------------------------------
@@ -305,12 +306,11 @@ def infer_param_names(
     facts = _Facts(algorithm, policy, obs, action, kwargs, data)
     recorder = Recorder()
     try:
-        for build in _builders(facts):
+        builders = _builders(facts)
+        if isinstance(builders, Unnamed):
+            return builders
+        for build in builders:
             build(recorder)
     except Unsupported as why:
-        return Unnamed(
-            str(why)
-            if str(why).startswith(("a custom", "DDPG", "GAIL"))
-            else f"{_describe(facts)}: {why}"
-        )
+        return Unnamed(f"{_describe(facts)}: {why}")
     return _match(recorder.variables, shapes, facts)
