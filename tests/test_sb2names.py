@@ -263,3 +263,34 @@ def test_the_daemon_records_a_held_file_and_keeps_it(tmp_path: Path) -> None:
         "action": "delete",
         "reasons": ["no rule keeps it"],
     }
+    # The way out (docs/param-names.md): convert it with its names, in place, daemon running.
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(CUSTOM_NAMES) + "\n")
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify := NotifySocket())
+    try:
+        daemon.wait_ready(timeout=30)
+        held_file = run / "rl_model_100_steps.pkl"
+        result = _ckptd(
+            "convert",
+            str(held_file),
+            "--param-names",
+            str(names),
+            "--original",
+            "archive",
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+
+        def recorded() -> bool:
+            entries = load_manifest(manifest_path).by_path()
+            entry = entries.get("rl_model_100_steps.zip")
+            return (
+                entry is not None
+                and entry.state == "kept"
+                and "rl_model_100_steps.pkl" not in entries
+            )
+
+        wait_until(recorded, 30, f"the converted zip recorded:\n{daemon.log_text()}")
+    finally:
+        assert daemon.stop() == 0
+        notify.close()
