@@ -11,7 +11,9 @@ The order of operations is the safety argument:
 4. before an original is archived or deleted, verify the renamed zip completely, exactly as
    ``ckptd verify`` does (``ckptd.formats.verify``: CRCs, JSON, npy headers, every
    ``:serialized:`` pickle through the allowlist); a zip that fails is removed, the original stays;
-5. only after that, and only if the source is unchanged since it was read, archive or delete it.
+5. only after that, and only if the source is unchanged since it was read, archive or delete it,
+   walking from the run's directory with no symlink followed (``ckptd.runfs``): a planted
+   ``.ckptd`` or ``.ckptd/legacy/<dir>`` symlink is refused, never moved through.
 ``kill -9`` at any instant leaves the original intact and never a partial zip under the final name;
 a rerun after a crash recognizes an already-written, identical zip and finishes step 5.
 """
@@ -37,6 +39,7 @@ from ckptd.formats.npy import read_npy_header
 from ckptd.formats.sb2meta import guess_algorithm, guess_sb2_version
 from ckptd.formats.sb2zip import encode_data_json, verify_zip, write_checked_sb2_zip
 from ckptd.formats.sniff import identify
+from ckptd.runfs import RunFS
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +82,15 @@ def convert_file(
     allow_code: bool = True,
     param_names: Sequence[str] | None = None,
     archive_path: Path | None = None,
+    archive_base: Path | None = None,
 ) -> ConversionOutcome:
     """Convert ``source`` (a legacy SB2 pickle) to an SB2 zip; an existing valid SB2 zip is verified.
 
     With ``original="archive"`` the source moves to ``archive_path`` when given (the daemon passes
     the run's ``<state_dir>/legacy/<relative path>``), else to ``<state_dir>/legacy/`` beside it;
-    an archived name that is taken gets a numeric suffix, never an overwrite.
+    an archived name that is taken gets a numeric suffix, never an overwrite. The move (and a
+    delete) walks from ``archive_base`` (the daemon passes the run directory; default: the
+    source's directory) with no symlink followed below it; ``archive_path`` must lie under it.
 
     Raises UnsafeCheckpoint (refused: the file references code outside the allowlist),
     FormatError (broken or not a stable-baselines checkpoint), ConversionError, VerifyError or
@@ -120,7 +126,8 @@ def convert_file(
 
     if original == "archive" and archive_path is None:
         archive_path = source.parent / state_dir / "legacy" / source.name
-    outcome_original, archived_to = _dispose_original(source, before, original, archive_path)
+    base = source.parent if archive_base is None else Path(archive_base)
+    outcome_original, archived_to = _dispose_original(source, before, original, archive_path, base)
     policy = _policy_global(checkpoint)
     algorithm = guess_algorithm(list(checkpoint.data), policy)
     version = guess_sb2_version(
@@ -255,25 +262,37 @@ def _sha256_stream(handle: IO[bytes]) -> str:
 
 
 def _dispose_original(
-    source: Path, judged: fsio.FileIdentity, action: OriginalAction, archive_path: Path | None
+    source: Path,
+    judged: fsio.FileIdentity,
+    action: OriginalAction,
+    archive_path: Path | None,
+    base: Path,
 ) -> tuple[Literal["kept", "archived", "deleted"], Path | None]:
     if action == "keep":
         return "kept", None
-    current = fsio.FileIdentity.of(os.stat(source, follow_symlinks=False))
-    if current != judged:
+    fs = RunFS(base)
+    source_rel = _below(base, source, "the original")
+    current = fs.lstat(source_rel)
+    if current is None or fsio.FileIdentity.of(current) != judged:
         raise FileChangedError(
             "changed after it was converted; the original was left in place", path=str(source)
         )
     if action == "archive":
         if archive_path is None:  # convert_file always sets it; never fall through to delete
             raise ConversionError("no archive location for the original", path=str(source))
-        archive_path.parent.mkdir(parents=True, exist_ok=True)
-        destination = fsio.unique_destination(archive_path.parent, archive_path.name)
-        fsio.durable_move(source, destination)
-        return "archived", destination
-    os.unlink(source)
-    fsio.fsync_dir(source.parent)
+        directory, _, name = _below(base, archive_path, "the archive location").rpartition("/")
+        chosen = fs.move_unique(source_rel, directory, name, create=True)
+        return "archived", base / directory / chosen
+    fs.unlink(source_rel)
     return "deleted", None
+
+
+def _below(base: Path, path: Path, what: str) -> str:
+    """``path`` relative to ``base``, lexically (no link is resolved); ConversionError if outside."""
+    try:
+        return Path(path).relative_to(base).as_posix()
+    except ValueError:
+        raise ConversionError(f"{what} is not inside {base}", path=str(path)) from None
 
 
 def _policy_global(checkpoint: LegacyCheckpoint) -> str | None:

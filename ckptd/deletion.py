@@ -3,8 +3,10 @@
 Safety rules, all enforced here rather than trusted from the caller:
 
 * Every operation goes through directory file descriptors opened with ``O_NOFOLLOW`` one path
-  component at a time, starting at the run dir, so no symlink anywhere in the path is followed and
-  nothing outside the run can be touched, even if a directory is swapped for a link meanwhile.
+  component at a time, starting at the run dir (``ckptd.runfs``), so no symlink anywhere in the
+  path is followed and nothing outside the run can be touched, even if a directory is swapped for
+  a link meanwhile. The trash index is read the same way and every name and path in it is checked
+  (``runfs.relpath_problem``) before anything trusts it.
 * Right before acting, the file is stat'ed again and its (size, mtime_ns, inode, device) must equal
   what was judged; otherwise ``FileChangedError`` and nothing is moved.
 * A converted zip and its archived legacy original are one checkpoint: both are checked before
@@ -18,22 +20,21 @@ back to its ctime, which is never earlier than the move: a purge may come late, 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 from ckptd.errors import FileChangedError, StateError, UnsafePathError
-from ckptd.fsio import FileIdentity, is_temp_name, unique_destination, write_bytes_atomic
+from ckptd.fsio import FileIdentity, is_temp_name
 from ckptd.inventory import Checkpoint
-from ckptd.statedir import StateLayout
+from ckptd.runfs import move_unique_at, relpath_problem
+from ckptd.statedir import MAX_STATE_FILE_BYTES, TRASH_DIR, StateLayout
 from ckptd.timefmt import format_utc, parse_utc
 
 logger = logging.getLogger(__name__)
@@ -72,37 +73,6 @@ class PurgeResult:
 
 
 # ---- directory descriptors ----------------------------------------------------------------------
-
-
-def _split(relpath: str) -> tuple[list[str], str]:
-    parts = relpath.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise UnsafePathError("path is not a plain run-relative path", path=relpath)
-    return parts[:-1], parts[-1]
-
-
-@contextlib.contextmanager
-def _open_dir(run_dir: Path, parts: Sequence[str]) -> Iterator[int]:
-    """A descriptor of ``run_dir/parts...``, refusing a symlink at every component below the run."""
-    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            try:
-                child = os.open(
-                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-                )
-            except OSError as err:
-                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                raise UnsafePathError(
-                    f"{part!r} is a symlink or not a directory; ckptd never deletes through links",
-                    path=str(run_dir.joinpath(*parts)),
-                ) from err
-            os.close(fd)
-            fd = child
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _check_identity(dir_fd: int, name: str, judged: FileIdentity, shown: str) -> None:
@@ -182,8 +152,7 @@ def _delete_group(
 ) -> Deleted:
     run_dir = layout.run_dir
     for target in targets:  # check all before touching any: the pair goes together or not at all
-        parts, name = _split(target.relpath)
-        with _open_dir(run_dir, parts) as dir_fd:
+        with layout.fs.parent(target.relpath) as (dir_fd, name):
             _check_identity(dir_fd, name, target.identity, str(run_dir / target.relpath))
     moved: list[str | None] = []
     for index, target in enumerate(targets):
@@ -203,17 +172,15 @@ def _delete_group(
 
 
 def _remove_one(layout: StateLayout, target: _Target, mode: DeleteMode) -> str | None:
-    parts, name = _split(target.relpath)
-    with _open_dir(layout.run_dir, parts) as dir_fd:
+    with layout.fs.parent(target.relpath) as (dir_fd, name):
         # Checked again right before acting: the window is now one syscall wide.
         _check_identity(dir_fd, name, target.identity, str(layout.run_dir / target.relpath))
         if mode == "unlink":
             os.unlink(name, dir_fd=dir_fd)
             os.fsync(dir_fd)
             return None
-        with _open_dir(layout.run_dir, [layout.state_dir_name, "trash"]) as trash_fd:
-            trash_name = unique_destination(layout.trash, name).name
-            os.rename(name, trash_name, src_dir_fd=dir_fd, dst_dir_fd=trash_fd)
+        with layout.fs.directory(layout.rel(TRASH_DIR)) as trash_fd:
+            trash_name = move_unique_at(dir_fd, name, trash_fd, name, shown=str(layout.trash))
             os.fsync(trash_fd)
         os.fsync(dir_fd)
         return trash_name
@@ -223,20 +190,28 @@ def _remove_one(layout: StateLayout, target: _Target, mode: DeleteMode) -> str |
 
 
 def read_trash_index(layout: StateLayout) -> dict[str, TrashRecord]:
-    """The trash index by trash name; empty when absent. Raises StateError when invalid."""
+    """The trash index by trash name; empty when absent.
+
+    Raises StateError (naming the index) when it is unreadable, invalid, or names a trash entry,
+    an original or a companion that is not a plain path inside the run (absolute, ``..``, NUL...):
+    the index is a hint written into a directory others can write, never trusted as it stands.
+    """
     path = layout.trash / TRASH_INDEX
     try:
-        document = json.loads(path.read_bytes())
+        raw = layout.fs.read_bytes(layout.rel(TRASH_DIR, TRASH_INDEX), limit=MAX_STATE_FILE_BYTES)
+        document = json.loads(raw)
     except FileNotFoundError:
         return {}
+    except UnsafePathError as err:
+        raise StateError(f"trash index unreadable ({err.message})", path=err.path) from err
     except (OSError, ValueError) as err:
         raise StateError(f"trash index unreadable ({err})", path=str(path)) from err
     try:
         entries = document["entries"]
-        return {
+        records = {
             name: TrashRecord(
                 name=name,
-                original=str(body["original"]),
+                original=body["original"],
                 trashed_at=parse_utc(body["trashed_at"]),
                 sha256=body.get("sha256"),
                 companion_of=body.get("companion_of"),
@@ -247,6 +222,30 @@ def read_trash_index(layout: StateLayout) -> dict[str, TrashRecord]:
         raise StateError(
             f"trash index does not match {TRASH_SCHEMA} ({err!r})", path=str(path)
         ) from err
+    for record in records.values():
+        _check_record(record, str(path))
+    return records
+
+
+def _check_record(record: TrashRecord, shown: str) -> None:
+    problems = [
+        ("entry", record.name, True),
+        ("original of", record.original, False),
+        ("companion_of of", record.companion_of, True),
+    ]
+    for what, value, single in problems:
+        if value is None and what.startswith("companion"):
+            continue
+        problem = relpath_problem(value)
+        if problem is None and single and "/" in str(value):
+            problem = "is not a plain file name"
+        if problem is not None:
+            raise StateError(
+                f"trash index: {what} {record.name!r}: {value!r} {problem}; not trusting it",
+                path=shown,
+            )
+    if record.sha256 is not None and not isinstance(record.sha256, str):
+        raise StateError(f"trash index: sha256 of {record.name!r} is not text", path=shown)
 
 
 def write_trash_index(layout: StateLayout, records: Mapping[str, TrashRecord]) -> None:
@@ -264,7 +263,9 @@ def write_trash_index(layout: StateLayout, records: Mapping[str, TrashRecord]) -
             body["companion_of"] = record.companion_of
         entries[name] = body
     document = {"schema": TRASH_SCHEMA, "entries": entries}
-    write_bytes_atomic(layout.trash / TRASH_INDEX, (json.dumps(document, indent=2) + "\n").encode())
+    layout.fs.write_atomic(
+        layout.rel(TRASH_DIR, TRASH_INDEX), (json.dumps(document, indent=2) + "\n").encode()
+    )
 
 
 def _read_index_or_empty(layout: StateLayout) -> dict[str, TrashRecord]:
@@ -288,13 +289,13 @@ def purge_trash(layout: StateLayout, ttl: timedelta, now: datetime) -> PurgeResu
     Entries missing from the index use their ctime (set by the move). Symlinks found in the trash
     are removed as links (never followed); directories are left alone.
     """
-    if not layout.trash.is_dir() or layout.trash.is_symlink():
+    if not layout.fs.is_real_dir(layout.rel(TRASH_DIR)):
         return PurgeResult((), 0)
     index = _read_index_or_empty(layout)
     removed: list[str] = []
     freed = 0
     present: set[str] = set()
-    with _open_dir(layout.run_dir, [layout.state_dir_name, "trash"]) as trash_fd:
+    with layout.fs.directory(layout.rel(TRASH_DIR)) as trash_fd:
         for name in sorted(os.listdir(trash_fd)):
             if name == TRASH_INDEX or is_temp_name(name):
                 continue

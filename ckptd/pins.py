@@ -47,11 +47,18 @@ from ckptd.runaccess import (
     RunHandle,
     load_manifest_or_none,
     locate,
-    lstat_regular,
     require_plain_relpath,
     save_manifest,
 )
-from ckptd.statedir import LEGACY_DIR, Pin, StateLayout, read_pins, run_lock, write_pins
+from ckptd.statedir import (
+    LEGACY_DIR,
+    Pin,
+    StateLayout,
+    open_state_file,
+    read_pins,
+    run_lock,
+    write_pins,
+)
 from ckptd.timefmt import format_utc
 
 logger = logging.getLogger(__name__)
@@ -95,12 +102,7 @@ def pins_lock(layout: StateLayout, *, timeout: float = PINS_LOCK_TIMEOUT) -> Ite
     """Hold ``<state>/pins.lock`` (flock, exclusive) while pins.json is read, changed and written."""
     layout.ensure()
     path = layout.root / PINS_LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise UnsafePathError("pins lock is a symlink", path=str(path)) from err
-        raise
+    fd = open_state_file(layout, PINS_LOCK_FILE, create=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -133,7 +135,7 @@ def set_pin(
     the lock is held: a prune that held the lock deleted it.
     """
     with pins_lock(layout, timeout=timeout):
-        if require_file and not os.path.lexists(layout.run_dir / relpath):
+        if require_file and not layout.fs.exists(relpath):
             raise FileNotFoundError(errno.ENOENT, "no such file", str(layout.run_dir / relpath))
         pins = read_pins(layout)
         previous = pins.get(relpath)
@@ -218,7 +220,7 @@ def _check_pinnable(handle: RunHandle, relpath: str) -> None:
             path=shown,
         )
     try:
-        lstat_regular(handle.run_dir / relpath)
+        handle.layout.fs.regular(relpath)
     except FileNotFoundError:
         raise CkptdError(_missing_text(handle, relpath), path=shown) from None
 
@@ -247,7 +249,7 @@ def _record_in_manifest(
     """Under the run lock: make sure a pinned file survived, then show the pin in the manifest."""
     try:
         with run_lock(handle.layout, timeout=timeout):
-            if new_pin is not None and not os.path.lexists(handle.run_dir / relpath):
+            if new_pin is not None and not handle.layout.fs.exists(relpath):
                 hint = _trash_hint(handle, relpath) or "it is not in the trash"
                 raise CkptdError(
                     "was deleted by a prune that was already deleting when the pin landed "

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptd.config import Config, RootConfig
-from ckptd.errors import ManifestError
+from ckptd.errors import CkptdError, ManifestError
 from ckptd.formats import Format
 from ckptd.fsio import FileIdentity, remove_stale_temps
 from ckptd.inventory import RETRY_KEY, CheckpointMatcher, RunRef
 from ckptd.manifest import Manifest, ManifestEntry, load_manifest
 from ckptd.pipeline_types import error_text
-from ckptd.statedir import StateLayout
+from ckptd.statedir import STATE_SUBDIRS, StateLayout
 
 # Logs under the name these lines had before ckptd.pipeline was split into modules: the log
 # format shows it, and operators (and tests) match on it.
@@ -135,9 +135,14 @@ def find_work(
 
     if stale_temp_age is not None:
         layout = StateLayout(run.run_dir, config.state_dir)
-        for directory in (layout.root, layout.quarantine, layout.legacy, layout.trash):
-            with contextlib.suppress(OSError):
-                clean(directory)
+        for sub in ("", *STATE_SUBDIRS):
+            # No symlink followed: a planted link must not get files outside the run removed.
+            with contextlib.suppress(OSError, CkptdError):
+                for name in layout.fs.remove_stale_temps(
+                    layout.rel(sub), older_than_s=stale_temp_age, now=wall
+                ):
+                    removed = layout.run_dir / layout.rel(sub, name)
+                    logger.info("removed stale temp file %s", removed, extra={"run": run.relpath})
     found: list[FoundFile] = []
     for path in _walk(run.run_dir, config.state_dir, clean):
         if not matcher.matches(path.name):

@@ -1,25 +1,19 @@
 """Quarantine a refused file: move it durably under ``<state>/quarantine/`` beside its reason.
 
 The reason file (``<name>.reason.json``, schema ``ckptd.quarantine/1``) is what ``ckptd quarantine``
-lists and shows (``ckptd.quarantine``).
+lists and shows (``ckptd.quarantine``). Every step walks from the run's directory with no symlink
+followed (``ckptd.runfs``), so a planted link in the state dir is refused, never moved through.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 
 from ckptd.errors import FileChangedError
-from ckptd.fsio import (
-    FileIdentity,
-    durable_move,
-    fsync_dir,
-    unique_destination,
-    write_bytes_atomic,
-)
-from ckptd.statedir import StateLayout
+from ckptd.fsio import FileIdentity
+from ckptd.statedir import QUARANTINE_DIR, StateLayout
 from ckptd.timefmt import format_utc
 
 QUARANTINE_MODE = 0o400
@@ -42,23 +36,30 @@ def quarantine(
     The file must still be what was judged (FileChangedError otherwise). Returns the new path.
     """
     layout.ensure()
-    destination = unique_destination(layout.quarantine, path.name)
+    fs = layout.fs
+    relpath = path.relative_to(layout.run_dir).as_posix()
+    quarantine_dir = layout.rel(QUARANTINE_DIR)
+    name = fs.unique_name(quarantine_dir, path.name)
     reason = {
         "schema": REASON_SCHEMA,
         "original_path": str(path),
-        "run_path": path.relative_to(layout.run_dir).as_posix(),
-        "quarantined_as": destination.name,
+        "run_path": relpath,
+        "quarantined_as": name,
         "sha256": sha256,
         "size": identity.size,
         "refusal": refusal,
         "quarantined_at": format_utc(now),
     }
-    reason_path = destination.with_name(destination.name + REASON_SUFFIX)
-    write_bytes_atomic(reason_path, (json.dumps(reason, indent=2) + "\n").encode())
-    if FileIdentity.of(os.stat(path, follow_symlinks=False)) != identity:
-        reason_path.unlink(missing_ok=True)
+    reason_rel = layout.rel(QUARANTINE_DIR, name + REASON_SUFFIX)
+    fs.write_atomic(reason_rel, (json.dumps(reason, indent=2) + "\n").encode())
+    current = fs.lstat(relpath)
+    if current is None or FileIdentity.of(current) != identity:
+        fs.unlink(reason_rel, missing_ok=True)
         raise FileChangedError("changed before it could be quarantined", path=str(path))
-    durable_move(path, destination)
-    os.chmod(destination, QUARANTINE_MODE, follow_symlinks=False)
-    fsync_dir(destination.parent)
-    return destination
+    try:
+        fs.move(relpath, layout.rel(QUARANTINE_DIR, name))
+    except BaseException:
+        fs.unlink(reason_rel, missing_ok=True)
+        raise
+    fs.chmod(layout.rel(QUARANTINE_DIR, name), QUARANTINE_MODE)
+    return layout.run_dir / layout.rel(QUARANTINE_DIR, name)

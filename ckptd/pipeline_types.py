@@ -47,6 +47,7 @@ class Converter(Protocol):
         allow_code: bool = True,
         param_names: Sequence[str] | None = None,
         archive_path: Path | None = None,
+        archive_base: Path | None = None,
     ) -> ConversionOutcome: ...
 
 

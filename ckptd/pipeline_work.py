@@ -43,6 +43,7 @@ from ckptd.manifest import (
 from ckptd.pipeline_discovery import matcher_for, needs_processing, run_of
 from ckptd.pipeline_quarantine import quarantine
 from ckptd.pipeline_types import PathOutcome, PipelineDeps, error_text
+from ckptd.runfs import relpath_problem
 from ckptd.statedir import StateLayout
 from ckptd.timefmt import from_ns
 
@@ -113,7 +114,7 @@ class BatchWork:
             return manifest
         entry = manifest.by_path().get(located[1])
         jailed = None if entry is None else quarantined_as(entry)
-        if jailed is not None and os.path.lexists(self.run.run_dir / jailed):
+        if jailed is not None and relpath_problem(jailed) is None and self._exists(jailed):
             # Our own quarantine move reported this path gone: the refused entry stays while the
             # quarantined file exists (as a manifest or prune pass keeps it, ckptd.rebuild).
             return manifest
@@ -229,12 +230,22 @@ class BatchWork:
         self._log(logging.INFO, relpath, "verified %s", fmt)
         return self._set(manifest, entry), PathOutcome(path, "kept", f"verified {fmt}")
 
+    def _exists(self, relpath: str) -> bool:
+        try:
+            return self.layout.fs.exists(relpath)  # no symlink followed below the run
+        except UnsafePathError:
+            return False
+
     def _archived_sibling(self, zip_relpath: str) -> str | None:
         # A zip whose conversion finished but whose manifest record was lost (killed in between):
         # its archived original says where it came from.
         stem, dot, _ = zip_relpath.rpartition(".")
         original = f"{stem}.pkl" if dot else f"{zip_relpath}.pkl"
-        return original if self.layout.legacy_path(original).is_file() else None
+        try:
+            st = self.layout.fs.lstat(self.layout.legacy_relpath(original))
+        except UnsafePathError:
+            return None  # a planted link in legacy/: nothing there is this zip's original
+        return original if st is not None and stat.S_ISREG(st.st_mode) else None
 
     def _convert(
         self, path: Path, relpath: str, identity: FileIdentity, manifest: Manifest
@@ -248,6 +259,7 @@ class BatchWork:
                 allow_code=convert.allow_code,
                 # Where inventory looks for it: <run>/<state_dir>/legacy/<path relative to the run>.
                 archive_path=self.layout.legacy_path(relpath),
+                archive_base=self.run.run_dir,  # walked with no symlink followed below the run
             )
         except UnsafeCheckpoint as err:
             return self._refuse(path, relpath, identity, manifest, err.message)
@@ -255,6 +267,9 @@ class BatchWork:
             raise
         except HeldCheckpoint as err:
             return self._hold(path, relpath, identity, manifest, err.note)
+        except UnsafePathError as err:
+            # A planted symlink in the way of the archive move: the zip stands, the original stays.
+            return self._not_converted(path, relpath, identity, manifest, str(err))
         except VerifyError as err:
             # Our own output failed re-verification: the source is fine, the conversion is not.
             return self._not_converted(path, relpath, identity, manifest, err.message)

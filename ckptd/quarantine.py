@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,21 +33,20 @@ from typing import Any
 from ckptd.config import Config
 from ckptd.errors import CkptdError, StateError
 from ckptd.formats import Format
-from ckptd.fsio import FileIdentity, is_temp_name, sha256_file
+from ckptd.fsio import FileIdentity, is_temp_name
 from ckptd.inventory import CheckpointMatcher
 from ckptd.manifest import QUARANTINE_KEY, Manifest, ManifestEntry, set_entry
 from ckptd.pipeline import REASON_SCHEMA, REASON_SUFFIX
 from ckptd.runaccess import (
     OPS_LOCK_TIMEOUT,
     RunHandle,
-    ensure_real_parents,
     load_manifest_or_none,
     locate,
-    lstat_regular,
-    move_no_clobber,
     require_plain_relpath,
     save_manifest,
+    sha256_in_run,
 )
+from ckptd.runfs import relpath_problem
 from ckptd.statedir import QUARANTINE_DIR, run_lock
 from ckptd.timefmt import format_utc, from_ns, parse_utc
 
@@ -91,17 +89,13 @@ class QuarantinedFile:
 
 def list_quarantine(handle: RunHandle) -> list[QuarantinedFile]:
     """Every quarantined file of the run (sorted by name), with its reason file's contents."""
-    directory = handle.layout.quarantine
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
+    fs = handle.layout.fs
     files = []
-    for name in names:
+    for name in fs.listdir(handle.state_relpath(QUARANTINE_DIR)):
         if name.endswith(REASON_SUFFIX) or is_temp_name(name):
             continue
         try:
-            st = lstat_regular(directory / name)
+            st = fs.regular(handle.state_relpath(QUARANTINE_DIR, name))
         except (FileNotFoundError, CkptdError):
             continue  # released meanwhile, or not something ckptd put there
         files.append(_describe(handle, name, st.st_size))
@@ -110,9 +104,8 @@ def list_quarantine(handle: RunHandle) -> list[QuarantinedFile]:
 
 def _describe(handle: RunHandle, name: str, size: int) -> QuarantinedFile:
     path = handle.state_relpath(QUARANTINE_DIR, name)
-    reason_path = handle.layout.quarantine / (name + REASON_SUFFIX)
     try:
-        reason = _read_reason(reason_path)
+        reason = _read_reason(handle, handle.state_relpath(QUARANTINE_DIR, name + REASON_SUFFIX))
     except FileNotFoundError:
         return QuarantinedFile(
             handle.run_dir, name, path, size, None, None, None, None, "no reason file"
@@ -142,12 +135,14 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _read_reason(path: Path) -> dict[str, Any]:
+def _read_reason(handle: RunHandle, relpath: str) -> dict[str, Any]:
+    path = handle.run_dir / relpath
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(_MAX_REASON_BYTES + 1)
+        raw = handle.layout.fs.read_bytes(relpath, limit=_MAX_REASON_BYTES)
     except FileNotFoundError:
         raise
+    except CkptdError as err:
+        raise StateError(f"cannot read reason file: {err.message}", path=str(path)) from err
     except OSError as err:
         raise StateError(f"cannot read reason file: {err.strerror}", path=str(path)) from err
     try:
@@ -208,8 +203,9 @@ def show(path: Path, config: Config | None = None) -> QuarantineShow:
     from ckptd.inspection import inspect_path
 
     item = find(path, config)
+    handle, _ = locate(item.run_dir / item.path, config)
     file_path = item.run_dir / item.path
-    digest, _ = sha256_file(file_path)
+    digest = sha256_in_run(handle, item.path)
     return QuarantineShow(item, digest, inspect_path(file_path))
 
 
@@ -265,12 +261,19 @@ def release(
             path=str(source),
         )
     original = item.original
-    require_plain_relpath(handle, original)
+    reason_file = str(handle.run_dir / (item.path + REASON_SUFFIX))
+    if relpath_problem(original) is not None:
+        raise CkptdError(
+            f"reason file names {original!r} as the original path, which "
+            f"{relpath_problem(original)}; not releasing it there (move it by hand)",
+            path=reason_file,
+        )
     if handle.in_state_dir(original):
-        raise CkptdError("reason file names a path inside the state dir", path=str(source))
+        raise CkptdError("reason file names a path inside the state dir", path=reason_file)
+    fs = handle.layout.fs
     with run_lock(handle.layout, timeout=lock_timeout):
-        st = lstat_regular(source)
-        digest, _ = sha256_file(source)
+        st = fs.regular(item.path)
+        digest = sha256_in_run(handle, item.path)
         if item.sha256 is not None and digest != item.sha256:
             raise CkptdError(
                 f"sha256 {digest} differs from {item.sha256} recorded when it was refused; "
@@ -278,10 +281,15 @@ def release(
                 path=str(source),
             )
         destination = handle.run_dir / original
-        ensure_real_parents(handle.run_dir, original)
-        move_no_clobber(source, destination)
-        os.chmod(destination, RELEASED_MODE, follow_symlinks=False)
-        (handle.layout.quarantine / (item.name + REASON_SUFFIX)).unlink(missing_ok=True)
+        try:
+            fs.move(item.path, original, create_parents=True)
+        except FileExistsError:
+            raise CkptdError(
+                "a file of that name is already there; refusing to overwrite it",
+                path=str(destination),
+            ) from None
+        fs.chmod(original, RELEASED_MODE)
+        fs.unlink(item.path + REASON_SUFFIX, missing_ok=True)
         logger.warning(
             "released %s from quarantine to %s on the operator's explicit trust "
             "(sha256 %s; it was refused: %s); it stays recorded as refused and is never converted",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
+import hashlib
 import logging
 import os
 import stat
@@ -26,10 +26,11 @@ from datetime import datetime
 from pathlib import Path
 
 from ckptd.config import CheckpointsConfig, Config, RootConfig
-from ckptd.errors import CkptdError, ManifestError, UnsafePathError
-from ckptd.fsio import fsync_dir
+from ckptd.errors import ManifestError, UnsafePathError
+from ckptd.fsio import CHUNK_SIZE
 from ckptd.inventory import RunRef, find_runs
 from ckptd.manifest import Manifest, load_manifest, write_manifest
+from ckptd.runfs import relpath_problem
 from ckptd.statedir import StateLayout
 
 logger = logging.getLogger(__name__)
@@ -157,66 +158,22 @@ def _locate_by_walking_up(target: Path) -> tuple[RunHandle, str]:
 
 
 def require_plain_relpath(handle: RunHandle, relpath: str) -> None:
-    """Refuse an empty, ``..``-bearing or otherwise odd run-relative path."""
-    parts = relpath.split("/")
-    if not relpath or any(part in ("", ".", "..") for part in parts):
-        raise UnsafePathError("is not a file inside the run", path=str(handle.run_dir / relpath))
+    """Refuse an empty, absolute, ``..``-bearing, NUL-bearing or otherwise odd run-relative path."""
+    problem = relpath_problem(relpath)
+    if problem is not None:
+        raise UnsafePathError(
+            f"is not a file inside the run ({relpath!r} {problem})",
+            path=str(handle.run_dir),
+        )
 
 
-def lstat_regular(path: Path) -> os.stat_result:
-    """``lstat`` of a regular file; UnsafePathError for a symlink or anything else, FileNotFoundError
-    when absent."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise UnsafePathError("is a symlink; ckptd never follows links", path=str(path))
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafePathError("is not a regular file", path=str(path))
-    return st
-
-
-def ensure_real_parents(run_dir: Path, relpath: str) -> None:
-    """Create the directories of ``relpath`` below ``run_dir``; refuse any that is a symlink.
-
-    A restored or released file must land inside the run, never through a link planted meanwhile.
-    """
-    directory = run_dir
-    for part in relpath.split("/")[:-1]:
-        directory = directory / part
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o755)
-        if not stat.S_ISDIR(os.lstat(directory).st_mode):
-            raise UnsafePathError(
-                "is a symlink or not a directory; refusing to put a file through it",
-                path=str(directory),
-            )
-
-
-def move_no_clobber(source: Path, destination: Path) -> None:
-    """Move ``source`` to ``destination`` (same filesystem) and never overwrite anything there.
-
-    ``link`` + ``unlink`` makes the "does it exist" test and the move one atomic step; filesystems
-    without hard links fall back to a check then ``rename`` (a narrow window, documented).
-    """
-    try:
-        os.link(source, destination, follow_symlinks=False)
-    except FileExistsError:
-        raise CkptdError(
-            "a file of that name is already there; refusing to overwrite it", path=str(destination)
-        ) from None
-    except OSError as err:
-        if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOTSUP):
-            raise
-        if os.path.lexists(destination):
-            raise CkptdError(
-                "a file of that name is already there; refusing to overwrite it",
-                path=str(destination),
-            ) from None
-        os.rename(source, destination)
-    else:
-        os.unlink(source)
-    fsync_dir(destination.parent)
-    if destination.parent != source.parent:
-        fsync_dir(source.parent)
+def sha256_in_run(handle: RunHandle, relpath: str) -> str:
+    """sha256 of the regular file ``relpath``, read with no symlink followed below the run."""
+    digest = hashlib.sha256()
+    with handle.layout.fs.open_read(relpath) as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_manifest_or_none(handle: RunHandle) -> Manifest | None:

@@ -11,6 +11,11 @@ Layout (design.md, "Manifest")::
 
 Everything ckptd keeps about a run lives next to the run, so it moves, is backed up and is locked
 together with the checkpoints themselves (runtime-notes.md: the lock belongs next to the data).
+
+The state dir is inside a directory other people write, so every access to it goes through
+``ckptd.runfs`` (no symlink followed anywhere below the run): a planted ``.ckptd`` (or ``legacy/``,
+``trash/``, ``quarantine/``) that is a symlink, a FIFO or a file is refused with one line naming it,
+and nothing is moved through it (docs/security.md, "Paths inside a run").
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ckptd.errors import RunLockedError, StateError, UnsafePathError
-from ckptd.fsio import write_bytes_atomic
+from ckptd.runfs import RunFS, join, kind_of, relpath_problem
 from ckptd.timefmt import format_utc, parse_utc
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,9 @@ TRASH_DIR = "trash"
 QUARANTINE_DIR = "quarantine"
 PINS_FILE = "pins.json"
 LOCK_FILE = "lock"
+STATE_SUBDIRS = (LEGACY_DIR, TRASH_DIR, QUARANTINE_DIR)
+# A pins file, trash index or reason file is a few KiB; a planted huge one is refused, not read.
+MAX_STATE_FILE_BYTES = 64 * 1024 * 1024
 _LOCK_POLL_SECONDS = 0.05
 
 
@@ -73,6 +81,15 @@ class StateLayout:
     def lock_file(self) -> Path:
         return self.root / LOCK_FILE
 
+    @property
+    def fs(self) -> RunFS:
+        """No-follow operations below the run (every state path is run-relative)."""
+        return RunFS(self.run_dir)
+
+    def rel(self, *parts: str) -> str:
+        """Run-relative path of ``parts`` inside the state dir (``.ckptd/trash/x.zip``)."""
+        return join(self.state_dir_name, *parts)
+
     def legacy_relpath(self, original: str) -> str:
         """Run-relative path where the legacy original ``original`` (run-relative) is archived."""
         return f"{self.state_dir_name}/{LEGACY_DIR}/{original}"
@@ -82,23 +99,40 @@ class StateLayout:
         return self.run_dir / self.legacy_relpath(original)
 
     def ensure(self) -> None:
-        """Create the state dir and its subdirectories; refuse if any of them is a symlink.
+        """Create the state dir and its subdirectories; UnsafePathError (naming it) if any of
+        them is a symlink, a FIFO, a file...: a trash move or an archive would leave the run."""
+        with _named_state_dir():
+            for sub in ("", *STATE_SUBDIRS):
+                with self.fs.directory(self.rel(sub), create=True):
+                    pass
 
-        A symlinked state dir would let a trash move or an archive land outside the run.
-        """
-        for directory in (self.root, self.legacy, self.trash, self.quarantine):
-            _mkdir_real(directory)
+    def check(self) -> bool:
+        """Whether the state dir exists; UnsafePathError (naming it) when it or one of its
+        subdirectories is anything but a real directory. Creates and opens nothing (dry runs and
+        warm passes call it: stat only); every later move walks no-follow anyway."""
+        for sub in ("", *STATE_SUBDIRS):
+            path = self.root / sub if sub else self.root
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                if not sub:
+                    return False
+                continue
+            if not stat.S_ISDIR(mode):
+                raise UnsafePathError(
+                    f"ckptd state directory is {kind_of(mode)}; refusing to go through it",
+                    path=str(path),
+                )
+        return True
 
 
-def _mkdir_real(directory: Path) -> None:
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(directory, 0o755)
-    mode = os.lstat(directory).st_mode
-    if not stat.S_ISDIR(mode):
-        kind = "a symlink" if stat.S_ISLNK(mode) else "not a directory"
-        raise UnsafePathError(
-            f"ckptd state directory is {kind}; refusing to use it", path=str(directory)
-        )
+@contextlib.contextmanager
+def _named_state_dir() -> Iterator[None]:
+    """Say that it is ckptd's state directory that is refused (the error names the path)."""
+    try:
+        yield
+    except UnsafePathError as err:
+        raise UnsafePathError(f"ckptd state directory {err.message}", path=err.path) from err
 
 
 @dataclass(frozen=True)
@@ -117,9 +151,11 @@ def read_pins(layout: StateLayout) -> dict[str, Pin]:
     """
     path = layout.pins_file
     try:
-        raw = path.read_bytes()
+        raw = layout.fs.read_bytes(layout.rel(PINS_FILE), limit=MAX_STATE_FILE_BYTES)
     except FileNotFoundError:
         return {}
+    except UnsafePathError as err:
+        raise StateError(f"cannot read pins: {err.message}", path=err.path) from err
     except OSError as err:
         raise StateError(f"cannot read pins: {err.strerror}", path=str(path)) from err
     try:
@@ -134,6 +170,11 @@ def _pins_from_document(document: object, path: Path) -> dict[str, Pin]:
         raise StateError('pins file must be {"pins": {"<path>": {"reason": ...}}}', path=str(path))
     pins: dict[str, Pin] = {}
     for relpath, body in document["pins"].items():
+        problem = relpath_problem(relpath)
+        if problem is not None:
+            raise StateError(
+                f"pin {relpath!r} {problem}; not a path inside the run", path=str(path)
+            )
         if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
             raise StateError(
                 f"pin {relpath!r} must be an object with a text reason", path=str(path)
@@ -162,7 +203,7 @@ def pins_to_json_bytes(pins: Mapping[str, Pin]) -> bytes:
 def write_pins(layout: StateLayout, pins: Mapping[str, Pin]) -> None:
     """Replace the pins file atomically (for the pin/unpin commands; hold the run lock)."""
     layout.ensure()
-    write_bytes_atomic(layout.pins_file, pins_to_json_bytes(pins))
+    layout.fs.write_atomic(layout.rel(PINS_FILE), pins_to_json_bytes(pins))
 
 
 @contextlib.contextmanager
@@ -177,19 +218,14 @@ def run_lock(
     seconds of waiting. flock locks belong to the open file, so two ``run_lock`` blocks in one
     process exclude each other too.
     """
-    flags = os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY)
     if create:
         layout.ensure()
     try:
-        fd = os.open(layout.lock_file, flags, 0o644)
+        fd = open_state_file(layout, LOCK_FILE, create=create)
     except FileNotFoundError:
         if create:
             raise
         fd = -1
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise UnsafePathError("lock file is a symlink", path=str(layout.lock_file)) from err
-        raise
     if fd < 0:
         yield False
         return
@@ -198,6 +234,21 @@ def run_lock(
         yield True
     finally:
         os.close(fd)  # closing the last descriptor releases the flock
+
+
+def open_state_file(layout: StateLayout, name: str, *, create: bool) -> int:
+    """A descriptor of ``<state>/<name>`` (a lock file) opened with no symlink followed anywhere
+    below the run; created (0644) when ``create``. UnsafePathError when it is a symlink."""
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY)
+    with layout.fs.directory(layout.state_dir_name) as dir_fd:
+        try:
+            return os.open(name, flags, 0o644, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UnsafePathError(
+                    "lock file is a symlink", path=str(layout.root / name)
+                ) from err
+            raise
 
 
 def _acquire(fd: int, path: Path, *, timeout: float, shared: bool) -> None:

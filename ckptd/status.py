@@ -28,7 +28,7 @@ from typing import Any
 
 from ckptd.config import Config, RootConfig
 from ckptd.deletion import TRASH_INDEX
-from ckptd.errors import CkptdError, ManifestError
+from ckptd.errors import CkptdError, ManifestError, UnsafePathError
 from ckptd.fsio import is_temp_name
 from ckptd.inventory import RunRef
 from ckptd.manifest import Manifest, RemovedEntry, load_manifest, quarantined_as
@@ -397,10 +397,15 @@ def run_status(config: Config, root: RootConfig, run: RunRef, *, now: datetime) 
     last = last_prune_of(manifest.removed) if manifest and manifest.last_prune is None else None
     if last is not None and recorded_bytes(last[1]) is not None:
         last = None
+    try:
+        state_ok = layout.check()  # never measure (list) through a planted link
+    except UnsafePathError as err:
+        problems.append(str(err))
+        state_ok = False
     facts = RunFacts(
         pins=pins,
-        trash=_usage(layout.trash, frozenset({TRASH_INDEX})),
-        quarantine=_usage(layout.quarantine, frozenset(), REASON_SUFFIX),
+        trash=_usage(layout.trash, frozenset({TRASH_INDEX})) if state_ok else Usage(),
+        quarantine=_usage(layout.quarantine, frozenset(), REASON_SUFFIX) if state_ok else Usage(),
         unrecorded=unrecorded,
         last_prune_bytes=None if last is None else _removed_bytes(run.run_dir, last[1]),
         problems=tuple(problems),

@@ -9,9 +9,12 @@ Restore (under the run lock, so it never races a prune or a daemon batch):
 
 1. find the entry (by its trash path, or by the checkpoint's original path: the newest such entry);
 2. refuse if a live file already has the original name, or if the trash copy's sha256 is not what
-   was recorded when it was deleted (it would not be the checkpoint that was deleted);
+   was recorded when it was deleted (it would not be the checkpoint that was deleted); every name
+   the trash index gives (entry, original, companion) must be a plain path inside the run, else
+   the whole restore is refused (``deletion.read_trash_index``);
 3. move the archived original, then the checkpoint, back (never overwriting, never through a
-   symlinked directory; mtimes are kept, so retention judges it exactly as before);
+   symlinked directory: every move walks from the run's directory with no-follow opens,
+   ``ckptd.runfs``; mtimes are kept, so retention judges it exactly as before);
 4. drop the entries from the trash index; add them to the manifest again (``kept``, verified for
    zips; the original ``converted``) and mark the manifest's ``removed`` record ``restored_at``;
 5. pin the checkpoint (``restored from trash <when>``) so the next prune does not delete it again.
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from ckptd.deletion import (
 )
 from ckptd.errors import CkptdError, StateError
 from ckptd.formats import Format
-from ckptd.fsio import FileIdentity, is_temp_name, sha256_file
+from ckptd.fsio import FileIdentity, is_temp_name
 from ckptd.inventory import CheckpointMatcher
 from ckptd.manifest import (
     Manifest,
@@ -51,13 +53,11 @@ from ckptd.pins import PIN_KEY, set_pin
 from ckptd.runaccess import (
     OPS_LOCK_TIMEOUT,
     RunHandle,
-    ensure_real_parents,
     load_manifest_or_none,
     locate,
-    lstat_regular,
-    move_no_clobber,
     require_plain_relpath,
     save_manifest,
+    sha256_in_run,
 )
 from ckptd.statedir import LEGACY_DIR, TRASH_DIR, Pin, run_lock
 from ckptd.timefmt import format_utc, from_ns
@@ -126,20 +126,16 @@ def list_trash(handle: RunHandle, *, ttl: timedelta | None = None) -> list[Trash
     Raises StateError when the trash index exists but is invalid.
     """
     layout = handle.layout
-    try:
-        names = sorted(os.listdir(layout.trash))
-    except FileNotFoundError:
+    names = layout.fs.listdir(layout.rel(TRASH_DIR))
+    if not names:
         return []
     index = read_trash_index(layout)
     items = []
     for name in names:
         if name == TRASH_INDEX or is_temp_name(name):
             continue
-        try:
-            st = os.lstat(layout.trash / name)
-        except FileNotFoundError:
-            continue  # purged meanwhile
-        if not stat.S_ISREG(st.st_mode):
+        st = layout.fs.lstat(layout.rel(TRASH_DIR, name))
+        if st is None or not stat.S_ISREG(st.st_mode):
             continue
         record = index.get(name)
         trashed_at = record.trashed_at if record else datetime.fromtimestamp(st.st_ctime, UTC)
@@ -172,7 +168,7 @@ def trash_entries_for(handle: RunHandle, relpath: str) -> list[str]:
     return [
         handle.state_relpath(TRASH_DIR, record.name)
         for record in matches
-        if os.path.lexists(handle.layout.trash / record.name)
+        if handle.layout.fs.exists(handle.state_relpath(TRASH_DIR, record.name))
     ]
 
 
@@ -214,8 +210,17 @@ def restore(
         restored = []
         for member in reversed(group):  # the archived original first: a zip never lacks its source
             destination = handle.run_dir / member.original
-            ensure_real_parents(handle.run_dir, member.original)
-            move_no_clobber(layout.trash / member.name, destination)
+            try:
+                layout.fs.move(
+                    handle.state_relpath(TRASH_DIR, member.name),
+                    member.original,
+                    create_parents=True,
+                )
+            except FileExistsError:
+                raise CkptdError(
+                    "a file of that name is already there; refusing to overwrite it",
+                    path=str(destination),
+                ) from None
             restored.append(
                 RestoredFile(handle.state_relpath(TRASH_DIR, member.name), member.original)
             )
@@ -238,7 +243,7 @@ def _trash_name_for(handle: RunHandle, relpath: str, index: dict[str, TrashRecor
         name = relpath[len(trash_prefix) :]
         if "/" in name or name == TRASH_INDEX:
             raise CkptdError("is not a trash entry", path=shown)
-        if not os.path.lexists(handle.layout.trash / name):
+        if not handle.layout.fs.exists(relpath):
             raise CkptdError("no such file in the trash", path=shown)
         return name
     candidates = trash_entries_for(handle, relpath)
@@ -282,6 +287,7 @@ def _original_from_manifest(handle: RunHandle, name: str, manifest: Manifest | N
 
 
 def _check_member(handle: RunHandle, member: _Member) -> None:
+    # The index's names were checked when it was read; a name from the manifest was not.
     require_plain_relpath(handle, member.original)
     legacy_prefix = handle.state_relpath(LEGACY_DIR) + "/"
     if handle.in_state_dir(member.original) and not member.original.startswith(legacy_prefix):
@@ -289,17 +295,19 @@ def _check_member(handle: RunHandle, member: _Member) -> None:
             f"trash index names {member.original!r} as its origin, which is inside the state dir",
             path=str(handle.layout.trash / member.name),
         )
+    fs = handle.layout.fs
     destination = handle.run_dir / member.original
-    if os.path.lexists(destination):
+    if fs.exists(member.original):
         raise CkptdError(
             "a live file has this name; refusing to overwrite it with the trash copy "
             f"{handle.state_relpath(TRASH_DIR, member.name)}",
             path=str(destination),
         )
-    source = handle.layout.trash / member.name
-    lstat_regular(source)
+    source_rel = handle.state_relpath(TRASH_DIR, member.name)
+    source = handle.run_dir / source_rel
+    fs.regular(source_rel)
     if member.sha256 is not None:
-        digest, _ = sha256_file(source)
+        digest = sha256_in_run(handle, source_rel)
         if digest != member.sha256:
             raise CkptdError(
                 f"sha256 {digest} differs from {member.sha256} recorded when it was deleted; "
@@ -332,8 +340,8 @@ def _record_restore(
     return dataclasses.replace(updated, removed=removed)
 
 
-def _identity(path: Path) -> FileIdentity:
-    return FileIdentity.of(os.lstat(path))
+def _identity(handle: RunHandle, relpath: str) -> FileIdentity:
+    return FileIdentity.of(handle.layout.fs.regular(relpath))
 
 
 def _checkpoint_entry(
@@ -344,7 +352,7 @@ def _checkpoint_entry(
     from ckptd.formats.verify import verify_zip
 
     path = handle.run_dir / member.original
-    identity = _identity(path)
+    identity = _identity(handle, member.original)
     fmt = identify(path).format
     matcher = CheckpointMatcher(handle.checkpoints, handle.manifest_filename)
     entry = ManifestEntry(
@@ -353,7 +361,7 @@ def _checkpoint_entry(
         size=identity.size,
         mtime=from_ns(identity.mtime_ns),
         mtime_ns=identity.mtime_ns,
-        sha256=member.sha256 or sha256_file(path)[0],
+        sha256=member.sha256 or sha256_in_run(handle, member.original),
         format=Format(fmt),
         state="kept",
         reasons=(f"pinned: {reason}",),
@@ -376,15 +384,14 @@ def _checkpoint_entry(
 
 
 def _original_entry(handle: RunHandle, member: _Member) -> ManifestEntry:
-    path = handle.run_dir / member.original
-    identity = _identity(path)
+    identity = _identity(handle, member.original)
     return ManifestEntry(
         path=member.original,
         step=None,
         size=identity.size,
         mtime=from_ns(identity.mtime_ns),
         mtime_ns=identity.mtime_ns,
-        sha256=member.sha256 or sha256_file(path)[0],
+        sha256=member.sha256 or sha256_in_run(handle, member.original),
         format=Format.SB2_PICKLE,  # only legacy pickles are archived
         state="converted",
     )
@@ -411,7 +418,7 @@ def purge(
     lock_timeout: float = OPS_LOCK_TIMEOUT,
 ) -> PurgeOutcome:
     """Delete for good every trash entry of the run trashed at least ``older_than`` ago."""
-    if not os.path.isdir(handle.layout.trash):
+    if not handle.layout.fs.is_real_dir(handle.layout.rel(TRASH_DIR)):
         return PurgeOutcome(handle.run_dir, (), 0)  # nothing was ever deleted here
     with run_lock(handle.layout, timeout=lock_timeout):
         result: PurgeResult = purge_trash(handle.layout, older_than, now)

@@ -167,7 +167,7 @@ def test_directory_swapped_for_a_symlink_out_of_the_run_is_refused(tmp_path: Pat
     os.rename(run / "sub", tmp_path / "moved-away")
     (run / "sub").symlink_to(outside)
     # Same name, and even the same inode as judged would not matter: the link is never entered.
-    with pytest.raises(UnsafePathError, match="'sub' is a symlink or not a directory"):
+    with pytest.raises(UnsafePathError, match=r"run/sub: is a symlink; refusing"):
         delete_checkpoint(StateLayout(run), checkpoint, mode="unlink", now=NOW)
     assert precious.exists()
 
@@ -180,7 +180,7 @@ def test_paths_that_climb_out_of_the_run_are_refused(tmp_path: Path) -> None:
     import dataclasses
 
     climbing = dataclasses.replace(checkpoint, path="../victim_1_steps.zip")
-    with pytest.raises(UnsafePathError, match="not a plain run-relative path"):
+    with pytest.raises(UnsafePathError, match=r"has a '\.\.' component"):
         delete_checkpoint(StateLayout(run), climbing, mode="unlink", now=NOW)
     assert victim.exists()
 
