@@ -7,9 +7,14 @@ What is listed (design.md, "Retention semantics" and "Manifest"):
 * Checkpoints are regular files below a run (any depth, same skips) whose *name* matches one of
   ``checkpoints.patterns`` and none of ``checkpoints.ignore``; never symlinks, ckptd temp files, the
   manifest or the root index, nor anything inside the state dir.
-* Archived legacy originals (``<state>/legacy/X.pkl``) are listed separately and attached to the zip
-  whose manifest entry says ``converted_from: X.pkl`` (or, when rebuilding without a manifest, the
-  sb2-zip ``X.zip`` beside where ``X.pkl`` was); the pair is one checkpoint.
+* Archived legacy originals (``<state>/legacy/X.pkl``) are listed separately and attached to the
+  sb2-zip that converting them writes (``X.zip`` where ``X.pkl`` was: ``convert.default_output``),
+  when exactly one archived file names that zip and its content sniffs as a legacy pickle; the
+  pair is one checkpoint. An original kept in place (``original: keep``) is attached the same way
+  when the manifest also says ``converted_from``. The link is judged from the files on disk, never
+  from the manifest alone: a hand-edited ``converted_from`` can narrow it, never make prune delete
+  another file with a zip (docs/security.md, "Paths inside a run"). The state dir itself must be a
+  real directory (``StateLayout.check``), else the run is refused with one line naming it.
 
 Reading is minimal: a file younger than ``stable_for`` is never opened (it is ``incomplete``), and
 format and sha256 come from the previous manifest when its entry has the same (size, mtime_ns), so a
@@ -37,6 +42,7 @@ from ckptd.formats import Format
 from ckptd.frozen_build import build_frozen
 from ckptd.fsio import CHUNK_SIZE, FileIdentity, is_temp_name, open_regular_nofollow
 from ckptd.manifest import INDEX_FILENAME, ManifestEntry
+from ckptd.runfs import relpath_problem
 from ckptd.statedir import QUARANTINE_DIR, StateLayout
 
 logger = logging.getLogger(__name__)
@@ -320,6 +326,7 @@ def inventory_run(
     the run directory itself cannot be listed.
     """
     layout = StateLayout(run.run_dir, options.state_dir)
+    layout.check()  # a planted symlink/FIFO/file state dir: refuse the run, list nothing through it
     now_ns = _to_ns(now)
     skip = _dir_skipper(options.state_dir)
     found = list(_walk_files(str(run.run_dir), "", skip, options.matcher.matches))
@@ -548,35 +555,83 @@ def _link_originals(
     layout: StateLayout,
     options: InventoryOptions,
 ) -> list[Checkpoint]:
-    """Attach archived originals to their zips; an in-place original (``original: keep``) that a
-    zip names as ``converted_from`` is attached too rather than listed as a checkpoint of its own."""
+    """Attach archived originals to their zips, judged from the files (module docstring); an
+    in-place original (``original: keep``) that a zip names as ``converted_from`` is attached too
+    rather than listed as a checkpoint of its own, when it is that zip's source by name and
+    content. A ``converted_from`` that is not confirmed by the files links nothing."""
     by_path = {c.path: c for c in checkpoints}
     result: dict[str, Checkpoint] = dict(by_path)
+    prefix = layout.legacy_relpath("")
+    sources_by_zip: dict[str, list[str]] = {}
+    for relpath in archived:
+        source = relpath[len(prefix) :]
+        sources_by_zip.setdefault(zip_name_for(source), []).append(source)
+    attached: set[str] = set()
     for checkpoint in checkpoints:
-        source = checkpoint.converted_from
-        if source is None and checkpoint.format is Format.SB2_ZIP:
-            guess = _sibling_pickle(checkpoint.path)
-            if layout.legacy_relpath(guess) in archived:
-                source = guess  # rebuilt without a manifest: convert writes x.zip beside x.pkl
-        if source is None:
+        if checkpoint.format is not Format.SB2_ZIP:
+            if checkpoint.path not in attached:
+                result[checkpoint.path] = _unlinked(checkpoint)
             continue
-        original = archived.get(layout.legacy_relpath(source))
-        in_place = by_path.get(source)
-        if original is None and in_place is not None and in_place is not checkpoint:
+        sources = sources_by_zip.get(checkpoint.path, [])
+        if len(sources) == 1:
+            original = archived[layout.legacy_relpath(sources[0])]
+            if _is_legacy_pickle(layout.run_dir / original.path, original.cached, options):
+                result[checkpoint.path] = _with_legacy(checkpoint, sources[0], original)
+                continue
+        claimed = checkpoint.converted_from
+        in_place = by_path.get(claimed) if claimed is not None else None
+        if (
+            not sources
+            and in_place is not None
+            and in_place is not checkpoint
+            and zip_name_for(in_place.path) == checkpoint.path
+            and in_place.format is Format.SB2_PICKLE  # identified like every checkpoint
+        ):
             original = LegacyOriginal(
                 in_place.path, in_place.identity, in_place.sha256, in_place.cached
             )
-            result.pop(source, None)
-        result[checkpoint.path] = _with_legacy(checkpoint, source, original)
+            result.pop(in_place.path, None)
+            attached.add(in_place.path)
+            result[checkpoint.path] = _with_legacy(checkpoint, in_place.path, original)
+            continue
+        result[checkpoint.path] = _unlinked(checkpoint)
     return list(result.values())
+
+
+def zip_name_for(source: str) -> str:
+    """The zip converting ``source`` writes (``convert.default_output``, on run-relative paths)."""
+    directory, slash, name = source.rpartition("/")
+    stem, dot, _ = name.rpartition(".")
+    zip_name = f"{stem}.zip" if dot and stem else f"{name}.zip"
+    return f"{directory}{slash}{zip_name}"
+
+
+def _is_legacy_pickle(path: Path, cached: ManifestEntry | None, options: InventoryOptions) -> bool:
+    # Identified like a checkpoint: by content, the verdict cached only for this exact (size,
+    # mtime_ns), so a warm pass stays stat-only. A cache entry can at worst link a file inside
+    # <state>/legacy/ named after this zip: nothing of the run's own files or outside it.
+    if cached is not None and is_final_verdict(cached):
+        return cached.format is Format.SB2_PICKLE
+    try:
+        return options.identify(path) is Format.SB2_PICKLE
+    except (OSError, CkptdError):
+        return False
+
+
+def _unlinked(checkpoint: Checkpoint) -> Checkpoint:
+    # With no original on disk, the manifest's converted_from is kept as a record only when it
+    # names this zip's source (an original deleted after conversion); it links nothing.
+    claimed = checkpoint.converted_from
+    if claimed is not None and (
+        checkpoint.format is not Format.SB2_ZIP
+        or relpath_problem(claimed) is not None
+        or zip_name_for(claimed) != checkpoint.path
+    ):
+        return replace(checkpoint, converted_from=None, legacy=None)
+    return checkpoint
 
 
 def _with_legacy(
     checkpoint: Checkpoint, source: str, original: LegacyOriginal | None
 ) -> Checkpoint:
     return replace(checkpoint, converted_from=source, legacy=original)
-
-
-def _sibling_pickle(zip_path: str) -> str:
-    stem, _, _ = zip_path.rpartition(".")
-    return f"{stem or zip_path}.pkl"

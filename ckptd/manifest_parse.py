@@ -20,6 +20,7 @@ from ckptd.manifest_model import (
     PruneRecord,
     RemovedEntry,
 )
+from ckptd.runfs import relpath_problem
 from ckptd.timefmt import parse_utc
 
 _FORMATS = {member.value: member for member in Format}
@@ -64,6 +65,7 @@ def _entry_fast(obj: object) -> ManifestEntry | None:
     fmt, state, reasons, mtime_ns = obj["format"], obj["state"], obj["reasons"], obj.get("mtime_ns")
     if (
         type(path) is not str
+        or _maybe_unplain(path)
         or not (step is None or (type(step) is int and step >= 0))
         or type(size) is not int
         or size < 0
@@ -106,8 +108,36 @@ def _entry_fast(obj: object) -> ManifestEntry | None:
     )
 
 
+def _maybe_unplain(path: str) -> bool:
+    """A quick over-approximation of ``runfs.relpath_problem`` (C-speed substring tests) for the
+    fast path; anything it flags goes to the checker, which names the exact problem."""
+    return (
+        not path
+        or path[0] == "/"
+        or path[-1] == "/"
+        or "\0" in path
+        or "//" in path
+        or ".." in path
+        or path == "."
+        or path.startswith("./")
+        or "/./" in path
+        or path.endswith("/.")
+        or len(path) > 255
+    )
+
+
+def _relpath(check: JsonChecker, value: str | None, where: str, key: str) -> str | None:
+    # Paths in a manifest are read from a directory others can write: only a plain path inside
+    # the run is accepted (docs/security.md, "Paths inside a run").
+    problem = None if value is None else relpath_problem(value)
+    if problem is not None:
+        raise check.fail(f"{where}.{key}", f"{value!r} {problem}; not a path inside the run")
+    return value
+
+
 def _entry_checked(obj: object, where: str, check: JsonChecker) -> ManifestEntry:
     path = check.text(obj, "path", where)
+    _relpath(check, path, where, "path")
     where = f"{where} ({path})"
     format_text = check.text(obj, "format", where)
     if format_text not in _FORMATS:
@@ -131,7 +161,9 @@ def _entry_checked(obj: object, where: str, check: JsonChecker) -> ManifestEntry
         format=_FORMATS[format_text],
         state=cast(ManifestState, state),
         reasons=check.strings(obj, "reasons", where) or (),
-        converted_from=check.optional_text(obj, "converted_from", where),
+        converted_from=_relpath(
+            check, check.optional_text(obj, "converted_from", where), where, "converted_from"
+        ),
         algorithm=check.optional_text(obj, "algorithm", where),
         params=params,
         carries_code=check.strings(obj, "carries_code", where, nullable=True),
@@ -144,15 +176,19 @@ def _entry_checked(obj: object, where: str, check: JsonChecker) -> ManifestEntry
 
 
 def removed_from_json(obj: object, where: str, check: JsonChecker) -> RemovedEntry:
+    def path_of(key: str, *, required: bool = False) -> str | None:
+        value = check.text(obj, key, where) if required else check.optional_text(obj, key, where)
+        return _relpath(check, value, where, key)
+
     return RemovedEntry(
-        path=check.text(obj, "path", where),
+        path=cast(str, path_of("path", required=True)),
         sha256=check.optional_text(obj, "sha256", where),
         removed_at=check.time(obj, "removed_at", where),
         reasons=check.strings(obj, "reasons", where) or (),
-        trash=check.optional_text(obj, "trash", where),
-        converted_from=check.optional_text(obj, "converted_from", where),
+        trash=path_of("trash"),
+        converted_from=path_of("converted_from"),
         converted_from_sha256=check.optional_text(obj, "converted_from_sha256", where),
-        converted_from_trash=check.optional_text(obj, "converted_from_trash", where),
+        converted_from_trash=path_of("converted_from_trash"),
         extra=json_extras(cast(JsonDict, obj), _REMOVED_KEYS),
         size=check.integer(obj, "size", where, nullable=True),
         converted_from_size=check.integer(obj, "converted_from_size", where, nullable=True),

@@ -353,7 +353,7 @@ def _process_run(
         pins = read_pins(layout)
         plan = _plan(options.planner, inventory, pins, policy, config, now, evaluations)
         if dry_run:
-            return _report(root.path, run.relpath, plan)
+            return _report(root.path, run.relpath, plan, inventory)
         # Held from the re-read through the last deletion: a pin cannot land in between unseen.
         with pins_lock(layout, timeout=options.lock_timeout):
             fresh_pins = read_pins(layout)  # the user may have pinned something while we judged
@@ -418,9 +418,16 @@ def candidates_of(inventory: RunInventory, pins: Mapping[str, Pin]) -> list[Cand
             checkpoint.complete,
             checkpoint.status,
             _pin_for(checkpoint, pins) if pins else None,
+            _in_place_companion(checkpoint),
         )
         for checkpoint in inventory.checkpoints
     ]
+
+
+def _in_place_companion(checkpoint: Checkpoint) -> tuple[str, ...]:
+    legacy = checkpoint.legacy
+    # An original kept in place is a live file of the run (an archived one is in the state dir).
+    return (legacy.path,) if legacy is not None and legacy.path == checkpoint.converted_from else ()
 
 
 def _plan(
@@ -441,13 +448,28 @@ def _plan(
     )
 
 
-def _report(root: Path, run: str, plan: RunPlan) -> RunReport:
+def _report(root: Path, run: str, plan: RunPlan, inventory: RunInventory) -> RunReport:
     # One PathDecision per checkpoint of every run: built without the frozen per-field __init__.
+    companions = _companions(inventory)
     decisions = tuple(
-        build_frozen(PathDecision, {"path": d.path, "action": d.action, "reasons": d.reasons})
+        build_frozen(
+            PathDecision,
+            {
+                "path": d.path,
+                "action": d.action,
+                "reasons": d.reasons,
+                "original": companions.get(d.path),
+            },
+        )
         for d in plan.decisions
     )
     return RunReport(root, run, decisions, plan.guard, plan.notes)
+
+
+def _companions(inventory: RunInventory) -> dict[str, str]:
+    """zip path -> the legacy original that is kept or deleted with it (shown in every report,
+    so a dry run names every file the real pass would move)."""
+    return {c.path: c.legacy.path for c in inventory.checkpoints if c.legacy is not None}
 
 
 def _skip_reason(err: BaseException) -> str:
@@ -478,21 +500,29 @@ def _apply(
 ) -> RunReport:
     """Report the deletions made, purge the trash and record it all in the manifest."""
     by_path = {checkpoint.path: checkpoint for checkpoint in inventory.checkpoints}
+    companions = _companions(inventory)
     decisions = []
     deleted: list[Deleted] = []
     removed: list[RemovedEntry] = []
     for decision in plan.decisions:
         outcome = outcomes.get(decision.path)
+        original = companions.get(decision.path)
         if isinstance(outcome, Deleted):
             deleted.append(outcome)
             removed.append(_removed_entry(by_path[decision.path], outcome, decision.reasons, now))
-            decisions.append(PathDecision(decision.path, "delete", decision.reasons))
+            decisions.append(
+                PathDecision(decision.path, "delete", decision.reasons, outcome.legacy_path)
+            )
         elif outcome is not None:
             decisions.append(
-                PathDecision(decision.path, "skip", (_skip_reason(outcome), *decision.reasons))
+                PathDecision(
+                    decision.path, "skip", (_skip_reason(outcome), *decision.reasons), original
+                )
             )
         else:
-            decisions.append(PathDecision(decision.path, decision.action, decision.reasons))
+            decisions.append(
+                PathDecision(decision.path, decision.action, decision.reasons, original)
+            )
     purge = purge_trash(layout, config.delete.trash_ttl, now)
     gone = {d.path for d in deleted} | {d.legacy_path for d in deleted if d.legacy_path}
     freed = sum(d.bytes for d in deleted)

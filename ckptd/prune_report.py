@@ -18,9 +18,18 @@ class PathDecision:
     path: str
     action: str  # keep | delete | skip
     reasons: tuple[str, ...]
+    # The legacy original that goes (or stays) with this zip: a dry run names every file moved.
+    original: str | None = None
 
     def to_json_obj(self) -> dict[str, Any]:
-        return {"path": self.path, "action": self.action, "reasons": list(self.reasons)}
+        obj: dict[str, Any] = {
+            "path": self.path,
+            "action": self.action,
+            "reasons": list(self.reasons),
+        }
+        if self.original is not None:
+            obj["original"] = self.original
+        return obj
 
 
 @dataclass(frozen=True)

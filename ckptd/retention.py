@@ -80,6 +80,9 @@ class Candidate:
     # "ok", or the state that makes it a skip: "incomplete", "unknown", "refused", "broken"...
     status: str = OK_STATUS
     pinned: str | None = None  # the pin reason, when pinned
+    # Live files that go with it (a legacy original kept in place beside its zip): protect globs
+    # are judged on them too, so attaching one to its zip never strips its protection.
+    companions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,9 +380,9 @@ class _Overrides:
     def reasons(self, candidate: Candidate, *, is_newest: bool) -> tuple[str, ...]:
         reasons = [NEWEST_REASON] if is_newest else []
         if self._globs:
-            name = candidate.path.rpartition("/")[2]
+            paths = (candidate.path, *candidate.companions)
             for glob, match, whole_path in self._globs:
-                if match(candidate.path if whole_path else name):
+                if any(match(path if whole_path else path.rpartition("/")[2]) for path in paths):
                     reasons.append(f"protect: {glob}")
         if candidate.pinned is not None:
             reasons.append(f"pinned: {candidate.pinned}" if candidate.pinned else "pinned")

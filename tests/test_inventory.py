@@ -236,20 +236,21 @@ def test_cached_refused_and_broken_states_are_kept_as_status(tmp_path: Path) -> 
     ]
 
 
-def test_archived_original_is_attached_to_its_zip_by_converted_from(tmp_path: Path) -> None:
+def test_a_manifest_converted_from_alone_never_links_an_archived_original(tmp_path: Path) -> None:
+    """The link that makes prune delete a second file is judged from the files (the archived
+    original's name makes this zip), never from a hand-editable manifest."""
     run = tmp_path / "run"
     zipped = make_zip(run / "rl_model_5_steps.zip")
-    archived = make_pickle(StateLayout(run).legacy_path("old_name_5_steps.pkl"))
+    make_pickle(StateLayout(run).legacy_path("old_name_5_steps.pkl"))
     orphan = make_pickle(StateLayout(run).legacy_path("sub/orphan_1_steps.pkl"))
     ref = RunRef(tmp_path, run, "run")
     (cold,) = inventory_run(ref, options(), now=NOW, previous={}).checkpoints
-    assert cold.legacy is None  # no manifest and no sibling name: nothing links them
+    assert cold.legacy is None  # no sibling name: nothing links them
     previous = {cold.path: dataclasses.replace(_entry(cold), converted_from="old_name_5_steps.pkl")}
     inventory = inventory_run(ref, options(), now=NOW, previous=previous)
     (checkpoint,) = inventory.checkpoints
-    assert checkpoint.legacy is not None
-    assert checkpoint.legacy.path == ".ckptd/legacy/old_name_5_steps.pkl"
-    assert checkpoint.total_size == zipped.stat().st_size + archived.stat().st_size
+    assert checkpoint.legacy is None and checkpoint.converted_from is None
+    assert checkpoint.total_size == zipped.stat().st_size
     assert [a.path for a in inventory.archived] == [
         ".ckptd/legacy/old_name_5_steps.pkl",
         ".ckptd/legacy/sub/orphan_1_steps.pkl",

@@ -172,10 +172,14 @@ def _run_table(run: RunReport, dry_run: bool) -> Table:
     for decision in run.decisions:
         action = decision.action if not dry_run or decision.action != "delete" else "would delete"
         style = _ACTION_STYLE.get(decision.action, "")
-        # Paths and reasons (a pin's reason is text from the run directory) are shown literally.
-        table.add_row(
-            lit(decision.path), f"[{style}]{action}[/{style}]", lit("; ".join(decision.reasons))
+        # Paths and reasons (a pin's reason is text from the run directory) are shown literally;
+        # a zip's legacy original goes with it, so the dry run names every file that would move.
+        shown = (
+            decision.path
+            if decision.original is None
+            else f"{decision.path} (with {decision.original})"
         )
+        table.add_row(lit(shown), f"[{style}]{action}[/{style}]", lit("; ".join(decision.reasons)))
     return table
 
 
