@@ -335,3 +335,20 @@ def test_a_planted_converted_from_never_makes_prune_delete_another_file(
     }
     trash = json.loads((run / STATE / "trash" / ".index.json").read_text())["entries"]
     assert {body["original"] for body in trash.values()} == moved
+
+
+@pytest.mark.parametrize("where", [STATE, f"{STATE}/trash", f"{STATE}/quarantine"])
+def test_status_never_measures_through_a_planted_state_dir(
+    config: Config, config_file: Path, tmp_path: Path, where: str
+) -> None:
+    run = converted_run(config)
+    bait = tmp_path / "bait"
+    for sub in ("", "trash", "quarantine"):
+        (bait / sub).mkdir(parents=True, exist_ok=True)
+        (bait / sub / "big.zip").write_bytes(b"x" * 1000)
+    plant(run / where, "symlink", bait if where == STATE else bait / where.rpartition("/")[2])
+    done = ckptd("status", "-c", config_file, "--json")
+    (report,) = json.loads(done.stdout)["runs"]
+    assert any(str(run / where) in problem for problem in report["problems"]), report
+    assert report["trash"] == {"files": 0, "bytes": 0}
+    assert report["quarantine"] == {"files": 0, "bytes": 0}

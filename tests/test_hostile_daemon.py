@@ -59,7 +59,15 @@ def test_daemon_never_moves_anything_through_planted_links(
     planted = planted_manifest_run(tmp_path, root / "planted", legacy)
     runs = {
         name: root / name
-        for name in ("one-below", "two-below", "state-link", "state-fifo", "jail-link", "ok")
+        for name in (
+            "one-below",
+            "two-below",
+            "state-link",
+            "state-fifo",
+            "jail-link",
+            "trash-link",
+            "ok",
+        )
     }
     with stand_ins():
         exploit = write_checkpoint(
@@ -73,6 +81,7 @@ def test_daemon_never_moves_anything_through_planted_links(
         "state-link": "rl_model_1000_steps.pkl",
         "state-fifo": "rl_model_1000_steps.pkl",
         "jail-link": "rl_model_1000_steps.pkl",
+        "trash-link": "rl_model_1000_steps.pkl",
         "ok": "rl_model_1000_steps.pkl",
     }
     for name, relpath in sources.items():
@@ -84,6 +93,7 @@ def test_daemon_never_moves_anything_through_planted_links(
     plant(runs["state-link"] / STATE, "symlink", outside)
     plant(runs["state-fifo"] / STATE, "fifo", outside)
     plant(runs["jail-link"] / STATE / "quarantine", "symlink", outside)
+    plant(runs["trash-link"] / STATE / "trash", "symlink", outside / "trash")
     before = snapshot(outside)
 
     config = write_config(tmp_path / "ckptd.yaml", daemon_config(root))
@@ -103,7 +113,14 @@ def test_daemon_never_moves_anything_through_planted_links(
             30,
             f"a prune of the planted run:\n{daemon.log_text()}",
         )
-        for name in ("one-below", "two-below", "state-link", "state-fifo", "jail-link"):
+        for name in (
+            "one-below",
+            "two-below",
+            "state-link",
+            "state-fifo",
+            "jail-link",
+            "trash-link",
+        ):
             daemon.wait_log(f"run={name} ", timeout=30)
         assert daemon.stop() == 0
     finally:
@@ -128,6 +145,7 @@ def test_daemon_never_moves_anything_through_planted_links(
         "state-link": f"{runs['state-link']}/{STATE}: ckptd state directory is a symlink",
         "state-fifo": f"{runs['state-fifo']}/{STATE}: ckptd state directory is a FIFO",
         "jail-link": f"{runs['jail-link']}/{STATE}/quarantine: ckptd state directory is a symlink",
+        "trash-link": f"{runs['trash-link']}/{STATE}/trash: ckptd state directory is a symlink",
     }
     for name, text in named.items():
         lines = [line for line in log.splitlines() if f"run={name} " in line and text in line]
