@@ -16,6 +16,7 @@ reached through ``/scratch -> /lustre/scratch`` still works); nothing below it i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -394,6 +395,13 @@ def _free_name(dir_fd: int, name: str) -> str:
 
 def _move_at(src_fd: int, src_name: str, dst_fd: int, dst_name: str, *, shown: str) -> None:
     try:
+        if _rename_noreplace(src_fd, src_name, dst_fd, dst_name):
+            return
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "a file of that name is already there", shown) from None
+    # No RENAME_NOREPLACE here (an old kernel, or a filesystem without it): a hard link refuses to
+    # overwrite too, but a kill between the link and the unlink leaves the file under both names.
+    try:
         os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
     except FileExistsError:
         raise FileExistsError(errno.EEXIST, "a file of that name is already there", shown) from None
@@ -407,3 +415,36 @@ def _move_at(src_fd: int, src_name: str, dst_fd: int, dst_name: str, *, shown: s
             return
         raise FileExistsError(errno.EEXIST, "a file of that name is already there", shown) from None
     os.unlink(src_name, dir_fd=src_fd)
+
+
+_RENAME_NOREPLACE = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_RENAMEAT2 = getattr(_LIBC, "renameat2", None)
+if _RENAMEAT2 is not None:
+    _RENAMEAT2.argtypes = (
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    )
+    _RENAMEAT2.restype = ctypes.c_int
+
+
+def _rename_noreplace(src_fd: int, src_name: str, dst_fd: int, dst_name: str) -> bool:
+    """One atomic rename that never overwrites (Linux renameat2 with RENAME_NOREPLACE).
+
+    Returns False where the C library, kernel or filesystem lacks it, so the caller falls back;
+    raises FileExistsError when the destination name is taken.
+    """
+    if _RENAMEAT2 is None:
+        return False
+    result = _RENAMEAT2(
+        src_fd, os.fsencode(src_name), dst_fd, os.fsencode(dst_name), _RENAME_NOREPLACE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), dst_name)

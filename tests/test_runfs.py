@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptd import runfs
 from ckptd.errors import UnsafePathError
 from ckptd.runfs import RunFS, check_name, check_relpath, relpath_problem
 
@@ -221,3 +222,21 @@ def test_read_bytes_refuses_a_huge_planted_state_file_and_a_fifo(run: Path) -> N
         fs.read_bytes("big.json", limit=1000)
     with pytest.raises(UnsafePathError, match="a FIFO, not a regular file"):
         fs.read_bytes("pipe.json", limit=1000)  # and returns at once: O_NONBLOCK
+
+
+def test_a_move_is_one_atomic_rename_that_never_overwrites(tmp_path: Path) -> None:
+    """A kill between a hard link and its unlink left a trashed checkpoint under two names (found by
+    the kill -9 during prune test); on Linux the move is one renameat2(RENAME_NOREPLACE)."""
+    (tmp_path / "a").write_bytes(b"A")
+    (tmp_path / "b").write_bytes(b"B")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            runfs._rename_noreplace(fd, "a", fd, "b")
+        assert (tmp_path / "a").read_bytes() == b"A" and (tmp_path / "b").read_bytes() == b"B"
+        assert runfs._rename_noreplace(fd, "a", fd, "c") is True
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "a").exists()
+    assert (tmp_path / "c").read_bytes() == b"A"
+    assert (tmp_path / "c").stat().st_nlink == 1
