@@ -81,7 +81,14 @@ def sb2tf_env(releases: tuple[str, ...] = CONSUMER_RELEASES) -> Path:
         for release in releases:
             target_dir = build / "sb" / release
             subprocess.run(
-                [*pip, "install", "--no-deps", "--target", str(target_dir), f"stable-baselines=={release}"],
+                [
+                    *pip,
+                    "install",
+                    "--no-deps",
+                    "--target",
+                    str(target_dir),
+                    f"stable-baselines=={release}",
+                ],
                 check=True,
                 timeout=600,
             )

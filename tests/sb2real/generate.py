@@ -49,7 +49,9 @@ def run_release(env: Path, release: str, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", type=Path, help="an existing environment (default: build/reuse one)")
+    parser.add_argument(
+        "--env", type=Path, help="an existing environment (default: build/reuse one)"
+    )
     parser.add_argument("--release", action="append", help="only these releases (default: all)")
     args = parser.parse_args(argv)
     env = args.env or sb2tf_env(RELEASES)

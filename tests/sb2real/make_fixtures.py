@@ -69,7 +69,7 @@ def to_plain(value):
         return None
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
-    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+    if isinstance(value, (np.ndarray, np.generic)):
         arr = np.asarray(value)
         out = {"dtype": str(arr.dtype), "shape": list(arr.shape)}
         if arr.size > 64:
@@ -91,8 +91,10 @@ class FetchRecorder(object):
 
     def __enter__(self):
         def run(fetches, *args, **kwargs):
-            if isinstance(fetches, (list, tuple)) and fetches and all(
-                isinstance(f, tf.Variable) for f in fetches
+            if (
+                isinstance(fetches, (list, tuple))
+                and fetches
+                and all(isinstance(f, tf.Variable) for f in fetches)
             ):
                 self.calls.append([f.name for f in fetches])
             return self.original(fetches, *args, **kwargs)
@@ -118,8 +120,9 @@ def make_model(spec, env):
         expert = os.path.join(OUT_DIR, ".expert_%s" % spec["id"])
         space = env.action_space
         generate_expert_traj(lambda _obs: space.sample(), expert, env, n_episodes=3)
-        dataset = ExpertDataset(expert_path=expert + ".npz", traj_limitation=-1, batch_size=16,
-                                verbose=0)
+        dataset = ExpertDataset(
+            expert_path=expert + ".npz", traj_limitation=-1, batch_size=16, verbose=0
+        )
         os.remove(expert + ".npz")
         kwargs["expert_dataset"] = dataset
     if algo_name in VECTORIZED:
@@ -131,7 +134,9 @@ def make_model(spec, env):
 
 
 def session_of(model):
-    return model.model.sess if hasattr(model, "model") and hasattr(model.model, "sess") else model.sess
+    return (
+        model.model.sess if hasattr(model, "model") and hasattr(model.model, "sess") else model.sess
+    )
 
 
 def make_one(spec, out_dir):
@@ -224,8 +229,9 @@ def fixed_observations(spec):
             env.reset()
             sample = space.sample()
             observations.append(
-                np.concatenate([sample[k].ravel() for k in ("observation", "achieved_goal",
-                                                            "desired_goal")]).astype(np.float32)
+                np.concatenate(
+                    [sample[k].ravel() for k in ("observation", "achieved_goal", "desired_goal")]
+                ).astype(np.float32)
             )
         elif isinstance(space, gym.spaces.Box) and space.dtype == np.uint8:
             observations.append(rng.randint(0, 256, size=space.shape).astype(np.uint8))
@@ -294,8 +300,16 @@ def main():
             print("made %s (%d params)" % (record["id"], len(record["param_names"])))
         except Exception as err:
             with open(error_path, "w") as handle:
-                json.dump({"id": spec["id"], "sb2_version": VERSION, "error": repr(err),
-                           "traceback": traceback.format_exc()}, handle, indent=1)
+                json.dump(
+                    {
+                        "id": spec["id"],
+                        "sb2_version": VERSION,
+                        "error": repr(err),
+                        "traceback": traceback.format_exc(),
+                    },
+                    handle,
+                    indent=1,
+                )
             print("FAILED %s: %r" % (spec["id"], err))
         sys.stdout.flush()
 

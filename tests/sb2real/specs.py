@@ -29,16 +29,34 @@ OFF_POLICY = {
 # (algorithm, policy, env, extra kwargs, tag, releases)
 TABLE = [
     ("PPO2", "MlpPolicy", CARTPOLE, {}, "", ["2.4.1", "2.8.0"]),
-    ("PPO2", "MlpPolicy", CARTPOLE, {"learning_rate": "linear:0.00025", "cliprange": "linear:0.2"},
-     "schedules", ["2.5.1", "2.9.0"]),
+    (
+        "PPO2",
+        "MlpPolicy",
+        CARTPOLE,
+        {"learning_rate": "linear:0.00025", "cliprange": "linear:0.2"},
+        "schedules",
+        ["2.5.1", "2.9.0"],
+    ),
     ("PPO2", "MlpPolicy", PENDULUM, {}, "", ["2.6.0", "2.9.0"]),
-    ("PPO2", "MlpPolicy", CARTPOLE, {"policy_kwargs": {"net_arch": [16, {"pi": [32], "vf": [8]}]}},
-     "netarch", ["2.7.0", "2.10.2"]),
+    (
+        "PPO2",
+        "MlpPolicy",
+        CARTPOLE,
+        {"policy_kwargs": {"net_arch": [16, {"pi": [32], "vf": [8]}]}},
+        "netarch",
+        ["2.7.0", "2.10.2"],
+    ),
     ("PPO2", "MlpLstmPolicy", CARTPOLE, {"policy_kwargs": {"n_lstm": 16}}, "", ["2.6.0", "2.10.2"]),
     ("PPO2", "CnnPolicy", IMAGE, {}, "", ["2.5.1"]),
     ("A2C", "MlpPolicy", CARTPOLE, {}, "", ["2.4.1", "2.8.0"]),
-    ("A2C", "MlpPolicy", PENDULUM, {"learning_rate": 0.001, "lr_schedule": "linear"}, "schedule",
-     ["2.5.1", "2.9.0"]),
+    (
+        "A2C",
+        "MlpPolicy",
+        PENDULUM,
+        {"learning_rate": 0.001, "lr_schedule": "linear"},
+        "schedule",
+        ["2.5.1", "2.9.0"],
+    ),
     ("A2C", "MlpLstmPolicy", CARTPOLE, {"policy_kwargs": {"n_lstm": 16}}, "", ["2.4.1", "2.7.0"]),
     ("A2C", "MlpLnLstmPolicy", CARTPOLE, {"policy_kwargs": {"n_lstm": 16}}, "", ["2.6.0"]),
     ("A2C", "CnnPolicy", IMAGE, {}, "", ["2.10.2"]),
@@ -48,8 +66,14 @@ TABLE = [
     ("ACKTR", "MlpLstmPolicy", CARTPOLE, {"policy_kwargs": {"n_lstm": 16}}, "", ["2.9.0"]),
     ("ACKTR", "MlpPolicy", PENDULUM, {}, "", ["2.10.2"]),
     ("DQN", "MlpPolicy", CARTPOLE, {}, "", ["2.4.1", "2.6.0", "2.10.2"]),
-    ("DQN", "MlpPolicy", CARTPOLE, {"prioritized_replay": True, "policy_kwargs": {"layers": [32, 32]}},
-     "prio-layers", ["2.5.1", "2.8.0"]),
+    (
+        "DQN",
+        "MlpPolicy",
+        CARTPOLE,
+        {"prioritized_replay": True, "policy_kwargs": {"layers": [32, 32]}},
+        "prio-layers",
+        ["2.5.1", "2.8.0"],
+    ),
     ("DQN", "LnMlpPolicy", CARTPOLE, {"double_q": False}, "", ["2.9.0"]),
     ("DQN", "CnnPolicy", IMAGE, {}, "", ["2.7.0"]),
     ("SAC", "MlpPolicy", PENDULUM, {}, "", ["2.4.1", "2.6.0", "2.10.2"]),
@@ -60,7 +84,14 @@ TABLE = [
     ("TD3", "MlpPolicy", PENDULUM, {"policy_kwargs": {"layers": [32, 32]}}, "layers", ["2.8.0"]),
     ("TD3", "LnMlpPolicy", PENDULUM, {}, "", ["2.10.2"]),
     ("DDPG", "MlpPolicy", PENDULUM, {}, "", ["2.4.1", "2.10.2"]),
-    ("DDPG", "MlpPolicy", PENDULUM, {"normalize_observations": True}, "normobs", ["2.5.1", "2.8.0"]),
+    (
+        "DDPG",
+        "MlpPolicy",
+        PENDULUM,
+        {"normalize_observations": True},
+        "normobs",
+        ["2.5.1", "2.8.0"],
+    ),
     ("DDPG", "LnMlpPolicy", PENDULUM, {}, "", ["2.6.0"]),
     ("PPO1", "MlpPolicy", CARTPOLE, {}, "", ["2.4.1", "2.6.0", "2.10.2"]),
     ("PPO1", "MlpPolicy", PENDULUM, {}, "", ["2.5.1"]),
@@ -77,8 +108,13 @@ STEPS = {"PPO2": 32, "PPO1": 64, "TRPO": 64, "GAIL": 64, "A2C": 20, "ACER": 40, 
 
 
 def env_tag(env):
-    return {"CartPole-v1": "cartpole", "Pendulum-v0": "pendulum", "TinyImage": "image",
-            "BitFlipping": "bitflip", "BitFlippingContinuous": "bitflipcont"}[env]
+    return {
+        "CartPole-v1": "cartpole",
+        "Pendulum-v0": "pendulum",
+        "TinyImage": "image",
+        "BitFlipping": "bitflip",
+        "BitFlippingContinuous": "bitflipcont",
+    }[env]
 
 
 def all_specs():
@@ -90,11 +126,25 @@ def all_specs():
         kwargs.update(extra)
         for release in releases:
             name = "-".join(
-                part for part in (algo.replace(":", "_").lower(), policy.replace("Policy", "").lower(),
-                                  env_tag(env), tag, "sb" + release) if part
+                part
+                for part in (
+                    algo.replace(":", "_").lower(),
+                    policy.replace("Policy", "").lower(),
+                    env_tag(env),
+                    tag,
+                    "sb" + release,
+                )
+                if part
             )
-            spec = {"id": name, "algo": base, "policy": policy, "env": env, "kwargs": dict(kwargs),
-                    "steps": STEPS.get(base, 40), "release": release}
+            spec = {
+                "id": name,
+                "algo": base,
+                "policy": policy,
+                "env": env,
+                "kwargs": dict(kwargs),
+                "steps": STEPS.get(base, 40),
+                "release": release,
+            }
             if inner:
                 spec["her_model"] = inner
                 spec["kwargs"]["n_sampled_goal"] = 2
