@@ -93,6 +93,9 @@ def sb2tf_env(releases: tuple[str, ...] = CONSUMER_RELEASES) -> Path:
                 timeout=600,
             )
         (build / COMPLETE).write_text("\n".join([*pins, *releases]) + "\n")
+        if (target / COMPLETE).exists():  # another run finished first: keep the one in use
+            shutil.rmtree(build, ignore_errors=True)
+            return target
         shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover without the marker
         os.rename(build, target)
     except BaseException:
