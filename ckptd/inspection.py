@@ -9,7 +9,8 @@ headers); CRCs are ``ckptd verify``'s job.
 
 ``InspectReport.as_json()`` is the documented ``inspect --json`` document::
 
-    {"path": str, "size": int, "format": "sb2-pickle" | "sb2-zip" | "sb3-zip" | "unknown",
+    {"path": str, "size": int, "format": "sb2-pickle" | "sb2-zip" | "sb3-zip" | "pickle" | "joblib"
+               | "torch-zip" | "torch-legacy" | "unknown",
      "format_note": str,                       # why sniffing gave that label
      "verdict": "safe" | "refused" | "broken" | "unchecked" | "unknown",
      "error": str | null,                      # one line naming the file, for broken/unknown
@@ -28,12 +29,15 @@ headers); CRCs are ``ckptd verify``'s job.
      "params": {"count": int, "bytes": int, "were_list": bool,
                 "arrays": [{"name": str, "dtype": str, "shape": [int], "bytes": int}]},
      "members": [{"name": str, "size": int, "compressed_size": int}],
-     "sb3": {"version": str | null, "system_info": {str: str}} | null}
+     "sb3": {"version": str | null, "system_info": {str: str}} | null,
+     "pickle_verdict": {"safe": bool, "globals": [str], "reason": str} | null}
+
+``pickle_verdict`` is the manifest's ``verdict`` for plain pickles, joblib dumps, torch files and
+SB3 zips (docs/security.md, "Verdicts"); for them ``verdict`` is ``safe`` or ``refused`` from it.
 
 Verdicts: ``safe`` (nothing outside the allowlist, structure sound), ``refused`` (something outside
 the allowlist; ``refusals`` say what and where), ``broken`` (truncated or malformed; ``error``),
-``unchecked`` (an SB3 zip: sound structure, its torch/gymnasium pickles are not judged by the SB2
-allowlist), ``unknown`` (not a stable-baselines checkpoint).
+``unchecked`` (an SB3 zip whose pickles got no verdict), ``unknown`` (not a stable-baselines checkpoint).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
-from ckptd.formats import Format
+from ckptd.formats import VERDICT_FORMATS, Format
 from ckptd.formats.allowlist import check_graph, is_code_global, lookup
 from ckptd.formats.datajson import Kind, classify_entry
 from ckptd.formats.legacy import read_file_bytes, read_legacy
@@ -68,6 +72,7 @@ from ckptd.formats.pickle_ops import ParsedPickle, parse_ops
 from ckptd.formats.sb2meta import VersionRange, guess_algorithm, guess_sb2_version
 from ckptd.formats.sb3zip import parse_system_info
 from ckptd.formats.sniff import ZIP_MAGIC, Identification, identify
+from ckptd.formats.verdict import Verdict as PickleVerdict
 from ckptd.formats.zipexam import examine_zip
 from ckptd.fsio import open_regular_nofollow
 
@@ -163,6 +168,7 @@ class InspectReport:
     members: tuple[MemberRow, ...] = ()
     sb3_version: str | None = None
     system_info: tuple[tuple[str, str], ...] = ()
+    pickle_verdict: PickleVerdict | None = None
 
     @property
     def carries_code(self) -> tuple[str, ...]:
@@ -244,6 +250,9 @@ class InspectReport:
             "sb3": None
             if self.format is not Format.SB3_ZIP
             else {"version": self.sb3_version, "system_info": dict(self.system_info)},
+            "pickle_verdict": None
+            if self.pickle_verdict is None
+            else self.pickle_verdict.to_json_obj(),
         }
 
 
@@ -256,6 +265,9 @@ def inspect_path(path: Path) -> InspectReport:
     source = str(path)
     try:
         identification = identify(path)
+        verdict = identification.verdict
+        if verdict is not None and identification.format is not Format.SB3_ZIP:
+            return _judged(source, identification, verdict)
         magic = _leading_bytes(path, len(ZIP_MAGIC))
         if magic == ZIP_MAGIC:
             return inspect_zip(path, identification)
@@ -273,6 +285,23 @@ def inspect_path(path: Path) -> InspectReport:
         identification.note,
         "unknown",
         error=f"{source}: not a stable-baselines checkpoint ({identification.note})",
+    )
+
+
+def _judged(source: str, found: Identification, verdict: PickleVerdict) -> InspectReport:
+    """A plain pickle, joblib dump or torch file: its verdict is the report."""
+    assert found.format in VERDICT_FORMATS
+    return InspectReport(
+        source,
+        found.size,
+        found.format,
+        found.note,
+        "safe" if verdict.safe else "refused",
+        refusals=() if verdict.safe else (Refusal(verdict.reason),),
+        protocol=found.protocol,
+        globals=tuple(GlobalRef(name, None) for name in verdict.globals),
+        members=(),
+        pickle_verdict=verdict,
     )
 
 
@@ -313,6 +342,11 @@ def inspect_zip(path: Path, identification: Identification) -> InspectReport:
         verdict = "broken"
     else:
         verdict = "unchecked" if exam.format is Format.SB3_ZIP else "safe"
+    judged = identification.verdict if exam.format is Format.SB3_ZIP else None
+    if judged is not None and verdict == "unchecked":
+        # Its .pth members and :serialized: entries judged (ckptd.formats.verdict_files).
+        verdict = "safe" if judged.safe else "refused"
+        refusals = refusals if judged.safe else (*refusals, Refusal(judged.reason))
     is_sb2 = exam.format is Format.SB2_ZIP
     names = sorted({name for entry in entries for name in entry.globals})
     globals_ = tuple(GlobalRef(name, _allowed(name) if is_sb2 else None) for name in names)
@@ -359,6 +393,7 @@ def inspect_zip(path: Path, identification: Identification) -> InspectReport:
         ),
         sb3_version=exam.sb3_version,
         system_info=parse_system_info(exam.system_info or ""),
+        pickle_verdict=judged,
     )
 
 

@@ -115,6 +115,9 @@ def _render_verdict(report: InspectReport, console: Console) -> None:
         console.print(f"  - {shown(report.error)}", markup=False)
     if report.carries_code:
         console.print(f"  carries code: {lit(', '.join(report.carries_code))}")
+    judged = report.pickle_verdict
+    if judged is not None and judged.safe:
+        console.print(f"  pickles: {lit(judged.reason)}")
 
 
 def _data_table(report: InspectReport) -> Table:

@@ -11,4 +11,14 @@ class Format(enum.StrEnum):
     SB2_PICKLE = "sb2-pickle"
     SB2_ZIP = "sb2-zip"
     SB3_ZIP = "sb3-zip"
+    PICKLE = "pickle"  # a plain pickle (protocol 0-5) that is not a stable-baselines file
+    JOBLIB = "joblib"  # joblib.dump output, possibly compressed
+    TORCH_ZIP = "torch-zip"  # torch.save's zip format (.pt/.pth/.bin, Lightning .ckpt)
+    TORCH_LEGACY = "torch-legacy"  # torch.save's pre-1.6 format (a magic-number pickle first)
     UNKNOWN = "unknown"
+
+
+# Formats whose files hold pickles that ckptd judges (docs/security.md, "Verdicts").
+VERDICT_FORMATS = frozenset(
+    {Format.PICKLE, Format.JOBLIB, Format.TORCH_ZIP, Format.TORCH_LEGACY, Format.SB3_ZIP}
+)

@@ -239,10 +239,8 @@ class PickleGraph:
 class _Machine:
     """The stack machine. One instance replays one stream."""
 
-    def __init__(
-        self, parsed: ParsedPickle, source: str | None, max_memo: int, max_marks: int
-    ) -> None:
-        self.parsed = parsed
+    def __init__(self, protocol: int, source: str | None, max_memo: int, max_marks: int) -> None:
+        self.protocol = protocol
         self.source = source
         self.max_memo = max_memo
         self.max_marks = max_marks
@@ -250,7 +248,7 @@ class _Machine:
         self.marks: list[int] = []
         self.memo: dict[int, Node] = {}
         self.nodes: list[Node] = []
-        self.op: Op = parsed.ops[0]
+        self.op: Op = Op("PROTO", protocol, 0, 0)
 
     # -- errors -------------------------------------------------------------------------------
     def broken(self, message: str) -> FormatError:
@@ -328,7 +326,7 @@ class _Machine:
     def global_node(self, module: str, name: str) -> Node:
         # The VM maps Python 2 names for protocol < 3 (fix_imports) before it imports anything,
         # so the allowlist must judge the mapped names.
-        if self.parsed.protocol < 3:
+        if self.protocol < 3:
             if (module, name) in _compat_pickle.NAME_MAPPING:
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
             elif module in _compat_pickle.IMPORT_MAPPING:
@@ -341,15 +339,29 @@ class _Machine:
         return index
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self) -> PickleGraph:
-        for op in self.parsed.ops:
-            self.op = op
-            handler = getattr(self, f"op_{op.name}", None)
-            if handler is None:
-                reason = _REFUSED_OPCODES.get(op.name, f"opcode {op.name} is not supported")
-                raise self.refused(reason)
-            handler(op)
-        return PickleGraph(self.parsed.protocol, self.result, self.nodes)
+    def run(self, ops: tuple[Op, ...]) -> PickleGraph:
+        for op in ops:
+            self.step(op)
+        return self.graph()
+
+    def step(self, op: Op) -> None:
+        """Replay one opcode (streams that interleave raw bytes are fed one opcode at a time)."""
+        self.op = op
+        handler = getattr(self, f"op_{op.name}", None)
+        if handler is None:
+            reason = _REFUSED_OPCODES.get(op.name, f"opcode {op.name} is not supported")
+            raise self.refused(reason)
+        handler(op)
+
+    def graph(self) -> PickleGraph:
+        if not hasattr(self, "result"):
+            raise self.broken("no STOP opcode")
+        return PickleGraph(self.protocol, self.result, self.nodes)
+
+    def peek(self) -> Node | None:
+        """The top of the stack (None when empty), for callers that feed opcodes one by one
+        (``ckptd.formats.pickle_stream``)."""
+        return self.stack[-1] if self.stack else None
 
     result: Node
 
@@ -582,6 +594,6 @@ def build_graph(
     max_marks: int = DEFAULT_MAX_MARK_DEPTH,
 ) -> PickleGraph:
     """Replay ``parsed`` symbolically; raise FormatError / UnsafeCheckpoint at the first violation."""
-    graph = _Machine(parsed, source, max_memo, max_marks).run()
+    graph = _Machine(parsed.protocol, source, max_memo, max_marks).run(parsed.ops)
     logger.debug("built %d nodes from %d opcodes", len(graph.nodes), len(parsed.ops))
     return graph

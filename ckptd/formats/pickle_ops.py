@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ckptd.errors import FormatError
@@ -237,18 +237,31 @@ def parse_ops(
     *,
     source: str | None = None,
     max_ops: int = DEFAULT_MAX_OPS,
+    min_protocol: int = MIN_PROTOCOL,
+    raw_after: Callable[[Op], int] | None = None,
 ) -> ParsedPickle:
-    """Parse a whole pickle stream; raise :class:`FormatError` (with the offset) on anything odd."""
+    """Parse a whole pickle stream; raise :class:`FormatError` (with the offset) on anything odd.
+
+    ``min_protocol=0`` also accepts protocol 0/1 streams, which have no PROTO opcode (reported as
+    protocol 0); verdicts on plain pickles need them, stable-baselines never wrote them.
+    ``raw_after`` is called with each opcode as it is decoded and returns how many raw bytes
+    follow it outside the pickle stream (joblib writes array bytes after a wrapper's BUILD); they
+    are skipped, and may only sit between frames.
+    """
     buf = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
     size = len(buf)
     if size == 0:
         raise FormatError("empty file, not a pickle", path=source)
-    if buf[0] != 0x80 or size < 2:
+    text_protocol = min_protocol < MIN_PROTOCOL and buf[0] != 0x80
+    if text_protocol:
+        protocol = 0
+    elif buf[0] != 0x80 or size < 2:
         raise FormatError(
             "not a pickle of protocol 2-5 (no PROTO opcode at the start)", path=source, offset=0
         )
-    protocol = buf[1]
-    if not MIN_PROTOCOL <= protocol <= MAX_PROTOCOL:
+    else:
+        protocol = buf[1]
+    if not text_protocol and not MIN_PROTOCOL <= protocol <= MAX_PROTOCOL:
         raise FormatError(
             f"unsupported pickle protocol {protocol} (stable-baselines wrote 2-5)",
             path=source,
@@ -286,6 +299,12 @@ def parse_ops(
         pos = end
         if name == "STOP":
             break
+        skip = raw_after(ops[-1]) if raw_after is not None else 0
+        if skip:
+            if frame_end is not None and pos != frame_end:
+                raise reader.fail("raw bytes inside a FRAME", pos)
+            reader.need(pos, skip, "raw payload", pos)
+            pos += skip
     if pos != size:
         raise reader.fail(
             f"{size - pos} trailing bytes after STOP (stacked pickles are not accepted)", pos

@@ -14,26 +14,48 @@ Rules (sb2-formats.md §1, §2, §6):
     with confidence ``low``. This admits SB2 files whose policy is a user class (pickled by
     reference to the user's module) while leaving unrelated pickles alone: ``(data, params)`` of
     SB2 always holds numpy arrays in an OrderedDict or list;
-  - any other pickle -> ``unknown`` (with the protocol reported), so a stray ``*.pkl`` is never
-    sent to conversion and quarantined.
+  - torch's legacy magic number first -> ``torch-legacy``; a ``joblib`` ``NumpyArrayWrapper``
+    -> ``joblib``; any other pickle -> ``pickle``. None is ever sent to conversion.
+* a zip with ``<prefix>/data.pkl`` and ``<prefix>/version`` -> ``torch-zip``.
+* a zlib/gzip/bz2/xz/lzma/lz4 stream (joblib's compressors) whose start decompresses to a pickle
+  -> ``joblib``; a protocol 0/1 pickle (no magic) when a static parse of the whole file ends in
+  STOP, or when it references a global before failing -> ``pickle``.
 * everything else (empty, random, text) -> ``unknown``.
 
-Identification is a label, not a verdict: the legacy reader and ``verify_zip`` decide safety and
+Identification is a label. ``identify`` and ``identify_checked`` add the verdict on files of the
+pickle-bearing formats other than stable-baselines 2 files (``ckptd.formats.verdict_files``;
+docs/security.md, "Verdicts"); the legacy reader and ``verify_zip`` decide SB2 safety and
 integrity.
 """
 
 from __future__ import annotations
 
+import bz2
+import dataclasses
 import io
 import logging
+import lzma
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from ckptd.formats import Format
+from ckptd.errors import FormatError
+from ckptd.formats import VERDICT_FORMATS, Format
+from ckptd.formats.pickle_ops import parse_ops
 from ckptd.formats.pickle_peek import ends_with_tuple2, peek_pickle
+from ckptd.formats.verdict import Verdict
+from ckptd.formats.verdict_files import (
+    TORCH_LEGACY_MAGIC,
+    NoVerdict,
+    compression_of,
+    judge_pickle_file,
+    judge_sb3_zip,
+    judge_torch_zip,
+    torch_zip_pickles,
+)
 from ckptd.formats.zipread import foreign_directory_problem
 from ckptd.fsio import open_regular_nofollow
 
@@ -46,6 +68,9 @@ SB2_MODULE = "stable_baselines"
 _CHECKPOINT_HINTS = ("numpy.", "gym.", "gymnasium.", "cloudpickle.", "collections.OrderedDict")
 SB2_ZIP_MEMBERS = frozenset({"parameters", "parameter_list"})
 SB3_VERSION_MEMBER = "_stable_baselines3_version"
+JOBLIB_GLOBAL = "joblib.numpy_pickle.NumpyArrayWrapper"
+# Opcodes a protocol 0/1 stream can start with (a value, a MARK, or a GLOBAL/INST).
+_TEXT_PICKLE_STARTS = frozenset(b"(}])NIJKLMFGSTUVXci")
 
 Confidence = Literal["high", "low"]
 
@@ -61,6 +86,7 @@ class Identification:
     protocol: int | None = None  # pickles
     globals: tuple[str, ...] = ()  # pickles: globals seen in the scanned prefix
     members: tuple[str, ...] = ()  # zips, in central-directory order
+    verdict: Verdict | None = None  # pickle-bearing formats (not SB2 files), when asked for
 
 
 def is_sb2_module(global_name: str) -> bool:
@@ -74,12 +100,22 @@ def classify_zip_members(names: tuple[str, ...]) -> Format:
         return Format.SB2_ZIP
     if SB3_VERSION_MEMBER in present or any(name.endswith(".pth") for name in names):
         return Format.SB3_ZIP
+    if torch_zip_pickles(names):
+        return Format.TORCH_ZIP
     return Format.UNKNOWN
 
 
 def identify(path: Path) -> Identification:
-    """Identify ``path`` by content. Raises OSError / UnsafePathError if it cannot be opened."""
-    return _identify(path, first_sb2_reference_is_enough=False)
+    """Identify ``path`` by content, with the verdict on its pickles where ckptd gives one.
+
+    Raises OSError / UnsafePathError if it cannot be opened.
+    """
+    return _identify(path, first_sb2_reference_is_enough=False, judge=True)
+
+
+def identify_checked(path: Path) -> Identification:
+    """:func:`identify_format`'s fast label plus the verdict (the inventory's identifier)."""
+    return _identify(path, first_sb2_reference_is_enough=True, judge=True)
 
 
 def identify_format(path: Path) -> Format:
@@ -90,10 +126,32 @@ def identify_format(path: Path) -> Format:
     ``SNIFF_BYTES`` for the full list of globals that only ``inspect`` reports. Same errors as
     :func:`identify`.
     """
-    return _identify(path, first_sb2_reference_is_enough=True).format
+    return _identify(path, first_sb2_reference_is_enough=True, judge=False).format
 
 
-def _identify(path: Path, *, first_sb2_reference_is_enough: bool) -> Identification:
+def _identify(path: Path, *, first_sb2_reference_is_enough: bool, judge: bool) -> Identification:
+    found = _label(path, first_sb2_reference_is_enough)
+    if not judge or found.format not in VERDICT_FORMATS:
+        return found
+    with open_regular_nofollow(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            verdict = _judge(found.format, handle, size, str(path))
+        except NoVerdict as err:
+            note = f"{found.format} whose pickles ckptd cannot check: {err}"
+            return dataclasses.replace(found, format=Format.UNKNOWN, note=note)
+    return dataclasses.replace(found, verdict=verdict)
+
+
+def _judge(fmt: Format, handle: BinaryIO, size: int, source: str) -> Verdict:
+    if fmt is Format.TORCH_ZIP:
+        return judge_torch_zip(handle, size, source)
+    if fmt is Format.SB3_ZIP:
+        return judge_sb3_zip(handle, size, source)
+    return judge_pickle_file(handle, size, source)
+
+
+def _label(path: Path, first_sb2_reference_is_enough: bool) -> Identification:
     with open_regular_nofollow(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         # Ask for no more than the file holds: read(n) allocates n bytes up front, and a 4 MiB
@@ -107,6 +165,13 @@ def _identify(path: Path, *, first_sb2_reference_is_enough: bool) -> Identificat
             return _identify_zip(io.BytesIO(head) if whole else handle, size)
         if head[0] == 0x80 and len(head) >= 2:
             return _identify_pickle(handle, head, size, first_sb2_reference_is_enough)
+        method = compression_of(head)
+        if method is not None:
+            return _identify_compressed(head, size, method)
+        if head[0] in _TEXT_PICKLE_STARTS and len(head) == size:
+            text = _identify_text_pickle(head, size)
+            if text is not None:
+                return text
     return Identification(
         Format.UNKNOWN, "high", f"neither a zip nor a pickle (starts with {head[:4].hex()})", size
     )
@@ -129,6 +194,7 @@ def _identify_zip(handle: BinaryIO, size: int) -> Identification:
     notes = {
         Format.SB2_ZIP: "zip with parameters and parameter_list",
         Format.SB3_ZIP: "zip with SB3 members",
+        Format.TORCH_ZIP: "torch zip checkpoint (data.pkl and version)",
         Format.UNKNOWN: "zip without stable-baselines members",
     }
     return Identification(flavour, "high", notes[flavour], size, members=names)
@@ -142,6 +208,9 @@ def _identify_pickle(
         return Identification(
             Format.UNKNOWN, "high", f"pickle protocol {protocol} (SB2 wrote 2..5)", size, protocol
         )
+    if head.startswith(TORCH_LEGACY_MAGIC):
+        note = "torch legacy checkpoint (magic number first)"
+        return Identification(Format.TORCH_LEGACY, "high", note, size, protocol)
     # Stopping at the first SB2 global changes only how many globals are listed, never the label:
     # any SB2 global in the prefix makes it sb2-pickle/high, and without one the scan runs to the end.
     peek = peek_pickle(head, stop_at=is_sb2_module if first_sb2_reference_is_enough else None)
@@ -158,6 +227,49 @@ def _identify_pickle(
             " module (a custom policy?)"
         )
         return Identification(Format.SB2_PICKLE, "low", note, size, protocol, peek.globals)
+    if JOBLIB_GLOBAL in peek.globals:
+        note = f"joblib dump (pickle protocol {protocol} with NumpyArrayWrapper)"
+        return Identification(Format.JOBLIB, "high", note, size, protocol, peek.globals)
     note = f"pickle protocol {protocol} without a stable_baselines reference"
     logger.debug("%s: %s (scan: %s)", handle.name, note, peek.error or "complete")
-    return Identification(Format.UNKNOWN, "high", note, size, protocol, peek.globals)
+    return Identification(Format.PICKLE, "high", note, size, protocol, peek.globals)
+
+
+def _identify_compressed(head: bytes, size: int, method: str) -> Identification:
+    """A joblib-compressed pickle when the stream's first bytes decompress to a pickle."""
+    if method == "lz4":
+        note = "lz4 stream (joblib?): not checked, ckptd decompresses with the stdlib only"
+        return Identification(Format.UNKNOWN, "high", note, size)
+    try:
+        start = _decompress_start(head, method)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError):
+        start = b""
+    if start[:1] == b"\x80" and start[1:2] and 2 <= start[1] <= 5:
+        note = f"{method}-compressed pickle (joblib)"
+        return Identification(Format.JOBLIB, "high", note, size, start[1])
+    note = f"{method} stream that does not start with a pickle"
+    return Identification(Format.UNKNOWN, "high", note, size)
+
+
+def _decompress_start(head: bytes, method: str) -> bytes:
+    if method in ("gzip", "zlib"):
+        return zlib.decompressobj(31 if method == "gzip" else 15).decompress(head, 64)
+    if method == "bz2":
+        return bz2.BZ2Decompressor().decompress(head, 64)
+    container = lzma.FORMAT_XZ if method == "xz" else lzma.FORMAT_ALONE
+    return lzma.LZMADecompressor(container).decompress(head, 64)
+
+
+def _identify_text_pickle(data: bytes, size: int) -> Identification | None:
+    """A protocol 0/1 pickle: no magic, so only a static parse ending in STOP says so; a stream
+    that names a global before it breaks is labelled too (its verdict refuses it)."""
+    try:
+        parse_ops(data, min_protocol=0)
+    except FormatError:
+        peek = peek_pickle(data)
+        if not peek.globals:
+            return None
+        note = "protocol 0/1 pickle that references globals but does not parse"
+        return Identification(Format.PICKLE, "low", note, size, 0, peek.globals)
+    peek = peek_pickle(data)
+    return Identification(Format.PICKLE, "high", "pickle protocol 0/1", size, 0, peek.globals)

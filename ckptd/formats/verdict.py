@@ -1,0 +1,399 @@
+"""A safety verdict on one pickle stream, from the static reader; nothing is imported or called.
+
+Every pickle-bearing file gets one (docs/security.md, "Verdicts"): ``{"safe", "globals",
+"reason"}``. The stream is parsed (``pickle_ops``) and replayed over inert nodes
+(``pickle_graph``), then every node is judged by the policy of the file's kind:
+
+* ``DATA`` (plain pickles, joblib): the data layer of ckptd's allowlist (containers, numpy arrays,
+  dtypes and scalars, ``collections.OrderedDict``, bytes) with its argument-shape checks, plus
+  joblib's ``NumpyArrayWrapper`` holding a plain numeric array;
+* ``TORCH`` (torch checkpoints): exactly the globals ``torch.load(weights_only=True)`` allows
+  (``ckptd.formats.torch_globals``), and persistent ids only of the form
+  ``('storage', <storage type>, key, location, numel)``;
+* ``SB3`` (``:serialized:`` entries of SB3 zips): ckptd's SB2 allowlist, its rules and shapes
+  unchanged, plus references to stable-baselines3 classes, gymnasium spaces, torch activation and
+  optimizer classes (referenced or rebuilt, never called).
+
+As in the SB2 allowlist, nothing the pickle constructs may be called, and a stream that cannot be
+parsed is not safe (a real unpickler may run what comes before the break: nullifAI).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ckptd.errors import FormatError, UnsafeCheckpoint
+from ckptd.formats import allowlist
+from ckptd.formats.allowlist import Layer, Rule
+from ckptd.formats.pickle_graph import (
+    BytesNode,
+    Call,
+    Const,
+    DictNode,
+    Global,
+    ListNode,
+    NewObj,
+    Node,
+    PickleGraph,
+    SetNode,
+    TupleNode,
+    is_ordered_dict_call,
+)
+from ckptd.formats.pickle_ops import Op, parse_ops
+from ckptd.formats.pickle_peek import peek_pickle
+from ckptd.formats.pickle_stream import GraphBuilder, PersistentId
+from ckptd.formats.torch_globals import TORCH_BLOCKED_MODULES, TORCH_WEIGHTS_ONLY_GLOBALS
+
+logger = logging.getLogger(__name__)
+
+JOBLIB_WRAPPER = ("joblib.numpy_pickle", "NumpyArrayWrapper")
+_JOBLIB_STATE_KEYS = frozenset(
+    {"subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes"}
+)
+# SB3's own classes, its spaces and the torch classes its policy_kwargs name (by reference).
+_SB3_REFERENCE_MODULES = ("stable_baselines3.", "gymnasium.spaces.", "gym.spaces.")
+_SB3_TORCH_MODULES = ("torch.nn.modules.activation", "torch.optim.")
+
+
+class Policy(enum.Enum):
+    DATA = "data"
+    TORCH = "torch"
+    SB3 = "sb3"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether loading a pickle-bearing file could run code, and what it references."""
+
+    safe: bool
+    globals: tuple[str, ...]  # every module.name referenced, deduplicated, sorted, escaped
+    reason: str
+
+    def to_json_obj(self) -> dict[str, object]:
+        return {"safe": self.safe, "globals": list(self.globals), "reason": self.reason}
+
+
+def escape_name(text: str) -> str:
+    """A referenced name as one printable line: control and non-printable characters escaped."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        char if char.isprintable() and char != "\\" else char.encode("unicode_escape").decode()
+        for char in text
+    )
+
+
+def merge(kind: str, parts: list[tuple[str, Verdict]]) -> Verdict:
+    """One verdict for a container from its members' (name, verdict) pairs."""
+    names = sorted({name for _, verdict in parts for name in verdict.globals})
+    unsafe = [(name, verdict) for name, verdict in parts if not verdict.safe]
+    if unsafe:
+        name, first = unsafe[0]
+        more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
+        return Verdict(False, tuple(names), f"{name}: {first.reason}{more}")
+    return Verdict(True, tuple(names), f"{kind}: {len(parts)} pickle(s), every reference allowed")
+
+
+# --- policies ----------------------------------------------------------------------------------
+
+
+def _any_args(call: Call) -> str | None:
+    return None
+
+
+_TORCH_RULE = Rule(Layer.DATA, call=_any_args, newobj=True, build=True)
+_JOBLIB_RULE = Rule(Layer.DATA, newobj=True, build=True)
+_SB3_REFERENCE = Rule(Layer.REFERENCE, newobj=True, build=True)
+
+
+def _deque_shape(call: Call) -> str | None:
+    args = call.args.items
+    if len(args) == 2 and isinstance(args[0], ListNode) and isinstance(args[1], Const):
+        return None
+    return "collections.deque is only accepted as deque(<list>, <maxlen>)"
+
+
+def _lookup_data(module: str, name: str) -> Rule | None:
+    if (module, name) == JOBLIB_WRAPPER:
+        return _JOBLIB_RULE
+    rule = allowlist.lookup(module, name)
+    return rule if rule is not None and rule.layer is Layer.DATA else None
+
+
+def _lookup_torch(module: str, name: str) -> Rule | None:
+    # torch compares f"{module}.{name}" against its dict, so a dotted name is a lookup, not a walk.
+    if module in TORCH_BLOCKED_MODULES or f"{module}.{name}" not in TORCH_WEIGHTS_ONLY_GLOBALS:
+        return None
+    return _TORCH_RULE
+
+
+def _lookup_sb3(module: str, name: str) -> Rule | None:
+    rule = allowlist.lookup(module, name)
+    if rule is not None:
+        return rule
+    if "." in name or not name.isidentifier():
+        return None
+    if (module, name) == ("collections", "deque"):
+        return Rule(Layer.DATA, call=_deque_shape)
+    if module.startswith(_SB3_REFERENCE_MODULES) or module.startswith(_SB3_TORCH_MODULES):
+        return _SB3_REFERENCE
+    return _lookup_torch(module, name)
+
+
+_LOOKUPS: dict[Policy, Callable[[str, str], Rule | None]] = {
+    Policy.DATA: _lookup_data,
+    Policy.TORCH: _lookup_torch,
+    Policy.SB3: _lookup_sb3,
+}
+
+
+class _Judge:
+    """Applies one policy to every node of a graph; ``problem`` returns the first breach."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.lookup = _LOOKUPS[policy]
+
+    def problem(self, graph: PickleGraph) -> str | None:
+        for node in graph.nodes:
+            found = self.node_problem(node)
+            if found is not None:
+                return f"{found} (offset {node.pos})"
+        return None
+
+    def node_problem(self, node: Node) -> str | None:
+        if isinstance(node, Global):
+            if self.lookup(node.module, node.name) is None:
+                return f"global {escape_name(node.dotted)} is not allowed in a {self.policy.value} pickle"
+            return None
+        if isinstance(node, Call):
+            return self.call_problem(node)
+        if isinstance(node, NewObj):
+            return self.newobj_problem(node)
+        if isinstance(node, PersistentId):
+            return self.persistent_id_problem(node)
+        if isinstance(node, SetNode | DictNode | TupleNode | ListNode | Const | BytesNode):
+            return None
+        return f"unexpected {node.kind()}"  # pragma: no cover - every node type is listed
+
+    def call_problem(self, node: Call) -> str | None:
+        func = node.func
+        if not isinstance(func, Global):
+            if self.policy is Policy.SB3 and allowlist.is_builtin_type_call(func):
+                return "BUILD on a code object" if node.build is not None else None
+            return f"call of a constructed callable ({func.kind()} built by the pickle itself)"
+        rule = self.lookup(func.module, func.name)
+        if rule is None:
+            return f"global {escape_name(func.dotted)} is not allowed"
+        if rule.call is None:
+            return f"{escape_name(func.dotted)} may be referenced but not called"
+        problem = rule.call(node)
+        if problem:
+            return f"{escape_name(func.dotted)}: {problem}"
+        if node.build is not None:
+            if not rule.build:
+                return f"BUILD on the result of {escape_name(func.dotted)}"
+            if is_ordered_dict_call(node):
+                return _state_problem(node.build)
+        return None
+
+    def newobj_problem(self, node: NewObj) -> str | None:
+        cls = node.cls
+        rule = self.lookup(cls.module, cls.name) if isinstance(cls, Global) else None
+        if rule is None or not rule.newobj:
+            what = escape_name(cls.dotted) if isinstance(cls, Global) else cls.kind()
+            return f"NEWOBJ of {what} (not a class this kind of file may instantiate)"
+        if isinstance(cls, Global) and (cls.module, cls.name) == JOBLIB_WRAPPER:
+            return _joblib_state_problem(node)
+        if self.policy is Policy.SB3 and node.args.items:
+            return "NEWOBJ with constructor arguments"
+        if node.build is not None and self.policy is not Policy.TORCH:
+            return _state_problem(node.build)
+        return None
+
+    def persistent_id_problem(self, node: PersistentId) -> str | None:
+        if self.policy is not Policy.TORCH:
+            return "a persistent id (hands an object to the loader's own code)"
+        pid = node.pid
+        # torch's zip format writes 5 items; its legacy format adds view metadata (None or a tuple).
+        if not (isinstance(pid, TupleNode) and len(pid.items) in (5, 6)):
+            return "persistent id that is not ('storage', type, key, location, numel)"
+        tag, storage_type, key, location, numel = pid.items[:5]
+        if len(pid.items) == 6 and not _is_view_metadata(pid.items[5]):
+            return "persistent id with unexpected view metadata"
+        if not (isinstance(tag, Const) and tag.value == "storage"):
+            return "persistent id that is not a torch storage"
+        if not (
+            isinstance(storage_type, Global)
+            and _lookup_torch(storage_type.module, storage_type.name) is not None
+            and storage_type.name.endswith("Storage")
+        ):
+            return "persistent id whose storage type is not a torch storage class"
+        if not all(
+            isinstance(item, Const) and isinstance(item.value, str) for item in (key, location)
+        ):
+            return "persistent id whose key or location is not a string"
+        if not (isinstance(numel, Const) and type(numel.value) is int):
+            return "persistent id whose size is not an integer"
+        return None
+
+
+def _is_view_metadata(node: Node) -> bool:
+    if isinstance(node, Const):
+        return node.value is None
+    return isinstance(node, TupleNode) and all(
+        isinstance(item, Const) and isinstance(item.value, str | int) for item in node.items
+    )
+
+
+def _state_problem(state: Node) -> str | None:
+    """Instance state goes into ``__dict__``: plain names only, no planted special attributes."""
+    dicts = [state]
+    if isinstance(state, TupleNode) and len(state.items) == 2:
+        dicts = [
+            item for item in state.items if not (isinstance(item, Const) and item.value is None)
+        ]
+    for mapping in dicts:
+        if not isinstance(mapping, DictNode):
+            return f"object state is a {mapping.kind()}, not a dict"
+        for key, _ in mapping.items:
+            if not (isinstance(key, Const) and isinstance(key.value, str)):
+                return "object state with a non-string attribute name"
+            if key.value.startswith("__") and key.value.endswith("__"):
+                return f"object state sets {escape_name(key.value)} (a special attribute)"
+    return None
+
+
+def _joblib_state_problem(node: NewObj) -> str | None:
+    if node.args.items:
+        return "NumpyArrayWrapper with constructor arguments"
+    if node.build is None:
+        return None  # never filled in: the raw-bytes hook below already refused it
+    if not isinstance(node.build, DictNode):
+        return "NumpyArrayWrapper state is not a dict"
+    for key, value in node.build.items:
+        if not (isinstance(key, Const) and key.value in _JOBLIB_STATE_KEYS):
+            return "NumpyArrayWrapper state with an unexpected attribute"
+        if key.value == "subclass" and not (
+            isinstance(value, Global) and value.is_("numpy", "ndarray")
+        ):
+            return "NumpyArrayWrapper of an ndarray subclass"
+    return None
+
+
+# --- joblib's raw array bytes ----------------------------------------------------------------
+
+
+def _joblib_raw_length(wrapper: NewObj, data: memoryview, at: int) -> int:
+    """How many raw bytes joblib wrote after this wrapper's BUILD (padding, then the array)."""
+    state = wrapper.build
+    if not isinstance(state, DictNode):
+        raise UnsafeCheckpoint("NumpyArrayWrapper state is not a dict")
+    fields = {key.value: value for key, value in state.items if isinstance(key, Const)}
+    dtype_node, shape_node = fields.get("dtype"), fields.get("shape")
+    if dtype_node is None or not allowlist.is_safe_dtype_call(dtype_node):
+        # An object array is a nested pickle that joblib loads with a fresh unpickler.
+        raise UnsafeCheckpoint("joblib array of a non-numeric dtype (a nested pickle)")
+    assert isinstance(dtype_node, Call)
+    descr = dtype_node.args.items[0]
+    assert isinstance(descr, Const) and isinstance(descr.value, str)
+    if not (
+        isinstance(shape_node, TupleNode)
+        and all(
+            isinstance(item, Const) and type(item.value) is int and item.value >= 0
+            for item in shape_node.items
+        )
+    ):
+        raise UnsafeCheckpoint("joblib array whose shape is not a tuple of sizes")
+    count = math.prod(
+        int(item.value)
+        for item in shape_node.items
+        if isinstance(item, Const) and isinstance(item.value, int)
+    )
+    length = count * np.dtype(descr.value).itemsize
+    if "numpy_array_alignment_bytes" in fields:
+        if at >= len(data):
+            raise FormatError("joblib padding byte missing", offset=at)
+        length += 1 + data[at]
+    return length
+
+
+# --- one stream ------------------------------------------------------------------------------
+
+
+def judge_stream(
+    blob: bytes | bytearray | memoryview,
+    policy: Policy,
+    *,
+    source: str,
+    text_protocols: bool = False,
+) -> Verdict:
+    """The verdict on one whole pickle stream (joblib's raw array bytes are skipped in place)."""
+    data = memoryview(blob).cast("B")
+    builder: GraphBuilder | None = None
+
+    def feed(op: Op) -> int:
+        nonlocal builder
+        if builder is None:
+            protocol = op.arg if op.name == "PROTO" and isinstance(op.arg, int) else 0
+            builder = GraphBuilder(
+                protocol,
+                source=source,
+                persistent_ids=policy is Policy.TORCH,
+                text_strings=text_protocols,
+            )
+        builder.step(op)
+        top = builder.peek()
+        if (
+            op.name == "BUILD"
+            and policy is Policy.DATA
+            and isinstance(top, NewObj)
+            and isinstance(top.cls, Global)
+            and (top.cls.module, top.cls.name) == JOBLIB_WRAPPER
+        ):
+            return _joblib_raw_length(top, data, op.end)
+        return 0
+
+    try:
+        parsed = parse_ops(
+            data, source=source, min_protocol=0 if text_protocols else 2, raw_after=feed
+        )
+        assert builder is not None
+        builder.step(parsed.ops[-1])  # STOP: raw_after is not called for it
+        graph = builder.graph()
+    except UnsafeCheckpoint as err:
+        return Verdict(False, _globals_seen(builder, data), _reason(err.message))
+    except FormatError as err:
+        reason = (
+            f"cannot be checked statically, so it may run code when loaded: {_reason(err.message)}"
+        )
+        return Verdict(False, _globals_seen(builder, data), reason)
+    names = tuple(
+        sorted({escape_name(node.dotted) for node in graph.nodes if isinstance(node, Global)})
+    )
+    problem = _Judge(policy).problem(graph)
+    if problem is not None:
+        return Verdict(False, names, problem)
+    return Verdict(True, names, f"only {policy.value} references ({len(names)} globals)")
+
+
+def _reason(message: str) -> str:
+    return message.removeprefix("refused: ")
+
+
+def _globals_seen(builder: GraphBuilder | None, data: memoryview) -> tuple[str, ...]:
+    """Globals of a stream that stopped early: what the machine saw, plus a lenient scan's."""
+    names = (
+        {node.dotted for node in builder.nodes if isinstance(node, Global)} if builder else set()
+    )
+    if ".".join(JOBLIB_WRAPPER) not in names:
+        # A lenient scan finds the names after the point of refusal; not through joblib's raw
+        # array bytes, which it would read as opcodes.
+        names.update(peek_pickle(data).globals)
+    return tuple(sorted(escape_name(name) for name in names))
