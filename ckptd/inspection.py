@@ -291,13 +291,21 @@ def inspect_path(path: Path) -> InspectReport:
 def _judged(source: str, found: Identification, verdict: PickleVerdict) -> InspectReport:
     """A plain pickle, joblib dump or torch file: its verdict is the report."""
     assert found.format in VERDICT_FORMATS
+    breach = verdict.detail
+    refusal = (
+        Refusal(breach.reason, None, breach.global_name, breach.opcode, breach.offset)
+        if breach is not None
+        else Refusal(verdict.reason)
+    )
+    outcome: Verdict = "safe" if verdict.safe else "broken" if verdict.broken else "refused"
     return InspectReport(
         source,
         found.size,
         found.format,
         found.note,
-        "safe" if verdict.safe else "refused",
-        refusals=() if verdict.safe else (Refusal(verdict.reason),),
+        outcome,
+        error=f"{source}: {verdict.reason}" if verdict.broken else None,
+        refusals=() if outcome != "refused" else (refusal,),
         protocol=found.protocol,
         globals=tuple(GlobalRef(name, None) for name in verdict.globals),
         members=(),

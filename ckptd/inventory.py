@@ -34,11 +34,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ckptd.config import CheckpointsConfig
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
+from ckptd.formats.verdict import Verdict
 from ckptd.frozen_build import build_frozen
 from ckptd.fsio import CHUNK_SIZE, FileIdentity, is_temp_name, open_regular_nofollow
 from ckptd.manifest import INDEX_FILENAME, ManifestEntry
@@ -47,9 +48,21 @@ from ckptd.statedir import QUARANTINE_DIR, StateLayout
 
 logger = logging.getLogger(__name__)
 
-# Maps a complete file to its format by content. The default is ckptd.formats.sniff.identify_format;
-# tests pass a counting fake to prove a warm pass reads nothing.
-Identifier = Callable[[Path], Format]
+
+class Labelled(Protocol):
+    """A file's format with the verdict on its pickles (``ckptd.formats.sniff.Identification``)."""
+
+    @property
+    def format(self) -> Format: ...
+
+    @property
+    def verdict(self) -> Verdict | None: ...
+
+
+# Maps a complete file to its format by content (optionally with its pickles' verdict). The default
+# is ckptd.formats.sniff.identify_checked; tests pass a counting fake to prove a warm pass reads
+# nothing.
+Identifier = Callable[[Path], Format | Labelled]
 
 # Statuses a Candidate may carry (retention skips everything but "ok").
 OK = "ok"
@@ -62,6 +75,12 @@ UNREADABLE = "unreadable"
 # The manifest entry key marking a verdict that is not final (the file could not be read, or its
 # conversion could not finish): the daemon's reconciliation scan processes such an entry again.
 RETRY_KEY = "retry"
+
+# The entry key on an ``unknown`` file recording which identification rules judged it: files an
+# older ckptd recorded ``unknown`` (before plain pickles, joblib and torch files had verdicts) are
+# identified again once by the daemon.
+SNIFF_KEY = "sniff"
+SNIFF_GENERATION = 2
 
 
 def cannot_read(err: OSError) -> str:
@@ -162,6 +181,7 @@ class Checkpoint:
     converted_from: str | None = None  # run-relative path of the original before archiving
     cached: ManifestEntry | None = None  # the previous manifest's entry, when still valid
     error: str | None = None  # why it could not be read, when it could not
+    verdict: Verdict | None = None  # pickle-bearing files judged by this pass (not cached ones)
 
     @property
     def size(self) -> int:
@@ -277,11 +297,11 @@ def utc_from_ns(nanoseconds: int) -> datetime:
 
 
 def default_identifier() -> Identifier:
-    """ckptd.formats.sniff.identify_format: identify's label, found with less work (imported
-    lazily: it is optional here)."""
-    from ckptd.formats.sniff import identify_format
+    """ckptd.formats.sniff.identify_checked: identify's label, found with less work, and the
+    verdict on plain pickles, joblib and torch files (imported lazily: it is optional here)."""
+    from ckptd.formats.sniff import identify_checked
 
-    return identify_format
+    return identify_checked
 
 
 def hash_if_unchanged(path: Path, identity: FileIdentity) -> str | None:
@@ -457,11 +477,14 @@ def _checkpoint(
             item.relpath, step, item.identity, fmt, None, False, INCOMPLETE, cached=cached
         )
     error = None
+    verdict: Verdict | None = None
     if cached is not None and is_final_verdict(cached):
         fmt = cached.format
     else:
         try:
-            fmt = options.identify(item.path)
+            found = options.identify(item.path)
+            fmt = found if isinstance(found, Format) else found.format
+            verdict = None if isinstance(found, Format) else found.verdict
         except FileNotFoundError:
             return None  # vanished since the listing: it is simply not there any more
         except OSError as err:
@@ -486,10 +509,11 @@ def _checkpoint(
         item.identity,
         fmt,
         sha256,
-        _status(fmt, cached, error),
+        _status(fmt, cached, error, verdict),
         cached.converted_from if cached else None,
         cached,
         error,
+        verdict,
     )
 
 
@@ -521,6 +545,7 @@ def _complete_checkpoint(
     converted_from: str | None,
     cached: ManifestEntry | None,
     error: str | None,
+    verdict: Verdict | None,
 ) -> Checkpoint:
     """``Checkpoint(..., complete=True, ...)``, built once per checkpoint of every pass."""
     fields: dict[str, Any] = {
@@ -535,15 +560,21 @@ def _complete_checkpoint(
         "converted_from": converted_from,
         "cached": cached,
         "error": error,
+        "verdict": verdict,
     }
     return build_frozen(Checkpoint, fields)
 
 
-def _status(fmt: Format, cached: ManifestEntry | None, error: str | None) -> str:
+def _status(
+    fmt: Format, cached: ManifestEntry | None, error: str | None, verdict: Verdict | None
+) -> str:
     if error is not None:
         return "broken"
     if cached is not None and is_final_verdict(cached) and cached.state in ("refused", "broken"):
         return cached.state
+    if verdict is not None and not verdict.safe:
+        # Never in the series, so never the newest (docs/security.md, "Verdicts").
+        return "broken" if verdict.broken else "refused"
     if fmt is Format.UNKNOWN:
         return "unknown"
     return OK

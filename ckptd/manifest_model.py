@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from ckptd import __version__
 from ckptd.formats import Format
+from ckptd.formats.verdict import Verdict
 from ckptd.manifest_json import JsonChecker, JsonDict, dump_json, json_extras, load_json_object
 from ckptd.timefmt import format_utc
 
@@ -61,6 +62,8 @@ class ManifestEntry:
     refusal: str | None = None
     mtime_ns: int | None = None
     note: str | None = None  # what a held checkpoint needs
+    # Pickle-bearing files (docs/security.md, "Verdicts"): may loading it run code, and why.
+    verdict: Verdict | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json_obj(self) -> JsonDict:
@@ -83,6 +86,7 @@ class ManifestEntry:
             "refusal": self.refusal,
             "note": self.note,
             "mtime_ns": self.mtime_ns,
+            "verdict": None if self.verdict is None else self.verdict.to_json_obj(),
         }
         obj.update((key, value) for key, value in optional.items() if value is not None)
         obj.update(sorted(self.extra.items()))

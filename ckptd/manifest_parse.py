@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import cast
 
 from ckptd.formats import Format
+from ckptd.formats.verdict import Verdict
 from ckptd.frozen_build import build_frozen
 from ckptd.manifest_json import JsonChecker, JsonDict, json_extras
 from ckptd.manifest_model import (
@@ -31,7 +32,7 @@ MANIFEST_KEYS = frozenset(
 )
 _ENTRY_KEYS = frozenset(
     {"path", "step", "size", "mtime", "sha256", "format", "state", "reasons", "converted_from"}
-    | {"algorithm", "params", "carries_code", "error", "refusal", "mtime_ns", "note"}
+    | {"algorithm", "params", "carries_code", "error", "refusal", "mtime_ns", "note", "verdict"}
 )
 _REMOVED_KEYS = frozenset(
     {"path", "sha256", "removed_at", "reasons", "trash", "size"}
@@ -103,6 +104,7 @@ def _entry_fast(obj: object) -> ManifestEntry | None:
             "refusal": None,
             "mtime_ns": mtime_ns,
             "note": None,
+            "verdict": None,
             "extra": {},
         },
     )
@@ -171,7 +173,23 @@ def _entry_checked(obj: object, where: str, check: JsonChecker) -> ManifestEntry
         refusal=check.optional_text(obj, "refusal", where),
         mtime_ns=check.integer(obj, "mtime_ns", where, nullable=True),
         note=check.optional_text(obj, "note", where),
+        verdict=_verdict(obj, where, check),
         extra=json_extras(cast(JsonDict, obj), _ENTRY_KEYS),
+    )
+
+
+def _verdict(obj: object, where: str, check: JsonChecker) -> Verdict | None:
+    verdict = check.get(obj, "verdict", where, False)
+    if verdict is None:
+        return None
+    where = f"{where}.verdict"
+    safe = check.get(verdict, "safe", where, True)
+    if type(safe) is not bool:
+        raise check.fail(f"{where}.safe", "must be true or false")
+    return Verdict(
+        safe=safe,
+        globals=check.strings(verdict, "globals", where) or (),
+        reason=check.text(verdict, "reason", where),
     )
 
 

@@ -19,7 +19,7 @@ from ckptd.config import Config, RootConfig
 from ckptd.errors import CkptdError, ManifestError
 from ckptd.formats import Format
 from ckptd.fsio import FileIdentity, remove_stale_temps
-from ckptd.inventory import RETRY_KEY, CheckpointMatcher, RunRef
+from ckptd.inventory import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY, CheckpointMatcher, RunRef
 from ckptd.manifest import Manifest, ManifestEntry, load_manifest
 from ckptd.pipeline_types import error_text
 from ckptd.statedir import STATE_SUBDIRS, StateLayout
@@ -56,12 +56,16 @@ def needs_processing(entry: ManifestEntry | None, identity: FileIdentity, config
     """True unless ``entry`` is a final verdict on exactly this (size, mtime) of the file.
 
     Not final: no entry, ``pending``, an entry marked for retry, or a legacy pickle still recorded
-    ``kept`` while conversion is enabled (a manifest pass saw it before the daemon converted it).
+    ``kept`` while conversion is enabled (a manifest pass saw it before the daemon converted it),
+    or an ``unknown`` file identified by an older ckptd (or a pass) before plain pickles, joblib and
+    torch files got verdicts.
     """
     if entry is None or entry.state == "pending" or entry.extra.get(RETRY_KEY):
         return True
     if entry.size != identity.size or entry.mtime_ns != identity.mtime_ns:
         return True
+    if entry.state == "kept" and entry.format is Format.UNKNOWN:
+        return entry.extra.get(SNIFF_KEY) != SNIFF_GENERATION  # judged by an older ckptd
     return entry.state == "kept" and entry.format is Format.SB2_PICKLE and config.convert.enabled
 
 

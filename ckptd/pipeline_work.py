@@ -28,8 +28,16 @@ from ckptd.errors import (
     VerifyError,
 )
 from ckptd.formats import Format
+from ckptd.formats.verdict import Verdict, escape_name
 from ckptd.fsio import FileIdentity, is_temp_name
-from ckptd.inventory import RETRY_KEY, RunRef, cannot_read, hash_if_unchanged
+from ckptd.inventory import (
+    RETRY_KEY,
+    SNIFF_GENERATION,
+    SNIFF_KEY,
+    RunRef,
+    cannot_read,
+    hash_if_unchanged,
+)
 from ckptd.manifest import (
     QUARANTINE_KEY,
     Manifest,
@@ -165,13 +173,26 @@ class BatchWork:
         except OSError as err:
             return self._unreadable(path, relpath, identity, manifest, err)
         fmt = identification.format
+        verdict = identification.verdict
+        if verdict is not None and verdict.broken:
+            sha256 = _hash(path, identity)
+            self._log(logging.WARNING, relpath, "broken %s: %s", fmt, verdict.reason)
+            entry = self._entry(
+                relpath, identity, fmt, "broken", sha256, error=verdict.reason, verdict=verdict
+            )
+            return self._set(manifest, entry), PathOutcome(path, "broken", verdict.reason)
+        if verdict is not None and not verdict.safe:
+            # A pickle-bearing file that may run code when loaded, whatever its format
+            # (docs/security.md, "Verdicts"): refused and handled per convert.on_unsafe.
+            return self._refuse(path, relpath, identity, manifest, verdict.reason, fmt, verdict)
         if fmt is Format.SB2_PICKLE and self.config.convert.enabled:
             return self._convert(path, relpath, identity, manifest)
         if fmt in (Format.SB2_ZIP, Format.SB3_ZIP):
-            return self._verify(path, relpath, identity, fmt, manifest)
+            return self._verify(path, relpath, identity, fmt, manifest, verdict)
         sha256 = _hash(path, identity)
         self._log(logging.INFO, relpath, "recorded as %s (%s)", fmt, identification.note)
-        entry = self._entry(relpath, identity, fmt, "kept", sha256)
+        extra = {SNIFF_KEY: SNIFF_GENERATION} if fmt is Format.UNKNOWN else {}
+        entry = self._entry(relpath, identity, fmt, "kept", sha256, verdict=verdict, extra=extra)
         return self._set(manifest, entry), PathOutcome(path, "kept", identification.note)
 
     def _unreadable(
@@ -202,6 +223,7 @@ class BatchWork:
         identity: FileIdentity,
         fmt: Format,
         manifest: Manifest,
+        verdict: Verdict | None = None,
     ) -> tuple[Manifest, PathOutcome]:
         report = self.deps.verify(path)
         sha256 = _hash(path, identity)
@@ -226,6 +248,7 @@ class BatchWork:
             if fmt is Format.SB2_ZIP
             else None,
             carries_code=report.carries_code if fmt is Format.SB2_ZIP else None,
+            verdict=verdict,
         )
         self._log(logging.INFO, relpath, "verified %s", fmt)
         return self._set(manifest, entry), PathOutcome(path, "kept", f"verified {fmt}")
@@ -262,7 +285,11 @@ class BatchWork:
                 archive_base=self.run.run_dir,  # walked with no symlink followed below the run
             )
         except UnsafeCheckpoint as err:
-            return self._refuse(path, relpath, identity, manifest, err.message)
+            names = (escape_name(err.global_name),) if err.global_name else ()
+            verdict = Verdict(False, names, err.reason)
+            return self._refuse(
+                path, relpath, identity, manifest, err.message, Format.SB2_PICKLE, verdict
+            )
         except (FileChangedError, FileNotFoundError):
             raise
         except HeldCheckpoint as err:
@@ -348,7 +375,12 @@ class BatchWork:
             manifest = self._set(
                 manifest,
                 self._entry(
-                    relpath, identity, Format.SB2_PICKLE, "converted", outcome.source_sha256
+                    relpath,
+                    identity,
+                    Format.SB2_PICKLE,
+                    "converted",
+                    outcome.source_sha256,
+                    verdict=_converted_verdict(outcome),
                 ),
             )
         else:
@@ -367,6 +399,7 @@ class BatchWork:
                             Format.SB2_PICKLE,
                             "converted",
                             outcome.source_sha256,
+                            verdict=_converted_verdict(outcome),
                         ),
                         step=None,
                     ),
@@ -388,6 +421,8 @@ class BatchWork:
         identity: FileIdentity,
         manifest: Manifest,
         refusal: str,
+        fmt: Format,
+        verdict: Verdict,
     ) -> tuple[Manifest, PathOutcome]:
         sha256 = _hash(path, identity)
         extra: dict[str, Any] = {}
@@ -401,15 +436,16 @@ class BatchWork:
             message = f"{refusal}; left in place"
         self._log(logging.WARNING, relpath, "%s", message)
         entry = self._entry(
-            relpath,
-            identity,
-            Format.SB2_PICKLE,
-            "refused",
-            sha256,
-            refusal=refusal,
-            extra=extra,
+            relpath, identity, fmt, "refused", sha256, refusal=refusal, verdict=verdict, extra=extra
         )
         return self._set(manifest, entry), PathOutcome(path, "refused", message)
+
+
+def _converted_verdict(outcome: ConversionOutcome) -> Verdict:
+    """A converted legacy pickle passed the SB2 allowlist (what its code-bearing keys are, the
+    zip's ``carries_code`` says)."""
+    names = tuple(escape_name(name) for name in outcome.globals)
+    return Verdict(True, names, "every reference on the stable-baselines allowlist")
 
 
 def _hash(path: Path, identity: FileIdentity) -> str:

@@ -102,6 +102,9 @@ def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -
         state = cached.state
     elif checkpoint.error is not None:
         state = "broken"
+    elif checkpoint.verdict is not None and not checkpoint.verdict.safe:
+        # A pass records it; the daemon quarantines a refused one per convert.on_unsafe.
+        state = "broken" if checkpoint.verdict.broken else "refused"
     else:
         state = "kept"
     base = cached or ManifestEntry(
@@ -118,6 +121,8 @@ def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -
         error, extra = checkpoint.error, {**base.extra, RETRY_KEY: True}
     elif checkpoint.complete and not judged:
         error = checkpoint.error
+        if state == "broken" and checkpoint.verdict is not None:
+            error = checkpoint.verdict.reason
         if cached is not None and cached.error is not None:
             # Readable again. A pass only identifies, so the retry mark stays (or is set, over an
             # older ckptd's read-error ``broken``) until the daemon verifies or converts the file.
@@ -135,6 +140,10 @@ def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -
         reasons=reasons if reasons is not None else base.reasons,
         converted_from=checkpoint.converted_from,
         error=error,
+        refusal=checkpoint.verdict.reason
+        if state == "refused" and checkpoint.verdict
+        else base.refusal,
+        verdict=checkpoint.verdict or base.verdict,
         extra=extra,
     )
 

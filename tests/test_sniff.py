@@ -69,20 +69,22 @@ def test_other_zips_are_unknown(tmp_path: Path) -> None:
     assert found.format is Format.UNKNOWN and "central directory" in found.note
 
 
-def test_non_sb2_pickles_are_unknown_with_their_protocol(tmp_path: Path) -> None:
+def test_non_sb2_pickles_are_plain_pickles_with_their_protocol(tmp_path: Path) -> None:
+    """Never sent to conversion; a plain pickle of any protocol gets a verdict instead."""
     plain = tmp_path / "stats.pkl"
     plain.write_bytes(pickle.dumps({"mean": 1.0, "arr": np.zeros(3)}, protocol=4))
     found = identify(plain)
-    assert (found.format, found.protocol) == (Format.UNKNOWN, 4)
+    assert (found.format, found.protocol) == (Format.PICKLE, 4)
+    assert found.verdict is not None and found.verdict.safe
     pair_of_ints = tmp_path / "pair.pkl"
     pair_of_ints.write_bytes(pickle.dumps((1, 2), protocol=4))
-    assert identify(pair_of_ints).format is Format.UNKNOWN
+    assert identify(pair_of_ints).format is Format.PICKLE
     old = tmp_path / "old.pkl"
     old.write_bytes(pickle.dumps({"a": 1}, protocol=1))
-    assert identify(old).format is Format.UNKNOWN
+    assert identify(old).format is Format.PICKLE
     proto0 = tmp_path / "p0.pkl"
     proto0.write_bytes(pickle.dumps({"a": 1}, protocol=0))
-    assert identify(proto0).format is Format.UNKNOWN
+    assert identify(proto0).format is Format.PICKLE
 
 
 def test_two_tuple_checkpoint_without_sb2_reference_is_a_low_confidence_candidate(

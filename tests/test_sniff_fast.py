@@ -9,6 +9,7 @@ import pickletools
 import random
 import shutil
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from ckptd.errors import UnsafePathError
 from ckptd.formats import Format
 from ckptd.formats.pickle_peek import PicklePeek, peek_pickle
 from ckptd.formats.sniff import SNIFF_BYTES, identify, identify_format, is_sb2_module
+from ckptd.formats.verdict_files import TORCH_LEGACY_MAGIC
 from tests.sb2zip_helpers import make_sb3_zip, params_of, sample_arrays, write_zip
 
 LEGACY = Path(__file__).resolve().parent / "data" / "sb2-era"
@@ -63,6 +65,9 @@ def _cases(directory: Path) -> list[Path]:
         + b"".join(b"ccollections\nOrderedDict\n0" for _ in range(50))
         + b"N.",
         "sb2-truncated.pkl": SB2_GLOBAL[:-3],
+        "joblib.pkl": b"\x80\x04cjoblib.numpy_pickle\nNumpyArrayWrapper\n.",
+        "joblib-zlib.pkl": zlib.compress(pickle.dumps([1, 2], protocol=4)),
+        "legacy.pt": TORCH_LEGACY_MAGIC + b"\x80\x02M\xe9\x03.",
     }
     for name, content in files.items():
         (directory / name).write_bytes(content)
@@ -72,6 +77,9 @@ def _cases(directory: Path) -> list[Path]:
     make_sb3_zip(directory / "sb3.bin")
     _zip(directory / "old-sb3.zip", {"data": b"{}", "tensors.pth": b"x"})
     _zip(directory / "other.zip", {"data": b"{}", "weights.npy": b""})
+    _zip(
+        directory / "torch.pt", {"archive/data.pkl": b"\x80\x02}q\x00.", "archive/version": b"3\n"}
+    )
     (directory / "broken.zip").write_bytes((directory / "other.zip").read_bytes()[:40])
     # Bigger than the sniff window: parsed through the file handle, not from memory.
     _zip(

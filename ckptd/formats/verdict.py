@@ -24,7 +24,7 @@ import enum
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,7 +40,6 @@ from ckptd.formats.pickle_graph import (
     ListNode,
     NewObj,
     Node,
-    PickleGraph,
     SetNode,
     TupleNode,
     is_ordered_dict_call,
@@ -64,7 +63,33 @@ _SB3_TORCH_MODULES = ("torch.nn.modules.activation", "torch.optim.")
 class Policy(enum.Enum):
     DATA = "data"
     TORCH = "torch"
+    SB2 = "sb2"
     SB3 = "sb3"
+
+
+# A plain pickle naming these is stable-baselines-era content (a truncated SB2 file, a pickled
+# policy): judged by the SB2 allowlist, which knows cloudpickle's function builders.
+SB2_HINTS = ("cloudpickle.", "gym.", "stable_baselines.")
+
+
+def policy_for_plain(referenced: tuple[str, ...]) -> Policy:
+    return Policy.SB2 if any(name.startswith(SB2_HINTS) for name in referenced) else Policy.DATA
+
+
+def allowed_in(policy: Policy, dotted: str) -> bool:
+    """Whether ``module.name`` may be referenced at all in a pickle judged by ``policy``."""
+    module, _, name = dotted.rpartition(".")
+    return _LOOKUPS[policy](module, name) is not None
+
+
+@dataclass(frozen=True)
+class Breach:
+    """The first thing a policy refused: what, which global, which opcode, at which offset."""
+
+    reason: str
+    global_name: str | None = None
+    opcode: str | None = None
+    offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,10 @@ class Verdict:
     safe: bool
     globals: tuple[str, ...]  # every module.name referenced, deduplicated, sorted, escaped
     reason: str
+    # Not in the manifest: a truncated stream with nothing outside the policy before its end is
+    # ``broken`` rather than refused; where the first breach is (for inspect's refusal line).
+    broken: bool = field(default=False, compare=False)
+    detail: Breach | None = field(default=None, compare=False, repr=False)
 
     def to_json_obj(self) -> dict[str, object]:
         return {"safe": self.safe, "globals": list(self.globals), "reason": self.reason}
@@ -93,10 +122,18 @@ def merge(kind: str, parts: list[tuple[str, Verdict]]) -> Verdict:
     """One verdict for a container from its members' (name, verdict) pairs."""
     names = sorted({name for _, verdict in parts for name in verdict.globals})
     unsafe = [(name, verdict) for name, verdict in parts if not verdict.safe]
+    refused = [(name, verdict) for name, verdict in unsafe if not verdict.broken]
     if unsafe:
-        name, first = unsafe[0]
+        name, first = (refused or unsafe)[0]
         more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
-        return Verdict(False, tuple(names), f"{name}: {first.reason}{more}")
+        detail = first.detail and Breach(
+            f"{name}: {first.detail.reason}",
+            first.detail.global_name,
+            first.detail.opcode,
+            first.detail.offset,
+        )
+        reason = f"{name}: {first.reason}{more}"
+        return Verdict(False, tuple(names), reason, broken=not refused, detail=detail)
     return Verdict(True, tuple(names), f"{kind}: {len(parts)} pickle(s), every reference allowed")
 
 
@@ -110,6 +147,8 @@ def _any_args(call: Call) -> str | None:
 _TORCH_RULE = Rule(Layer.DATA, call=_any_args, newobj=True, build=True)
 _JOBLIB_RULE = Rule(Layer.DATA, newobj=True, build=True)
 _SB3_REFERENCE = Rule(Layer.REFERENCE, newobj=True, build=True)
+_PLAIN_REFERENCE = Rule(Layer.REFERENCE)
+_BUILTIN_TYPES = frozenset({"int", "float", "bool", "str", "bytes", "list", "dict", "tuple"})
 
 
 def _deque_shape(call: Call) -> str | None:
@@ -117,6 +156,24 @@ def _deque_shape(call: Call) -> str | None:
     if len(args) == 2 and isinstance(args[0], ListNode) and isinstance(args[1], Const):
         return None
     return "collections.deque is only accepted as deque(<list>, <maxlen>)"
+
+
+def _generator_shape(call: Call) -> str | None:
+    args = call.args.items
+    if len(args) == 1 and (
+        _is_call_of(args[0], "numpy.random._pickle", "__bit_generator_ctor")
+        or (isinstance(args[0], Const) and args[0].value in allowlist.BIT_GENERATORS)
+    ):
+        return None
+    if len(args) == 2 and isinstance(args[0], Const) and args[0].value in allowlist.BIT_GENERATORS:
+        ctor = args[1]
+        if isinstance(ctor, Global) and ctor.is_("numpy.random._pickle", "__bit_generator_ctor"):
+            return None
+    return "__generator_ctor is only accepted with a bit generator or its name"
+
+
+def _is_call_of(node: Node, module: str, name: str) -> bool:
+    return isinstance(node, Call) and node.func_is(module, name)
 
 
 def _lookup_data(module: str, name: str) -> Rule | None:
@@ -141,6 +198,10 @@ def _lookup_sb3(module: str, name: str) -> Rule | None:
         return None
     if (module, name) == ("collections", "deque"):
         return Rule(Layer.DATA, call=_deque_shape)
+    if (module, name) == ("numpy.random._pickle", "__generator_ctor"):
+        return Rule(Layer.REFERENCE, call=_generator_shape, build=True)  # gymnasium's np_random
+    if module == "builtins" and name in _BUILTIN_TYPES:
+        return _PLAIN_REFERENCE  # e.g. a space's dtype argument or a class attribute
     if module.startswith(_SB3_REFERENCE_MODULES) or module.startswith(_SB3_TORCH_MODULES):
         return _SB3_REFERENCE
     return _lookup_torch(module, name)
@@ -149,8 +210,20 @@ def _lookup_sb3(module: str, name: str) -> Rule | None:
 _LOOKUPS: dict[Policy, Callable[[str, str], Rule | None]] = {
     Policy.DATA: _lookup_data,
     Policy.TORCH: _lookup_torch,
+    Policy.SB2: allowlist.lookup,
     Policy.SB3: _lookup_sb3,
 }
+
+
+_OPCODE_OF: dict[type, str] = {Call: "REDUCE", NewObj: "NEWOBJ", PersistentId: "BINPERSID"}
+
+
+def _callee(node: Node) -> str | None:
+    target = node.func if isinstance(node, Call) else node.cls if isinstance(node, NewObj) else None
+    return target.dotted if isinstance(target, Global) else None
+
+
+_CODE_POLICIES = frozenset({Policy.SB2, Policy.SB3})  # cloudpickle's helpers are allowed
 
 
 class _Judge:
@@ -160,11 +233,13 @@ class _Judge:
         self.policy = policy
         self.lookup = _LOOKUPS[policy]
 
-    def problem(self, graph: PickleGraph) -> str | None:
-        for node in graph.nodes:
+    def problem(self, nodes: list[Node]) -> Breach | None:
+        for node in nodes:
             found = self.node_problem(node)
             if found is not None:
-                return f"{found} (offset {node.pos})"
+                opcode = node.opcode if isinstance(node, Global) else _OPCODE_OF.get(type(node))
+                name = node.dotted if isinstance(node, Global) else _callee(node)
+                return Breach(found, name and escape_name(name), opcode, node.pos)
         return None
 
     def node_problem(self, node: Node) -> str | None:
@@ -185,7 +260,7 @@ class _Judge:
     def call_problem(self, node: Call) -> str | None:
         func = node.func
         if not isinstance(func, Global):
-            if self.policy is Policy.SB3 and allowlist.is_builtin_type_call(func):
+            if self.policy in _CODE_POLICIES and allowlist.is_builtin_type_call(func):
                 return "BUILD on a code object" if node.build is not None else None
             return f"call of a constructed callable ({func.kind()} built by the pickle itself)"
         rule = self.lookup(func.module, func.name)
@@ -199,7 +274,7 @@ class _Judge:
         if node.build is not None:
             if not rule.build:
                 return f"BUILD on the result of {escape_name(func.dotted)}"
-            if is_ordered_dict_call(node):
+            if is_ordered_dict_call(node) or node.func_is("copyreg", "_reconstructor"):
                 return _state_problem(node.build)
         return None
 
@@ -211,7 +286,7 @@ class _Judge:
             return f"NEWOBJ of {what} (not a class this kind of file may instantiate)"
         if isinstance(cls, Global) and (cls.module, cls.name) == JOBLIB_WRAPPER:
             return _joblib_state_problem(node)
-        if self.policy is Policy.SB3 and node.args.items:
+        if self.policy in _CODE_POLICIES and node.args.items:
             return "NEWOBJ with constructor arguments"
         if node.build is not None and self.policy is not Policy.TORCH:
             return _state_problem(node.build)
@@ -337,9 +412,12 @@ def judge_stream(
     """The verdict on one whole pickle stream (joblib's raw array bytes are skipped in place)."""
     data = memoryview(blob).cast("B")
     builder: GraphBuilder | None = None
+    named: set[str] = set()  # GLOBAL/INST names as decoded, before the machine may stop at one
 
     def feed(op: Op) -> int:
         nonlocal builder
+        if op.name in ("GLOBAL", "INST") and isinstance(op.arg, tuple):
+            named.add(".".join(op.arg))
         if builder is None:
             protocol = op.arg if op.name == "PROTO" and isinstance(op.arg, int) else 0
             builder = GraphBuilder(
@@ -368,30 +446,69 @@ def judge_stream(
         builder.step(parsed.ops[-1])  # STOP: raw_after is not called for it
         graph = builder.graph()
     except UnsafeCheckpoint as err:
-        return Verdict(False, _globals_seen(builder, data), _reason(err.message))
+        refusal = Breach(err.reason, err.global_name, err.opcode, err.offset)
+        seen = _globals_seen(builder, data, named)
+        return Verdict(False, seen, _reason(err.message), detail=refusal)
     except FormatError as err:
-        reason = (
-            f"cannot be checked statically, so it may run code when loaded: {_reason(err.message)}"
-        )
-        return Verdict(False, _globals_seen(builder, data), reason)
+        return _unparsed(err, policy, builder, data, named)
     names = tuple(
         sorted({escape_name(node.dotted) for node in graph.nodes if isinstance(node, Global)})
     )
-    problem = _Judge(policy).problem(graph)
-    if problem is not None:
-        return Verdict(False, names, problem)
+    breach = _Judge(policy).problem(graph.nodes)
+    if breach is not None:
+        return Verdict(False, names, _line(breach), detail=breach)
     return Verdict(True, names, f"only {policy.value} references ({len(names)} globals)")
+
+
+def _line(breach: Breach) -> str:
+    return f"{breach.reason} (offset {breach.offset})"
+
+
+def _unparsed(
+    err: FormatError,
+    policy: Policy,
+    builder: GraphBuilder | None,
+    data: memoryview,
+    named: set[str],
+) -> Verdict:
+    """A stream that does not parse. A real unpickler runs what comes before the break
+    (nullifAI), so anything outside the policy there refuses the file; a plainly truncated
+    stream without such a thing is broken; any other malformation (a FRAME straddled, bytes
+    after STOP) is how parser differentials hide payloads, so it is refused."""
+    names = _globals_seen(builder, data, named)
+    message = _reason(err.message)
+    judge = _Judge(policy)
+    breach = judge.problem(builder.nodes) if builder is not None else None
+    outside = [name for name in names if judge.lookup(*_split(name)) is None]
+    if breach is None and outside:
+        breach = Breach(
+            f"global {outside[0]} is not allowed in a {policy.value} pickle", outside[0]
+        )
+    if breach is not None:
+        return Verdict(False, names, f"{_line(breach)}, then: {message}", detail=breach)
+    if message.startswith("truncated pickle"):
+        return Verdict(False, names, message, broken=True)
+    reason = f"cannot be checked statically, so it may run code when loaded: {message}"
+    return Verdict(False, names, reason, detail=Breach(reason, offset=err.offset))
+
+
+def _split(name: str) -> tuple[str, str]:
+    module, _, attribute = name.rpartition(".")
+    return module, attribute
 
 
 def _reason(message: str) -> str:
     return message.removeprefix("refused: ")
 
 
-def _globals_seen(builder: GraphBuilder | None, data: memoryview) -> tuple[str, ...]:
-    """Globals of a stream that stopped early: what the machine saw, plus a lenient scan's."""
-    names = (
-        {node.dotted for node in builder.nodes if isinstance(node, Global)} if builder else set()
-    )
+def _globals_seen(
+    builder: GraphBuilder | None, data: memoryview, named: set[str]
+) -> tuple[str, ...]:
+    """Globals of a stream that stopped early: what was decoded and what the machine saw, plus
+    a lenient scan's."""
+    names = set(named)
+    if builder is not None:
+        names.update(node.dotted for node in builder.nodes if isinstance(node, Global))
     if ".".join(JOBLIB_WRAPPER) not in names:
         # A lenient scan finds the names after the point of refusal; not through joblib's raw
         # array bytes, which it would read as opcodes.

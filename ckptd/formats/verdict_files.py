@@ -31,7 +31,8 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
-from ckptd.formats.verdict import Policy, Verdict, judge_stream, merge
+from ckptd.formats.pickle_peek import peek_pickle
+from ckptd.formats.verdict import Policy, Verdict, judge_stream, merge, policy_for_plain
 from ckptd.formats.zipread import ZIP_READ_ERRORS, check_structure, read_small_member
 
 MAX_PICKLE_BYTES = 512 * 1024 * 1024  # one pickle (or a decompressed dump) judged in memory
@@ -112,7 +113,8 @@ def judge_pickle_file(handle: BinaryIO, size: int, source: str) -> Verdict:
         data = handle.read(MAX_PICKLE_BYTES + 1)
     if data.startswith(TORCH_LEGACY_MAGIC):
         return judge_torch_legacy(data, source)
-    return judge_stream(data, Policy.DATA, source=source, text_protocols=True)
+    policy = policy_for_plain(peek_pickle(data).globals)
+    return judge_stream(data, policy, source=source, text_protocols=True)
 
 
 def _stream_ends(data: bytes, start: int) -> int:
