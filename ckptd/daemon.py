@@ -357,7 +357,7 @@ class Daemon:
                 if outcome.action == "converted":
                     self.metrics.record_converted()
                 elif outcome.action == "refused":
-                    self.metrics.record_refused()
+                    self.metrics.record_refused(reason=outcome.message)
                 elif outcome.action == "broken":
                     self.metrics.record_broken()
         self._runs.batch_finished(item, result, now)

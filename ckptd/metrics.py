@@ -32,6 +32,20 @@ logger = logging.getLogger(__name__)
 SERVER_STOP_TIMEOUT_SECONDS = 5.0
 
 
+REFUSAL_CLASSES = ("global", "call", "unparseable", "structure")
+
+
+def refusal_class(reason: str) -> str:
+    """The class of a refusal line (the label of ``ckptd_refused_files``); pure."""
+    if "is not allowed" in reason or "not on the allowlist" in reason:
+        return "global"
+    if "constructed callable" in reason or "hidden call" in reason or "may be referenced" in reason:
+        return "call"
+    if "cannot be checked statically" in reason:
+        return "unparseable"
+    return "structure"
+
+
 class Metrics:
     """The daemon's counters and gauges; call the ``record_*``/``set_*`` methods from anywhere."""
 
@@ -50,6 +64,16 @@ class Metrics:
         self._refused = Counter(
             "ckptd_checkpoints_refused", checkpoints.format("refused as unsafe"), registry=registry
         )
+        self._refused_files = Counter(
+            "ckptd_refused_files",
+            "Files refused as unsafe since the daemon started, by reason class: global (names "
+            "something outside the allowlist), call (calls what the pickle built or hides a call), "
+            "unparseable (cannot be checked statically), structure (any other refused construct)",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REFUSAL_CLASSES:
+            self._refused_files.labels(reason=reason)
         self._broken = Counter(
             "ckptd_checkpoints_broken", checkpoints.format("found unreadable"), registry=registry
         )
@@ -83,8 +107,10 @@ class Metrics:
     def record_converted(self, count: int = 1) -> None:
         self._converted.inc(count)
 
-    def record_refused(self, count: int = 1) -> None:
+    def record_refused(self, count: int = 1, *, reason: str = "") -> None:
+        """``reason`` is the refusal line that was logged (its class labels ckptd_refused_files)."""
         self._refused.inc(count)
+        self._refused_files.labels(reason=refusal_class(reason)).inc(count)
 
     def record_broken(self, count: int = 1) -> None:
         self._broken.inc(count)

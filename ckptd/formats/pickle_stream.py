@@ -6,6 +6,8 @@ added here as opt-ins so the SB2 reader keeps refusing them:
 
 * protocol 0/1 STRING/BINSTRING read as string constants (Python 3 decodes them to str);
 * BINPERSID as an inert :class:`PersistentId` node (torch's storages), judged by the policy;
+* APPEND(S) on a ``collections.deque(...)`` call (how a deque pickles its items: SB3's episode
+  info buffers);
 * feeding opcodes one by one (``step``), so joblib's raw array bytes can be skipped in place.
 """
 
@@ -16,6 +18,7 @@ import codecs
 from ckptd.formats.pickle_graph import (
     DEFAULT_MAX_MARK_DEPTH,
     DEFAULT_MAX_MEMO,
+    Call,
     Node,
     _Machine,
 )
@@ -44,10 +47,12 @@ class GraphBuilder(_Machine):
         max_marks: int = DEFAULT_MAX_MARK_DEPTH,
         persistent_ids: bool = False,
         text_strings: bool = False,
+        deque_appends: bool = False,
     ) -> None:
         super().__init__(protocol, source, max_memo, max_marks)
         self.persistent_ids = persistent_ids
         self.text_strings = text_strings
+        self.deque_appends = deque_appends
 
     def step(self, op: Op) -> None:
         if op.name in ("STRING", "BINSTRING", "SHORT_BINSTRING") and self.text_strings:
@@ -58,6 +63,12 @@ class GraphBuilder(_Machine):
             self.new(PersistentId(self.pop(), op.pos))
         else:
             super().step(op)
+
+    def append_to(self, target: Node, items: list[Node]) -> None:
+        if self.deque_appends and isinstance(target, Call) and target.func_is("collections", "deque"):
+            # The items stay nodes of the graph (each judged by the policy); the deque is data.
+            return
+        super().append_to(target, items)
 
     def text_string(self, op: Op) -> None:
         if isinstance(op.arg, memoryview):

@@ -153,9 +153,14 @@ _BUILTIN_TYPES = frozenset({"int", "float", "bool", "str", "bytes", "list", "dic
 
 def _deque_shape(call: Call) -> str | None:
     args = call.args.items
-    if len(args) == 2 and isinstance(args[0], ListNode) and isinstance(args[1], Const):
+    if (
+        len(args) == 2
+        and (isinstance(args[0], ListNode) or (isinstance(args[0], TupleNode) and not args[0].items))
+        and isinstance(args[1], Const)
+        and (args[1].value is None or type(args[1].value) is int)
+    ):
         return None
-    return "collections.deque is only accepted as deque(<list>, <maxlen>)"
+    return "collections.deque is only accepted as deque(<list or ()>, <maxlen>)"
 
 
 def _generator_shape(call: Call) -> str | None:
@@ -170,6 +175,51 @@ def _generator_shape(call: Call) -> str | None:
         if isinstance(ctor, Global) and ctor.is_("numpy.random._pickle", "__bit_generator_ctor"):
             return None
     return "__generator_ctor is only accepted with a bit generator or its name"
+
+
+# Cython's pickle helper for numpy's SeedSequence: ``__pyx_unpickle_SeedSequence(cls, checksum,
+# state)`` allocates ``cls`` (which must be SeedSequence) and BUILD sets its typed fields.
+_SEED_SEQUENCE_UNPICKLE = ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence")
+
+
+def _seed_sequence_shape(call: Call) -> str | None:
+    args = call.args.items
+    if (
+        len(args) == 3
+        and isinstance(args[0], Global)
+        and args[0].is_("numpy.random.bit_generator", "SeedSequence")
+        and isinstance(args[1], Const)
+        and type(args[1].value) is int
+        and isinstance(args[2], Const)
+        and args[2].value is None
+    ):
+        return None
+    return "__pyx_unpickle_SeedSequence is only accepted as (SeedSequence, <checksum>, None)"
+
+
+# SB3's train_freq: the namedtuple TrainFreq(int, TrainFrequencyUnit('step' | 'episode')).
+_SB3_TRAIN_FREQ_UNIT = ("stable_baselines3.common.type_aliases", "TrainFrequencyUnit")
+
+
+def _enum_value_shape(call: Call) -> str | None:
+    args = call.args.items
+    if len(args) == 1 and isinstance(args[0], Const) and isinstance(args[0].value, str):
+        return None
+    return "an Enum is only accepted looked up by one string value"
+
+
+def _is_train_freq(node: NewObj) -> bool:
+    """NEWOBJ of the TrainFreq namedtuple (tuple.__new__ stores its arguments, nothing else)."""
+    args = node.args.items
+    return (
+        isinstance(node.cls, Global)
+        and node.cls.is_("stable_baselines3.common.type_aliases", "TrainFreq")
+        and len(args) == 2
+        and isinstance(args[0], Const)
+        and type(args[0].value) is int
+        and _is_call_of(args[1], *_SB3_TRAIN_FREQ_UNIT)
+        and node.build is None
+    )
 
 
 def _is_call_of(node: Node, module: str, name: str) -> bool:
@@ -200,6 +250,12 @@ def _lookup_sb3(module: str, name: str) -> Rule | None:
         return Rule(Layer.DATA, call=_deque_shape)
     if (module, name) == ("numpy.random._pickle", "__generator_ctor"):
         return Rule(Layer.REFERENCE, call=_generator_shape, build=True)  # gymnasium's np_random
+    if (module, name) == _SEED_SEQUENCE_UNPICKLE:
+        return Rule(Layer.REFERENCE, call=_seed_sequence_shape, build=True)
+    if (module, name) == ("numpy.random.bit_generator", "SeedSequence"):
+        return _PLAIN_REFERENCE
+    if (module, name) == _SB3_TRAIN_FREQ_UNIT:
+        return Rule(Layer.REFERENCE, call=_enum_value_shape)  # an Enum looked up by its value
     if module == "builtins" and name in _BUILTIN_TYPES:
         return _PLAIN_REFERENCE  # e.g. a space's dtype argument or a class attribute
     if module.startswith(_SB3_REFERENCE_MODULES) or module.startswith(_SB3_TORCH_MODULES):
@@ -286,7 +342,7 @@ class _Judge:
             return f"NEWOBJ of {what} (not a class this kind of file may instantiate)"
         if isinstance(cls, Global) and (cls.module, cls.name) == JOBLIB_WRAPPER:
             return _joblib_state_problem(node)
-        if self.policy in _CODE_POLICIES and node.args.items:
+        if self.policy in _CODE_POLICIES and node.args.items and not _is_train_freq(node):
             return "NEWOBJ with constructor arguments"
         if node.build is not None and self.policy is not Policy.TORCH:
             return _state_problem(node.build)
@@ -425,6 +481,7 @@ def judge_stream(
                 source=source,
                 persistent_ids=policy is Policy.TORCH,
                 text_strings=text_protocols,
+                deque_appends=policy is Policy.SB3,
             )
         builder.step(op)
         top = builder.peek()
