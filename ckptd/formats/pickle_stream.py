@@ -65,7 +65,11 @@ class GraphBuilder(_Machine):
             super().step(op)
 
     def append_to(self, target: Node, items: list[Node]) -> None:
-        if self.deque_appends and isinstance(target, Call) and target.func_is("collections", "deque"):
+        if (
+            self.deque_appends
+            and isinstance(target, Call)
+            and target.func_is("collections", "deque")
+        ):
             # The items stay nodes of the graph (each judged by the policy); the deque is data.
             return
         super().append_to(target, items)

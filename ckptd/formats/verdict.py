@@ -155,7 +155,9 @@ def _deque_shape(call: Call) -> str | None:
     args = call.args.items
     if (
         len(args) == 2
-        and (isinstance(args[0], ListNode) or (isinstance(args[0], TupleNode) and not args[0].items))
+        and (
+            isinstance(args[0], ListNode) or (isinstance(args[0], TupleNode) and not args[0].items)
+        )
         and isinstance(args[1], Const)
         and (args[1].value is None or type(args[1].value) is int)
     ):
