@@ -2,7 +2,8 @@
 
 Zips (SB2 and SB3) get ``verify_zip``: structure, a streaming CRC of every member, ``data`` JSON and
 the static check of each ``:serialized:`` entry, npy headers against member sizes, ``parameter_list``
-against ``parameters``. Legacy pickles get the full static parse of the safe legacy reader
+against ``parameters``. Plain pickles, joblib dumps, torch files and SB3 zips are also judged by
+their verdict (docs/security.md, "Verdicts"): not safe is ``refused``, truncated is ``damaged``. Legacy pickles get the full static parse of the safe legacy reader
 (structure, allowlist, every array's size), through ``inspect_pickle_bytes`` so an SB2 <= 2.5.1
 file (parameters saved as an unnamed list) verifies without its parameter names. Nothing is ever
 unpickled or executed.
@@ -14,8 +15,10 @@ skipped silently). ckptd's state directories and temp files are not descended in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +26,18 @@ from typing import Literal
 
 from ckptd import fsio
 from ckptd.errors import CkptdError
-from ckptd.formats import Format
+from ckptd.formats import VERDICT_FORMATS, Format
 from ckptd.formats.legacy import read_file_bytes
-from ckptd.formats.sniff import ZIP_MAGIC, identify
+from ckptd.formats.sniff import ZIP_MAGIC, Identification, identify
 from ckptd.formats.verify import verify_zip
+from ckptd.formats.zipread import check_structure, stream_crc
 from ckptd.inspection import PICKLE_MAGIC, Verdict, inspect_pickle_bytes
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".ckptd"
 Status = Literal["ok", "damaged", "refused", "not-a-checkpoint", "unreadable"]
-_CHECKPOINT_FORMATS = (Format.SB2_PICKLE, Format.SB2_ZIP, Format.SB3_ZIP)
+_CHECKPOINT_FORMATS = (Format.SB2_PICKLE, Format.SB2_ZIP, Format.SB3_ZIP, *VERDICT_FORMATS)
 _PICKLE_STATUS: dict[Verdict, Status] = {
     "safe": "ok",
     "unchecked": "ok",
@@ -64,6 +68,9 @@ def verify_file(path: Path) -> FileVerdict:
     """Verify one file by its content (its name is irrelevant)."""
     path = Path(path)
     try:
+        found = identify(path)
+        if found.verdict is not None:
+            return _verify_judged(path, found)
         with fsio.open_regular_nofollow(path) as handle:
             magic = handle.read(len(ZIP_MAGIC))
         if magic == ZIP_MAGIC:
@@ -98,6 +105,33 @@ def _verify_zip(path: Path) -> FileVerdict:
         report.params_bytes,
         report.carries_code,
     )
+
+
+def _verify_judged(path: Path, found: Identification) -> FileVerdict:
+    """Plain pickles, joblib dumps, torch files and SB3 zips: their verdict, and for zips every
+    member's CRC (SB3 zips get the whole zip check as well)."""
+    verdict = found.verdict
+    assert verdict is not None
+    if found.format is Format.SB3_ZIP:
+        base = _verify_zip(path)
+        if verdict.safe or base.status != "ok":
+            return base
+        return dataclasses.replace(base, status="refused", problems=(verdict.reason,))
+    if not verdict.safe:
+        status: Status = "damaged" if verdict.broken else "refused"
+        return FileVerdict(path, found.format, status, (verdict.reason,))
+    if found.format is Format.TORCH_ZIP:
+        problems = _zip_member_problems(path)
+        if problems:
+            return FileVerdict(path, found.format, "damaged", problems)
+    return FileVerdict(path, found.format, "ok")
+
+
+def _zip_member_problems(path: Path) -> tuple[str, ...]:
+    with fsio.open_regular_nofollow(path) as handle, zipfile.ZipFile(handle) as archive:
+        structure = check_structure(archive, handle, os.fstat(handle.fileno()).st_size)
+        crc = (stream_crc(archive, name) for name in sorted(structure.sound))
+        return structure.problems + tuple(problem for problem in crc if problem)
 
 
 def _verify_pickle(path: Path) -> FileVerdict:

@@ -12,9 +12,11 @@ import os
 import pickle
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -227,3 +229,23 @@ def test_daemon_quarantines_unsafe_files_of_every_kind(
         assert daemon.log_text().count("quarantined as") == 3 and not marker.exists()
     finally:
         assert daemon.stop() == 0
+
+
+def test_verify_refuses_unsafe_files_and_checks_torch_zips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean = [FIXTURES / "clean" / name for name in ("state_dict.pt", "joblib_zlib.pkl")]
+    assert main(["verify", *map(str, clean), str(FIXTURES / "clean" / "sb3_sac.zip")]) == 0
+    evil = FIXTURES / "malicious" / "sb3_serialized_payload.zip"
+    capsys.readouterr()
+    assert main(["verify", str(evil), "--json"]) == ExitStatus.FAILED
+    assert "posix.system" in capsys.readouterr().out
+    damaged = tmp_path / "model.pt"
+    raw = bytearray((FIXTURES / "clean" / "state_dict.pt").read_bytes())
+    with zipfile.ZipFile(FIXTURES / "clean" / "state_dict.pt") as archive:
+        info = archive.getinfo("state_dict/data/0")
+    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+    raw[info.header_offset + 30 + name_len + extra_len + 5] ^= 0xFF  # a weight: only its CRC says
+    damaged.write_bytes(bytes(raw))
+    assert main(["verify", str(damaged)]) == ExitStatus.FAILED
+    assert "CRC" in capsys.readouterr().err
