@@ -29,7 +29,7 @@ import pickletools
 import zipfile
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from ckptd.formats.pickle_peek import peek_pickle
 from ckptd.formats.verdict import Policy, Verdict, judge_stream, merge, policy_for_plain
@@ -202,16 +202,17 @@ def judge_sb3_zip(handle: BinaryIO, size: int, source: str) -> Verdict:
     parts: list[tuple[str, Verdict]] = []
     try:
         with zipfile.ZipFile(handle) as archive:
-            for name, blob in _pickle_members(archive, handle, size, ".pth"):
-                if isinstance(blob, str):
-                    parts.append((name, Verdict(False, (), blob)))
-                else:
-                    inner = io.BytesIO(blob)
-                    parts.append((name, judge_torch_zip(inner, len(blob), f"{source}:{name}")))
-            data = next(
-                (m for m in check_structure(archive, handle, size).members if m.name == "data"),
-                None,
-            )
+            structure = check_structure(archive, handle, size)
+            if structure.problems:
+                return Verdict(False, (), f"zip structure: {'; '.join(structure.problems[:3])}")
+            for member in structure.members:
+                if member.name.endswith(".pth"):
+                    # Read in place (SB3 stores its members): only the inner data.pkl is read.
+                    with archive.open(member.name) as stream:
+                        where = f"{source}:{member.name}"
+                        inner = judge_torch_zip(cast(BinaryIO, stream), member.size, where)
+                    parts.append((member.name, inner))
+            data = next((m for m in structure.members if m.name == "data"), None)
             if data is not None:
                 raw = read_small_member(archive, data, MAX_SERIALIZED_JSON)
                 parts.extend(_serialized_verdicts(raw, source))
@@ -242,8 +243,3 @@ def _serialized_verdicts(raw: bytes, source: str) -> list[tuple[str, Verdict]]:
             continue
         parts.append((where, judge_stream(pickled, Policy.SB3, source=f"{source}:{where}")))
     return parts
-
-
-def judge_zip_member_bytes(blob: bytes, source: str) -> Verdict:
-    """A torch zip held in memory (tests and SB3 members)."""
-    return judge_torch_zip(io.BytesIO(blob), len(blob), source)
