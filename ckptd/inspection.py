@@ -72,6 +72,7 @@ from ckptd.formats.pickle_ops import ParsedPickle, parse_ops
 from ckptd.formats.sb2meta import VersionRange, guess_algorithm, guess_sb2_version
 from ckptd.formats.sb3zip import parse_system_info
 from ckptd.formats.sniff import ZIP_MAGIC, Identification, identify
+from ckptd.formats.verdict import Policy, allowed_in, policy_for_plain
 from ckptd.formats.verdict import Verdict as PickleVerdict
 from ckptd.formats.zipexam import examine_zip
 from ckptd.fsio import open_regular_nofollow
@@ -298,6 +299,8 @@ def _judged(source: str, found: Identification, verdict: PickleVerdict) -> Inspe
         else Refusal(verdict.reason)
     )
     outcome: Verdict = "safe" if verdict.safe else "broken" if verdict.broken else "refused"
+    torch = found.format in (Format.TORCH_ZIP, Format.TORCH_LEGACY)
+    policy = Policy.TORCH if torch else policy_for_plain(verdict.globals)
     return InspectReport(
         source,
         found.size,
@@ -307,7 +310,7 @@ def _judged(source: str, found: Identification, verdict: PickleVerdict) -> Inspe
         error=f"{source}: {verdict.reason}" if verdict.broken else None,
         refusals=() if outcome != "refused" else (refusal,),
         protocol=found.protocol,
-        globals=tuple(GlobalRef(name, None) for name in verdict.globals),
+        globals=tuple(GlobalRef(name, allowed_in(policy, name)) for name in verdict.globals),
         members=(),
         pickle_verdict=verdict,
     )

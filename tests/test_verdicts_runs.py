@@ -129,7 +129,7 @@ def test_inspect_shows_the_verdict_of_each_kind(
         assert document["verdict"] == ("safe" if safe else "refused")
         main(["inspect", str(path)])
         text = capsys.readouterr().out
-        assert "Verdict" in text and "globals:" in text
+        assert "Verdict" in text and "Globals referenced" in text
 
 
 # --- the real daemon -------------------------------------------------------------------------
