@@ -226,6 +226,12 @@ class BatchWork:
         verdict: Verdict | None = None,
     ) -> tuple[Manifest, PathOutcome]:
         report = self.deps.verify(path)
+        if report.refused:
+            # An SB2 zip whose :serialized: entries the allowlist refuses: as unsafe as a pickle.
+            fallback = f"data keys {', '.join(report.refused)} refused"
+            text = next((p for p in report.problems if "refused" in p), fallback)
+            unsafe = Verdict(False, (), text)
+            return self._refuse(path, relpath, identity, manifest, text, fmt, unsafe)
         sha256 = _hash(path, identity)
         if not report.ok:
             text = "; ".join(report.problems) or "does not verify"

@@ -7,6 +7,7 @@ stable-baselines file) beside real checkpoints. Before verdicts it was recorded 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickle
@@ -29,7 +30,9 @@ from ckptd.cli import ExitStatus, main
 from ckptd.formats import Format
 from ckptd.manifest import load_manifest
 from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
+from tests.sb2_fixtures import Exploit
 from tests.test_hostile_pickles import _Reduce, _touch
+from tests.test_verify_zip import DATA, sb2_way_zip
 
 FIXTURES = Path(__file__).parent / "data" / "verdicts"
 NOW = datetime.now(UTC)
@@ -177,7 +180,18 @@ def test_daemon_quarantines_unsafe_files_of_every_kind(
         shutil.copyfile(
             FIXTURES / "malicious" / "sb3_serialized_payload.zip", run / "sb3_9000_steps.zip"
         )
+        sb2_evil = {
+            **DATA,
+            "learning_rate": {
+                ":type:": "<class 'function'>",
+                ":serialized:": base64.b64encode(
+                    pickle.dumps(Exploit(marker), protocol=2)
+                ).decode(),
+            },
+        }
+        sb2_way_zip(run / "rl_model_10000_steps.zip", data=json.dumps(sb2_evil).encode())
         expected = {
+            "rl_model_10000_steps.zip": "refused",
             "rl_model_1000_steps.pkl": "kept",
             "rl_model_2000_steps.pt": "kept",
             "rl_model_6000_steps.pkl": "refused",
@@ -198,7 +212,10 @@ def test_daemon_quarantines_unsafe_files_of_every_kind(
         quarantine = run / ".ckptd" / "quarantine"
         for name, state in expected.items():
             entry = entries[name]
-            assert entry.verdict is not None and entry.verdict.safe is (state == "kept"), name
+            if name == "rl_model_10000_steps.zip":  # SB2: judged by verify_zip (allowlist)
+                assert entry.verdict is not None and not entry.verdict.safe
+            else:
+                assert entry.verdict is not None and entry.verdict.safe is (state == "kept"), name
             if state == "refused":
                 assert not (run / name).exists()
                 assert (quarantine / name).is_file()
@@ -212,7 +229,7 @@ def test_daemon_quarantines_unsafe_files_of_every_kind(
                 return text
 
         # The manifest is written before the daemon's loop counts the batch's outcomes.
-        refused_line = 'ckptd_refused_files_total{reason="global"} 3.0'
+        refused_line = 'ckptd_refused_files_total{reason="global"} 4.0'
         wait_until(lambda: refused_line in scraped(), 10, f"{refused_line}:\n{scraped()}")
 
         status = subprocess.run(
@@ -224,9 +241,9 @@ def test_daemon_quarantines_unsafe_files_of_every_kind(
             check=False,
         )
         report = json.loads(status.stdout)["runs"][0]
-        assert report["counts"]["refused"] == 3
+        assert report["counts"]["refused"] == 4
         assert report["newest"]["path"] in ("sb3_8000_steps.zip", "rl_model_2000_steps.pt")
-        assert daemon.log_text().count("quarantined as") == 3 and not marker.exists()
+        assert daemon.log_text().count("quarantined as") == 4 and not marker.exists()
     finally:
         assert daemon.stop() == 0
 
