@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 
 from ckptd.cli import ExitStatus, main
+from ckptd.config import Config, parse_config
 from ckptd.formats import Format
-from ckptd.manifest import load_manifest
+from ckptd.manifest import Manifest, ManifestEntry, load_manifest
+from ckptd.pipeline import process_path
 from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
 from tests.sb2_fixtures import Exploit
 from tests.test_hostile_pickles import _Reduce, _touch
@@ -266,3 +268,69 @@ def test_verify_refuses_unsafe_files_and_checks_torch_zips(
     damaged.write_bytes(bytes(raw))
     assert main(["verify", str(damaged)]) == ExitStatus.FAILED
     assert "CRC" in capsys.readouterr().err
+
+
+# --- the pipeline, in process ------------------------------------------------------------------
+
+
+def _pipeline_config(root: Path, on_unsafe: str) -> Config:
+    return parse_config(
+        {
+            "roots": [{"path": str(root), "run_depth": 1, "observer": "polling"}],
+            "checkpoints": {"patterns": ["*.pkl", "*.pt"], "stable_for": "0s"},
+            "convert": {"on_unsafe": on_unsafe},
+        }
+    )
+
+
+def test_on_unsafe_leave_records_refused_and_leaves_the_file(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    evil = root / "r" / "rl_model_6000_steps.pkl"
+    evil.parent.mkdir(parents=True)
+    blob = pickle.dumps(_Reduce(os.system, _touch(tmp_path / "pwned")), protocol=5)
+    evil.write_bytes(blob)
+    config = _pipeline_config(root, "leave")
+    outcome = process_path(config, config.roots[0], evil)
+    assert outcome.action == "refused" and "left in place" in outcome.message
+    assert evil.read_bytes() == blob
+    entry = load_manifest(root / "r" / "ckptd-manifest.json").by_path()[evil.name]
+    assert entry.state == "refused" and entry.verdict is not None and not entry.verdict.safe
+    assert "quarantine" not in entry.extra
+
+
+def test_files_an_older_ckptd_recorded_unknown_are_judged_again(tmp_path: Path) -> None:
+    """Manifests written before verdicts hold plain pickles as ``unknown``/``kept``: the daemon
+    looks at each once more (and then not again)."""
+    root = tmp_path / "runs"
+    run = root / "r"
+    evil = run / "rl_model_6000_steps.pkl"
+    run.mkdir(parents=True)
+    evil.write_bytes(pickle.dumps(_Reduce(os.system, "true"), protocol=4))
+    (run / "notes.pkl").write_text("just text\n")
+    config = _pipeline_config(root, "quarantine")
+    st = evil.stat()
+    old = Manifest(
+        run="r",
+        generated_at=NOW,
+        policy="default",
+        checkpoints=(
+            ManifestEntry(
+                path=evil.name,
+                step=6000,
+                size=st.st_size,
+                mtime=NOW,
+                sha256="0" * 64,
+                format=Format.UNKNOWN,
+                state="kept",
+                mtime_ns=st.st_mtime_ns,
+            ),
+        ),
+    )
+    (run / "ckptd-manifest.json").write_bytes(old.to_json_bytes())
+    outcome = process_path(config, config.roots[0], evil)
+    assert outcome.action == "refused"
+    assert (run / ".ckptd" / "quarantine" / evil.name).is_file()
+    # An unknown file judged by this ckptd is not read again while it is unchanged.
+    notes = run / "notes.pkl"
+    assert process_path(config, config.roots[0], notes).action == "kept"
+    assert process_path(config, config.roots[0], notes).action == "unchanged"
