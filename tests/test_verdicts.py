@@ -261,7 +261,7 @@ def test_global_names_are_escaped(tmp_path: Path) -> None:
     blob = bytes(Asm(4).stack_global("os\x1b[31m", "sys\ntem").call("x").raw(b"."))
     verdict = judge_stream(blob, Policy.DATA, source="x")
     assert not verdict.safe
-    assert verdict.globals == ("os\\x1b[31m.sys\\ntem",)
+    assert verdict.globals == ("os\\x1b[31m.sys\\x0atem",)
     assert "\n" not in verdict.reason and "\x1b" not in verdict.reason
     assert escape_name("torch.Size") == "torch.Size"
 
@@ -355,3 +355,17 @@ def test_fresh_joblib_dumps(tmp_path: Path) -> None:
     objects = identify(tmp_path / "o.pkl")
     assert objects.verdict is not None and not objects.verdict.safe
     assert "nested pickle" in objects.verdict.reason
+
+
+def test_sb3_references_obey_the_names_grammar() -> None:
+    """SB3 packages match at identifier boundaries, as the SB2 allowlist's do."""
+    fine = bytes(Asm(4).stack_global("stable_baselines3.common.policies", "MlpPolicy").raw(b"."))
+    assert judge_stream(fine, Policy.SB3, source="ok").safe
+    for module, name in (
+        ("stable_baselines3.common\ncposix\nsystem", "MlpPolicy"),
+        ("stable_baselines3x", "MlpPolicy"),
+        ("stable_baselines3.common", "policies.MlpPolicy"),
+        ("gymnasium.spaces.box", "Box\n"),
+    ):
+        blob = bytes(Asm(4).stack_global(module, name).raw(b"."))
+        assert not judge_stream(blob, Policy.SB3, source="bad").safe, (module, name)

@@ -47,7 +47,9 @@ from ckptd.formats.pickle_graph import (
 from ckptd.formats.pickle_ops import Op, parse_ops
 from ckptd.formats.pickle_peek import peek_pickle
 from ckptd.formats.pickle_stream import GraphBuilder, PersistentId
+from ckptd.formats.pynames import in_package, name_problem
 from ckptd.formats.torch_globals import TORCH_BLOCKED_MODULES, TORCH_WEIGHTS_ONLY_GLOBALS
+from ckptd.textsafe import shown
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +58,14 @@ _JOBLIB_STATE_KEYS = frozenset(
     {"subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes"}
 )
 # SB3's own classes, its spaces and the torch classes its policy_kwargs name (by reference).
-_SB3_REFERENCE_MODULES = ("stable_baselines3.", "gymnasium.spaces.", "gym.spaces.")
-_SB3_TORCH_MODULES = ("torch.nn.modules.activation", "torch.optim.")
+# Packages whose classes an SB3 pickle may name (matched at identifier boundaries).
+_SB3_REFERENCE_PACKAGES = (
+    "stable_baselines3",
+    "gymnasium.spaces",
+    "gym.spaces",
+    "torch.nn.modules.activation",
+    "torch.optim",
+)
 
 
 class Policy(enum.Enum):
@@ -109,13 +117,9 @@ class Verdict:
 
 
 def escape_name(text: str) -> str:
-    """A referenced name as one printable line: control and non-printable characters escaped."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(
-        char if char.isprintable() and char != "\\" else char.encode("unicode_escape").decode()
-        for char in text
-    )
+    """A referenced name as one printable line (``ckptd.textsafe.shown``: controls, bidi and
+    format characters, separators and lone surrogates written as visible escapes)."""
+    return shown(text)
 
 
 def merge(kind: str, parts: list[tuple[str, Verdict]]) -> Verdict:
@@ -246,8 +250,8 @@ def _lookup_sb3(module: str, name: str) -> Rule | None:
     rule = allowlist.lookup(module, name)
     if rule is not None:
         return rule
-    if "." in name or not name.isidentifier():
-        return None
+    if name_problem(module, name) is not None:
+        return None  # the names grammar of ckptd.formats.pynames, as the SB2 allowlist applies it
     if (module, name) == ("collections", "deque"):
         return Rule(Layer.DATA, call=_deque_shape)
     if (module, name) == ("numpy.random._pickle", "__generator_ctor"):
@@ -260,7 +264,7 @@ def _lookup_sb3(module: str, name: str) -> Rule | None:
         return Rule(Layer.REFERENCE, call=_enum_value_shape)  # an Enum looked up by its value
     if module == "builtins" and name in _BUILTIN_TYPES:
         return _PLAIN_REFERENCE  # e.g. a space's dtype argument or a class attribute
-    if module.startswith(_SB3_REFERENCE_MODULES) or module.startswith(_SB3_TORCH_MODULES):
+    if any(in_package(module, package) for package in _SB3_REFERENCE_PACKAGES):
         return _SB3_REFERENCE
     return _lookup_torch(module, name)
 
