@@ -17,7 +17,11 @@ Per path (design.md "What ckptd is" 3-5, "Manifest"):
   recorded ``refused``. Broken (``FormatError``): recorded ``broken``. A conversion that could not
   finish (disk full, an existing foreign zip, a failed re-verification) leaves the original
   untouched and records it ``kept`` with ``error``; it is retried by the next reconciliation.
-* ``sb2-zip`` / ``sb3-zip``: verified, recorded ``kept`` or ``broken``.
+* ``sb2-zip`` / ``sb3-zip``: verified, recorded ``kept`` or ``broken``; an SB2 zip whose
+  ``:serialized:`` entries the allowlist refuses is refused like an unsafe pickle.
+* every pickle-bearing file (``pickle``, ``joblib``, ``torch-zip``, ``torch-legacy``, ``sb3-zip``)
+  first gets its verdict (docs/security.md, "Verdicts"): not safe is refused and quarantined or
+  left as above, a plain truncation ``broken``; safe is recorded with its verdict.
 * anything else (unknown content): recorded ``kept`` with its format, never touched.
 * vanished: its entry is dropped; unreadable: recorded ``pending`` with ``error`` and retried.
 
