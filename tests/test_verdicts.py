@@ -153,6 +153,8 @@ def test_the_payloads_are_live(tmp_path: Path) -> None:
 def test_text_protocol_sniffing(tmp_path: Path) -> None:
     assert identify(_write(tmp_path / "a.pkl", b"hello, world\n")).format is Format.UNKNOWN
     assert identify(_write(tmp_path / "b.pkl", b"(lp0\n")).format is Format.UNKNOWN  # no STOP
+    notes = _write(tmp_path / "n.pkl", b"config\nvalue\nmore text\n")  # looks like a GLOBAL
+    assert identify(notes).format is Format.UNKNOWN
     evil = identify(_write(tmp_path / "c.pkl", b"cos\nsystem\n(S'echo hi'\ntR."))
     assert evil.format is Format.PICKLE and evil.verdict and not evil.verdict.safe
     assert evil.verdict.globals == ("os.system",)

@@ -262,13 +262,14 @@ def _decompress_start(head: bytes, method: str) -> bytes:
 
 def _identify_text_pickle(data: bytes, size: int) -> Identification | None:
     """A protocol 0/1 pickle: no magic, so only a static parse ending in STOP says so; a stream
-    that names a global before it breaks is labelled too (its verdict refuses it)."""
+    that names a global and calls or builds something before it breaks is labelled too (its
+    verdict refuses it)."""
     try:
         parse_ops(data, min_protocol=0)
     except FormatError:
         peek = peek_pickle(data)
-        if not peek.globals:
-            return None
+        if not (peek.globals and peek.builds_objects):
+            return None  # text that merely starts like a GLOBAL is not a (broken) payload
         note = "protocol 0/1 pickle that references globals but does not parse"
         return Identification(Format.PICKLE, "low", note, size, 0, peek.globals)
     peek = peek_pickle(data)
