@@ -644,9 +644,10 @@ def _is_legacy_pickle(path: Path, cached: ManifestEntry | None, options: Invento
     if cached is not None and is_final_verdict(cached):
         return cached.format is Format.SB2_PICKLE
     try:
-        return options.identify(path) is Format.SB2_PICKLE
+        found = options.identify(path)
     except (OSError, CkptdError):
         return False
+    return (found if isinstance(found, Format) else found.format) is Format.SB2_PICKLE
 
 
 def _unlinked(checkpoint: Checkpoint) -> Checkpoint:
