@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckptd import units
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 ObserverKind = Literal["auto", "inotify", "polling"]
 OriginalMode = Literal["keep", "archive", "delete"]
@@ -157,6 +158,7 @@ class Config:
     state_dir: str = ".ckptd"
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    limits: Limits = DEFAULT_LIMITS
     source: Path | None = None  # the file it was loaded from, for messages
 
     def policy_for(self, root: RootConfig) -> Policy:

@@ -50,6 +50,7 @@ from ckptd.config_types import (
     join_key,
     suggest,
 )
+from ckptd.limits import HARD_MAX_DEPTH, Limits
 
 SCHEMA_ID: Final = "https://ckptd.invalid/schema/config-1.json"
 
@@ -407,6 +408,35 @@ CONFIG = Section(
                 },
             ),
             "Prometheus metrics.",
+        ),
+        "limits": Key(
+            Section(
+                Limits,
+                {
+                    "max_opcodes": Key(
+                        Integer(1),
+                        "Pickle opcodes one file may hold (a zip's :serialized: pickles together).",
+                    ),
+                    "max_depth": Key(
+                        Integer(1, HARD_MAX_DEPTH),
+                        f"How deep values may nest (containers in containers); at most {HARD_MAX_DEPTH}.",
+                    ),
+                    "max_expanded_nodes": Key(
+                        Integer(1),
+                        "Object-graph nodes one file may reach, shared parts counted as often as"
+                        " they are reachable.",
+                    ),
+                    "max_memory": Key(
+                        Size(1024**2),
+                        "Bytes of non-array content (text, bytes, JSON) one file may reach, counted"
+                        " the same way; array payloads are streamed and not counted.",
+                    ),
+                    "max_seconds": Key(
+                        Duration(1), "Wall-clock time one file may take in a daemon worker."
+                    ),
+                },
+            ),
+            "Per-file budgets: a checkpoint over any of them is refused, naming the budget.",
         ),
     },
     parse_first=("policies",),

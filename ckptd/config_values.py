@@ -34,20 +34,31 @@ class ValueType(ABC):
 
 
 class Integer(ValueType):
-    def __init__(self, minimum: int = 0) -> None:
+    def __init__(self, minimum: int = 0, maximum: int | None = None) -> None:
         self.minimum = minimum
+        self.maximum = maximum
 
     def parse(self, node: yaml.Node, walk: Walk, where: str) -> Any:
         expected = f"a whole number >= {self.minimum}"
+        if self.maximum is not None:
+            expected = f"a whole number from {self.minimum} to {self.maximum}"
         value = walk.scalar(node, where, expected)
         if value is INVALID:
             return INVALID
-        if isinstance(value, bool) or not isinstance(value, int) or value < self.minimum:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < self.minimum
+            or (self.maximum is not None and value > self.maximum)
+        ):
             return walk.report(where, f"expected {expected}, got {units.describe(value)}", node)
         return value
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "integer", "minimum": self.minimum}
+        schema: dict[str, Any] = {"type": "integer", "minimum": self.minimum}
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
 
 
 class Const(ValueType):

@@ -39,6 +39,7 @@ from ckptd.formats.npy import read_npy_header
 from ckptd.formats.sb2meta import guess_algorithm, guess_sb2_version
 from ckptd.formats.sb2zip import encode_data_json, verify_zip, write_checked_sb2_zip
 from ckptd.formats.sniff import identify
+from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.runfs import RunFS
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def convert_file(
     param_names: Sequence[str] | None = None,
     archive_path: Path | None = None,
     archive_base: Path | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ConversionOutcome:
     """Convert ``source`` (a legacy SB2 pickle) to an SB2 zip; an existing valid SB2 zip is verified.
 
@@ -94,12 +96,13 @@ def convert_file(
 
     Raises UnsafeCheckpoint (refused: the file references code outside the allowlist),
     FormatError (broken or not a stable-baselines checkpoint), ConversionError, VerifyError or
-    FileChangedError; in every such case the source is left byte-for-byte untouched.
+    FileChangedError; in every such case the source is left byte-for-byte untouched. A file over
+    ``limits`` is refused (BudgetExceeded, an UnsafeCheckpoint) before any value is walked.
     """
     source = Path(source)
     identification = identify(source)
     if identification.format is Format.SB2_ZIP:
-        return _already_zip(source)
+        return _already_zip(source, limits)
     if identification.format is not Format.SB2_PICKLE:
         raise FormatError(
             f"not a legacy stable-baselines pickle (identified as {identification.format})",
@@ -112,7 +115,9 @@ def convert_file(
         )
 
     before = fsio.FileIdentity.of(os.stat(source, follow_symlinks=False))
-    with open_legacy_file(source, allow_code=allow_code, param_names=param_names) as (
+    with open_legacy_file(
+        source, allow_code=allow_code, param_names=param_names, limits=limits
+    ) as (
         checkpoint,
         source_sha256,
     ):
@@ -190,8 +195,8 @@ def _verify_before_disposal(source: Path, target: Path) -> None:
     )
 
 
-def _already_zip(source: Path) -> ConversionOutcome:
-    report = verify_zip(source)
+def _already_zip(source: Path, limits: Limits) -> ConversionOutcome:
+    report = verify_zip(source, limits=limits)
     if not report.ok:
         raise VerifyError("; ".join(report.problems), path=str(source))
     digest, size = fsio.sha256_file(source)

@@ -120,3 +120,27 @@ class StateError(CkptdError):
 
 class RunLockedError(StateError):
     """Another ckptd process holds the run's lock (prune, daemon, pin, restore never race)."""
+
+
+class BudgetExceeded(UnsafeCheckpoint):
+    """A checkpoint is over one of its per-file budgets (``limits:``); refused like an unsafe one."""
+
+    def __init__(
+        self,
+        limit: str,
+        value: object,
+        found: str,
+        *,
+        path: str | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.limit = limit
+        super().__init__(f"exceeds limits.{limit} ({value}): {found}", path=path, offset=offset)
+
+
+def unexpected_text(err: BaseException) -> str:
+    """One line for an exception ckptd did not raise on purpose (a bug or an unforeseen input):
+    its type and the first line of its message, escaped so nothing from a file can break the line."""
+    detail = str(err).splitlines()[0][:200] if str(err) else ""
+    text = f"unexpected {type(err).__name__}" + (f": {detail}" if detail else "")
+    return text.encode("ascii", "backslashreplace").decode("ascii")

@@ -48,13 +48,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
+from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint, unexpected_text
 from ckptd.formats import VERDICT_FORMATS, Format
 from ckptd.formats.allowlist import check_graph, is_code_global, lookup
 from ckptd.formats.datajson import Kind, classify_entry
 from ckptd.formats.legacy import read_file_bytes, read_legacy
 from ckptd.formats.legacy_arrays import array_of
 from ckptd.formats.legacy_data import json_value, type_name
+from ckptd.formats.pickle_budget import check_budget
 from ckptd.formats.pickle_graph import (
     Call,
     Const,
@@ -76,6 +77,7 @@ from ckptd.formats.verdict import Policy, allowed_in, policy_for_plain
 from ckptd.formats.verdict import Verdict as PickleVerdict
 from ckptd.formats.zipexam import examine_zip
 from ckptd.fsio import open_regular_nofollow
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +262,7 @@ class InspectReport:
 # --- the I/O edge ----------------------------------------------------------------------------
 
 
-def inspect_path(path: Path) -> InspectReport:
+def inspect_path(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> InspectReport:
     """Inspect ``path`` by content; never raises for bad content (the report says what is wrong)."""
     path = Path(path)
     source = str(path)
@@ -271,14 +273,19 @@ def inspect_path(path: Path) -> InspectReport:
             return _judged(source, identification, verdict)
         magic = _leading_bytes(path, len(ZIP_MAGIC))
         if magic == ZIP_MAGIC:
-            return inspect_zip(path, identification)
+            return inspect_zip(path, identification, limits=limits)
         if magic[:1] == bytes([PICKLE_MAGIC]):
             buf, _ = read_file_bytes(path)
-            return inspect_pickle_bytes(buf, source=source, identification=identification)
+            return inspect_pickle_bytes(
+                buf, source=source, identification=identification, limits=limits
+            )
     except CkptdError as err:
         return _unreadable(source, str(err))
     except OSError as err:
         return _unreadable(source, f"{source}: cannot read: {err.strerror or err}")
+    except Exception as err:  # the last resort: a surprise is this file's verdict, not a traceback
+        logger.debug("unexpected error inspecting %s", source, exc_info=True)
+        return _unreadable(source, f"{source}: {unexpected_text(err)}")
     return InspectReport(
         source,
         identification.size,
@@ -328,9 +335,11 @@ def _unreadable(source: str, error: str) -> InspectReport:
 # --- zips ------------------------------------------------------------------------------------
 
 
-def inspect_zip(path: Path, identification: Identification) -> InspectReport:
+def inspect_zip(
+    path: Path, identification: Identification, *, limits: Limits = DEFAULT_LIMITS
+) -> InspectReport:
     """An SB2/SB3 (or any) zip, statically: members, data labels, npy headers; no CRC pass."""
-    exam = examine_zip(path, check_crc=False)
+    exam = examine_zip(path, check_crc=False, limits=limits)
     source = str(path)
     entries = exam.data.entries if exam.data else ()
     refusals = tuple(
@@ -427,9 +436,16 @@ class _Top:
 
 
 def inspect_pickle_bytes(
-    buf: bytes | bytearray | memoryview, *, source: str, identification: Identification
+    buf: bytes | bytearray | memoryview,
+    *,
+    source: str,
+    identification: Identification,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> InspectReport:
-    """Describe a legacy pickle held in memory; the verdict is the safe legacy reader's own."""
+    """Describe a legacy pickle held in memory; the verdict is the safe legacy reader's own.
+
+    The graph's budgets are checked before anything walks it (a file over them is ``refused``).
+    """
     view = memoryview(buf).cast("B")
     base: dict[str, Any] = {
         "path": source,
@@ -438,12 +454,13 @@ def inspect_pickle_bytes(
         "format_note": identification.note,
     }
     try:
-        parsed = parse_ops(view, source=source)
+        parsed = parse_ops(view, source=source, limits=limits)
     except CkptdError as err:
         refs = tuple(GlobalRef(name, _allowed(name)) for name in identification.globals)
         return _failed(base, err, refs, identification.protocol)
     try:
-        graph = build_graph(parsed, source=source)
+        graph = build_graph(parsed, source=source, limits=limits)
+        check_budget(graph.root, limits, source=source)
     except CkptdError as err:
         return _failed(base, err, _op_globals(parsed), parsed.protocol)
 
@@ -458,7 +475,9 @@ def inspect_pickle_bytes(
     else:
         placeholders = [name for name, _ in top.params] if top and top.were_list else None
         try:
-            read_legacy(view, source=source, allow_code=True, param_names=placeholders)
+            read_legacy(
+                view, source=source, allow_code=True, param_names=placeholders, limits=limits
+            )
         except UnsafeCheckpoint as err:
             refusals = (Refusal.of(err, None),)
         except FormatError as err:

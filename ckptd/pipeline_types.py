@@ -19,6 +19,7 @@ from ckptd.errors import CkptdError
 from ckptd.formats.sniff import Identification, identify
 from ckptd.formats.verify import VerifyReport, verify_zip
 from ckptd.inventory import RunRef
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 Action = Literal[
     "converted",  # legacy pickle converted; the zip is recorded
@@ -48,7 +49,14 @@ class Converter(Protocol):
         param_names: Sequence[str] | None = None,
         archive_path: Path | None = None,
         archive_base: Path | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> ConversionOutcome: ...
+
+
+class Verifier(Protocol):
+    """The shape of :func:`ckptd.formats.verify.verify_zip`."""
+
+    def __call__(self, path: Path, *, limits: Limits = DEFAULT_LIMITS) -> VerifyReport: ...
 
 
 def _utc_now() -> datetime:
@@ -61,7 +69,7 @@ class PipelineDeps:
 
     identify: Callable[[Path], Identification] = identify
     convert: Converter = convert_file
-    verify: Callable[[Path], VerifyReport] = verify_zip
+    verify: Verifier = verify_zip
     clock: Callable[[], datetime] = _utc_now
 
 

@@ -26,6 +26,7 @@ from ckptd.errors import (
     UnsafeCheckpoint,
     UnsafePathError,
     VerifyError,
+    unexpected_text,
 )
 from ckptd.formats import Format
 from ckptd.formats.verdict import Verdict, escape_name
@@ -148,6 +149,22 @@ class BatchWork:
             text = error_text(err)
             self._log(logging.WARNING, relpath, "cannot process: %s", text)
             return manifest, PathOutcome(path, "failed", text)
+        except Exception as err:  # the last resort: a bug or an unforeseen input, still one line
+            return self._unexpected(path, relpath, manifest, err)
+
+    def _unexpected(
+        self, path: Path, relpath: str, manifest: Manifest, err: Exception
+    ) -> tuple[Manifest, PathOutcome]:
+        """Record the file ``broken`` with the exception's type; the traceback only at debug."""
+        text = unexpected_text(err)
+        logger.debug("unexpected error processing %s", path, exc_info=True)
+        self._log(logging.WARNING, relpath, "broken: %s", text)
+        try:
+            identity = FileIdentity.of(os.lstat(path))
+        except OSError:
+            return manifest, PathOutcome(path, "failed", text)
+        entry = self._entry(relpath, identity, Format.UNKNOWN, "broken", None, error=text)
+        return self._set(manifest, entry), PathOutcome(path, "broken", text)
 
     def _process(
         self, path: Path, relpath: str, manifest: Manifest
@@ -225,7 +242,7 @@ class BatchWork:
         manifest: Manifest,
         verdict: Verdict | None = None,
     ) -> tuple[Manifest, PathOutcome]:
-        report = self.deps.verify(path)
+        report = self.deps.verify(path, limits=self.config.limits)
         if report.refused:
             # An SB2 zip whose :serialized: entries the allowlist refuses: as unsafe as a pickle.
             fallback = f"data keys {', '.join(report.refused)} refused"
@@ -289,6 +306,7 @@ class BatchWork:
                 # Where inventory looks for it: <run>/<state_dir>/legacy/<path relative to the run>.
                 archive_path=self.layout.legacy_path(relpath),
                 archive_base=self.run.run_dir,  # walked with no symlink followed below the run
+                limits=self.config.limits,
             )
         except UnsafeCheckpoint as err:
             names = (escape_name(err.global_name),) if err.global_name else ()

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Literal
 
 from ckptd import fsio
-from ckptd.errors import CkptdError
+from ckptd.errors import CkptdError, unexpected_text
 from ckptd.formats import VERDICT_FORMATS, Format
 from ckptd.formats.legacy import read_file_bytes
 from ckptd.formats.sniff import ZIP_MAGIC, Identification, identify
 from ckptd.formats.verify import verify_zip
 from ckptd.formats.zipread import check_structure, stream_crc
 from ckptd.inspection import PICKLE_MAGIC, Verdict, inspect_pickle_bytes
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)
 
@@ -64,31 +65,34 @@ class FileVerdict:
         return self.status == "ok"
 
 
-def verify_file(path: Path) -> FileVerdict:
+def verify_file(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> FileVerdict:
     """Verify one file by its content (its name is irrelevant)."""
     path = Path(path)
     try:
         found = identify(path)
         if found.verdict is not None:
-            return _verify_judged(path, found)
+            return _verify_judged(path, found, limits)
         with fsio.open_regular_nofollow(path) as handle:
             magic = handle.read(len(ZIP_MAGIC))
         if magic == ZIP_MAGIC:
-            return _verify_zip(path)
+            return _verify_zip(path, limits)
         if magic[:1] == bytes([PICKLE_MAGIC]):
-            return _verify_pickle(path)
+            return _verify_pickle(path, limits)
     except CkptdError as err:
         return FileVerdict(path, Format.UNKNOWN, "unreadable", (err.message,))
     except OSError as err:
         return FileVerdict(
             path, Format.UNKNOWN, "unreadable", (f"cannot read: {err.strerror or err}",)
         )
+    except Exception as err:  # the last resort: one file's surprise is that file's verdict
+        logger.debug("unexpected error verifying %s", path, exc_info=True)
+        return FileVerdict(path, Format.UNKNOWN, "damaged", (unexpected_text(err),))
     what = "empty file" if not magic else f"neither a zip nor a pickle (starts with {magic.hex()})"
     return FileVerdict(path, Format.UNKNOWN, "not-a-checkpoint", (what,))
 
 
-def _verify_zip(path: Path) -> FileVerdict:
-    report = verify_zip(path)
+def _verify_zip(path: Path, limits: Limits) -> FileVerdict:
+    report = verify_zip(path, limits=limits)
     status: Status = "ok"
     if report.format is Format.UNKNOWN and report.members:
         status = "not-a-checkpoint"
@@ -107,13 +111,13 @@ def _verify_zip(path: Path) -> FileVerdict:
     )
 
 
-def _verify_judged(path: Path, found: Identification) -> FileVerdict:
+def _verify_judged(path: Path, found: Identification, limits: Limits) -> FileVerdict:
     """Plain pickles, joblib dumps, torch files and SB3 zips: their verdict, and for zips every
     member's CRC (SB3 zips get the whole zip check as well)."""
     verdict = found.verdict
     assert verdict is not None
     if found.format is Format.SB3_ZIP:
-        base = _verify_zip(path)
+        base = _verify_zip(path, limits)
         if verdict.safe or base.status != "ok":
             return base
         return dataclasses.replace(base, status="refused", problems=(verdict.reason,))
@@ -134,10 +138,12 @@ def _zip_member_problems(path: Path) -> tuple[str, ...]:
         return structure.problems + tuple(problem for problem in crc if problem)
 
 
-def _verify_pickle(path: Path) -> FileVerdict:
+def _verify_pickle(path: Path, limits: Limits) -> FileVerdict:
     identification = identify(path)
     buf, _ = read_file_bytes(path)
-    report = inspect_pickle_bytes(buf, source=str(path), identification=identification)
+    report = inspect_pickle_bytes(
+        buf, source=str(path), identification=identification, limits=limits
+    )
     problems = tuple(refusal.line() for refusal in report.refusals) + report.problems
     if report.error:
         problems += (_strip_path(report.error, str(path)),)

@@ -25,6 +25,7 @@ from ckptd.config import (
     parse_config,
 )
 from ckptd.errors import ConfigError
+from ckptd.limits import Limits
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = CHECKOUT / "config" / "ckptd.yaml"
@@ -602,8 +603,15 @@ def test_config_to_mapping_formats_values(tmp_path: Path) -> None:
     mapping = config_to_mapping(parse_config(text, source=tmp_path / "c.yaml"))
     assert list(mapping) == [
         "version", "roots", "checkpoints", "convert", "policies", "delete", "schedule",
-        "scrub", "monitor", "manifest", "state_dir", "log", "metrics",
+        "scrub", "monitor", "manifest", "state_dir", "log", "metrics", "limits",
     ]  # fmt: skip
+    assert mapping["limits"] == {
+        "max_opcodes": 1000000,
+        "max_depth": 100,
+        "max_expanded_nodes": 1000000,
+        "max_memory": "256MiB",
+        "max_seconds": "10m",
+    }
     assert mapping["roots"] == [
         {
             "path": str(tmp_path / "runs"),
@@ -697,3 +705,44 @@ def test_schema_describes_every_key_with_defaults() -> None:
     walk(schema, "")
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["properties"]["policies"]["default"]["default"]["keep_last"] == 3
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+def test_limits_parse_into_the_library_value(tmp_path: Path) -> None:
+    text = (
+        BASE + "limits: {max_opcodes: 5000, max_depth: 50, max_memory: 64MiB, max_seconds: 90s}\n"
+    )
+    limits = parse_config(text, source=tmp_path / "c.yaml").limits
+    assert limits == Limits(
+        max_opcodes=5000, max_depth=50, max_memory=64 * 1024**2, max_seconds=timedelta(seconds=90)
+    )
+    assert limits.max_expanded_nodes == Limits().max_expanded_nodes
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "limits: {max_depth: 201}",
+            "limits.max_depth (line 4): expected a whole number from 1 to 200",
+        ),
+        ("limits: {max_opcodes: 0}", "limits.max_opcodes (line 4): expected a whole number >= 1"),
+        (
+            "limits: {max_memory: 1KiB}",
+            "limits.max_memory (line 4): expected a size of at least 1MiB",
+        ),
+        (
+            "limits: {max_seconds: 0s}",
+            "limits.max_seconds (line 4): expected a duration of at least 1s",
+        ),
+        ("limits: {max_nodes: 5}", "limits.max_nodes (line 4): unknown key"),
+    ],
+)
+def test_limits_are_validated(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + text + "\n", source=tmp_path / "c.yaml")
+    assert any(line.endswith(message) or message in line for line in caught.value.lines()), (
+        caught.value.lines()
+    )

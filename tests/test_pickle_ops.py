@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from ckptd.errors import FormatError
+from ckptd.errors import BudgetExceeded, FormatError
 from ckptd.formats.pickle_ops import opcode_names, parse_ops
 
 SAMPLES = [
@@ -69,7 +69,7 @@ def test_protocol_4_large_payloads_live_outside_frames() -> None:
 
 def test_max_ops() -> None:
     blob = pickle.dumps(list(range(100)), protocol=4)
-    with pytest.raises(FormatError, match="more than 50 opcodes"):
+    with pytest.raises(BudgetExceeded, match=r"exceeds limits.max_opcodes .*more than 50 opcodes"):
         parse_ops(blob, max_ops=50)
 
 

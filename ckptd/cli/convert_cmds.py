@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -13,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from ckptd import fsio
 from ckptd.cli import ExitStatus
 from ckptd.cli.output import error_line, lit, print_json, progress_bar, stdout_console
-from ckptd.errors import CkptdError, FormatError, HeldCheckpoint, UnsafeCheckpoint
+from ckptd.errors import CkptdError, FormatError, HeldCheckpoint, UnsafeCheckpoint, unexpected_text
 from ckptd.formats import Format
+from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.textsafe import shown
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 # it, so every other command starts without paying for it.
 
 STATE_DIR = ".ckptd"
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -61,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "unnamed parameter list ckptd cannot name itself (docs/param-names.md)",
     )
     convert.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    limits_option(convert)
     convert.set_defaults(handler=run_convert)
 
 
@@ -109,7 +113,7 @@ def _status_of(err: BaseException) -> str:
         return "refused"
     if isinstance(err, HeldCheckpoint):
         return "held"
-    if isinstance(err, FormatError):
+    if isinstance(err, FormatError) or not isinstance(err, CkptdError | OSError):
         return "broken"
     return "error"
 
@@ -139,6 +143,7 @@ def run_convert(args: argparse.Namespace) -> int:
         error_line("-o/--output names the output of a single input file")
         return ExitStatus.USAGE
     param_names = _read_param_names(args.param_names) if args.param_names else None
+    limits = limits_of(args)
     results: list[dict[str, Any]] = [
         {"source": str(path), "status": "error", "error": f"{path}: {reason}"}
         for path, reason in unreadable
@@ -161,12 +166,11 @@ def run_convert(args: argparse.Namespace) -> int:
                     state_dir=STATE_DIR,
                     allow_code=not args.no_code,
                     param_names=param_names,
+                    limits=limits,
                 )
-            except (CkptdError, OSError) as err:
+            except Exception as err:  # one file's problem is one line, never a traceback
                 failed += 1
-                message = (
-                    str(err) if isinstance(err, CkptdError) else f"{path}: {err.strerror or err}"
-                )
+                message = _error_message(path, err)
                 if progress.disable:
                     error_line(message)
                 else:
@@ -188,6 +192,33 @@ def run_convert(args: argparse.Namespace) -> int:
         error_line("no legacy checkpoints found in " + ", ".join(str(p) for p in args.paths))
         return ExitStatus.FAILED
     return ExitStatus.FAILED if failed else ExitStatus.OK
+
+
+def limits_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="take the per-file budgets (limits:) from this ckptd config; defaults otherwise",
+    )
+
+
+def limits_of(args: argparse.Namespace) -> Limits:
+    """The config's ``limits`` with -c, else the defaults (a bad config is a usage error, exit 2)."""
+    if args.config is None:
+        return DEFAULT_LIMITS
+    from ckptd.config import load_config
+
+    return load_config(args.config).limits
+
+
+def _error_message(path: Path, err: Exception) -> str:
+    if isinstance(err, CkptdError):
+        return str(err)
+    if isinstance(err, OSError):
+        return f"{path}: {err.strerror or err}"
+    logger.debug("unexpected error converting %s", path, exc_info=True)
+    return f"{path}: broken: {unexpected_text(err)}"
 
 
 def _describe_outcome(outcome: ConversionOutcome) -> str:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ckptd.cli import ExitStatus
+from ckptd.cli.convert_cmds import limits_of, limits_option
 from ckptd.cli.output import error_line, lit, print_json, stdout_console
 from ckptd.textsafe import shown
 
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     inspect.add_argument("path", type=Path, metavar="PATH")
     inspect.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    limits_option(inspect)
     inspect.set_defaults(handler=run_inspect)
 
     verify = subparsers.add_parser(
@@ -52,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     verify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     verify.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    limits_option(verify)
     verify.set_defaults(handler=run_verify)
 
 
@@ -61,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run_inspect(args: argparse.Namespace) -> int:
     from ckptd.inspection import inspect_path  # numpy and the pickle reader: only when inspecting
 
-    report = inspect_path(args.path)
+    report = inspect_path(args.path, limits=limits_of(args))
     if args.json:
         print_json(report.as_json())
     else:
@@ -167,8 +170,9 @@ def _members_table(report: InspectReport) -> Table:
 def run_verify(args: argparse.Namespace) -> int:
     from ckptd.verification import expand_paths, verify_file
 
+    limits = limits_of(args)
     files = expand_paths(args.paths)
-    verdicts = [verify_file(path) for path in files]
+    verdicts = [verify_file(path, limits=limits) for path in files]
     if args.json:
         print_json(
             {

@@ -48,11 +48,13 @@ from ckptd.formats.pickle_graph import (
 )
 from ckptd.formats.pickle_ops import parse_ops
 from ckptd.formats.pynames import in_package, is_dotted_name, is_identifier, name_problem
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)
 
 # numpy dtypes the reader accepts anywhere: plain numbers and bools, never objects or records.
-SAFE_DTYPE = re.compile(r"^(b1|[iu][1248]|f[248]|c(8|16))$")
+# Always used with fullmatch: "$" would also accept a trailing newline ('f4\n').
+SAFE_DTYPE = re.compile(r"b1|[iu][1248]|f[248]|c(8|16)")
 NUMPY_CORE = ("numpy.core", "numpy._core")
 BIT_GENERATORS = ("MT19937", "PCG64", "PCG64DXSM", "Philox", "SFC64")
 BUILTIN_TYPE_CALLABLE = ("CodeType", "MethodType", "CellType", "FunctionType")
@@ -125,6 +127,7 @@ class PickleReport:
     protocol: int
     globals: tuple[str, ...]  # "module.name", sorted
     carries_code: bool
+    opcodes: int = 0  # how many the stream has (a zip's pickles share one budget of them)
 
 
 # --- argument-shape helpers ------------------------------------------------------------------
@@ -181,7 +184,7 @@ def is_safe_dtype_call(node: Node) -> bool:
         and len(node.args.items) >= 1
         and isinstance(node.args.items[0], Const)
         and isinstance(node.args.items[0].value, str)
-        and SAFE_DTYPE.match(node.args.items[0].value) is not None
+        and SAFE_DTYPE.fullmatch(node.args.items[0].value) is not None
     )
 
 
@@ -713,11 +716,20 @@ def check_graph(graph: PickleGraph, *, source: str | None = None) -> PickleRepor
     )
 
 
-def check_pickle_bytes(blob: bytes | memoryview, *, source: str) -> PickleReport:
+def check_pickle_bytes(
+    blob: bytes | memoryview,
+    *,
+    source: str,
+    limits: Limits = DEFAULT_LIMITS,
+    max_ops: int | None = None,
+) -> PickleReport:
     """Statically check one pickle (e.g. a ``:serialized:`` entry of an SB2 zip); executes nothing.
 
-    Raises FormatError for a broken stream and UnsafeCheckpoint for anything outside the policy.
+    Raises FormatError for a broken stream and UnsafeCheckpoint for anything outside the policy
+    (BudgetExceeded over ``limits``; ``max_ops`` is what is left of the file's opcode budget).
+    Linear in the stream: nothing here walks the graph as a tree.
     """
-    parsed = parse_ops(blob, source=source)
-    graph = build_graph(parsed, source=source)
-    return check_graph(graph, source=source)
+    parsed = parse_ops(blob, source=source, limits=limits, max_ops=max_ops)
+    graph = build_graph(parsed, source=source, limits=limits)
+    report = check_graph(graph, source=source)
+    return PickleReport(report.protocol, report.globals, report.carries_code, len(parsed.ops))

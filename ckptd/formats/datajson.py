@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ckptd.errors import CkptdError, ConversionError, UnsafeCheckpoint
-from ckptd.formats.allowlist import check_pickle_bytes
+from ckptd.errors import BudgetExceeded, CkptdError, ConversionError, UnsafeCheckpoint
 from ckptd.formats.model import DataValue, JsonValue, OpaqueValue
+from ckptd.formats.pickle_budget import check_pickle
 from ckptd.formats.pickle_peek import peek_pickle
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 TYPE_KEY = ":type:"
 SERIALIZED_KEY = ":serialized:"
@@ -104,12 +105,18 @@ class DataAnalysis:
 
 
 def analyze_data_json(
-    raw: bytes, *, member: str = "data", source: str | None = None, check_safety: bool = True
+    raw: bytes,
+    *,
+    member: str = "data",
+    source: str | None = None,
+    check_safety: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> DataAnalysis:
     """Parse and label the ``data`` member; every problem is one line naming the member and key.
 
     ``check_safety`` runs the SB2 allowlist on every ``:serialized:`` blob (off for SB3 zips, whose
-    pickles reference torch/gymnasium and are checked structurally only).
+    pickles reference torch/gymnasium and are checked structurally only). All the blobs of one
+    file share one budget of ``limits.max_opcodes``; each is held to the other ``limits``.
     """
     try:
         # Python's json accepts the NaN/Infinity tokens SB2 writes; so does SB2's own loader.
@@ -120,9 +127,10 @@ def analyze_data_json(
         return DataAnalysis((), (f"{member}: JSON is a {type(parsed).__name__}, not an object",))
     entries: list[DataEntry] = []
     problems: list[str] = []
+    budget = _OpBudget(limits)
     for key, value in parsed.items():
         if isinstance(value, dict) and SERIALIZED_KEY in value:
-            entry, problem = _analyze_serialized(key, value, member, source, check_safety)
+            entry, problem = _analyze_serialized(key, value, member, source, check_safety, budget)
             entries.append(entry)
             if problem:
                 problems.append(problem)
@@ -131,8 +139,21 @@ def analyze_data_json(
     return DataAnalysis(tuple(entries), tuple(problems))
 
 
+class _OpBudget:
+    """The opcodes left for the rest of one file's ``:serialized:`` pickles."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.left = limits.max_opcodes
+
+
 def _analyze_serialized(
-    key: str, value: dict[str, Any], member: str, source: str | None, check_safety: bool
+    key: str,
+    value: dict[str, Any],
+    member: str,
+    source: str | None,
+    check_safety: bool,
+    budget: _OpBudget,
 ) -> tuple[DataEntry, str | None]:
     where = f"{member}[{key!r}]"
     type_name = value.get(TYPE_KEY)
@@ -150,7 +171,9 @@ def _analyze_serialized(
     carries_code = any(name.rsplit(".", 1)[-1] in _CODE_HELPERS for name in peek.globals)
     refusal: UnsafeCheckpoint | None = None
     if check_safety:
-        safety, problem, checked_globals, checked_code, refusal = _check_blob(blob, where, source)
+        safety, problem, checked_globals, checked_code, refusal = _check_blob(
+            blob, where, source, budget
+        )
     else:
         safety, problem, checked_globals, checked_code = "unchecked: not SB2", None, (), None
     if checked_code is not None:
@@ -193,13 +216,16 @@ def classify_entry(
 
 
 def _check_blob(
-    blob: bytes, where: str, source: str | None
+    blob: bytes, where: str, source: str | None, budget: _OpBudget
 ) -> tuple[str, str | None, tuple[str, ...], bool | None, UnsafeCheckpoint | None]:
     """(safety, problem, globals, carries_code, refusal) from the allowlist check; fails closed."""
     label = f"{source}:{where}" if source else where
     try:
-        report = check_pickle_bytes(blob, source=label)
+        report = check_pickle(blob, source=label, limits=budget.limits, max_ops=budget.left)
+        budget.left -= report.opcodes
     except CkptdError as err:
+        if isinstance(err, BudgetExceeded) and err.limit == "max_opcodes":
+            budget.left = 0  # spent: the file's other pickles are refused at their first opcode
         refusal = err if isinstance(err, UnsafeCheckpoint) else None
         return f"refused: {err.message}", f"{where}: {err.message}", (), None, refusal
     except Exception as err:  # a checker bug must not pass a file as safe

@@ -50,6 +50,7 @@ from ckptd.formats.model import (
     Param,
     ParamArray,
 )
+from ckptd.formats.pickle_budget import check_budget
 from ckptd.formats.pickle_graph import (
     BytesNode,
     Call,
@@ -66,6 +67,7 @@ from ckptd.formats.pickle_graph import (
 from ckptd.formats.pickle_ops import ParsedPickle, parse_ops
 from ckptd.formats.sb2names import ParamNames, infer_param_names
 from ckptd.fsio import CHUNK_SIZE, open_regular_nofollow
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,18 @@ def _split_top(root: Node, source: str) -> tuple[DictNode, Node]:
     return data, params
 
 
+def _check_name(what: str, name: str, node: Node, source: str) -> None:
+    """A name that cannot be written as UTF-8 (a lone surrogate) is refused, shown escaped."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafeCheckpoint(
+            f"{what} {name!a} is not valid text (a lone surrogate)",
+            path=source,
+            offset=node.pos,
+        ) from None
+
+
 def _param(name: str, node: Node, source: str) -> ParamArray:
     if not is_array_node(node):
         raise FormatError(
@@ -164,6 +178,7 @@ def _read_params(
             raise FormatError(
                 f"parameter name is {_describe(key)}, not a string", path=source, offset=key.pos
             )
+        _check_name("parameter name", key.value, key, source)
         named[key.value] = node
     return tuple(make(name, node, source) for name, node in named.items()), False
 
@@ -196,6 +211,7 @@ def _read_data(data: DictNode, source: str) -> dict[str, DataValue]:
             raise FormatError(
                 f"data key is {_describe(key)}, not a string", path=source, offset=key.pos
             )
+        _check_name("data key", key.value, key, source)
         nodes[key.value] = node
     return {key: data_value(node, source=source) for key, node in nodes.items()}
 
@@ -236,18 +252,20 @@ def read_legacy(
     source: str,
     allow_code: bool = True,
     param_names: Sequence[str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> LegacyCheckpoint:
     """Read a legacy SB2 checkpoint held in memory, statically.
 
     Raises FormatError (not a checkpoint, broken, unsupported shape) or UnsafeCheckpoint
-    (anything outside the allowlist; with ``allow_code=False`` also any ``data`` value that
-    carries a function or class by value). Parameter ``raw`` views point into ``buf``.
+    (anything outside the allowlist or over ``limits``; with ``allow_code=False`` also any
+    ``data`` value that carries a function or class by value). Parameter ``raw`` views point
+    into ``buf``.
     """
     view = memoryview(buf).cast("B")
     _gate(view, source)
-    parsed = parse_ops(view, source=source)
-    graph = build_graph(parsed, source=source)
-    return _checkpoint(parsed, graph, source, allow_code, param_names, _param)
+    parsed = parse_ops(view, source=source, limits=limits)
+    graph = build_graph(parsed, source=source, limits=limits)
+    return _checkpoint(parsed, graph, source, allow_code, param_names, _param, limits)
 
 
 def _checkpoint(
@@ -257,8 +275,13 @@ def _checkpoint(
     allow_code: bool,
     param_names: Sequence[str] | None,
     make: ParamMaker,
+    limits: Limits,
 ) -> LegacyCheckpoint:
-    """Judge the graph against the allowlist, then turn it into a LegacyCheckpoint."""
+    """Judge the graph against the budgets and the allowlist, then turn it into a LegacyCheckpoint.
+
+    The budget check comes first: everything after it walks values as trees (JSON, rendering).
+    """
+    check_budget(graph.root, limits, source=source)
     report = check_graph(graph, source=source)
     data_node, params_node = _split_top(graph.root, source)
     data = _read_data(data_node, source)
@@ -317,10 +340,13 @@ def read_legacy_file(
     allow_code: bool = True,
     param_names: Sequence[str] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[LegacyCheckpoint, str]:
     """Read ``path`` once and parse those bytes; returns the checkpoint and the file's sha256 hex."""
     buf, digest = read_file_bytes(Path(path), max_bytes=max_bytes)
-    checkpoint = read_legacy(buf, source=str(path), allow_code=allow_code, param_names=param_names)
+    checkpoint = read_legacy(
+        buf, source=str(path), allow_code=allow_code, param_names=param_names, limits=limits
+    )
     return checkpoint, digest
 
 
@@ -356,6 +382,7 @@ def _sparse_checkpoint(
     source: str,
     allow_code: bool,
     param_names: Sequence[str] | None,
+    limits: Limits,
 ) -> LegacyCheckpoint:
     """Read the first pass's bytes; parameters whose payload stayed in the file become file-backed.
 
@@ -364,9 +391,9 @@ def _sparse_checkpoint(
     """
     view = memoryview(sparse.buffer)
     _gate(view, source)
-    parsed = parse_ops(view, source=source)
+    parsed = parse_ops(view, source=source, limits=limits)
     at_op = _region_ops(parsed, sparse.regions, source)
-    graph = build_graph(parsed, source=source)
+    graph = build_graph(parsed, source=source, limits=limits)
     deferred = {
         id(node): at_op[node.pos]
         for node in graph.nodes
@@ -393,7 +420,7 @@ def _sparse_checkpoint(
         data_nodes = {id(n) for n in reachable(root.items[0])}
         if data_nodes & deferred.keys():
             raise _NeedsWholeFile("a data value holds a large payload")
-    return _checkpoint(parsed, graph, source, allow_code, param_names, make)
+    return _checkpoint(parsed, graph, source, allow_code, param_names, make, limits)
 
 
 def _whole_file(sparse: SparseRead, reader: SourceFile) -> memoryview:
@@ -415,6 +442,7 @@ def open_legacy_file(
     param_names: Sequence[str] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     min_deferred: int = DEFAULT_MIN_DEFERRED,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Iterator[tuple[LegacyCheckpoint, str]]:
     """Like ``read_legacy_file``, in about the memory of the file minus its large arrays.
 
@@ -428,7 +456,12 @@ def open_legacy_file(
         source = str(path)
         try:
             checkpoint = _sparse_checkpoint(
-                sparse, reader, source=source, allow_code=allow_code, param_names=param_names
+                sparse,
+                reader,
+                source=source,
+                allow_code=allow_code,
+                param_names=param_names,
+                limits=limits,
             )
         except _NeedsWholeFile as why:
             logger.info("%s: reading it whole (%s)", source, why)
@@ -437,5 +470,6 @@ def open_legacy_file(
                 source=source,
                 allow_code=allow_code,
                 param_names=param_names,
+                limits=limits,
             )
         yield checkpoint, sparse.sha256

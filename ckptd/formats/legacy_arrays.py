@@ -27,6 +27,7 @@ import numpy as np
 from ckptd.errors import FormatError
 from ckptd.formats.allowlist import NUMPY_CORE, SAFE_DTYPE, is_safe_dtype_call
 from ckptd.formats.pickle_graph import BytesNode, Call, Const, Node, TupleNode
+from ckptd.limits import MAX_DIMS, shape_problem
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 
@@ -78,7 +79,7 @@ def dtype_of(node: Node, source: str | None) -> np.dtype[np.generic]:
     if not (isinstance(node, Call) and is_safe_dtype_call(node)):
         raise FormatError(f"unsupported dtype ({node.kind()})", path=source, offset=node.pos)
     descr = _const_value(node.args.items[0])
-    assert isinstance(descr, str) and SAFE_DTYPE.match(descr)
+    assert isinstance(descr, str) and SAFE_DTYPE.fullmatch(descr)
     endian = "|"
     state = node.build
     if state is not None:
@@ -129,9 +130,19 @@ def _payload(node: Node, source: str | None) -> memoryview:
 
 def _shape_of(node: Node, source: str | None) -> tuple[int, ...]:
     if isinstance(node, TupleNode):
+        if len(node.items) > MAX_DIMS:
+            raise FormatError(
+                f"array of {len(node.items)} dimensions (numpy supports at most {MAX_DIMS})",
+                path=source,
+                offset=node.pos,
+            )
         dims = [_const_value(item) for item in node.items]
         if all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in dims):
-            return tuple(dim for dim in dims if isinstance(dim, int))
+            shape = tuple(dim for dim in dims if isinstance(dim, int))
+            problem = shape_problem(shape)
+            if problem:
+                raise FormatError(problem, path=source, offset=node.pos)
+            return shape
     raise FormatError(
         "array shape is not a tuple of non-negative ints", path=source, offset=node.pos
     )
@@ -145,6 +156,9 @@ def _finish(
     node: Node,
     source: str | None,
 ) -> ArrayValue:
+    problem = shape_problem(shape, dtype.itemsize)
+    if problem:
+        raise FormatError(problem, path=source, offset=node.pos)
     expected = math.prod(shape) * dtype.itemsize
     if raw.nbytes != expected:
         raise FormatError(

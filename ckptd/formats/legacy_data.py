@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from ckptd.errors import FormatError
+from ckptd.errors import BudgetExceeded, FormatError
 from ckptd.formats.allowlist import is_builtin_type_call, is_code_global
 from ckptd.formats.legacy_arrays import (
     SCALAR_TYPE_NAMES,
@@ -61,6 +61,12 @@ from ckptd.formats.pickle_graph import (
     is_ordered_dict_call,
     reachable,
 )
+from ckptd.limits import DEFAULT_LIMITS
+
+# A tree walk's own ceiling (the graph's measured size is checked against limits before any walk;
+# this catches what that measure cannot see exactly: the paths through a cycle).
+_WALK_NODES = DEFAULT_LIMITS.max_expanded_nodes
+_WALK_BYTES = DEFAULT_LIMITS.max_memory
 
 
 class _NotJson(Exception):
@@ -117,9 +123,14 @@ def _pairs_of(node: Node) -> list[tuple[Node, Node]] | None:
     return None
 
 
-def _to_json(node: Node, active: set[int], depth: int) -> JsonValue:
+def _to_json(node: Node, active: set[int], depth: int, work: list[int]) -> JsonValue:
     if depth > MAX_NESTING:
         raise _NotJson
+    work[0] += 1
+    if work[0] > _WALK_NODES:
+        raise BudgetExceeded(
+            "max_expanded_nodes", _WALK_NODES, "more nodes reached through cycles", offset=node.pos
+        )
     if isinstance(node, Const):
         return node.value
     if is_scalar_node(node) and scalar_descr(node) == "f8":
@@ -129,12 +140,12 @@ def _to_json(node: Node, active: set[int], depth: int) -> JsonValue:
     active.add(id(node))
     try:
         if isinstance(node, TupleNode | ListNode):
-            return [_to_json(item, active, depth + 1) for item in node.items]
+            return [_to_json(item, active, depth + 1, work) for item in node.items]
         pairs = _pairs_of(node)
         if pairs is not None:
             result: dict[str, JsonValue] = {}
             for key, value in pairs:
-                result[_json_key(key)] = _to_json(value, active, depth + 1)
+                result[_json_key(key)] = _to_json(value, active, depth + 1, work)
             return result
         raise _NotJson
     finally:
@@ -144,7 +155,7 @@ def _to_json(node: Node, active: set[int], depth: int) -> JsonValue:
 def json_value(node: Node) -> tuple[bool, JsonValue]:
     """(True, value) when SB2 would store ``node`` as plain JSON, else (False, None)."""
     try:
-        return True, _to_json(node, set(), 0)
+        return True, _to_json(node, set(), 0, [0])
     except (_NotJson, FormatError):
         return False, None
 
@@ -306,36 +317,68 @@ def _bare_type(node: Node) -> str:
     return name.split("'")[1] if name.count("'") == 2 else name.strip("<>")
 
 
-def render(node: Node, *, nested: bool = False, depth: int = 0) -> str:
-    """An approximation of ``str(value)`` (``repr`` inside containers), computed statically."""
-    if depth > MAX_NESTING:
+class _Walk:
+    """One ``render`` call's state: the containers being rendered (a cycle shows as ``...``, as
+    Python's repr shows ``[...]``) and what is left of its node and text budget."""
+
+    def __init__(self) -> None:
+        self.active: set[int] = set()
+        self.nodes = _WALK_NODES
+        self.text = _WALK_BYTES
+
+    def spend(self, size: int) -> bool:
+        """Take ``size`` bytes of text from the budget; False (nothing taken) if it would run out."""
+        if size > self.text:
+            return False
+        self.text -= size
+        return True
+
+
+def render(node: Node, *, nested: bool = False, depth: int = 0, walk: _Walk | None = None) -> str:
+    """An approximation of ``str(value)`` (``repr`` inside containers), computed statically.
+
+    Bounded: each node is rendered at most once per path (cycles show ``...``), and one call
+    renders at most the walk budget's nodes and text, then ``...``.
+    """
+    walk = walk if walk is not None else _Walk()
+    if depth > MAX_NESTING or walk.nodes <= 0 or id(node) in walk.active:
         return "..."
+    walk.nodes -= 1
+    walk.active.add(id(node))
     try:
-        return _render(node, nested, depth)
+        return _render(node, nested, depth, walk)
     except FormatError:
         return f"<{_bare_type(node)} object>"
+    finally:
+        walk.active.discard(id(node))
 
 
-def _render(node: Node, nested: bool, depth: int) -> str:
+def _render(node: Node, nested: bool, depth: int, walk: _Walk) -> str:
     if isinstance(node, Const):
-        return repr(node.value) if nested else str(node.value)
+        text = repr(node.value) if nested else str(node.value)
+        return text if walk.spend(len(text)) else "..."
     if isinstance(node, BytesNode):
+        if not walk.spend(4 * len(node.data) + 16):  # repr is at most 4 characters a byte
+            return "..."
         text = repr(bytes(node.data))
         return f"bytearray({text})" if node.mutable else text
-    if isinstance(node, TupleNode):
-        inner = ", ".join(render(item, nested=True, depth=depth + 1) for item in node.items)
-        return f"({inner},)" if len(node.items) == 1 else f"({inner})"
-    if isinstance(node, ListNode):
-        return (
-            "[" + ", ".join(render(item, nested=True, depth=depth + 1) for item in node.items) + "]"
-        )
+    # Plain loops, not generator expressions: two Python frames per level of nesting, no more.
+    if isinstance(node, TupleNode | ListNode):
+        parts = []
+        for item in node.items:
+            parts.append(render(item, nested=True, depth=depth + 1, walk=walk))
+        joined = ", ".join(parts)
+        if isinstance(node, ListNode):
+            return f"[{joined}]"
+        return f"({joined},)" if len(node.items) == 1 else f"({joined})"
     pairs = _pairs_of(node)
     if pairs is not None:
-        inner = ", ".join(
-            f"{render(key, nested=True, depth=depth + 1)}: {render(value, nested=True, depth=depth + 1)}"
-            for key, value in pairs
-        )
-        return f"OrderedDict([{inner}])" if isinstance(node, Call) else "{" + inner + "}"
+        parts = []
+        for key, value in pairs:
+            key_text = render(key, nested=True, depth=depth + 1, walk=walk)
+            parts.append(f"{key_text}: {render(value, nested=True, depth=depth + 1, walk=walk)}")
+        joined = ", ".join(parts)
+        return f"OrderedDict([{joined}])" if isinstance(node, Call) else "{" + joined + "}"
     if is_array_node(node):
         array = array_of(node, None).as_array()
         return repr(array) if nested else str(array)

@@ -19,6 +19,7 @@ from typing import IO, BinaryIO
 import numpy as np
 
 from ckptd.errors import FormatError
+from ckptd.limits import shape_problem
 
 MAGIC = b"\x93NUMPY"
 ARRAY_ALIGN = 64
@@ -140,6 +141,9 @@ def _literal_header(text: str, source: str | None) -> tuple[str, bool, tuple[int
         ):
             raise FormatError("npy header shape holds something other than sizes", path=source)
         shape.append(dim.value)
+    problem = shape_problem(tuple(shape))
+    if problem:
+        raise FormatError(f"npy header: {problem}", path=source)
     return descr_node.value, order_node.value, tuple(shape)
 
 
@@ -178,6 +182,9 @@ def parse_npy_header(header: bytes, *, source: str | None = None) -> NpyHeader:
         raise FormatError(f"npy header is not {_ENCODING[version]} text", path=source) from err
     descr, fortran_order, shape = _literal_header(text, source)
     dtype = checked_dtype(descr, source=source)
+    problem = shape_problem(shape, dtype.itemsize)
+    if problem:
+        raise FormatError(f"npy header: {problem}", path=source)
     return NpyHeader(version, descr, fortran_order, shape, total, dtype.itemsize)
 
 

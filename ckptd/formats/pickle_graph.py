@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 
 from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.formats.pickle_ops import Op, ParsedPickle
+from ckptd.limits import DEFAULT_LIMITS, HARD_MAX_DEPTH, Limits
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_MEMO = 1_000_000
+DEFAULT_MAX_MEMO = DEFAULT_LIMITS.max_memo
 DEFAULT_MAX_MARK_DEPTH = 200
 # Deep enough for any genuine checkpoint (a lambda's code object nests a few levels); recursive
 # walkers over the graph (JSON conversion, emitter) stop here instead of exhausting the stack.
-MAX_NESTING = 200
+# The graph's depth is checked against limits.max_depth (at most this) before any of them runs.
+MAX_NESTING = HARD_MAX_DEPTH
 
 CLOUDPICKLE_MODULES = ("cloudpickle.cloudpickle", "cloudpickle.cloudpickle_fast")
 STATE_SETTER_NAMES = ("_function_setstate", "_class_setstate")
@@ -186,6 +188,14 @@ class NewObj(_Mutable):
         self.args = args
 
 
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def is_state_setter(node: Node) -> bool:
     """A cloudpickle ``_function_setstate`` / ``_class_setstate`` call."""
     return isinstance(node, Call) and node.func_is(CLOUDPICKLE_MODULES, STATE_SETTER_NAMES)
@@ -248,6 +258,7 @@ class _Machine:
         self.marks: list[int] = []
         self.memo: dict[int, Node] = {}
         self.nodes: list[Node] = []
+        self.inert_keys: set[int] = set()  # ids of tuples already accepted as keys
         self.op: Op = Op("PROTO", protocol, 0, 0)
 
     # -- errors -------------------------------------------------------------------------------
@@ -300,16 +311,24 @@ class _Machine:
         return node.value
 
     def check_key(self, key: Node) -> None:
-        """Dict keys and set items are hashed by the VM; only let inert values be hashed."""
-        if isinstance(key, Const | Global | BytesNode) and not (
-            isinstance(key, BytesNode) and key.mutable
-        ):
-            return
-        if isinstance(key, TupleNode):
-            for item in key.items:
-                self.check_key(item)
-            return
-        raise self.refused(f"a {key.kind()} used as a dict key or set item")
+        """Dict keys and set items are hashed by the VM; only let inert values be hashed.
+
+        Iterative, and each tuple is checked once per stream: a tuple nested 100,000 deep, or one
+        whose halves are the same memo entry (2^60 leaves), costs its distinct nodes, no more.
+        """
+        todo = [key]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, Const | Global | BytesNode) and not (
+                isinstance(node, BytesNode) and node.mutable
+            ):
+                continue
+            if isinstance(node, TupleNode):
+                if id(node) not in self.inert_keys:
+                    self.inert_keys.add(id(node))
+                    todo.extend(node.items)
+                continue
+            raise self.refused(f"a {node.kind()} used as a dict key or set item")
 
     def set_items(self, target: Node, pairs: list[tuple[Node, Node]]) -> None:
         if isinstance(target, DictNode):
@@ -324,6 +343,12 @@ class _Machine:
         bucket.extend(pairs)
 
     def global_node(self, module: str, name: str) -> Node:
+        for part in (module, name):
+            if not part.isprintable() or _has_surrogate(part):
+                # Shown escaped: a lone surrogate cannot even be written to a UTF-8 log or manifest.
+                raise self.refused(
+                    f"global {ascii(module)[1:-1]}.{ascii(name)[1:-1]} has an unprintable name"
+                )
         # The VM maps Python 2 names for protocol < 3 (fix_imports) before it imports anything,
         # so the allowlist must judge the mapped names.
         if self.protocol < 3:
@@ -590,10 +615,13 @@ def build_graph(
     parsed: ParsedPickle,
     *,
     source: str | None = None,
-    max_memo: int = DEFAULT_MAX_MEMO,
+    max_memo: int | None = None,
     max_marks: int = DEFAULT_MAX_MARK_DEPTH,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> PickleGraph:
     """Replay ``parsed`` symbolically; raise FormatError / UnsafeCheckpoint at the first violation."""
+    if max_memo is None:
+        max_memo = limits.max_memo
     graph = _Machine(parsed.protocol, source, max_memo, max_marks).run(parsed.ops)
     logger.debug("built %d nodes from %d opcodes", len(graph.nodes), len(parsed.ops))
     return graph

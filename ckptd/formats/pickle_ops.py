@@ -9,7 +9,9 @@ differently from us:
 * an opcode that straddles the end of its FRAME, or a FRAME opened inside a frame (the C
   unpickler reading from a *file* used to read across frame ends, cpython#154848);
 * PROTO anywhere but first, or a protocol outside 2..5;
-* more opcodes than ``max_ops`` (a cheap bound on everything built from them).
+* more than ``limits.max_opcodes`` opcodes (a cheap bound on everything built from them), and
+  integers of more digits than ``limits.max_int_digits`` (Python refuses to print them, and
+  ``sys.set_int_max_str_digits`` is process-wide, so we never rely on it): both are refused.
 
 Large byte payloads (BINBYTES*, BYTEARRAY8) are not copied: their argument is a ``memoryview``
 slice of the source buffer, so parameter arrays can later be viewed in place and the whole
@@ -19,17 +21,19 @@ checkpoint costs one copy of its bytes.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ckptd.errors import FormatError
+from ckptd.errors import BudgetExceeded, FormatError, UnsafeCheckpoint
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)
 
 MIN_PROTOCOL = 2
 MAX_PROTOCOL = 5
-DEFAULT_MAX_OPS = 5_000_000
+DEFAULT_MAX_OPS = DEFAULT_LIMITS.max_opcodes
 
 _FRAME_HEADER = 9  # FRAME opcode byte + 8-byte length
 
@@ -156,10 +160,20 @@ _MAX_LINE = 1 << 16
 class _Reader:
     """Decodes one opcode at a time from a buffer; every read is bounds-checked."""
 
-    def __init__(self, buf: memoryview, source: str | None) -> None:
+    def __init__(self, buf: memoryview, source: str | None, limits: Limits) -> None:
         self.buf = buf
         self.size = len(buf)
         self.source = source
+        self.max_digits = limits.max_int_digits
+        self.max_bits = limits.max_int_bits
+
+    def huge_int(self, digits: int, name: str, start: int) -> UnsafeCheckpoint:
+        return UnsafeCheckpoint(
+            f"an integer of {digits} digits (more than {self.max_digits}; Python will not print it)",
+            path=self.source,
+            offset=start,
+            opcode=name,
+        )
 
     def fail(self, message: str, offset: int) -> FormatError:
         return FormatError(message, path=self.source, offset=offset)
@@ -199,7 +213,12 @@ class _Reader:
                 except UnicodeDecodeError as err:
                     raise self.fail(f"{name} is not valid UTF-8", start) from err
             if kind.startswith("long"):
-                return int.from_bytes(payload, "little", signed=True), end
+                if length * 8 > self.max_bits + 8:  # refused before the int is even built
+                    raise self.huge_int(int(length * 8 * math.log10(2)), name, start)
+                value = int.from_bytes(payload, "little", signed=True)
+                if value.bit_length() > self.max_bits:
+                    raise self.huge_int(int(value.bit_length() * math.log10(2)) + 1, name, start)
+                return value, end
             return payload, end  # zero-copy slice
         if kind == "none":
             return None, pos
@@ -214,6 +233,8 @@ class _Reader:
         return self.decode_text(kind, text, name, start), end
 
     def decode_text(self, kind: str, text: bytes, name: str, start: int) -> object:
+        if kind in ("decimalnl_int", "decimalnl_long") and len(text) > self.max_digits + 2:
+            raise self.huge_int(len(text.strip(b"-+L ")), name, start)
         try:
             if kind == "decimalnl_int":
                 # INT's "00"/"01" are False/True in protocol 0; keep them as ints (never written
@@ -236,18 +257,23 @@ def parse_ops(
     data: bytes | bytearray | memoryview,
     *,
     source: str | None = None,
-    max_ops: int = DEFAULT_MAX_OPS,
+    max_ops: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
     min_protocol: int = MIN_PROTOCOL,
     raw_after: Callable[[Op], int] | None = None,
 ) -> ParsedPickle:
     """Parse a whole pickle stream; raise :class:`FormatError` (with the offset) on anything odd.
 
+    Over ``max_ops`` opcodes (default ``limits.max_opcodes``; a zip's pickles share one budget, so
+    the caller passes what is left of it) raises :class:`BudgetExceeded`.
     ``min_protocol=0`` also accepts protocol 0/1 streams, which have no PROTO opcode (reported as
     protocol 0); verdicts on plain pickles need them, stable-baselines never wrote them.
     ``raw_after`` is called with each opcode as it is decoded and returns how many raw bytes
     follow it outside the pickle stream (joblib writes array bytes after a wrapper's BUILD); they
     are skipped, and may only sit between frames.
     """
+    if max_ops is None:
+        max_ops = limits.max_opcodes
     buf = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
     size = len(buf)
     if size == 0:
@@ -267,7 +293,7 @@ def parse_ops(
             path=source,
             offset=1,
         )
-    reader = _Reader(buf, source)
+    reader = _Reader(buf, source, limits)
     ops: list[Op] = []
     pos = 0
     frame_end: int | None = None
@@ -295,7 +321,15 @@ def parse_ops(
             raise reader.fail("PROTO opcode after the start of the stream", pos)
         ops.append(Op(name, arg, pos, end))  # type: ignore[arg-type]
         if len(ops) > max_ops:
-            raise reader.fail(f"more than {max_ops} opcodes", pos)
+            shared = (
+                "" if max_ops == limits.max_opcodes else " (what was left of the file's budget)"
+            )
+            raise BudgetExceeded(
+                "max_opcodes",
+                limits.max_opcodes,
+                f"more than {max_ops} opcodes{shared}",
+                path=source,
+            )
         pos = end
         if name == "STOP":
             break

@@ -16,6 +16,7 @@ from pathlib import Path
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
 from ckptd.formats.zipexam import examine_zip
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,10 @@ class VerifyReport:
     refused: tuple[str, ...] = ()  # data keys whose ``:serialized:`` pickle the allowlist refused
 
 
-def verify_zip(path: Path) -> VerifyReport:
+def verify_zip(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> VerifyReport:
     """Verify ``path`` completely; never raises for damaged content (only reports)."""
     try:
-        exam = examine_zip(path, check_crc=True)
+        exam = examine_zip(path, check_crc=True, limits=limits)
     except CkptdError as err:
         return VerifyReport(str(path), False, Format.UNKNOWN, (err.message,))
     except OSError as err:

@@ -34,6 +34,7 @@ from ckptd.formats.zipread import (
     stream_crc,
 )
 from ckptd.fsio import open_regular_nofollow
+from ckptd.limits import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,12 @@ class ZipExamination:
         return tuple(member.name for member in self.members)
 
 
-def examine_zip(path: Path, *, check_crc: bool) -> ZipExamination:
-    """Examine ``path``. Raises OSError / UnsafePathError only when it cannot be opened at all."""
+def examine_zip(path: Path, *, check_crc: bool, limits: Limits = DEFAULT_LIMITS) -> ZipExamination:
+    """Examine ``path``. Raises OSError / UnsafePathError only when it cannot be opened at all.
+
+    The ``data`` member is read only up to a quarter of ``limits.max_memory`` (its parsed JSON
+    takes several times its size), and its ``:serialized:`` pickles are held to ``limits``.
+    """
     source = str(path)
     with open_regular_nofollow(path) as handle:
         size = os.fstat(handle.fileno()).st_size
@@ -95,7 +100,7 @@ def examine_zip(path: Path, *, check_crc: bool) -> ZipExamination:
             foreign = foreign_directory_problem(archive)
             if foreign:
                 return _broken(source, size, foreign)
-            return _Examiner(source, handle, size, archive, check_crc).run()
+            return _Examiner(source, handle, size, archive, check_crc, limits).run()
 
 
 def _broken(source: str, size: int, problem: str) -> ZipExamination:
@@ -106,8 +111,15 @@ class _Examiner:
     """The examination of one open archive (a class only to keep the shared state in one place)."""
 
     def __init__(
-        self, source: str, handle: BinaryIO, size: int, archive: zipfile.ZipFile, check_crc: bool
+        self,
+        source: str,
+        handle: BinaryIO,
+        size: int,
+        archive: zipfile.ZipFile,
+        check_crc: bool,
+        limits: Limits,
     ) -> None:
+        self.limits = limits
         self.source = source
         self.handle = handle
         self.size = size
@@ -181,11 +193,11 @@ class _Examiner:
         if "data" not in names:
             self.problems.append("data: member missing (the loader needs data['policy'])")
             return None
-        raw = self._read(sound, names, "data", MAX_DATA_JSON)
+        raw = self._read(sound, names, "data", min(MAX_DATA_JSON, self.limits.max_memory // 4))
         if raw is None:
             return None
         analysis = analyze_data_json(
-            raw, member="data", source=self.source, check_safety=check_safety
+            raw, member="data", source=self.source, check_safety=check_safety, limits=self.limits
         )
         self.problems.extend(analysis.problems)
         return analysis
