@@ -452,7 +452,9 @@ def open_legacy_file(
     read. Errors are those of ``read_legacy_file``.
     """
     with SourceFile(Path(path)) as reader:
-        sparse = scan_source(reader, max_bytes=max_bytes, min_deferred=min_deferred)
+        sparse = scan_source(
+            reader, max_bytes=max_bytes, min_deferred=min_deferred, max_ops=limits.max_opcodes
+        )
         source = str(path)
         try:
             checkpoint = _sparse_checkpoint(

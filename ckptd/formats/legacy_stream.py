@@ -33,6 +33,7 @@ from ckptd.errors import FileChangedError, FormatError
 # The opcode table is pickle_ops' own, so this framer and the parser agree by construction
 # (and ``legacy`` checks that they did).
 from ckptd.formats.pickle_ops import _FIXED, _LENGTH_PREFIX, _MAX_LINE, _OPCODES
+from ckptd.limits import DEFAULT_LIMITS
 
 logger = logging.getLogger(__name__)
 
@@ -140,16 +141,23 @@ class _Framer:
     every later byte is kept, so the parser sees the real bytes where it will fail.
     """
 
-    def __init__(self, buffer: mmap.mmap, size: int, min_deferred: int) -> None:
+    def __init__(self, buffer: mmap.mmap, size: int, min_deferred: int, max_ops: int) -> None:
         self.buffer = buffer
         self.size = size
         self.min_deferred = min_deferred
         self.pos = 0  # offset of the next opcode to frame
         self.stopped = False
+        # Past the file's opcode budget the parser refuses the file anyway: stop framing (and
+        # keep the rest) instead of walking millions of opcodes first.
+        self.ops_left = max_ops
 
     def next_payload(self, filled: int) -> tuple[int, int] | None:
         """Frame opcodes below ``filled``; the (offset, length) of the next large payload, if any."""
         while not self.stopped and self.pos < filled:
+            self.ops_left -= 1
+            if self.ops_left < 0:
+                self.stopped = True
+                break
             code = self.buffer[self.pos]
             spec = _OPCODES.get(code)
             if spec is None:
@@ -208,7 +216,11 @@ def _drop_pages(buffer: mmap.mmap, start: int, end: int) -> None:
 
 
 def scan_source(
-    source: SourceFile, *, max_bytes: int, min_deferred: int = DEFAULT_MIN_DEFERRED
+    source: SourceFile,
+    *,
+    max_bytes: int,
+    min_deferred: int = DEFAULT_MIN_DEFERRED,
+    max_ops: int = DEFAULT_LIMITS.max_opcodes,
 ) -> SparseRead:
     """Read ``source`` once from the start, hashing everything; keep all but large payloads.
 
@@ -230,7 +242,7 @@ def scan_source(
     view = memoryview(buffer)
     scratch = memoryview(bytearray(min(READ_CHUNK, size)))
     digest = hashlib.sha256()
-    framer = _Framer(buffer, size, min_deferred)
+    framer = _Framer(buffer, size, min_deferred, max_ops)
     regions: list[Region] = []
     pending: tuple[int, int, int] | None = None  # (offset, length, crc so far) of a region
     filled = 0

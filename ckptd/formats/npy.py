@@ -29,6 +29,7 @@ _PREFIX_SIZE = {(1, 0): 2, (2, 0): 4, (3, 0): 4}
 _ENCODING = {(1, 0): "latin1", (2, 0): "latin1", (3, 0): "utf8"}
 _DESCR_SHAPE = re.compile(r"[<>|=]?[A-Za-z]+[0-9]*(\[[A-Za-z0-9]+\])?")
 _KEYS = ("descr", "fortran_order", "shape")
+_LONG_NUMBER = re.compile(r"[0-9]{20,}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,11 @@ def write_npy_header(
 
 def _literal_header(text: str, source: str | None) -> tuple[str, bool, tuple[int, ...]]:
     """Check the header is ``{'descr': str, 'fortran_order': bool, 'shape': (int, ...)}`` and read it."""
+    # No array extent has more than 19 digits (numpy's index type); a longer number is refused
+    # here, before Python's own (process-wide, changeable) digit limit is involved.
+    long_number = _LONG_NUMBER.search(text)
+    if long_number:
+        raise FormatError(f"npy header holds a number of {len(long_number[0])} digits", path=source)
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as err:

@@ -9,8 +9,10 @@ counted once), and how deep it nests. Memoized per node, so it is linear in the 
 counts are floats, so 2^60 is a number and not a hang. Over ``limits`` is a refusal naming the
 budget (docs/security.md, "Budgets").
 
-Array payloads are not counted as bytes (they are streamed to the zip, not walked as values); an
-array's nodes are.
+The bytes approximate the text a walk produces: each node's own text (a string, bytes, an int's
+digits) plus a few bytes of separators, plus the indentation ``json.dumps(indent=4)`` gives it
+(four bytes per level it is nested below the value). Array payloads are not counted as bytes (they
+are streamed to the zip, not walked as values); an array's nodes are.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class GraphSize:
     nodes: float
     bytes: float
     depth: int
+
+
+# Separators and quotes around each value in JSON or rendered text, and the indentation that
+# json.dumps(indent=4) adds per level of nesting.
+_NODE_TEXT = 8.0
+_INDENT = 4.0
 
 
 def _own_bytes(node: Node) -> float:
@@ -86,7 +94,7 @@ def measure(root: Node, limits: Limits = DEFAULT_LIMITS, *, source: str | None =
         frames.pop()
         on_path.discard(id(node))
         own = 0.0 if is_array_node(node) or is_scalar_node(node) else totals[1]
-        result = GraphSize(totals[0], own + _own_bytes(node), int(totals[2]))
+        result = GraphSize(totals[0], own + _own_bytes(node) + _NODE_TEXT, int(totals[2]))
         done[id(node)] = result
         if not frames:
             return result
@@ -95,7 +103,7 @@ def measure(root: Node, limits: Limits = DEFAULT_LIMITS, *, source: str | None =
 
 def _add(totals: list[float], size: GraphSize, child: Node) -> None:
     totals[0] += size.nodes
-    totals[1] += size.bytes
+    totals[1] += size.bytes + _INDENT * size.nodes  # each node below is one level deeper
     totals[2] = max(totals[2], size.depth + 1)
 
 
