@@ -16,6 +16,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+POLICY = b"cstable_baselines.common.policies\nMlpPolicy\n"
+
 
 @dataclass
 class Ops:
@@ -107,6 +109,13 @@ def value_flood(ops: Ops, count: int) -> None:
     ops.raw(b")0" * (count // 2)).raw(b"N")
 
 
+def value_key_flood(ops: Ops, count: int) -> None:
+    """frozenset of ``count`` references to one 1000-item tuple: each key check that re-walks the
+    shared tuple costs 1000 steps, so a naive checker does ``count * 1000`` of them."""
+    ops.raw(b"(" + b"K\x07" * 1000 + b"t")
+    ops.raw(b"q\x000(" + b"h\x00" * count + b"\x91")
+
+
 def value_int(ops: Ops, digits: int) -> None:
     ops.int_(10**digits)
 
@@ -122,6 +131,7 @@ VALUES = {
     "nested": value_nested,
     "nested-tuple-key": value_nested_tuple,
     "flood": value_flood,
+    "key-flood": value_key_flood,
     "int": value_int,
     "int-key": value_int_key,
 }
@@ -135,9 +145,12 @@ def value_pickle(kind: str, size: int) -> bytes:
 
 
 def legacy_pickle(kind: str, size: int) -> bytes:
-    """``({'gamma': 0.99, 'x': <hostile>}, OrderedDict())``: a legacy SB2 checkpoint."""
+    """``({'policy': MlpPolicy, 'gamma': 0.99, 'x': <hostile>}, OrderedDict())``: what ckptd
+    identifies as a legacy SB2 checkpoint (the policy reference comes first, as SB2 writes it)."""
     ops = Ops()
-    ops.raw(b"}").text("gamma").raw(b"G" + struct.pack(">d", 0.99) + b"s")
+    ops.raw(b"}").text("policy").raw(POLICY + b"s").text("gamma").raw(
+        b"G" + struct.pack(">d", 0.99) + b"s"
+    )
     ops.text("x")
     VALUES[kind](ops, size)
     ops.raw(b"s")
@@ -148,7 +161,9 @@ def legacy_pickle(kind: str, size: int) -> bytes:
 def legacy_with_params(params: list[tuple[str, bytes]]) -> bytes:
     """A legacy checkpoint whose parameters are given as raw array pickles (already on stack)."""
     ops = Ops()
-    ops.raw(b"}").text("gamma").raw(b"G" + struct.pack(">d", 0.99) + b"s")
+    ops.raw(b"}").text("policy").raw(POLICY + b"s").text("gamma").raw(
+        b"G" + struct.pack(">d", 0.99) + b"s"
+    )
     ops.raw(b"ccollections\nOrderedDict\n)R(")
     for name, array_ops in params:
         ops.text(name).raw(array_ops)

@@ -385,3 +385,29 @@ def test_run_of(runs: Path, depth: int, relative: str, expected: tuple[str, str]
         assert located is not None
         assert (located[0].relpath, located[1]) == expected
     assert run_of(config.roots[0], runs.parent / "elsewhere.zip", ".ckptd") is None
+
+
+def test_an_unexpected_exception_is_one_broken_entry_not_a_dead_worker(
+    config: Config, runs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last resort: a reader bug (here a fake that overflows the stack) on one file records
+    that file ``broken`` with the exception's type in one line; the traceback is debug-only."""
+    run = runs / "ppo-1"
+    source = legacy(run / "rl_model_4_steps.pkl")
+    content = source.read_bytes()
+
+    def recursing_convert(source: Path, **_: Any) -> ConversionOutcome:
+        raise RecursionError("maximum recursion depth exceeded\nwhile walking")
+
+    with caplog.at_level("INFO"):
+        outcome = process_path(
+            config, config.roots[0], source, deps=PipelineDeps(convert=recursing_convert)
+        )
+
+    assert outcome.action == "broken"
+    assert outcome.message == "unexpected RecursionError: maximum recursion depth exceeded"
+    entry = manifest_of(run).by_path()["rl_model_4_steps.pkl"]
+    assert (entry.state, entry.error) == ("broken", outcome.message)
+    assert source.read_bytes() == content
+    assert not any(record.exc_info for record in caplog.records)  # no traceback above debug
+    assert process_path(config, config.roots[0], source).action == "unchanged"
