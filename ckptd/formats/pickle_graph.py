@@ -188,14 +188,6 @@ class NewObj(_Mutable):
         self.args = args
 
 
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def is_state_setter(node: Node) -> bool:
     """A cloudpickle ``_function_setstate`` / ``_class_setstate`` call."""
     return isinstance(node, Call) and node.func_is(CLOUDPICKLE_MODULES, STATE_SETTER_NAMES)
@@ -343,12 +335,6 @@ class _Machine:
         bucket.extend(pairs)
 
     def global_node(self, module: str, name: str) -> Node:
-        for part in (module, name):
-            if not part.isprintable() or _has_surrogate(part):
-                # Shown escaped: a lone surrogate cannot even be written to a UTF-8 log or manifest.
-                raise self.refused(
-                    f"global {ascii(module)[1:-1]}.{ascii(name)[1:-1]} has an unprintable name"
-                )
         # The VM maps Python 2 names for protocol < 3 (fix_imports) before it imports anything,
         # so the allowlist must judge the mapped names.
         if self.protocol < 3:
