@@ -16,7 +16,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "ckptd"
 
 # Pure core: no I/O, no clock, no threads, no outside world.
-PURE = ["retention.py", "units.py", "stabilize.py", "formats/sb2meta.py", "formats/model.py"]
+PURE = [
+    "retention.py",
+    "units.py",
+    "stabilize.py",
+    "formats/sb2meta.py",
+    "formats/model.py",
+    "limits.py",
+]
 IMPURE_MODULES = {"os", "socket", "subprocess", "threading", "time", "shutil", "signal", "tempfile"}
 
 # Each outside library (or capability) and the only modules allowed to import it.
