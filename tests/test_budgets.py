@@ -34,7 +34,7 @@ from ckptd.formats.npy import parse_npy_header
 from ckptd.formats.pickle_budget import check_pickle, measure
 from ckptd.formats.pickle_graph import build_graph
 from ckptd.formats.pickle_ops import parse_ops
-from ckptd.limits import Limits
+from ckptd.limits import HARD_MAX_DEPTH, Limits
 from tests import hostile_gen as gen
 
 MEMORY_CAP = 1024**3  # address space of each CLI subprocess
@@ -460,3 +460,27 @@ def test_npy_headers_with_impossible_shapes_are_one_line_errors(shape: str, mess
     with pytest.raises(FormatError) as caught:
         parse_npy_header(header, source="w.npy")
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["nested", "nested-tuple-key"])
+def test_values_at_the_hard_depth_cap_convert_without_hitting_the_recursion_limit(
+    kind: str,
+) -> None:
+    """The walkers (JSON, rendering, re-emitting) recurse: at max_depth's ceiling they still fit
+    in Python's recursion limit, with pytest's own frames below them."""
+    limits = Limits(max_depth=HARD_MAX_DEPTH)
+    checkpoint = read_legacy(
+        gen.legacy_pickle(kind, HARD_MAX_DEPTH - 10), source="deep.pkl", limits=limits
+    )
+    value = checkpoint.data["x"]
+    if kind == "nested":
+        depth = 0
+        while isinstance(value, list) and value:
+            value, depth = value[0], depth + 1
+        assert depth == HARD_MAX_DEPTH - 11  # the innermost list is empty
+    else:
+        assert value.type_name == "<class 'dict'>"  # type: ignore[union-attr]
+        (key,) = value.extras  # type: ignore[union-attr]
+        assert key == "(" * (HARD_MAX_DEPTH - 9) + ")" + ",)" * (HARD_MAX_DEPTH - 10)
+        reread = build_graph(parse_ops(value.pickled)).root  # type: ignore[union-attr]
+        assert measure(reread, limits).depth == HARD_MAX_DEPTH - 9  # dict -> 191 tuples: 191 edges
