@@ -484,3 +484,21 @@ def test_values_at_the_hard_depth_cap_convert_without_hitting_the_recursion_limi
         assert key == "(" * (HARD_MAX_DEPTH - 9) + ")" + ",)" * (HARD_MAX_DEPTH - 10)
         reread = build_graph(parse_ops(value.pickled)).root  # type: ignore[union-attr]
         assert measure(reread, limits).depth == HARD_MAX_DEPTH - 9  # dict -> 191 tuples: 191 edges
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_json_bomb_in_data_is_refused_before_parsing(tmp_path: Path) -> None:
+    """9 MiB of "[]," would parse into over 200 MiB of lists (deflated below the 1000:1 ratio
+    check, that is a few hundred kilobytes; stored here to keep the test simple)."""
+    import zipfile
+
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("data", '{"x": [' + "[]," * (3 * 1024**2) + "[]]}")
+        archive.writestr("parameters", b"")
+        archive.writestr("parameter_list", "[]")
+    result = ckptd("verify", path)
+    assert_one_line_failure(
+        result, path, "data: 9437195 bytes exceeds limits.max_memory (268435456) / 32"
+    )

@@ -39,6 +39,9 @@ from ckptd.limits import DEFAULT_LIMITS, Limits
 logger = logging.getLogger(__name__)
 
 MAX_DATA_JSON = 256 * 1024 * 1024
+# How much of limits.max_memory one byte of ``data`` JSON may take once parsed (measured: 8 MiB of
+# "[]," parses into 200 MiB of lists), so the member is read only up to max_memory / this.
+DATA_JSON_EXPANSION = 32
 MAX_PARAMETER_LIST = 64 * 1024 * 1024
 MAX_COMPRESSED_NPZ = 1024 * 1024 * 1024  # a compressed npz must be inflated in memory to inspect
 MAX_SMALL_TEXT = 64 * 1024
@@ -81,8 +84,8 @@ class ZipExamination:
 def examine_zip(path: Path, *, check_crc: bool, limits: Limits = DEFAULT_LIMITS) -> ZipExamination:
     """Examine ``path``. Raises OSError / UnsafePathError only when it cannot be opened at all.
 
-    The ``data`` member is read only up to a quarter of ``limits.max_memory`` (its parsed JSON
-    takes several times its size), and its ``:serialized:`` pickles are held to ``limits``.
+    The ``data`` member is read only up to ``limits.max_memory / DATA_JSON_EXPANSION`` (its parsed
+    JSON takes many times its size), and its ``:serialized:`` pickles are held to ``limits``.
     """
     source = str(path)
     with open_regular_nofollow(path) as handle:
@@ -193,7 +196,16 @@ class _Examiner:
         if "data" not in names:
             self.problems.append("data: member missing (the loader needs data['policy'])")
             return None
-        raw = self._read(sound, names, "data", min(MAX_DATA_JSON, self.limits.max_memory // 4))
+        limit = min(MAX_DATA_JSON, self.limits.max_memory // DATA_JSON_EXPANSION)
+        member = sound.get("data")
+        if member is not None and member.size > limit:
+            # Parsed JSON takes up to ~25 times its text ("[]," is 3 bytes and a 56-byte list).
+            self.problems.append(
+                f"data: {member.size} bytes exceeds limits.max_memory "
+                f"({self.limits.max_memory}) / {DATA_JSON_EXPANSION} for the parsed JSON"
+            )
+            return None
+        raw = self._read(sound, names, "data", limit)
         if raw is None:
             return None
         analysis = analyze_data_json(
