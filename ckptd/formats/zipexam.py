@@ -233,7 +233,8 @@ class _Examiner:
     def _parameter_list(
         self, sound: dict[str, MemberInfo], names: tuple[str, ...]
     ) -> tuple[str, ...] | None:
-        raw = self._read(sound, names, "parameter_list", MAX_PARAMETER_LIST)
+        limit = min(MAX_PARAMETER_LIST, self.limits.max_memory // DATA_JSON_EXPANSION)
+        raw = self._read(sound, names, "parameter_list", limit)
         if raw is None:
             return None
         try:
