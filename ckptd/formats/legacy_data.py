@@ -58,6 +58,7 @@ from ckptd.formats.pickle_graph import (
     Node,
     SetNode,
     TupleNode,
+    completed,
     is_ordered_dict_call,
     reachable,
 )
@@ -346,7 +347,7 @@ def render(node: Node, *, nested: bool = False, depth: int = 0, walk: _Walk | No
     walk.nodes -= 1
     walk.active.add(id(node))
     try:
-        return _render(node, nested, depth, walk)
+        return _render(completed(node), nested, depth, walk)
     except FormatError:
         return f"<{_bare_type(node)} object>"
     finally:
@@ -456,6 +457,7 @@ def carries_code(node: Node) -> bool:
 
 def data_value(node: Node, *, source: str | None) -> DataValue:
     """The DataValue SB2's ``data_to_json`` would derive from the trusted load of ``node``."""
+    node = completed(node)  # a skeleton referenced again through the memo is the filled object
     ok, plain = json_value(node)
     if ok:
         return plain

@@ -14,6 +14,9 @@ Python 3.11 + cloudpickle 3 + numpy 2:
 * Python 3 names are written with the Python 2 spellings CPython's protocol-2 pickler uses
   (``__builtin__``, ``copy_reg``), which every Python 3 unpickler maps back;
 * shared nodes and cycles go through the memo, exactly once per node;
+* a cloudpickle skeleton reached before its filler is written as the filler call (which writes the
+  skeleton first and returns it filled), never bare: a memo reference to a function or class
+  skeleton in the input means the filled object (docs/compatibility.md);
 * a global whose module or name is not a dotted ASCII identifier is never written (UnsafeCheckpoint):
   the text GLOBAL opcode would end the name at its first newline and read the rest as opcodes;
 * functions saved by cloudpickle 1.x stay in that form (``_fill_function``...); no translation
@@ -77,6 +80,7 @@ class _Emitter:
         self.global_memo: dict[tuple[str, str], int] = {}
         self.next_index = 0
         self.globals: set[str] = set()
+        self.started_calls: set[int] = set()
 
     # -- primitives ---------------------------------------------------------------------------
     def fresh_index(self) -> int:
@@ -180,6 +184,12 @@ class _Emitter:
         if id(node) in self.memo:
             self.get(self.memo[id(node)])
             return
+        filler = node.filled_by if isinstance(node, Call | NewObj) else None
+        if filler is not None and id(filler) not in self.started_calls:
+            # The skeleton alone would load empty (a closure cell never set: NameError on call).
+            # The filler writes the skeleton as its first argument, then fills and returns it.
+            self.emit(filler, depth)
+            return
         if isinstance(node, TupleNode):
             self.tuple_(node, depth)
         elif isinstance(node, BytesNode):
@@ -202,6 +212,7 @@ class _Emitter:
             self.out += b"R"
             self.memoize(node)
         elif isinstance(node, Call):
+            self.started_calls.add(id(node))
             self.emit(node.func, depth + 1)
             self.emit(node.args, depth + 1)
             self.out += b"R"

@@ -15,6 +15,10 @@ them (errors carry the opcode and its offset):
 * POP (and POP_MARK) may not discard the result of a call, which would hide it, except the
   cloudpickle state setters (``_function_setstate`` / ``_class_setstate``), which are attached
   to the object they update;
+* the cloudpickle fillers (``_fill_function`` / ``_rehydrate_skeleton_class``) are recorded on
+  the skeleton they fill (``filled_by``), at most one per skeleton: they update it in place and
+  return it, so the unpickler's memo slot of the skeleton holds the *filled* object, and a memo
+  reference to the skeleton (a function or class referenced twice) means the filled one;
 * the memo is modelled by value exactly like the C unpickler (MEMOIZE uses the number of
   filled slots), with caps on memo size and MARK nesting.
 
@@ -44,6 +48,7 @@ MAX_NESTING = HARD_MAX_DEPTH
 
 CLOUDPICKLE_MODULES = ("cloudpickle.cloudpickle", "cloudpickle.cloudpickle_fast")
 STATE_SETTER_NAMES = ("_function_setstate", "_class_setstate")
+FILLER_NAMES = ("_fill_function", "_rehydrate_skeleton_class")
 
 _REFUSED_OPCODES = {
     "INST": "INST calls a class found by name",
@@ -152,15 +157,17 @@ class Global(Node):
 
 
 class _Mutable(Node):
-    """A node that later opcodes may update: items set on it, its BUILD state, state setters."""
+    """A node that later opcodes may update: items set on it, its BUILD state, state setters,
+    and the filler call that completes it (a skeleton's ``filled_by``)."""
 
-    __slots__ = ("build", "setitems", "state_calls")
+    __slots__ = ("build", "filled_by", "setitems", "state_calls")
 
     def __init__(self, pos: int) -> None:
         super().__init__(pos)
         self.build: Node | None = None
         self.setitems: list[tuple[Node, Node]] = []
         self.state_calls: list[Call] = []
+        self.filled_by: Call | None = None
 
 
 class Call(_Mutable):
@@ -193,6 +200,23 @@ def is_state_setter(node: Node) -> bool:
     return isinstance(node, Call) and node.func_is(CLOUDPICKLE_MODULES, STATE_SETTER_NAMES)
 
 
+def is_filler(node: Node) -> bool:
+    """A cloudpickle ``_fill_function`` / ``_rehydrate_skeleton_class`` call."""
+    return isinstance(node, Call) and node.func_is(CLOUDPICKLE_MODULES, FILLER_NAMES)
+
+
+def completed(node: Node) -> Node:
+    """The node that stands for the object a real unpickle leaves in ``node``'s memo slot.
+
+    A skeleton (``_make_skel_func`` / ``_make_skeleton_class``) is that object only once its
+    filler has run on it, and the filler returns it: so the filler call stands for it. Every other
+    node already carries its later updates (BUILD, SETITEMS, APPENDS, state setters).
+    """
+    if isinstance(node, Call | NewObj) and node.filled_by is not None:
+        return node.filled_by
+    return node
+
+
 def is_ordered_dict_call(node: Node) -> bool:
     return isinstance(node, Call) and node.func_is("collections", "OrderedDict")
 
@@ -214,6 +238,8 @@ def children(node: Node) -> Iterator[Node]:
         if node.build is not None:
             yield node.build
         yield from node.state_calls
+        if node.filled_by is not None:
+            yield node.filled_by
 
 
 def reachable(root: Node) -> Iterator[Node]:
@@ -577,7 +603,14 @@ class _Machine:
         func = self.pop()
         if not isinstance(args, TupleNode):
             raise self.broken(f"REDUCE arguments are a {args.kind()}, not a tuple")
-        self.new(Call(func, args, op.pos))
+        call = Call(func, args, op.pos)
+        if is_filler(call) and args.items and isinstance(args.items[0], Call | NewObj):
+            skeleton = args.items[0]
+            if skeleton.filled_by is not None:
+                # Both would update the same object; a pickler never writes that.
+                raise self.refused("a second cloudpickle filler on the same object")
+            skeleton.filled_by = call
+        self.new(call)
 
     def op_NEWOBJ(self, op: Op) -> None:
         args = self.pop()

@@ -12,6 +12,9 @@ Per fixture:
   array saved in the pickle under its true name (index.json);
 - ``predict(obs, deterministic=True)``, ``action_probability`` and LSTM states agree for the index's
   observations, with each other and with the reference outputs recorded when the file was made;
+- every function-valued data entry (schedules: ``learning_rate``, ``cliprange``, ``cliprange_vf``)
+  of the zip-loaded model is called at several progress values and gives what the original's
+  gives (an empty closure cell only shows on call, as a NameError);
 - the zip's ``data`` and ``parameter_list`` match stable-baselines' own format-only conversion,
   ``_save_to_file_zip(*_load_from_file_cloudpickle(pkl))`` (true names for list-era files), compared
   semantically: pickled values are loaded and compared, memory addresses in str() extras ignored.
@@ -295,7 +298,7 @@ def check_format(pkl, zip_path, record, problems, notes):
         with zipfile.ZipFile(expected_path) as want, zipfile.ZipFile(zip_path) as got:
             if want.namelist() != got.namelist():
                 problems.append("zip members %r vs %r" % (got.namelist(), want.namelist()))
-                return params
+                return params, data
             if trusted:
                 with OldExpertDatasets():
                     compare_data_json(
@@ -317,7 +320,40 @@ def check_format(pkl, zip_path, record, problems, notes):
                 for name in want_npz.files:
                     if not same_output(want_npz[name], got_npz[name]):
                         problems.append("parameters[%s] differs" % name)
-    return params
+    return params, data
+
+
+PROGRESS = (1.0, 0.9, 0.75, 0.5, 0.25, 0.1, 0.0)
+
+
+def call_repr(func, progress):
+    try:
+        return repr(func(progress))
+    except Exception as err:  # an empty closure cell raises NameError only here, on call
+        return "raises %r" % err
+
+
+def check_functions(zip_model, data, problems):
+    """Call every function-valued data entry (schedules: learning_rate, cliprange, cliprange_vf...)
+    of the zip-loaded model at several progress values, against the original's value."""
+    called = []
+    for key, original in data.items():
+        if not (callable(original) and hasattr(original, "__code__")):
+            continue
+        # HER keeps the data on its wrapped model (HER.load loads the same file into it).
+        holder = zip_model if key in vars(zip_model) else getattr(zip_model, "model", zip_model)
+        loaded = vars(holder).get(key)
+        if not callable(loaded):
+            problems.append("data[%r]: the zip-loaded model has %r, not a function" % (key, loaded))
+            continue
+        for progress in PROGRESS:
+            want, got = call_repr(original, progress), call_repr(loaded, progress)
+            if want != got:
+                problems.append(
+                    "%s(%r) from the zip: %s, original: %s" % (key, progress, got, want)
+                )
+        called.append(key)
+    return called
 
 
 def check_one(case):
@@ -326,7 +362,7 @@ def check_one(case):
     notes = []
     checked = []
     cls = model_class(record)
-    saved = check_format(case["pkl"], case["zip"], record, problems, notes)
+    saved, data = check_format(case["pkl"], case["zip"], record, problems, notes)
     checked.append("format")
     try:
         pkl_model = cls.load(case["pkl"])
@@ -349,6 +385,9 @@ def check_one(case):
     checked.append("params")
     check_outputs(zip_model, pkl_model, record, problems, notes)
     checked.append("outputs")
+    called = check_functions(zip_model, data, problems)
+    if called:
+        checked.append("functions: " + ", ".join(called))
     return {"problems": problems, "checked": checked, "notes": notes, "policy_file": policy_file}
 
 
