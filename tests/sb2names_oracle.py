@@ -11,6 +11,13 @@ and shapes of ``model.params`` (the true names); ``extract`` reads each saved fi
 static reader and keeps exactly what the name inference works from (the file's ``data`` values,
 without pickled payloads, and the array shapes), so the test needs neither TensorFlow nor the
 multi-megabyte files. Nothing in this file is imported by ckptd.
+
+The names that matter for a converted zip are the *loading* release's (stable-baselines 2.6-2.10
+match the zip's names against their own graph): ``consumer`` records them from the same variants
+built and saved by such a release (2.10.2, with ``save(path, cloudpickle=True)``, a named dict):
+
+    PYTHONPATH=<sb2-2.10.2> python3.7 tests/sb2names_probe.py SPECS.json OUTDIR > probe.json
+    .venv/bin/python tests/sb2names_oracle.py consumer probe.json 2.10.2 > tests/data/sb2-names/consumer-2.10.2.json
 """
 
 import json
@@ -56,10 +63,31 @@ def extract(probe_path: str, version: str) -> None:
     sys.stdout.write("[\n" + ",\n".join(json.dumps(c, sort_keys=True) for c in cases) + "\n]\n")
 
 
+def consumer(probe_path: str, version: str) -> None:
+    from pathlib import Path
+
+    from ckptd.formats.legacy import read_naming_input
+
+    cases = []
+    for item in json.loads(Path(probe_path).read_text()):
+        if "error" in item:
+            continue
+        path = Path(item["file"])
+        found = read_naming_input(path.read_bytes(), source=str(path))
+        assert found.names == item["saved_names"], path  # get_parameter_list(), in its order
+        shapes = [list(shape) for shape in found.shapes]
+        cases.append({"id": item["spec"]["id"], "version": version, "names": found.names})
+        cases[-1]["shapes"] = shapes
+    sys.stdout.write("[\n" + ",\n".join(json.dumps(c, sort_keys=True) for c in cases) + "\n]\n")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "extract":
         extract(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "consumer":
+        consumer(sys.argv[2], sys.argv[3])
     else:
         sys.exit(
-            "usage: sb2names_oracle.py extract PROBE.json VERSION (the probe half is sb2names_probe.py)"
+            "usage: sb2names_oracle.py extract|consumer PROBE.json VERSION (the probe half is "
+            "sb2names_probe.py)"
         )

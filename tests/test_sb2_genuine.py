@@ -43,11 +43,6 @@ def known_bug(fixture: dict[str, Any]) -> str | None:
     fails the run, and the marker goes.
     """
     reasons = []
-    if fixture["params_format"] == "list" and fixture["algorithm"] == "DDPG":
-        reasons.append(
-            "held: DDPG <= 2.5.1 named its critic output qf/qf or qf/qf_output depending on the "
-            "release, and the file cannot tell which (docs/param-names.md)"
-        )
     if len(set(fixture["param_names"])) < len(fixture["param_names"]):
         reasons.append("the list repeats every variable (SAC/DDPG <= 2.5.1 duplicated params)")
     if fixture["algorithm"] == "HER":

@@ -312,3 +312,35 @@ def sac_critics(
         for name in ("qf1", "qf2"):
             hidden = _sac_mlp(rec, f"{scope}/{name}", features + action.size, layers, norm)
             dense(rec, f"{scope}/{name}", name, hidden, 1)
+
+
+# --- ddpg/policies.py --------------------------------------------------------------------------
+
+# The critic's output layer: ``qf_output`` from 2.5.1 on (and in every release whose loader reads
+# the zip format), ``qf`` (the scope's name) in 2.4.x-2.5.0. Same position, same shape.
+DDPG_CRITIC_OUTPUT = "qf_output"
+
+
+def ddpg_actor(
+    rec: Recorder, scope: str, obs: Space, action: Space, cnn: bool, norm: bool, layers: list[int]
+) -> None:
+    """``make_actor``: (CNN), dense ``fc<i>`` (+ LayerNorm) per layer, then dense ``pi``."""
+    if action.kind != "box" or len(action.shape) != 1:
+        raise Unsupported(f"DDPG with a {action.kind} action space of shape {action.shape}")
+    features = nature_cnn(rec, scope, obs) if cnn else obs.flat
+    hidden = _sac_mlp(rec, scope, features, layers, norm)
+    dense(rec, scope, "pi", hidden, action.size)
+
+
+def ddpg_critic(
+    rec: Recorder, scope: str, obs: Space, action: Space, cnn: bool, norm: bool, layers: list[int]
+) -> None:
+    """``make_critic``: like the actor, with the action concatenated after the first layer."""
+    width = nature_cnn(rec, scope, obs) if cnn else obs.flat
+    for index, size in enumerate(layers):
+        width = dense(rec, scope, f"fc{index}", width, size)
+        if norm:
+            layer_norm(rec, scope, size)
+        if index == 0:
+            width += action.size
+    dense(rec, scope, DDPG_CRITIC_OUTPUT, width, 1)

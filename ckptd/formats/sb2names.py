@@ -22,6 +22,8 @@ from ckptd.formats.sb2graph import (
     Shape,
     Space,
     Unsupported,
+    ddpg_actor,
+    ddpg_critic,
     dqn_policy,
     feed_forward,
     lstm_policy,
@@ -72,12 +74,14 @@ _DQN = {
     "LnCnnPolicy": (True, True),
 }
 _SAC = _DQN
+_DDPG = _DQN
 # Keyword arguments each family's built-in policies accept and this module models; act_fun only
 # changes the arithmetic, never a variable.
 _AC_KWARGS = frozenset({"net_arch", "layers", "act_fun"})
 _AC_LSTM_KWARGS = frozenset({"net_arch", "layers", "act_fun", "n_lstm"})
 _DQN_KWARGS = frozenset({"layers", "dueling", "act_fun"})
 _SAC_KWARGS = frozenset({"layers", "act_fun", "reg_weight"})
+_DDPG_KWARGS = frozenset({"layers", "act_fun"})
 _ON_POLICY = ("A2C", "ACER", "ACKTR", "PPO1", "PPO2", "TRPO")
 
 
@@ -232,6 +236,52 @@ def _sac(facts: _Facts, name: str) -> list[Builder]:
     return [model, target]
 
 
+def _ddpg(facts: _Facts, name: str) -> list[Builder]:
+    """DDPG's trainable variables: the policy, the parameter-noise actors, then the target."""
+    cnn, norm = _DDPG[name]
+    _check_kwargs(facts, _DDPG_KWARGS)
+    layers = _layers(facts, [64, 64])
+    noise = facts.data.get("param_noise")
+    if not (noise is None or _is_noise_spec(noise)):
+        raise Unsupported("param_noise is neither None nor an AdaptiveParamNoiseSpec")
+    obs, action = facts.obs, facts.action
+
+    def networks(prefix: str) -> Builder:
+        def build(rec: Recorder) -> None:
+            ddpg_actor(rec, f"{prefix}/pi", obs, action, cnn, norm, layers)
+            ddpg_critic(rec, f"{prefix}/qf", obs, action, cnn, norm, layers)
+
+        return build
+
+    def noisy_actor(prefix: str) -> Builder:
+        return lambda rec: ddpg_actor(rec, f"{prefix}/pi", obs, action, cnn, norm, layers)
+
+    noisy = [noisy_actor("noise"), noisy_actor("noise_adapt")] if noise is not None else []
+    return [networks("model"), *noisy, networks("target")]
+
+
+def _is_noise_spec(value: DataValue) -> bool:
+    return isinstance(value, OpaqueValue) and value.type_name.endswith(".AdaptiveParamNoiseSpec'>")
+
+
+def _ddpg_statistics(facts: _Facts) -> list[tuple[str, Shape]]:
+    """The running mean/std variables (not trainable), saved after the variables from 2.5.x on."""
+    flags = {
+        key: facts.data.get(key, False) for key in ("normalize_observations", "normalize_returns")
+    }
+    if not all(isinstance(flag, bool) for flag in flags.values()):
+        raise Unsupported("normalize_observations or normalize_returns is not a bool")
+    found: list[tuple[str, Shape]] = []
+    for key, scope, shape in (
+        ("normalize_observations", "input/obs_rms", facts.obs.shape),
+        ("normalize_returns", "input/ret_rms", ()),
+    ):
+        if flags[key]:
+            found += [(f"{scope}/runningsum:0", shape), (f"{scope}/runningsumsq:0", shape)]
+            found.append((f"{scope}/count:0", ()))
+    return found
+
+
 def _builders(facts: _Facts) -> list[Builder] | Unnamed:
     """The builders of the saved list, or why this family of files is held as a whole."""
     module, _, name = facts.policy.rpartition(".")
@@ -241,11 +291,8 @@ def _builders(facts: _Facts) -> list[Builder] | Unnamed:
         return _dqn(facts, name)
     if facts.algorithm == "SAC" and module == "stable_baselines.sac.policies" and name in _SAC:
         return _sac(facts, name)
-    if facts.algorithm == "DDPG":
-        return Unnamed(
-            "DDPG (2.4.x-2.5.0 and 2.5.1 name the critic's output layer differently, and the "
-            "file does not say which wrote it)"
-        )
+    if facts.algorithm == "DDPG" and module == "stable_baselines.ddpg.policies" and name in _DDPG:
+        return _ddpg(facts, name)
     if facts.policy.startswith("stable_baselines."):
         return Unnamed(f"{facts.algorithm} with {facts.policy} (not modelled)")
     return Unnamed(f"a custom policy ({facts.policy})")
@@ -282,6 +329,48 @@ def _match(
     return ParamNames(tuple(name for name, _ in expected), basis)
 
 
+def _match_ddpg(
+    variables: Sequence[tuple[str, Shape]],
+    statistics: Sequence[tuple[str, Shape]],
+    shapes: Sequence[Shape],
+    facts: _Facts,
+) -> ParamNames | Unnamed:
+    """One name per array of a DDPG <= 2.5.1 list: 2.2.x-2.3.x saved every trainable variable
+    once, 2.4.x twice (``params + target_params``, both everything), 2.5.x twice and then the
+    normalization statistics; the repeated variables get their names again.
+
+    The names are those of the loader the zip is for (stable-baselines 2.6-2.10): the critic's
+    output is ``qf/qf_output`` there, whichever release wrote the file (<= 2.5.0 called it
+    ``qf/qf``). Its position and shape are the same in every release, and a loader of the zip
+    matches names against its own graph (docs/param-names.md).
+    """
+    count = len(variables)
+    if statistics and len(shapes) in (count, 2 * count):
+        return Unnamed(
+            f"{_describe(facts)} with normalization, saved without its running statistics "
+            "(stable-baselines <= 2.4.x did not save them; no loader can rebuild them)"
+        )
+    layouts = {count: [*variables], 2 * count: [*variables, *variables]}
+    layouts[2 * count + len(statistics)] = [*variables, *variables, *statistics]
+    expected = layouts.get(len(shapes))
+    if expected is None:
+        return Unnamed(
+            f"{_describe(facts)}: {len(shapes)} arrays where it has {count} variables and "
+            f"{len(statistics)} statistics"
+        )
+    for index, (shape, (name, want)) in enumerate(zip(shapes, expected, strict=True)):
+        if tuple(shape) != want:
+            return Unnamed(
+                f"{_describe(facts)}: array {index + 1} has shape {tuple(shape)} where "
+                f"{name} is {want}"
+            )
+    basis = (
+        f"{_describe(facts)} with policy_kwargs {sorted(facts.kwargs) or 'none'}, named as "
+        "stable-baselines 2.6-2.10 name it (critic output qf/qf_output)"
+    )
+    return ParamNames(tuple(name for name, _ in expected), basis)
+
+
 def infer_param_names(
     data: Mapping[str, DataValue], shapes: Sequence[Shape]
 ) -> ParamNames | Unnamed:
@@ -311,6 +400,8 @@ def infer_param_names(
             return builders
         for build in builders:
             build(recorder)
+        if facts.algorithm == "DDPG":
+            return _match_ddpg(recorder.variables, _ddpg_statistics(facts), shapes, facts)
     except Unsupported as why:
         return Unnamed(f"{_describe(facts)}: {why}")
     return _match(recorder.variables, shapes, facts)

@@ -9,7 +9,8 @@ tests/data/sb2-genuine/index.json. Prints one JSON document: {id: {"problems": [
 Per fixture:
 - ``Model.load(zip)`` and ``Model.load(pkl)`` (stable-baselines' own cloudpickle fallback) both work;
 - every parameter of the zip-loaded model equals, bit for bit, the pickle-loaded model's and the
-  array saved in the pickle under its true name (index.json);
+  array saved in the pickle under its true name (index.json; for a <= 2.5.1 list, the name
+  2.10.2's own ``load`` gives that array: DDPG <= 2.5.0's ``qf/qf`` is ``qf/qf_output`` there);
 - ``predict(obs, deterministic=True)``, ``action_probability`` and LSTM states agree for the index's
   observations, with each other and with the reference outputs recorded when the file was made;
 - every function-valued data entry (schedules: ``learning_rate``, ``cliprange``, ``cliprange_vf``)
@@ -278,7 +279,32 @@ def trusted_load(pkl):
         return cloudpickle.load(handle)
 
 
-def check_format(pkl, zip_path, record, problems, notes):
+def list_params(params, record, pkl_model, problems, notes):
+    """The named parameters stable-baselines 2.10.2 makes of a <= 2.5.1 list: its ``load`` maps
+    the list by position onto its own ``get_parameter_list()`` (DDPG and SAC dropping the
+    repeated copy), and those names are the ones its loader matches a zip's names against.
+    Each must hold the array saved first under the true name at its position (index.json)."""
+    first = OrderedDict()
+    for name, array in zip(record["param_names"], params):
+        first.setdefault(name, array)
+    if pkl_model is None:
+        return first
+    loaded = pkl_model.get_parameters()
+    if len(loaded) != len(first):
+        problems.append("2.10.2 has %d parameters for %d saved" % (len(loaded), len(first)))
+        return first
+    renamed = []
+    for (true, array), (name, value) in zip(first.items(), loaded.items()):
+        if true != name:
+            renamed.append("%s -> %s" % (true, name))
+        if not same_output(np.asarray(array), value):
+            problems.append("2.10.2 loads %s from another array than %s" % (name, true))
+    if renamed:
+        notes.append("2.10.2 names the list as its own graph does: %s" % ", ".join(renamed))
+    return loaded
+
+
+def check_format(pkl, zip_path, record, problems, notes, pkl_model=None):
     # str() of arrays in the extras follows numpy's print options, which some stable-baselines
     # modules change when a model is loaded; a user's conversion runs with the defaults.
     np.set_printoptions(**DEFAULT_PRINT_OPTIONS)
@@ -290,8 +316,8 @@ def check_format(pkl, zip_path, record, problems, notes):
         data, params = trusted_load(pkl)
         trusted = True
     if not isinstance(params, dict):
-        # Releases <= 2.5.1 saved a list; the only faithful zip names it with the true names.
-        params = OrderedDict(zip(record["param_names"], params))
+        # Releases <= 2.5.1 saved a list; a faithful zip names it as the loader of zips does.
+        params = list_params(params, record, pkl_model, problems, notes)
     with tempfile.TemporaryDirectory() as tmp:
         expected_path = os.path.join(tmp, "expected.zip")
         BaseRLModel._save_to_file_zip(expected_path, data=data, params=params)
@@ -362,8 +388,6 @@ def check_one(case):
     notes = []
     checked = []
     cls = model_class(record)
-    saved, data = check_format(case["pkl"], case["zip"], record, problems, notes)
-    checked.append("format")
     try:
         pkl_model = cls.load(case["pkl"])
         custom_objects = None
@@ -373,6 +397,8 @@ def check_one(case):
         notes.append("Model.load(original) fails in 2.10.2: %r" % err)
         pkl_model = None
         custom_objects = CUSTOM_OBJECTS.get(record["algorithm"])
+    saved, data = check_format(case["pkl"], case["zip"], record, problems, notes, pkl_model)
+    checked.append("format")
     try:
         zip_model = cls.load(case["zip"], custom_objects=custom_objects)
     except Exception as err:
@@ -381,7 +407,7 @@ def check_one(case):
     checked.append("load")
     policy = getattr(zip_model, "model", zip_model).policy
     policy_file = sys.modules[policy.__module__].__file__
-    check_params(zip_model, pkl_model, saved, record["param_names"], problems)
+    check_params(zip_model, pkl_model, saved, list(saved.keys()), problems)
     checked.append("params")
     check_outputs(zip_model, pkl_model, record, problems, notes)
     checked.append("outputs")
