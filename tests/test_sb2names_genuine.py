@@ -18,6 +18,7 @@ import pytest
 
 from ckptd.errors import UnsafeCheckpoint
 from ckptd.formats.legacy import read_naming_input
+from ckptd.formats.model import OpaqueValue
 from ckptd.formats.sb2names import ParamNames, Unnamed, infer_param_names
 
 GENUINE = Path(__file__).parent / "data" / "sb2-genuine"
@@ -68,3 +69,15 @@ def check_ddpg(result: ParamNames | Unnamed, was_dict: bool, truth: list[str]) -
 def test_every_pre_26_family_is_in_the_fixtures() -> None:
     lists = {f["algorithm"] for f in FIXTURES if f["sb2_version"] in ("2.4.1", "2.5.1")}
     assert {"A2C", "ACER", "ACKTR", "DDPG", "DQN", "PPO1", "PPO2", "SAC", "TRPO"} <= lists
+
+
+@pytest.mark.skipif(not FIXTURES, reason="tests/data/sb2-genuine is not on this branch yet")
+def test_ddpg_memory_policy_is_a_plain_class() -> None:
+    """DDPG <= 2.5.1 stores ``memory_policy = stable_baselines.ddpg.memory.Memory``, a plain class:
+    stable-baselines' own ``data_to_json`` records its type as ``type``, so must ckptd."""
+    path = GENUINE / "ddpg-mlp-pendulum-sb2.4.1.pkl"
+    found = read_naming_input(path.read_bytes(), source=str(path))
+    memory = found.data["memory_policy"]
+    assert isinstance(memory, OpaqueValue)
+    assert memory.globals == ("stable_baselines.ddpg.memory.Memory",)
+    assert memory.type_name == "<class 'type'>"

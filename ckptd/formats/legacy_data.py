@@ -84,6 +84,7 @@ _PLAIN_SB2_CLASSES = frozenset(
         "ConstantSchedule",
         "PiecewiseSchedule",
         "LinearSchedule",
+        "Memory",  # stable_baselines.ddpg.memory (<= 2.7), DDPG's memory_policy
     }
 )
 
