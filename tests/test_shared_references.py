@@ -145,6 +145,28 @@ def test_cloudpickle_3_functions_shared_by_two_keys() -> None:
         assert function(0.5) == 2.0
 
 
+def test_cloudpickle_3_classes_shared_by_two_keys() -> None:
+    """A class by value (cloudpickle 3: skeleton plus ``_class_setstate``) referenced twice."""
+
+    class Local:
+        scale = 3
+
+        def apply(self, x: float) -> float:
+            return self.scale * x
+
+    blob = cloudpickle.dumps({"a": Local, "b": [Local]}, protocol=4)
+    graph = build_graph(parse_ops(blob))
+    assert isinstance(graph.root, DictNode)
+    for _, node in graph.root.items:
+        # As in a fresh process: cloudpickle would otherwise hand back Local itself by tracker id.
+        cloudpickle.cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID.clear()
+        cloudpickle.cloudpickle._DYNAMIC_CLASS_TRACKER_BY_CLASS.clear()
+        loaded = pickle.loads(emit_pickle(node).data)
+        cls = loaded[0] if isinstance(loaded, list) else loaded
+        assert cls is not Local
+        assert cls.scale == 3 and cls().apply(2) == 6
+
+
 def test_a_second_filler_on_one_skeleton_is_refused() -> None:
     """Two fills would both update one object; no pickler writes that, the graph refuses it."""
     fill = f"c{CP}\n_fill_function\n".encode()
