@@ -67,6 +67,7 @@ class ConversionOutcome:
     original: Literal["kept", "archived", "deleted"] = "kept"
     archived_to: Path | None = None
     globals: tuple[str, ...] = field(default=(), repr=False)
+    notes: tuple[str, ...] = ()  # what the conversion did that a reader should know (one line each)
 
 
 def default_output(source: Path) -> Path:
@@ -158,6 +159,7 @@ def convert_file(
         original=outcome_original,
         archived_to=archived_to,
         globals=checkpoint.globals,
+        notes=checkpoint.notes,
     )
 
 

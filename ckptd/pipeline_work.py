@@ -393,6 +393,8 @@ class BatchWork:
             algorithm=outcome.algorithm,
             params=ParamsSummary(outcome.params_count, outcome.params_bytes),
             carries_code=outcome.carries_code,
+            # What the conversion did that a reader should know (docs/conversion.md).
+            extra={"notes": list(outcome.notes)} if outcome.notes else {},
         )
         manifest = self._set(manifest, zip_entry)
         if outcome.original == "kept":
@@ -431,6 +433,7 @@ class BatchWork:
         message = (
             f"converted to {zip_relpath} ({outcome.algorithm or 'unknown algorithm'}, "
             f"{outcome.params_count} params, original {outcome.original})"
+            + "".join(f"; note: {note}" for note in outcome.notes)
         )
         self._log(logging.INFO, relpath, "%s", message)
         return manifest, PathOutcome(path, "converted", message)

@@ -132,6 +132,7 @@ def _outcome_json(outcome: ConversionOutcome) -> dict[str, Any]:
         "carries_code": list(outcome.carries_code),
         "original": outcome.original,
         "archived_to": str(outcome.archived_to) if outcome.archived_to else None,
+        "notes": list(outcome.notes),
     }
 
 
@@ -230,10 +231,11 @@ def _describe_outcome(outcome: ConversionOutcome) -> str:
         "archived": f", original archived to {outcome.archived_to}",
         "deleted": ", original deleted",
     }[outcome.original]
+    notes = "".join(f"\n  note: {note}" for note in outcome.notes)
     return (
         f"{outcome.source} -> {outcome.output}: {outcome.status} "
         f"({outcome.algorithm or 'unknown algorithm'}, {outcome.params_count} params, "
-        f"{outcome.params_bytes} bytes{code}{original})"
+        f"{outcome.params_bytes} bytes{code}{original}){notes}"
     )
 
 

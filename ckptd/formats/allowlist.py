@@ -340,9 +340,19 @@ def _shape_method_wrapper(call: Call) -> str | None:
     return _arity(call, 1)
 
 
+# HER's enum, defined in stable_baselines/her/replay_buffer.py in every version that has HER
+# (2.6.0-2.10.2), with these members; an Enum member pickles as ``GoalSelectionStrategy(value)``.
+GOAL_SELECTION_STRATEGY_GLOBAL = ("stable_baselines.her.replay_buffer", "GoalSelectionStrategy")
+GOAL_SELECTION_STRATEGIES = {0: "FUTURE", 1: "FINAL", 2: "EPISODE", 3: "RANDOM"}
+
+
 def _shape_enum(call: Call) -> str | None:
-    if len(call.args.items) == 1 and _const(call.args.items[0], str, int):
-        return None
+    if len(call.args.items) == 1 and _const(call.args.items[0], int):
+        value = call.args.items[0]
+        assert isinstance(value, Const)
+        if not isinstance(value.value, bool) and value.value in GOAL_SELECTION_STRATEGIES:
+            return None
+        return f"GoalSelectionStrategy has no member with value {value.value!r}"
     return "enum lookup with a non-constant value"
 
 
@@ -520,7 +530,7 @@ _EXACT: dict[tuple[str, str], Rule] = {
     ("numpy.random._pickle", "__bit_generator_ctor"): Rule(
         _REF, call=_shape_bitgen_ctor, build=True
     ),
-    ("stable_baselines.her.utils", "GoalSelectionStrategy"): Rule(_REF, call=_shape_enum),
+    GOAL_SELECTION_STRATEGY_GLOBAL: Rule(_REF, call=_shape_enum),
 }
 for _core in NUMPY_CORE:
     _EXACT[(f"{_core}.multiarray", "_reconstruct")] = Rule(

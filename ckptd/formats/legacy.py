@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,7 +32,13 @@ import numpy as np
 
 from ckptd.errors import FileChangedError, FormatError, HeldCheckpoint, UnsafeCheckpoint
 from ckptd.formats.allowlist import check_graph
-from ckptd.formats.legacy_arrays import array_of, is_array_node, is_scalar_node
+from ckptd.formats.legacy_arrays import (
+    ArrayValue,
+    array_of,
+    is_array_node,
+    is_scalar_node,
+    scalar_as_array,
+)
 from ckptd.formats.legacy_data import data_value
 from ckptd.formats.legacy_stream import (
     DEFAULT_MIN_DEFERRED,
@@ -50,6 +56,7 @@ from ckptd.formats.model import (
     Param,
     ParamArray,
 )
+from ckptd.formats.param_match import ParamMaker, match_names
 from ckptd.formats.pickle_budget import check_budget
 from ckptd.formats.pickle_graph import (
     BytesNode,
@@ -134,13 +141,19 @@ def _check_name(what: str, name: str, node: Node, source: str) -> None:
 
 
 def _param(name: str, node: Node, source: str) -> ParamArray:
-    if not is_array_node(node):
+    array: ArrayValue
+    if is_scalar_node(node):
+        # TensorFlow's sess.run returns numpy scalars for 0-d variables (DQN's eps, SAC's
+        # log_ent_coef, DDPG's obs_rms/count); np.savez stores them as 0-d arrays, so does ckptd.
+        array = scalar_as_array(node, source)
+    elif is_array_node(node):
+        array = array_of(node, source)
+    else:
         raise FormatError(
             f"parameter {name!r} is {_describe(node)}, not a numpy array",
             path=source,
             offset=node.pos,
         )
-    array = array_of(node, source)
     return ParamArray(
         name=name,
         descr=array.dtype.str,
@@ -150,27 +163,19 @@ def _param(name: str, node: Node, source: str) -> ParamArray:
     )
 
 
-ParamMaker = Callable[[str, Node, str], Param]
-
-
 def _read_params(
     params: Node,
     param_names: Sequence[str] | None,
     source: str,
     make: ParamMaker = _param,
     data: Mapping[str, DataValue] | None = None,
-) -> tuple[tuple[Param, ...], bool]:
+) -> tuple[tuple[Param, ...], bool, tuple[str, ...]]:
+    """(params, whether they were an unnamed list, notes). Names meet arrays in
+    ``param_match.match_names``, whether given or inferred."""
     if isinstance(params, ListNode):
         if param_names is None:
             param_names = _inferred_names(params.items, data or {}, source, make)
-        if len(param_names) != len(params.items):
-            raise FormatError(
-                f"{len(param_names)} parameter names given for {len(params.items)} arrays",
-                path=source,
-            )
-        return tuple(
-            make(name, node, source) for name, node in zip(param_names, params.items, strict=True)
-        ), True
+        return match_names(params.items, param_names, source, make)
     assert isinstance(params, Call)
     named: dict[str, Node] = {}
     for key, node in params.setitems:
@@ -180,7 +185,7 @@ def _read_params(
             )
         _check_name("parameter name", key.value, key, source)
         named[key.value] = node
-    return tuple(make(name, node, source) for name, node in named.items()), False
+    return tuple(make(name, node, source) for name, node in named.items()), False, ()
 
 
 def _shape_of(node: Node, make: ParamMaker, source: str) -> tuple[int, ...]:
@@ -285,7 +290,7 @@ def _checkpoint(
     report = check_graph(graph, source=source)
     data_node, params_node = _split_top(graph.root, source)
     data = _read_data(data_node, source)
-    params, were_list = _read_params(params_node, param_names, source, make, data)
+    params, were_list, notes = _read_params(params_node, param_names, source, make, data)
     code_keys = [
         key for key, value in data.items() if isinstance(value, OpaqueValue) and value.carries_code
     ]
@@ -306,6 +311,7 @@ def _checkpoint(
         params=params,
         params_were_list=were_list,
         globals=report.globals,
+        notes=notes,
     )
 
 

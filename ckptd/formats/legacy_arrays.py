@@ -243,6 +243,28 @@ def scalar_of(node: Node, source: str | None) -> np.generic:
     return value
 
 
+def scalar_as_array(node: Node, source: str | None) -> ArrayValue:
+    """The 0-d array ``np.savez`` stores for a numpy scalar (``np.asanyarray(scalar)``), bit-exact.
+
+    A numpy scalar holds its value in native byte order, so a non-native stored dtype is
+    byte-swapped (a pure byte permutation: NaN payloads survive) into the native dtype.
+    """
+    assert isinstance(node, Call)
+    if len(node.args.items) != 2:
+        raise FormatError("numpy scalar without (dtype, bytes)", path=source, offset=node.pos)
+    dtype_node, data_node = node.args.items
+    dtype = dtype_of(dtype_node, source)
+    raw = _payload(data_node, source)
+    if raw.nbytes != dtype.itemsize:
+        raise FormatError(
+            "numpy scalar with the wrong number of bytes", path=source, offset=node.pos
+        )
+    if dtype.byteorder not in ("=", "|") and dtype.byteorder != _NATIVE:
+        swapped = np.frombuffer(raw, dtype=dtype).byteswap().view(dtype.newbyteorder("="))
+        return ArrayValue(swapped.dtype, (), False, memoryview(swapped.tobytes()))
+    return ArrayValue(dtype, (), False, raw)
+
+
 def scalar_descr(node: Node) -> str | None:
     """'f4', 'i8'... of a scalar node's dtype (None if it is not a recognizable scalar)."""
     if is_scalar_node(node) and isinstance(node, Call) and node.args.items:

@@ -33,7 +33,13 @@ import math
 from collections.abc import Mapping
 
 from ckptd.errors import BudgetExceeded, FormatError
-from ckptd.formats.allowlist import is_builtin_type_call, is_code_global
+from ckptd.formats.allowlist import (
+    GOAL_SELECTION_STRATEGIES,
+    GOAL_SELECTION_STRATEGY_GLOBAL,
+    is_builtin_type_call,
+    is_code_global,
+)
+from ckptd.formats.dictkeys import merged_pairs
 from ckptd.formats.legacy_arrays import (
     SCALAR_TYPE_NAMES,
     array_of,
@@ -118,10 +124,26 @@ def _json_key(node: Node) -> str:
 
 
 def _pairs_of(node: Node) -> list[tuple[Node, Node]] | None:
+    """A dict's items as the loaded dict holds them: equal keys merged as Python merges them."""
     if isinstance(node, DictNode):
-        return node.items
+        return merged_pairs(node.items)
     if is_ordered_dict_call(node) and isinstance(node, Call) and node.build is None:
-        return node.setitems
+        return merged_pairs(node.setitems)
+    return None
+
+
+_GOAL_SELECTION_ENUM = "<enum 'GoalSelectionStrategy'>"
+
+
+def _goal_selection_member(node: Node) -> tuple[int, str] | None:
+    """(value, name) of a HER ``GoalSelectionStrategy(value)`` enum member, else None."""
+    if not (isinstance(node, Call) and node.func_is(*GOAL_SELECTION_STRATEGY_GLOBAL)):
+        return None
+    value = node.args.items[0] if len(node.args.items) == 1 else None
+    if isinstance(value, Const) and isinstance(value.value, int):
+        name = GOAL_SELECTION_STRATEGIES.get(value.value)
+        if name is not None:
+            return value.value, name
     return None
 
 
@@ -262,8 +284,8 @@ def _call_type_name(node: Call) -> str:
         return "<class 'functools.partial'>"
     if node.func_is("copyreg", "_reconstructor") and isinstance(node.args.items[0], Global):
         return f"<class '{node.args.items[0].dotted}'>"
-    if node.func_is("stable_baselines.her.utils", "GoalSelectionStrategy"):
-        return "<enum 'GoalSelectionStrategy'>"
+    if node.func_is(*GOAL_SELECTION_STRATEGY_GLOBAL):
+        return _GOAL_SELECTION_ENUM
     builtin_results = {
         "encode": "bytes",
         "bytes": "bytes",
@@ -386,6 +408,14 @@ def _render(node: Node, nested: bool, depth: int, walk: _Walk) -> str:
         return repr(array) if nested else str(array)
     if is_scalar_node(node):
         return str(scalar_of(node, None))
+    member = _goal_selection_member(node)
+    if member is not None:
+        value, name = member
+        return (
+            f"<GoalSelectionStrategy.{name}: {value}>"
+            if nested
+            else f"GoalSelectionStrategy.{name}"
+        )
     if isinstance(node, Call) and node.func_is("numpy", "dtype"):
         dtype = dtype_of(node, None)
         return f"dtype('{dtype}')" if nested else str(dtype)
@@ -407,7 +437,12 @@ def _render(node: Node, nested: bool, depth: int, walk: _Walk) -> str:
 
 
 def _attribute_pairs(node: Node) -> list[tuple[Node, Node]]:
-    """The first-level attributes SB2 would list: a dict's items or the object's ``__dict__``."""
+    """The first-level attributes SB2 would list: a dict's items or the object's ``__dict__``
+    (equal keys merged, as in the loaded object)."""
+    return merged_pairs(_raw_attribute_pairs(node))
+
+
+def _raw_attribute_pairs(node: Node) -> list[tuple[Node, Node]]:
     pairs = _pairs_of(node)
     if pairs is not None:
         return pairs
@@ -437,14 +472,25 @@ def _attribute_pairs(node: Node) -> list[tuple[Node, Node]]:
 
 
 def extras_of(node: Node) -> dict[str, JsonValue]:
+    """SB2's first-level extras, keyed as ``json.dumps`` writes the attribute names."""
     extras: dict[str, JsonValue] = {}
     if isinstance(node, Global) and _global_type_name(node) != "<class 'function'>":
         extras["__module__"] = node.module
         return extras
+    member = _goal_selection_member(node)
+    if member is not None:
+        # vars() of an Enum member on Python 3.5-3.7: _value_, _name_, __objclass__.
+        number, label = member
+        return {"_value_": number, "_name_": label, "__objclass__": _GOAL_SELECTION_ENUM}
     for key, value in _attribute_pairs(node):
-        name = key.value if isinstance(key, Const) else render(key)
+        try:
+            # json.dumps turns True into "true", None into "null", 1.5 into "1.5", nan into "NaN".
+            name = _json_key(key)
+        except _NotJson:
+            # SB2's json.dumps would raise TypeError here (its save fails); keep a readable name.
+            name = render(key)
         ok, plain = json_value(value)
-        extras[str(name)] = plain if ok else render(value)
+        extras[name] = plain if ok else render(value)
     return extras
 
 

@@ -162,6 +162,7 @@ class LegacyCheckpoint:
     params: tuple[Param, ...]  # order = get_parameter_list() order
     params_were_list: bool = False  # SB2 <= 2.5.1 saved a list without names
     globals: tuple[str, ...] = ()  # every global referenced anywhere in the file, sorted
+    notes: tuple[str, ...] = ()  # what reading it changed that a reader should know (one line each)
 
     @property
     def carries_code(self) -> tuple[str, ...]:

@@ -19,6 +19,9 @@ Python 3.11 + cloudpickle 3 + numpy 2:
   skeleton in the input means the filled object (docs/compatibility.md);
 * a global whose module or name is not a dotted ASCII identifier is never written (UnsafeCheckpoint):
   the text GLOBAL opcode would end the name at its first newline and read the rest as opcodes;
+* dicts and sets are written with equal keys already merged as Python merges them when it loads
+  the input (``ckptd.formats.dictkeys``), so the output loads to the same value even where that
+  depended on object identity (a NaN key shared through the input's memo);
 * functions saved by cloudpickle 1.x stay in that form (``_fill_function``...); no translation
   between cloudpickle versions is attempted.
 """
@@ -31,6 +34,7 @@ import struct
 from dataclasses import dataclass
 
 from ckptd.errors import FormatError, UnsafeCheckpoint
+from ckptd.formats.dictkeys import merged_items, merged_pairs
 from ckptd.formats.pickle_graph import (
     MAX_NESTING,
     BytesNode,
@@ -201,12 +205,12 @@ class _Emitter:
         elif isinstance(node, DictNode):
             self.out += b"}"
             self.memoize(node)
-            self.batched(b"u", node.items, depth)
+            self.batched(b"u", merged_pairs(node.items), depth)
         elif isinstance(node, SetNode):
             self.global_("builtins", "frozenset" if node.frozen else "set")
             self.out += b"]"
             self.memoize_anonymous()
-            self.batched(b"e", [(item,) for item in node.items], depth)
+            self.batched(b"e", [(item,) for item in merged_items(node.items)], depth)
             self.out += b"\x85"
             self.memoize_anonymous()
             self.out += b"R"
@@ -270,7 +274,7 @@ class _Emitter:
 
     def after_construction(self, node: Call | NewObj, depth: int) -> None:
         if node.setitems:
-            self.batched(b"u", node.setitems, depth)
+            self.batched(b"u", merged_pairs(node.setitems), depth)
         if node.build is not None:
             self.emit(node.build, depth + 1)
             self.out += b"b"

@@ -2,11 +2,18 @@
 trusted cloudpickle.load of the legacy original, on the SB2-era stack (Python 3.7, numpy 1.16,
 cloudpickle 1.2).
 
-Usage: check_zip.py ORIGINAL.pkl CONVERTED.zip
+Usage: check_zip.py ORIGINAL.pkl CONVERTED.zip [NAMES.json]
 Prints one JSON document: {"ok": bool, "problems": [...], "keys": [...], "params": N}.
 The loading steps are those of SB2's BaseRLModel._load_from_file and save_util.json_to_data /
 bytes_to_params (zipfile; json.loads; cloudpickle.loads(base64) of every ":serialized:" entry;
 np.load of the "parameters" npz; order from "parameter_list").
+
+What SB2's own ``_save_to_file_zip(*_load_from_file_cloudpickle(path))`` would have written is
+the reference: parameters as ``np.savez`` stores them (``np.asanyarray``: a numpy scalar becomes a
+0-d array), a list of parameters paired with NAMES as SB2's loader pairs them
+(``zip(names, params)``: extra arrays ignored), and the ``data`` JSON as save_util.data_to_json
+builds it (``expected_data_json``): plain values, ``:type:`` texts and the names and JSON values
+of the first-level extras must match; ``str()`` extras are not compared (they hold addresses).
 """
 
 import base64
@@ -89,14 +96,15 @@ def same(a, b, where, problems, plain=False):
                 problems.append("%s: f(%s) = %r vs %r" % (where, x, a(x), b(x)))
         return
     if isinstance(a, dict):
-        if not isinstance(b, dict) or list(a.keys()) != list(b.keys()):
+        # repr: NaN keys are equal only to themselves, and each load makes new ones.
+        if not isinstance(b, dict) or [repr(k) for k in a] != [repr(k) for k in b]:
             problems.append(
                 "%s: dict keys %r vs %r"
                 % (where, list(a)[:5], list(b)[:5] if isinstance(b, dict) else b)
             )
             return
-        for key in a:
-            same(a[key], b[key], "%s[%r]" % (where, key), problems)
+        for (key, x), y in zip(a.items(), b.values()):
+            same(x, y, "%s[%r]" % (where, key), problems)
         return
     if isinstance(a, (list, tuple)):
         if type(a) is not type(b) or len(a) != len(b):
@@ -119,11 +127,75 @@ def same(a, b, where, problems, plain=False):
         problems.append("%s: %r vs %r" % (where, a, b))
 
 
+def json_or_none(value):
+    """json.dumps(value) can store it (save_util.is_json_serializable catches only TypeError)."""
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def expected_data_json(data):
+    """The data member SB2's data_to_json writes for ``data``, parsed back (pickles left out)."""
+    out = {}
+    for key, item in data.items():
+        if json_or_none(item):
+            out[key] = item
+            continue
+        entry = {":type:": str(type(item)), ":serialized:": None}
+        if isinstance(item, type):
+            # A class by reference: its __dict__ is not in the file, ckptd lists __module__ only.
+            entry["__module__"] = item.__module__
+        elif hasattr(item, "__dict__") or isinstance(item, dict):
+            pairs = item.items() if isinstance(item, dict) else vars(item).items()
+            for name, value in pairs:
+                entry[name] = value if json_or_none(value) else str(value)
+        out[key] = entry
+    return json.loads(json.dumps(out))
+
+
+def compare_data_json(expected, got, problems):
+    if list(expected) != list(got):
+        problems.append("data JSON keys %r vs %r" % (list(expected), list(got)))
+        return
+    for key, want in expected.items():
+        have = got[key]
+        serialized = isinstance(want, dict) and ":serialized:" in want
+        if not serialized:
+            if json.dumps(want, sort_keys=False) != json.dumps(have, sort_keys=False):
+                problems.append(
+                    "data JSON [%r]: %s vs %s" % (key, json.dumps(want), json.dumps(have))
+                )
+            continue
+        if not (isinstance(have, dict) and ":serialized:" in have):
+            problems.append("data JSON [%r]: not serialized in the zip" % key)
+            continue
+        if list(want) != list(have):
+            problems.append("data JSON [%r] extras %r vs %r" % (key, list(want), list(have)))
+            continue
+        if want[":type:"] != have[":type:"]:
+            problems.append(
+                "data JSON [%r] :type: %r vs %r" % (key, want[":type:"], have[":type:"])
+            )
+        for name, value in want.items():
+            if name.startswith(":") or isinstance(value, str):
+                continue
+            if json.dumps(value) != json.dumps(have[name]):
+                problems.append("data JSON [%r][%r]: %r vs %r" % (key, name, value, have[name]))
+
+
 def main():
     original_path, zip_path = sys.argv[1], sys.argv[2]
     standins.install()
     with open(original_path, "rb") as handle:
         data, params = cloudpickle.load(handle)
+    if isinstance(params, list):
+        with open(sys.argv[3]) as handle:
+            names = json.load(handle)
+        params = OrderedDict(zip(names, params))
+    # np.savez stores np.asanyarray(value): a numpy scalar is written as a 0-d array.
+    params = OrderedDict((name, np.asanyarray(value)) for name, value in params.items())
     problems = []
     try:
         zdata, zparams, members = sb2_load_zip(zip_path)
@@ -140,6 +212,7 @@ def main():
         problems.append("data keys %r vs %r" % (list(data), list(zdata)))
     with zipfile.ZipFile(zip_path) as archive:
         raw = json.loads(archive.read("data").decode())
+    compare_data_json(expected_data_json(data), raw, problems)
     for key in data:
         plain = not (isinstance(raw.get(key), dict) and ":serialized:" in raw[key])
         same(data[key], zdata.get(key), "data[%r]" % key, problems, plain=plain)

@@ -54,6 +54,24 @@ def get_schedule_fn(value_schedule):
         return constfn(value_schedule)
     return value_schedule
 """,
+    "stable_baselines.her.replay_buffer": """
+from enum import Enum
+
+class GoalSelectionStrategy(Enum):
+    FUTURE = 0
+    FINAL = 1
+    EPISODE = 2
+    RANDOM = 3
+""",
+    "stable_baselines.sac.sac": """
+import abc
+
+class BaseRLModel(metaclass=abc.ABCMeta):
+    pass
+
+class SAC(BaseRLModel):
+    pass
+""",
     "gym.spaces.box": """
 import numpy as np
 
