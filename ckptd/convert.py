@@ -6,8 +6,8 @@ The order of operations is the safety argument:
    verified, each re-read checked against the CRC-32 of the first read and the file's identity
    (``ckptd.formats.legacy.open_legacy_file``);
 2. write the zip to a temp file beside the target, fsync it;
-3. re-read the temp file and verify it (structure, CRCs, JSON, every array's bytes) — only then
-   rename it into place and fsync the directory;
+3. re-read the temp file and verify it (structure, CRCs, JSON, every array's bytes), give it the
+   original's mode, owner and times — only then rename it into place and fsync the directory;
 4. before an original is archived or deleted, verify the renamed zip completely, exactly as
    ``ckptd verify`` does (``ckptd.formats.verify``: CRCs, JSON, npy headers, every
    ``:serialized:`` pickle through the allowlist); a zip that fails is removed, the original stays;
@@ -16,6 +16,11 @@ The order of operations is the safety argument:
    ``.ckptd`` or ``.ckptd/legacy/<dir>`` symlink is refused, never moved through.
 ``kill -9`` at any instant leaves the original intact and never a partial zip under the final name;
 a rerun after a crash recognizes an already-written, identical zip and finishes step 5.
+
+The zip is the same checkpoint in another format: it keeps the original's times (retention and
+``status`` see its real age), its mode and owner (never wider), and its member timestamps come
+from the original's mtime, so converting the same file twice gives the same bytes
+(docs/conversion.md).
 """
 
 from __future__ import annotations
@@ -37,7 +42,12 @@ from ckptd.formats.legacy import open_legacy_file
 from ckptd.formats.model import FileParamArray, LegacyCheckpoint, OpaqueValue, Param
 from ckptd.formats.npy import read_npy_header
 from ckptd.formats.sb2meta import guess_algorithm, guess_sb2_version
-from ckptd.formats.sb2zip import encode_data_json, verify_zip, write_checked_sb2_zip
+from ckptd.formats.sb2zip import (
+    encode_data_json,
+    verify_zip,
+    write_checked_sb2_zip,
+    zip_date_time,
+)
 from ckptd.formats.sniff import identify
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.runfs import RunFS
@@ -115,7 +125,9 @@ def convert_file(
             "the output would overwrite the input; name another with -o", path=str(source)
         )
 
-    before = fsio.FileIdentity.of(os.stat(source, follow_symlinks=False))
+    judged = os.stat(source, follow_symlinks=False)
+    before = fsio.FileIdentity.of(judged)
+    carried = fsio.CarriedAttributes.of(judged)  # taken before any read can move the atime
     with open_legacy_file(
         source, allow_code=allow_code, param_names=param_names, limits=limits
     ) as (
@@ -126,7 +138,7 @@ def convert_file(
             raise FileChangedError(
                 "changed while it was being read; will retry when it is stable", path=str(source)
             )
-        status, output_sha256, output_size = _write_or_match(source, target, checkpoint)
+        status, output_sha256, output_size = _write_or_match(source, target, checkpoint, carried)
     if original != "keep" and status == "converted":
         _verify_before_disposal(source, target)
 
@@ -164,7 +176,7 @@ def convert_file(
 
 
 def _write_or_match(
-    source: Path, target: Path, checkpoint: LegacyCheckpoint
+    source: Path, target: Path, checkpoint: LegacyCheckpoint, carried: fsio.CarriedAttributes
 ) -> tuple[Status, str, int]:
     """Write ``target`` (verified before it gets its name), or prove an existing one is this
     checkpoint's conversion (a rerun after a crash); (status, output sha256, output size)."""
@@ -179,7 +191,13 @@ def _write_or_match(
         output_sha256, output_size = fsio.sha256_file(target)
         return "already-converted", output_sha256, output_size
     # Written to a temp file, re-read and verified byte for byte, and only then renamed.
-    report = write_checked_sb2_zip(target, checkpoint.data, checkpoint.params)
+    report = write_checked_sb2_zip(
+        target,
+        checkpoint.data,
+        checkpoint.params,
+        date_time=zip_date_time(carried.mtime_ns),
+        attributes=carried,
+    )
     return "converted", report.sha256, report.size
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ckptd.errors import UnsafePathError
-from ckptd.fsio import TEMP_PREFIX, TEMP_SUFFIX, is_temp_name
+from ckptd.fsio import TEMP_PREFIX, TEMP_SUFFIX, created_mode, is_temp_name
 
 # Linux limits (NAME_MAX, PATH_MAX): a longer name cannot exist, so it can only be planted text.
 MAX_NAME_BYTES = 255
@@ -257,8 +257,11 @@ class RunFS:
             raise UnsafePathError(f"is larger than {limit} bytes", path=self.show(relpath))
         return data
 
-    def write_atomic(self, relpath: str, data: bytes, *, mode: int = 0o644) -> None:
-        """Replace ``relpath`` atomically (temp beside it, fsync, rename, fsync the directory)."""
+    def write_atomic(self, relpath: str, data: bytes, *, mode: int | None = None) -> None:
+        """Replace ``relpath`` atomically (temp beside it, fsync, rename, fsync the directory).
+
+        Without ``mode`` the file gets what the process umask gives a new file (docs/conversion.md).
+        """
         with _naming(self.show(relpath)), self.parent(relpath, create=True) as (fd, name):
             temp = f"{TEMP_PREFIX}{name[:200]}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
             file_fd = os.open(
@@ -270,7 +273,7 @@ class RunFS:
             try:
                 try:
                     _write_all(file_fd, data)
-                    os.fchmod(file_fd, mode)
+                    os.fchmod(file_fd, created_mode() if mode is None else mode)
                     os.fsync(file_fd)
                 finally:
                     os.close(file_fd)

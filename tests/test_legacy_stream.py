@@ -468,9 +468,9 @@ def test_convert_file_refuses_a_source_changed_after_its_first_read(
         path = write_checkpoint(tmp_path / "m.pkl", dqn_data(), plain_params(big=3 << 20))
     real_write = convert.write_checked_sb2_zip
 
-    def rewrite_then_write(dest: Path, data: Any, params: Any) -> Any:
+    def rewrite_then_write(dest: Path, data: Any, params: Any, **options: Any) -> Any:
         _rewrite_payload_keeping_identity(path)
-        return real_write(dest, data, params)
+        return real_write(dest, data, params, **options)
 
     monkeypatch.setattr(convert, "write_checked_sb2_zip", rewrite_then_write)
     with pytest.raises(FileChangedError, match="changed since the file was first read"):

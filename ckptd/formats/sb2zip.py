@@ -2,7 +2,8 @@
 
 The writer produces what ``BaseRLModel._save_to_file_zip`` writes (sb2-formats.md §2): three
 ZIP_STORED members ``data``, ``parameters``, ``parameter_list`` in that order, ``external_attr``
-0o600 << 16, the local time of the save; ``parameters`` is an npz (a ZIP_STORED zip of
+0o600 << 16, the local time of the save (a conversion passes the original's mtime instead, so the
+same input always gives the same bytes: docs/conversion.md); ``parameters`` is an npz (a ZIP_STORED zip of
 ``"<name>.npy"`` members dated 1980-01-01, each a numpy v1.0 header + the raw array bytes). Headers
 are laid out as Python 3.7's zipfile and numpy 1.16 wrote them (no zip64 records unless a size or
 offset needs them), which is also what SB2's own environment reads.
@@ -21,6 +22,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,7 +52,7 @@ from ckptd.formats.storedzip import (
 from ckptd.formats.verify import VerifyReport, verify_zip
 from ckptd.formats.zipexam import ParamInfo, examine_zip
 from ckptd.formats.zipread import MemberInfo
-from ckptd.fsio import atomic_write
+from ckptd.fsio import CarriedAttributes, atomic_write
 
 __all__ = [
     "Sb2Zip",
@@ -64,6 +66,7 @@ __all__ = [
     "write_checked_sb2_zip",
     "write_sb2_zip",
     "write_sb2_zip_file",
+    "zip_date_time",
 ]
 
 MEMBER_ORDER = ("data", "parameters", "parameter_list")
@@ -118,6 +121,24 @@ def local_now() -> DateTime:
     return stamp if stamp[0] >= 1980 else DOS_EPOCH
 
 
+# The range a zip's DOS date can hold (7 bits of years from 1980; 2-second resolution).
+_DOS_LAST = (2107, 12, 31, 23, 59, 58)
+
+
+def zip_date_time(mtime_ns: int) -> DateTime:
+    """A file's mtime as a zip member timestamp: UTC (never the host's zone, so the bytes do not
+    depend on where or when the conversion ran), clamped to 1980-01-01 .. 2107-12-31."""
+    seconds = mtime_ns // 1_000_000_000
+    if seconds < int(datetime(*DOS_EPOCH, tzinfo=UTC).timestamp()):
+        return DOS_EPOCH
+    if seconds > int(datetime(*_DOS_LAST, tzinfo=UTC).timestamp()):
+        return _DOS_LAST
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    return as_stored(
+        (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+    )
+
+
 def as_stored(stamp: DateTime) -> DateTime:
     """The timestamp a zip can hold: DOS time has 2-second resolution, so odd seconds round down."""
     return (*stamp[:5], stamp[5] - stamp[5] % 2)
@@ -170,7 +191,7 @@ def write_sb2_zip_file(
     params: Sequence[Param],
     *,
     date_time: DateTime | None = None,
-    mode: int = 0o644,
+    mode: int | None = None,
 ) -> ZipWriteReport:
     """``write_sb2_zip`` into ``dest`` atomically (temp file, fsync, rename, fsync dir)."""
     with atomic_write(dest, mode=mode) as handle:
@@ -183,7 +204,8 @@ def write_checked_sb2_zip(
     params: Sequence[Param],
     *,
     date_time: DateTime | None = None,
-    mode: int = 0o644,
+    mode: int | None = None,
+    attributes: CarriedAttributes | None = None,
 ) -> ZipWriteReport:
     """Write ``dest`` atomically and verify it before it gets its name.
 
@@ -194,6 +216,7 @@ def write_checked_sb2_zip(
     same static reader and allowlist as an input (``check_emitted_pickles``): the emitter is
     trusted no more than a checkpoint. Only then is it renamed to ``dest``; on any mismatch
     ``dest`` is untouched and VerifyError raised.
+    ``attributes`` (mode, owner, times of the original) are set after that check, before the rename.
     """
     import zipfile
 
@@ -211,7 +234,7 @@ def write_checked_sb2_zip(
         # data_bytes are, byte for byte, the data member just compared with the file on disk.
         check_emitted_pickles(data_bytes, dest)
 
-    with atomic_write(dest, mode=mode, before_replace=check) as handle:
+    with atomic_write(dest, mode=mode, attributes=attributes, before_replace=check) as handle:
         written = write_pieces(handle, outer.pieces)
     return _report(written, npz, data_bytes, list_bytes, params, stamp)
 
