@@ -410,9 +410,9 @@ def _render(node: Node, nested: bool, depth: int, walk: _Walk) -> str:
         return str(scalar_of(node, None))
     member = _goal_selection_member(node)
     if member is not None:
-        value, name = member
+        number, name = member
         return (
-            f"<GoalSelectionStrategy.{name}: {value}>"
+            f"<GoalSelectionStrategy.{name}: {number}>"
             if nested
             else f"GoalSelectionStrategy.{name}"
         )
