@@ -54,9 +54,12 @@ def check_bytes(data: bytes, workdir: Path, name: str = "rl_model_1000_steps.pkl
     except CkptdError as err:
         if "\n" in str(err):
             raise InvariantBroken(f"a multi-line error: {str(err)!r}") from err
-        if output.exists() and identification is not None:
-            if identification.format is not Format.SB2_ZIP:
-                raise InvariantBroken(f"a failed conversion left {output.name} behind") from err
+        if (
+            output.exists()
+            and identification is not None
+            and identification.format is not Format.SB2_ZIP
+        ):
+            raise InvariantBroken(f"a failed conversion left {output.name} behind") from err
         outcome = f"refused: {type(err).__name__}"
     else:
         if output.exists():
@@ -116,7 +119,9 @@ class CheckWorker:
         try:
             return self._check(data, name)
         except InvariantBroken as err:
-            saved = self.workdir / f"failing-{hashlib.sha256(data).hexdigest()[:16]}{Path(name).suffix}"
+            saved = (
+                self.workdir / f"failing-{hashlib.sha256(data).hexdigest()[:16]}{Path(name).suffix}"
+            )
             saved.write_bytes(data)
             raise InvariantBroken(f"{err} (input saved as {saved})") from None
 
@@ -129,7 +134,9 @@ class CheckWorker:
         ready, _, _ = select.select([child.stdout], [], [], self.seconds)
         if not ready:
             self.close()
-            raise InvariantBroken(f"no answer within {self.seconds:.0f} s (a hang) for {data[:80]!r}")
+            raise InvariantBroken(
+                f"no answer within {self.seconds:.0f} s (a hang) for {data[:80]!r}"
+            )
         header = child.stdout.read(_HEADER.size)
         if len(header) < _HEADER.size:
             code = child.wait()

@@ -266,9 +266,12 @@ def opcode_floods(draw: st.DrawFn) -> bytes:
     """Long runs of cheap opcodes: work and memory bounded by budgets, not by the file's size."""
     unit = draw(st.sampled_from((b"N0", b"K\x01\x94", b"]\x94", b"(N\x85\x94", b"h\x00")))
     repeat = draw(st.integers(1000, 60000))
-    return b"\x80\x04}(\x8c\x06policyc" + b"stable_baselines.common.policies\nMlpPolicy\n" + (
-        b"N" + unit * repeat
-    )[: 2 * 1024 * 1024] + b"u}\x86."
+    return (
+        b"\x80\x04}(\x8c\x06policyc"
+        + b"stable_baselines.common.policies\nMlpPolicy\n"
+        + (b"N" + unit * repeat)[: 2 * 1024 * 1024]
+        + b"u}\x86."
+    )
 
 
 def mutate(data: bytes, draw: st.DrawFn) -> bytes:

@@ -36,28 +36,6 @@ MPI_ALGORITHMS = {"DDPG", "PPO1", "TRPO", "GAIL"}
 TAMPERED = "tampered"
 
 
-def known_bug(fixture: dict[str, Any]) -> str | None:
-    """Why ckptd fails this genuine file today (issue 8; other work is fixing each converter bug).
-
-    The cases are marked xfail(strict=True): when a fix lands the case passes, the strict marker
-    fails the run, and the marker goes.
-    """
-    reasons = []
-    if len(set(fixture["param_names"])) < len(fixture["param_names"]):
-        reasons.append("the list repeats every variable (SAC/DDPG <= 2.5.1 duplicated params)")
-    if fixture["algorithm"] == "HER":
-        reasons.append(
-            "refused: stable_baselines.her.replay_buffer.GoalSelectionStrategy called "
-            "(HER's GoalSelectionStrategy enum)"
-        )
-    if [] in fixture["param_shapes"]:
-        reasons.append(
-            "0-d parameters from sess.run are pickled as numpy.core.multiarray.scalar "
-            "(deepq/eps, log_ent_coef, obs_rms/count): 'is a call of numpy.core.multiarray.scalar'"
-        )
-    return "; ".join(reasons) or None
-
-
 def globals_of(payload: bytes) -> set[str]:
     """Every module.name a pickle references, from its opcodes (nothing is unpickled)."""
     found: set[str] = set()
@@ -198,9 +176,6 @@ def flip_last_array_byte(npz: bytes) -> bytes:
 
 def consumer_case(fixture: dict[str, Any]) -> Any:
     marks = [pytest.mark.slow, pytest.mark.timeout(1800)]
-    reason = known_bug(fixture)
-    if reason is not None:
-        marks.append(pytest.mark.xfail(strict=True, reason=reason))
     return pytest.param(fixture, id=fixture["id"], marks=marks)
 
 
@@ -236,7 +211,7 @@ def test_schedules_of_the_zip_are_called(consumer_results: dict[str, Any]) -> No
     for fixture in FIXTURES:
         result = consumer_results["checked"].get(fixture["id"])
         wanted = schedule_keys(fixture)
-        if result is None or not wanted or known_bug(fixture):
+        if result is None or not wanted:
             continue
         called = [entry for entry in result["checked"] if entry.startswith("functions: ")]
         assert called, fixture["id"]
@@ -261,3 +236,20 @@ def test_fixtures_load_real_stable_baselines_classes(consumer_results: dict[str,
     files = [r["policy_file"] for k, r in consumer_results["checked"].items() if "policy_file" in r]
     assert files
     assert all(Path(f).resolve().is_relative_to(real.resolve()) for f in files), files
+
+
+def test_extras_show_gym_spaces_and_ordered_dicts_as_their_repr(tmp_path: Path) -> None:
+    """SB2 writes ``str()`` of each attribute: HER's goal space is an OrderedDict of gym spaces,
+    shown as gym 0.14's ``__repr__`` (ckptd once wrote ``OrderedDict(['k': <... object>])``)."""
+    source = tmp_path / "her.pkl"
+    shutil.copyfile(GENUINE / "her_dqn-mlp-bitflip-sb2.10.2.pkl", source)
+    result = subprocess.run(
+        [*ckptd_command(), "convert", str(source)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(source.with_suffix(".zip")) as archive:
+        data = json.loads(archive.read("data"))
+    assert data["her_obs_space"]["spaces"] == (
+        "OrderedDict([('achieved_goal', MultiBinary(4)), ('desired_goal', MultiBinary(4)), "
+        "('observation', MultiBinary(4))])"
+    )

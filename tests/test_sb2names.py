@@ -214,11 +214,6 @@ def test_convert_exits_1_with_the_note_for_a_held_file(
     assert source.read_bytes() == before and not (tmp_path / "old.zip").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the reader to drop the repeated copy of every variable and to read 0-d "
-    "statistics saved as numpy scalars (issue 8, the convert-fidelity work)",
-)
 def test_convert_names_a_ddpg_file_as_its_loader_does(tmp_path: Path) -> None:
     """DDPG 2.5.1 with both normalizations: named by stable-baselines 2.10.2's graph (issue 8)."""
     source = tmp_path / "ddpg.pkl"

@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping
 
 from ckptd.errors import BudgetExceeded, FormatError
+from ckptd.formats import gym_repr
 from ckptd.formats.allowlist import (
     GOAL_SELECTION_STRATEGIES,
     GOAL_SELECTION_STRATEGY_GLOBAL,
@@ -398,11 +399,13 @@ def _render(node: Node, nested: bool, depth: int, walk: _Walk) -> str:
     pairs = _pairs_of(node)
     if pairs is not None:
         parts = []
+        ordered = isinstance(node, Call)  # OrderedDict's repr lists (key, value) pairs
         for key, value in pairs:
             key_text = render(key, nested=True, depth=depth + 1, walk=walk)
-            parts.append(f"{key_text}: {render(value, nested=True, depth=depth + 1, walk=walk)}")
+            value_text = render(value, nested=True, depth=depth + 1, walk=walk)
+            parts.append(f"({key_text}, {value_text})" if ordered else f"{key_text}: {value_text}")
         joined = ", ".join(parts)
-        return f"OrderedDict([{joined}])" if isinstance(node, Call) else "{" + joined + "}"
+        return f"OrderedDict([{joined}])" if ordered else "{" + joined + "}"
     if is_array_node(node):
         array = array_of(node, None).as_array()
         return repr(array) if nested else str(array)
@@ -430,7 +433,29 @@ def _render(node: Node, nested: bool, depth: int, walk: _Walk) -> str:
         return f"<class '{node.dotted}'>"
     if isinstance(node, Call) and _cp(node, _FUNCTION_MAKERS):
         return f"<function {_function_qualname(node) or '<lambda>'}>"
-    return f"<{_bare_type(node)} object>"
+    bare = _bare_type(node)
+    if bare.startswith("gym.spaces.") and bare.rpartition(".")[2] in gym_repr.SPACES:
+        attributes = {
+            key.value: value
+            for key, value in _attribute_pairs(node)
+            if isinstance(key, Const) and isinstance(key.value, str)
+        }
+
+        def show(item: Node) -> str:
+            return render(item, depth=depth + 1, walk=walk)
+
+        def items(item: Node) -> list[tuple[str, Node]] | None:
+            pairs = _pairs_of(item)
+            if pairs is not None:
+                return [(show(key), value) for key, value in pairs]
+            if isinstance(item, TupleNode | ListNode):
+                return [("", value) for value in item.items]
+            return None
+
+        shown = gym_repr.space_repr(bare.rpartition(".")[2], attributes, show, items)
+        if shown is not None:
+            return shown
+    return f"<{bare} object>"
 
 
 # --- extras ------------------------------------------------------------------------------------

@@ -214,12 +214,18 @@ def model_class(record):
     return getattr(stable_baselines, record["algorithm"])
 
 
+def parameters_of(model):
+    # HER holds no session of its own: its wrapped model (HER.load loads the same file into it)
+    # has the parameters.
+    return getattr(model, "model", model).get_parameters()
+
+
 def check_params(zip_model, pkl_model, saved, names, problems):
-    got = zip_model.get_parameters()
+    got = parameters_of(zip_model)
     if list(got.keys()) != names:
         problems.append("zip model parameter order %r vs true %r" % (list(got.keys()), names))
     if pkl_model is not None:
-        want = pkl_model.get_parameters()
+        want = parameters_of(pkl_model)
         if list(want.keys()) != list(got.keys()):
             problems.append("parameter names differ from the pickle-loaded model")
         for name in want:
