@@ -429,10 +429,13 @@ CONFIG = Section(
                     "max_memory": Key(
                         Size(1024**2),
                         "Bytes of non-array content (text, bytes, JSON) one file may reach, counted"
-                        " the same way; array payloads are streamed and not counted.",
+                        " the same way; array payloads are streamed and not counted. The daemon's"
+                        " parser process gets this + 768MiB + the file's size of address space.",
                     ),
                     "max_seconds": Key(
-                        Duration(1), "Wall-clock time one file may take in a daemon worker."
+                        Duration(1),
+                        "Wall-clock time one file may take in a daemon worker; then the process"
+                        " parsing it is killed and the file refused.",
                     ),
                 },
             ),

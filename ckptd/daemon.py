@@ -10,7 +10,10 @@ Threads and who owns what:
   batch of paths of one run (``pipeline.process_batch``, under the run lock) or a job (prune,
   manifest, rescan). A run is in at most one batch at a time, so conversions of one run never race
   and a file is never processed twice at once; the run lock also excludes prune and the CLI. A
-  worker logs an exception and carries on.
+  worker logs an exception and carries on. Checkpoint content is parsed only in each worker's
+  child process (``ckptd.isolation``: a deadline and a memory cap per file); a run whose file went
+  over a limit is served by the pool's slow lane for a while, and a spare worker steps in while
+  every ordinary worker is held by one file.
 * **watchdog observers** only enqueue ``WatchEvent``s (queue full: the rescan flag is set);
   **APScheduler** jobs only put a job name on a queue the main thread reads.
 
@@ -57,10 +60,16 @@ from ckptd.daemon_jobs import (
 )
 from ckptd.errors import CkptdError, ConfigError
 from ckptd.inventory import RunRef
+from ckptd.isolation import Isolation
 from ckptd.logsetup import configure_logging
 from ckptd.metrics import Metrics, MetricsServer, start_metrics_server
 from ckptd.pipeline import PipelineDeps, files_below, run_of
-from ckptd.run_queue import BATCH_MAX_PATHS, LOCKED_RUN_BACKOFF_SECONDS, RunQueues
+from ckptd.run_queue import (
+    BATCH_MAX_PATHS,
+    LOCKED_RUN_BACKOFF_SECONDS,
+    SLOW_LANE_SECONDS,
+    RunQueues,
+)
 from ckptd.scheduling import JobCallback, JobScheduler
 from ckptd.settling import SettlingFiles
 from ckptd.timefmt import format_utc
@@ -103,7 +112,9 @@ class Daemon:
     def __init__(self, config_path: Path, *, deps: PipelineDeps | None = None) -> None:
         self.config_path = Path(config_path)
         self.config = load_config(self.config_path)
-        self.deps = deps if deps is not None else PipelineDeps()
+        # Fault tests pass in-process fakes; otherwise every file is parsed in a child process.
+        self._isolation = Isolation(self.config.limits) if deps is None else None
+        self.deps = deps if deps is not None else self._isolation_deps()
         self.metrics = Metrics()
         self._events: queue.Queue[WatchEvent] = queue.Queue(EVENT_QUEUE_MAX)
         self._job_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -168,6 +179,8 @@ class Daemon:
         self._metrics_server = start_metrics_server(config.metrics.listen, self.metrics)
         self._watchset = WatchSet(self._events, NameFilter.from_config(config))
         self._watchset.set_roots(WatchRoot.from_config(root) for root in config.roots)
+        if self._isolation is not None:
+            self._isolation.start()
         self._pool.start()
         self._scheduler = JobScheduler()
         self._scheduler.set_jobs(job_specs(config), self._job_callbacks())
@@ -197,16 +210,42 @@ class Daemon:
         busy = self._pool.join(deadline)
         if busy:
             # Conversions and manifest writes are atomic: abandoning them leaves at most a temp
-            # file, which the next start removes.
+            # file, which the next start removes. The children die with this process
+            # (PR_SET_PDEATHSIG, ckptd.isolation_child).
             logger.warning("abandoning in-flight work in %s", ", ".join(busy))
             logging.shutdown()
             os._exit(0)
+        if self._isolation is not None:
+            self._isolation.close()
         logger.info("stopped")
 
     # ---- work (worker threads) ----------------------------------------------------------------
 
+    def _isolation_deps(self) -> PipelineDeps:
+        assert self._isolation is not None
+        return self._isolation.deps()
+
     def _execute(self, item: WorkItem) -> WorkResult:
-        return execute(item, deps=self.deps, metrics=self.metrics, stopping=self._stopping)
+        isolation = self._isolation
+        before = isolation.exceeded_in_thread() if isolation is not None else 0
+        if isolation is not None and isinstance(item, RunBatch) and not item.slow:
+            # A burst's new files examined a chunk per request, not one round trip each (not for
+            # a run whose files exceed limits: its batches end after one such file anyway).
+            isolation.prefetch(item.paths)
+        result = execute(
+            item,
+            deps=self.deps,
+            metrics=self.metrics,
+            stopping=self._stopping,
+            structure=isolation.structure if isolation is not None else None,
+        )
+        if (
+            isinstance(result, BatchDone)
+            and isolation is not None
+            and isolation.exceeded_in_thread() > before
+        ):
+            result = BatchDone(result.item, result.result, exceeded=True)
+        return result
 
     # ---- scheduler callbacks (scheduler threads: only enqueue) ----------------------------------
 
@@ -331,8 +370,8 @@ class Daemon:
                 self._jobs_running.add(name)
         self._runs.dispatch(self.config, now, self._offer)
 
-    def _offer(self, item: WorkItem) -> bool:
-        return self._pool.offer(item)
+    def _offer(self, item: WorkItem, slow: bool = False) -> bool:
+        return self._pool.offer(item, slow=slow)
 
     def _collect_results(self, now: float) -> None:
         while True:
@@ -361,6 +400,14 @@ class Daemon:
                 elif outcome.action == "broken":
                     self.metrics.record_broken()
         self._runs.batch_finished(item, result, now)
+        if done.exceeded:
+            if item.run.run_dir not in self._runs.slow_until:
+                logger.info(
+                    "a file went over its limits; the run's files go to the slow lane for %ds",
+                    SLOW_LANE_SECONDS,
+                    extra={"run": item.run.relpath},
+                )
+            self._runs.mark_slow(item.run, now + SLOW_LANE_SECONDS)
 
     def _job_done(self, done: JobDone, now: float) -> None:
         self._jobs_running.discard(done.name)
@@ -434,6 +481,8 @@ class Daemon:
             self._settling = self._new_settling(new)
         wanted = {root.path for root in new.roots}
         self._runs.keep_roots(wanted)
+        if self._isolation is not None:
+            self._isolation.set_limits(new.limits)
         self.config = new
         self._jobs_wanted.add("rescan")  # new roots (and changed patterns) need a reconciliation
         logger.info("reloaded: %d roots", len(new.roots))

@@ -19,7 +19,7 @@ from ckptd.inventory import RunRef, find_runs
 from ckptd.metrics import Metrics
 from ckptd.pipeline import BatchResult, FoundFile, PipelineDeps, find_work, process_batch
 from ckptd.prune import prune_all, write_manifests
-from ckptd.scrub import scheduled_scrub
+from ckptd.scrub import StructureCheck, scheduled_scrub
 
 # Logs under the name these lines had before ckptd.daemon was split into modules: the log
 # format shows it, and operators (and tests) match on it.
@@ -40,6 +40,7 @@ class RunBatch:
     paths: tuple[Path, ...]
     expected: Mapping[Path, tuple[int, int]] = field(default_factory=dict)
     gone: tuple[Path, ...] = ()
+    slow: bool = False  # on the slow lane: the run had a file over a limit (ckptd.run_queue)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class JobRun:
 class BatchDone:
     item: RunBatch
     result: BatchResult
+    exceeded: bool = False  # a file went over a limit (ckptd.isolation): serve the run slowly
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,12 @@ def scan_roots(
 
 
 def execute(
-    item: WorkItem, *, deps: PipelineDeps, metrics: Metrics, stopping: threading.Event
+    item: WorkItem,
+    *,
+    deps: PipelineDeps,
+    metrics: Metrics,
+    stopping: threading.Event,
+    structure: StructureCheck | None = None,
 ) -> WorkResult:
     """Run one work item (on a worker thread); a file's problem is in the result, never raised."""
     if isinstance(item, RunBatch):
@@ -119,11 +126,18 @@ def execute(
             gone=item.gone,
         )
         return BatchDone(item, result)
-    return run_job(item, metrics=metrics, stopping=stopping)
+    return run_job(item, metrics=metrics, stopping=stopping, structure=structure)
 
 
-def run_job(job: JobRun, *, metrics: Metrics, stopping: threading.Event) -> JobDone:
-    """Run one periodic job over every root of its config (on a worker thread)."""
+def run_job(
+    job: JobRun,
+    *,
+    metrics: Metrics,
+    stopping: threading.Event,
+    structure: StructureCheck | None = None,
+) -> JobDone:
+    """Run one periodic job over every root of its config (on a worker thread); the scrub
+    re-verifies structure with ``structure`` (the daemon's isolated parser) when given."""
     now = datetime.now(UTC)
     if job.name == "rescan":
         found, runs = scan_roots(job.config, job.config.roots, stale_temp_age=STALE_TEMP_SECONDS)
@@ -154,6 +168,7 @@ def run_job(job: JobRun, *, metrics: Metrics, stopping: threading.Event) -> JobD
             now=now,
             set_corrupt_gauge=metrics.set_scrub_corrupt,
             stop=stopping.is_set,
+            structure=structure,
         )
         return JobDone("scrub")
     return JobDone(job.name, error=f"unknown job {job.name}")

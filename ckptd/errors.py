@@ -123,7 +123,12 @@ class RunLockedError(StateError):
 
 
 class BudgetExceeded(UnsafeCheckpoint):
-    """A checkpoint is over one of its per-file budgets (``limits:``); refused like an unsafe one."""
+    """A checkpoint is over one of its per-file budgets (``limits:``); refused like an unsafe one.
+
+    Counted budgets are checked by the parser itself; in the daemon, ``max_seconds`` and (through
+    its address-space cap) ``max_memory`` are also enforced on the process parsing the file
+    (``ckptd.isolation``). ``limit`` is the key under ``limits:``.
+    """
 
     def __init__(
         self,

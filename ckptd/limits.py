@@ -22,6 +22,9 @@ HARD_MAX_DEPTH = 200
 MAX_DIMS = 32
 # The largest array extent numpy can index (npy_intp).
 MAX_EXTENT = 2**63 - 1
+# What the daemon's parser process needs beyond the content max_memory counts (see
+# Limits.address_space; measured figures in docs/security.md, "Isolation").
+PARSER_HEADROOM = 768 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,27 @@ class Limits:
     # Bytes of non-array content (strings, bytes, JSON, rendered text) reachable, counted the same
     # way; array payloads are streamed separately and bounded by the file.
     max_memory: int = 256 * 1024**2
-    # Wall-clock time one file may take in a daemon worker.
+    # Wall-clock time one file may take in a daemon worker (its parser process is then killed).
     max_seconds: timedelta = timedelta(minutes=10)
     # Decimal digits of one integer (Python's own default str() limit; not a config key).
     max_int_digits: int = 4300
     # Memo slots one pickle may use (not a config key: bounded by the opcodes anyway).
     max_memo: int = 1_000_000
+
+    @property
+    def address_space(self) -> int:
+        """RLIMIT_AS of the daemon's process that parses one file (``ckptd.isolation``).
+
+        ``max_memory`` counts only a file's non-array content, and RLIMIT_AS counts virtual memory,
+        not what is resident: the interpreter with numpy and ckptd imported, OpenBLAS's per-thread
+        arenas, the streamed array and zip buffers, and the Python objects that hold the counted
+        content all come on top. ``PARSER_HEADROOM`` covers them with room to spare (measured: 110
+        MiB for any genuine fixture, arrays being streamed). The child adds each file's size while
+        it parses that file: a legacy pickle is read into an anonymous sparse buffer as large as
+        the file, which costs no memory where untouched but counts against RLIMIT_AS. A file that
+        needs more is refused naming ``limits.max_memory``, the one key that raises this cap.
+        """
+        return self.max_memory + PARSER_HEADROOM
 
     @property
     def max_int_bits(self) -> int:

@@ -185,6 +185,12 @@ class BatchWork:
             identification = self.deps.identify(path)
         except UnsafePathError as err:
             return manifest, PathOutcome(path, "ignored", err.message)
+        except UnsafeCheckpoint as err:
+            # Over a limit while being identified (ckptd.isolation): refused like unsafe content.
+            unsafe = Verdict(False, (), err.reason)
+            return self._refuse(
+                path, relpath, identity, manifest, err.message, Format.UNKNOWN, unsafe
+            )
         except FileNotFoundError:
             raise
         except OSError as err:
@@ -242,7 +248,12 @@ class BatchWork:
         manifest: Manifest,
         verdict: Verdict | None = None,
     ) -> tuple[Manifest, PathOutcome]:
-        report = self.deps.verify(path, limits=self.config.limits)
+        try:
+            report = self.deps.verify(path, limits=self.config.limits)
+        except UnsafeCheckpoint as err:  # over a limit while being verified (ckptd.isolation)
+            names = (escape_name(err.global_name),) if err.global_name else ()
+            unsafe = Verdict(False, names, err.reason)
+            return self._refuse(path, relpath, identity, manifest, err.message, fmt, unsafe)
         if report.refused:
             # An SB2 zip whose :serialized: entries the allowlist refuses: as unsafe as a pickle.
             fallback = f"data keys {', '.join(report.refused)} refused"

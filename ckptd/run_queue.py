@@ -3,6 +3,8 @@
 A run is in at most one batch at a time, so conversions of one run never race and a file is never
 processed twice at once; while it is, new paths of the run wait here (ready and vanished ones,
 deduplicated, in arrival order), and the next batch takes at most ``BATCH_MAX_PATHS`` of them.
+A run one of whose files went over a limit (``ckptd.isolation``) is offered to the pool's slow lane
+for ``SLOW_LANE_SECONDS``, so its next hostile file cannot hold an ordinary worker again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ckptd.pipeline import BatchResult
 BATCH_MAX_PATHS = 1000
 # A run whose batch could not take the run lock is left alone this long before the next try.
 LOCKED_RUN_BACKOFF_SECONDS = 5.0
+# A run whose file exceeded a limit is served by the slow lane this long after the last such file.
+SLOW_LANE_SECONDS = 600.0
 _V = TypeVar("_V")
 
 
@@ -44,6 +48,8 @@ class RunQueues:
     def __init__(self) -> None:
         self.runs: dict[Path, RunQueue] = {}
         self.busy: set[Path] = set()
+        # Runs served by the slow lane until then (monotonic); kept while their queue is empty.
+        self.slow_until: dict[Path, float] = {}
 
     def queue_for(self, root: RootConfig, run: RunRef) -> RunQueue:
         run_queue = self.runs.get(run.run_dir)
@@ -68,26 +74,45 @@ class RunQueues:
     def queued_paths(self) -> int:
         return sum(len(run_queue) for run_queue in self.runs.values())
 
-    def dispatch(self, config: Config, now: float, offer: Callable[[RunBatch], bool]) -> None:
-        """Offer a batch for each idle run with waiting paths, until ``offer`` refuses one."""
+    def dispatch(self, config: Config, now: float, offer: Callable[[RunBatch, bool], bool]) -> None:
+        """Offer a batch for each idle run with waiting paths, to its lane (``offer(batch, slow)``),
+        until both lanes refuse one."""
+        full: set[bool] = set()  # the lanes (slow or not) that refused a batch this time
         for run_dir, run_queue in list(self.runs.items()):
             if not run_queue:
                 del self.runs[run_dir]
                 continue
-            if run_dir in self.busy or run_queue.not_before > now:
+            slow = self._slow(run_dir, now)
+            if run_dir in self.busy or run_queue.not_before > now or slow in full:
                 continue
             ready = take(run_queue.ready, BATCH_MAX_PATHS)
             gone = tuple(take(run_queue.gone, BATCH_MAX_PATHS))
-            batch = RunBatch(config, run_queue.root, run_queue.run, tuple(ready), dict(ready), gone)
-            if not offer(batch):
-                # Back-pressure: the pool is busy; the paths wait here, deduplicated.
+            batch = RunBatch(
+                config, run_queue.root, run_queue.run, tuple(ready), dict(ready), gone, slow
+            )
+            if not offer(batch, slow):
+                # Back-pressure: the lane is busy; the paths wait here, deduplicated.
                 for path, identity in reversed(ready.items()):
                     run_queue.ready[path] = identity
                     run_queue.ready.move_to_end(path, last=False)
                 for path in gone:
                     run_queue.gone[path] = None
-                return
+                full.add(slow)
+                if len(full) == 2:
+                    return
+                continue
             self.busy.add(run_dir)
+
+    def mark_slow(self, run: RunRef, until: float) -> None:
+        """Serve ``run`` on the slow lane until ``until`` (monotonic)."""
+        self.slow_until[run.run_dir] = max(self.slow_until.get(run.run_dir, 0.0), until)
+
+    def _slow(self, run_dir: Path, now: float) -> bool:
+        until = self.slow_until.get(run_dir)
+        if until is not None and until <= now:
+            del self.slow_until[run_dir]
+            return False
+        return until is not None
 
     def batch_finished(self, item: RunBatch, result: BatchResult, now: float) -> None:
         """The run is free again; hand back what the batch did not reach (or could not lock)."""

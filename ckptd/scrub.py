@@ -40,6 +40,7 @@ from ckptd.errors import CkptdError, ManifestError
 from ckptd.formats import Format
 from ckptd.fsio import open_regular_nofollow
 from ckptd.inventory import RunRef
+from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.manifest import Manifest, ManifestEntry, load_manifest, set_entry, with_state
 from ckptd.runaccess import (
     OPS_LOCK_TIMEOUT,
@@ -62,6 +63,9 @@ _SCRUBBED_STATES = frozenset({"kept", "converted"})
 Clock = Callable[[], float]
 Sleeper = Callable[[float], None]
 StopCheck = Callable[[], bool]
+# Re-verifies a file's structure: its problems, one line each. The daemon passes one that parses
+# in a child process with the file's limits (ckptd.isolation); the CLI uses verify_structure.
+StructureCheck = Callable[[Path, Format], tuple[str, ...]]
 
 
 # ---- pacing -------------------------------------------------------------------------------------
@@ -281,6 +285,7 @@ def check_entry(
     *,
     progress: ScrubProgress | None = None,
     stop: StopCheck | None = None,
+    structure: StructureCheck | None = None,
 ) -> _Check:
     """Re-hash and re-verify one file against its manifest entry; never raises for bad content."""
     path = run_dir / entry.path
@@ -300,21 +305,23 @@ def check_entry(
             problems.append(f"size changed: recorded {entry.size} bytes, now {size}{hint}")
         if entry.mtime_ns is not None and st.st_mtime_ns != entry.mtime_ns:
             problems.append("mtime changed: rewritten or replaced behind ckptd's back")
-    problems.extend(f"structure: {line}" for line in _verify_structure(path, entry.format))
+    check = structure or verify_structure
+    problems.extend(f"structure: {line}" for line in check(path, entry.format))
     return _Check(entry, tuple(problems), actual, size)
 
 
-def _verify_structure(path: Path, fmt: Format) -> tuple[str, ...]:
+def verify_structure(path: Path, fmt: Format, limits: Limits = DEFAULT_LIMITS) -> tuple[str, ...]:
+    """The problems of ``path``'s structure as a ``fmt`` file, in this process (none: it verifies)."""
     # Imported here: the readers are only needed once there is something to verify.
     if fmt in (Format.SB2_ZIP, Format.SB3_ZIP):
         from ckptd.formats.verify import verify_zip
 
-        report = verify_zip(path)
+        report = verify_zip(path, limits=limits)
         return () if report.ok else report.problems or ("does not verify",)
     if fmt is Format.SB2_PICKLE:
         from ckptd.verification import verify_file
 
-        verdict = verify_file(path)
+        verdict = verify_file(path, limits=limits)
         return () if verdict.ok else verdict.problems or (verdict.status,)
     return ()  # unknown content: ckptd never claimed to understand it, the hash is the check
 
@@ -434,7 +441,7 @@ def scrub_run(
 ) -> RunScrub:
     """Scrub one run and record the results in its manifest; never raises for a run's problem."""
     return _scrub_planned(
-        _plan_run(config, root, run), now, rate_limiter, progress, stop, lock_timeout
+        _plan_run(config, root, run), now, rate_limiter, progress, stop, lock_timeout, None
     )
 
 
@@ -445,6 +452,7 @@ def _scrub_planned(
     progress: ScrubProgress | None,
     stop: StopCheck | None,
     lock_timeout: float,
+    structure: StructureCheck | None,
 ) -> RunScrub:
     base = RunScrub(planned.root.path, planned.run.relpath, planned.run.run_dir)
     if planned.error is not None:
@@ -459,7 +467,14 @@ def _scrub_planned(
             if progress is not None:
                 progress.current(f"{planned.run.relpath}/{entry.path}")
             checks.append(
-                check_entry(planned.run.run_dir, entry, limiter, progress=progress, stop=stop)
+                check_entry(
+                    planned.run.run_dir,
+                    entry,
+                    limiter,
+                    progress=progress,
+                    stop=stop,
+                    structure=structure,
+                )
             )
     except _Stopped:
         interrupted = True
@@ -514,6 +529,7 @@ def scrub_all(
     progress: ScrubProgress | None = None,
     stop: StopCheck | None = None,
     lock_timeout: float = OPS_LOCK_TIMEOUT,
+    structure: StructureCheck | None = None,
 ) -> ScrubReport:
     """Scrub every run of every root (those matching ``run_glob``, when given)."""
     started = time.monotonic()
@@ -526,7 +542,7 @@ def scrub_all(
         )
     runs: list[RunScrub] = []
     for plan in planned:
-        result = _scrub_planned(plan, now, rate_limiter, progress, stop, lock_timeout)
+        result = _scrub_planned(plan, now, rate_limiter, progress, stop, lock_timeout, structure)
         runs.append(result)
         if result.interrupted:
             break
@@ -540,13 +556,16 @@ def scheduled_scrub(
     now: datetime,
     set_corrupt_gauge: Callable[[int], None] | None = None,
     stop: StopCheck | None = None,
+    structure: StructureCheck | None = None,
 ) -> ScrubReport:
     """The daemon's ``schedule.scrub`` job: scrub everything at ``scrub.max_rate`` and report it.
 
     ``set_corrupt_gauge`` is ``Metrics.set_scrub_corrupt``; it is only set by a scrub that ran to
     the end (an interrupted one has not seen every file).
     """
-    report = scrub_all(config, None, now, RateLimiter(config.scrub.max_rate), stop=stop)
+    report = scrub_all(
+        config, None, now, RateLimiter(config.scrub.max_rate), stop=stop, structure=structure
+    )
     if set_corrupt_gauge is not None and not report.interrupted:
         set_corrupt_gauge(report.corrupt_count)
     logger.info(

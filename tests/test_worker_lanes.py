@@ -1,0 +1,126 @@
+"""The pool's lanes: runs over a limit go to the slow lane, a spare steps in for held workers.
+
+In-process, with a fake ``execute`` that holds an item until the test lets it go (the real
+daemon's behaviour under hostile files is in tests/test_daemon_hostile.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ckptd.config import Config, RootConfig
+from ckptd.daemon_jobs import BatchDone, RunBatch, WorkItem, WorkResult
+from ckptd.inventory import RunRef
+from ckptd.pipeline import BatchResult
+from ckptd.run_queue import RunQueues
+from ckptd.worker_pool import SPARE_AFTER_SECONDS, WORKER_COUNT, WorkerPool
+
+ROOT = RootConfig(path=Path("/r"))
+CONFIG = Config(roots=(ROOT,))
+
+
+def run(name: str) -> RunRef:
+    return RunRef(Path("/r"), Path("/r") / name, name)
+
+
+def queues_with(*names: str) -> RunQueues:
+    queues = RunQueues()
+    for name in names:
+        queues.add_ready(ROOT, run(name), Path("/r") / name / "m.pkl", (1, 1))
+    return queues
+
+
+def test_a_run_marked_slow_is_offered_to_the_slow_lane_until_the_mark_expires() -> None:
+    queues = queues_with("hostile", "genuine")
+    queues.mark_slow(run("hostile"), until=10.0)
+    offered: list[tuple[str, bool]] = []
+
+    def offer(batch: RunBatch, slow: bool) -> bool:
+        offered.append((batch.run.relpath, slow))
+        assert batch.slow is slow
+        return True
+
+    queues.dispatch(CONFIG, 5.0, offer)
+    assert offered == [("hostile", True), ("genuine", False)]
+    for name in ("hostile", "genuine"):
+        batch = RunBatch(CONFIG, ROOT, run(name), ())
+        queues.batch_finished(batch, BatchResult(run(name)), 6.0)
+    # The mark outlives the run's empty queue, and ends at its time.
+    queues.add_ready(ROOT, run("hostile"), Path("/r/hostile/n.pkl"), (1, 1))
+    queues.dispatch(CONFIG, 9.0, offer)
+    queues.batch_finished(
+        RunBatch(CONFIG, ROOT, run("hostile"), ()), BatchResult(run("hostile")), 9.5
+    )
+    queues.add_ready(ROOT, run("hostile"), Path("/r/hostile/o.pkl"), (1, 1))
+    queues.dispatch(CONFIG, 10.0, offer)
+    assert offered[2:] == [("hostile", True), ("hostile", False)]
+
+
+def test_a_full_slow_lane_does_not_stop_ordinary_runs_being_offered() -> None:
+    queues = queues_with("hostile-a", "hostile-b", "genuine")
+    queues.mark_slow(run("hostile-a"), until=10.0)
+    queues.mark_slow(run("hostile-b"), until=10.0)
+    accepted: list[str] = []
+
+    def offer(batch: RunBatch, slow: bool) -> bool:
+        if slow and any(name.startswith("hostile") for name in accepted):
+            return False  # the slow lane holds one item
+        accepted.append(batch.run.relpath)
+        return True
+
+    queues.dispatch(CONFIG, 1.0, offer)
+    assert accepted == ["hostile-a", "genuine"]
+    assert len(queues.runs[Path("/r/hostile-b")].ready) == 1  # still waiting, not lost
+
+
+class Holding:
+    """``execute`` that records which thread took each item and holds it until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.taken: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, item: WorkItem) -> WorkResult:
+        assert isinstance(item, RunBatch)
+        with self.lock:
+            self.taken[item.run.relpath] = threading.current_thread().name
+        self.release.wait(10)
+        return BatchDone(item, BatchResult(item.run))
+
+
+def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(30)
+def test_the_spare_takes_ordinary_work_only_while_every_worker_is_held() -> None:
+    execute = Holding()
+    stopping = threading.Event()
+    pool = WorkerPool(execute, stopping)
+    pool.start()
+    try:
+        batches = [RunBatch(CONFIG, ROOT, run(f"r{i}"), ()) for i in range(WORKER_COUNT + 1)]
+        started = time.monotonic()
+        for batch in batches[:WORKER_COUNT]:
+            assert pool.offer(batch)
+            wait_for(lambda batch=batch: batch.run.relpath in execute.taken)
+        assert pool.offer(batches[-1])
+        wait_for(lambda: batches[-1].run.relpath in execute.taken)
+        assert time.monotonic() - started >= SPARE_AFTER_SECONDS
+        assert execute.taken[batches[-1].run.relpath] == "ckptd-worker-spare"
+        assert pool.offer(RunBatch(CONFIG, ROOT, run("slow"), (), slow=True), slow=True)
+        wait_for(lambda: "slow" in execute.taken)
+        assert execute.taken["slow"] == "ckptd-worker-slow"
+    finally:
+        execute.release.set()
+        stopping.set()
+        assert pool.join(time.monotonic() + 5) == []
