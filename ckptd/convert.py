@@ -138,7 +138,15 @@ def convert_file(
             raise FileChangedError(
                 "changed while it was being read; will retry when it is stable", path=str(source)
             )
-        status, output_sha256, output_size = _write_or_match(source, target, checkpoint, carried)
+        try:
+            status, output_sha256, output_size = _write_or_match(
+                source, target, checkpoint, carried
+            )
+        except ConversionError as err:
+            if err.path is not None:
+                raise
+            # The zip layer knows no file names; the one-line error must name the input.
+            raise ConversionError(err.message, path=str(source)) from None
     if original != "keep" and status == "converted":
         _verify_before_disposal(source, target)
 

@@ -335,3 +335,19 @@ def test_kill_9_during_conversion_never_leaves_a_partial_zip(tmp_path: Path) -> 
     assert fsio.remove_stale_temps(tmp_path, older_than_s=0, now=time.time() + 1) == [
         tmp_path / name for name in leftovers
     ]
+
+
+def test_a_parameter_name_with_a_nul_byte_is_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the coverage-guided fuzzer: zipfile ends a member name at its first NUL, so the
+    zip ckptd wrote for such a name failed its own verify while convert exited 0."""
+    source = tmp_path / "rl_model_1_steps.pkl"
+    corpus = Path(__file__).parent / "fuzz" / "corpus" / "param-name-nul.pkl"
+    shutil.copyfile(corpus, source)
+    before = source.read_bytes()
+    assert main(["convert", str(source)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(source) in err and "NUL byte" in err
+    assert not source.with_suffix(".zip").exists()
+    assert source.read_bytes() == before

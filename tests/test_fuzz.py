@@ -142,8 +142,20 @@ def test_coverage_guided_fuzzing_finds_nothing(tmp_path: Path) -> None:
     )
     crashes = sorted(artifacts.iterdir())
     tail = "\n".join(result.stderr.splitlines()[-40:])
-    assert result.returncode == 0 and not crashes, (
-        f"the fuzzer broke an invariant (inputs saved in {artifacts}: "
-        f"{[path.name for path in crashes]}):\n{tail}"
-    )
+    if result.returncode != 0 or crashes:
+        # libFuzzer's log rarely shows the Python error: replay each input to name it.
+        (tmp_path / "replay").mkdir()
+        with CheckWorker(tmp_path / "replay") as worker:
+            replayed = [f"{path.name}: {_replay(worker, path)}" for path in crashes]
+        raise AssertionError(
+            f"the fuzzer broke an invariant (inputs saved in {artifacts}; save each in "
+            f"tests/fuzz/corpus/ once fixed):\n" + "\n".join(replayed) + f"\n{tail}"
+        )
     assert "stat::number_of_executed_units" in result.stderr, tail
+
+
+def _replay(worker: CheckWorker, path: Path) -> str:
+    try:
+        return f"passes when replayed ({worker.check(path.read_bytes())})"
+    except AssertionError as err:
+        return str(err)[-2000:]

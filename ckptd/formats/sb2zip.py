@@ -152,6 +152,12 @@ def build_sb2_layout(
     if len(set(names)) != len(names):
         duplicate = next(name for name in names if names.count(name) > 1)
         raise ConversionError(f"parameter {duplicate!r} appears twice")
+    for name in names:
+        if "\x00" in name:
+            # zipfile ends a member name at its first NUL: the npz would not hold this name.
+            raise ConversionError(
+                f"parameter name {name!a} contains a NUL byte, which a zip member name cannot hold"
+            )
     data_bytes = encode_data_json(data)
     list_bytes = encode_parameter_list(names)
     npz = layout_stored_zip(
