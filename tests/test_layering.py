@@ -41,7 +41,7 @@ EDGES = {
     },
     "socket": {"notify.py"},
     "prometheus_client": {"metrics.py"},
-    "cloudpickle": set(),  # only tests and an explicit opt-in trusted mode may ever import it
+    "cloudpickle": set(),  # only tests may import it: ckptd never unpickles a checkpoint
     "pickle": set(),  # the default path never unpickles (re-emitting uses our own emitter)
 }
 
