@@ -1,8 +1,9 @@
 """Converting a ~200 MB legacy checkpoint: ckptd vs the plain way vs ``cp`` + ``openssl dgst``.
 
-design.md's target: ckptd's ``convert_file`` (which also verifies the written zip and hashes both
+The first target: ckptd's ``convert_file`` (which also verifies the written zip and hashes both
 files) takes less time than the plain way and at most half its peak memory, and stays within 3x
-of copying the file and hashing the copy. Each measurement runs in a fresh child process; the
+of copying the file and hashing the copy (the current, tighter targets are in
+docs/architecture.md, "Performance targets"). Each measurement runs in a fresh child process; the
 parent takes wall time around it and the child's peak RSS from ``os.wait4`` (the per-child
 ``ru_maxrss``; the ``cp`` + ``openssl`` shell reports the largest of its children).
 

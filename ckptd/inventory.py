@@ -1,6 +1,6 @@
 """Inventory: find a root's runs and each run's checkpoints, with cached identification and hashes.
 
-What is listed (design.md, "Retention semantics" and "Manifest"):
+What is listed (README, "Configuration"; docs/architecture.md, "Manifest and index"):
 
 * Runs are the directories exactly ``run_depth`` below a root (0 = the root itself). Symlinked
   directories, dot-directories and the state dir are never entered, so nothing outside a root is seen.

@@ -8,7 +8,7 @@ The exception is an outcome that moved files (a conversion archived its original
 was quarantined): the manifest is written right after it, so ``kill -9`` cannot leave a move
 unrecorded and a crash loop still makes progress.
 
-Per path (design.md "What ckptd is" 3-5, "Manifest"):
+Per path (docs/architecture.md, "The pipeline" 3-5, "Manifest and index"):
 
 * ``sb2-pickle`` with ``convert.enabled``: ``convert_file`` (never executes the file); the zip is
   recorded ``kept`` with ``converted_from``/``algorithm``/``params``/``carries_code``, the archived

@@ -313,7 +313,7 @@ def _guarded(
             config, root, run, now=now, dry_run=dry_run, prune=prune, options=options
         )
     except (CkptdError, OSError) as err:
-        # One line naming the run; the other runs go on (design.md, "Reliability rules").
+        # One line naming the run; the other runs go on (docs/architecture.md, "Reliability rules").
         logger.error("run %s: %s", run.run_dir, err)
         return RunReport(root.path, run.relpath, error=str(err))
 

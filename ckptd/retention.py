@@ -1,7 +1,7 @@
 """Retention planning: one run's checkpoints + its policy + a clock reading -> a decision per file.
 
-Pure: no I/O, no clock, no hidden state. The semantics are the contract in design.md ("Retention
-semantics"); where that text leaves a choice open, the choice made here is:
+Pure: no I/O, no clock, no hidden state. The semantics are the contract in README ("Configuration",
+retention); where that text leaves a choice open, the choice made here is:
 
 * **Decision order**: decisions are sorted by ``path``.
 * **Reason order** (a checkpoint lists every reason that applies, always in this order):

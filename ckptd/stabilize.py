@@ -1,6 +1,6 @@
 """When is a checkpoint complete? A pure state machine over (size, mtime, close events, time).
 
-design.md ("Manifest", pending semantics): a file is complete when its size and mtime have not
+docs/architecture.md ("Manifest and index", ``pending``): a file is complete when its size and mtime have not
 changed for ``stable_for`` seconds. On inotify roots the close-after-write or rename-into-place
 event starts that clock; polling roots have no such event and rely on the quiet period alone.
 

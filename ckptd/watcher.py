@@ -1,6 +1,6 @@
 """The watchdog adapter: one observer per root, a handler that only filters and enqueues.
 
-Events are hints, never the truth (runtime-notes.md §1): inotify drops events on queue overflow,
+Events are hints, never the truth (docs/architecture.md, "Watching"): inotify drops events on queue overflow,
 cannot see other NFS clients, and watchdog stops for good if a handler raises. So:
 
 * the handler turns a watchdog event into ``WatchEvent``s, drops names no pattern wants, and

@@ -1,6 +1,6 @@
 """The import rules that keep the core pure and each outside library behind one edge module.
 
-Imports point one way (design.md): cli/daemon -> pipeline -> formats -> pure core. A pure module
+Imports point one way (docs/architecture.md, "The pipeline"): cli/daemon -> pipeline -> formats -> pure core. A pure module
 reads no files, clocks or sockets, so it can be tested with literal values and reused anywhere; an
 outside library imported in one place can be replaced or upgraded in one place.
 """

@@ -1,4 +1,4 @@
-"""Table-driven tests for ckptd.retention.plan_run with literal UTC datetimes (design.md semantics)."""
+"""Table-driven tests for ckptd.retention.plan_run with literal UTC datetimes (README, "Configuration", semantics)."""
 
 from __future__ import annotations
 

@@ -81,4 +81,5 @@ def test_unit_keeps_the_contract_lines(line: str) -> None:
 def test_unit_sets_a_stop_timeout_and_read_write_roots_without_private_users() -> None:
     keys = {line.split("=", 1)[0] for line in unit_lines() if "=" in line}
     assert {"TimeoutStopSec", "ReadWritePaths", "RequiresMountsFor"} <= keys
-    assert "PrivateUsers" not in keys  # it would hide file owners (runtime-notes.md §3.4)
+    # it would hide file owners (docs/operations.md, "Running under systemd")
+    assert "PrivateUsers" not in keys

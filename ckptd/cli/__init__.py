@@ -13,7 +13,7 @@ from ckptd.textsafe import shown
 
 
 class ExitStatus(enum.IntEnum):
-    """Exit codes (design.md contract): 0 ok, 1 some inputs failed, 2 bad usage or bad config."""
+    """Exit codes (README, "Commands"): 0 ok, 1 some inputs failed, 2 bad usage or bad config."""
 
     OK = 0
     FAILED = 1

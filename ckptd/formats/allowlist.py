@@ -1,6 +1,6 @@
 """The structural allowlist: which globals a checkpoint may name and how each may be used.
 
-Step 3 of the safe reader (reference/pickle-security.md §5.1 step 5). Every ``Global`` in the
+Step 4 of the safe legacy reader (docs/formats.md, "The safe legacy reader"). Every ``Global`` in the
 graph must be listed here as an exact ``(module, name)`` pair (or fall under one of the few
 prefix families below, never with a dotted name), in one of three layers:
 

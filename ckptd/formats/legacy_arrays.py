@@ -1,6 +1,6 @@
 """numpy values recognized in the inert graph: arrays, dtypes and scalars, without numpy's unpickler.
 
-Only the shapes numpy itself writes are recognized (reference/pickle-security.md §5.1 step 6):
+Only the shapes numpy itself writes are recognized (docs/formats.md, "The safe legacy reader", step 5):
 
 * protocols 2-4: ``_reconstruct(ndarray, (0,), b'b')`` + ``BUILD((1, shape, dtype, is_fortran,
   raw))``;
@@ -9,7 +9,7 @@ Only the shapes numpy itself writes are recognized (reference/pickle-security.md
   plain numbers and bools only;
 * scalars: ``scalar(dtype, raw)``.
 
-The byte order follows what a trusted ``pickle.load`` gives (pickle-security.md §5.3): numpy's
+The byte order follows what a trusted ``pickle.load`` gives (docs/formats.md, "Pitfalls the reader handles"): numpy's
 ``ndarray.__setstate__`` (protocols 2-4) converts a non-native array to native order, while
 ``_frombuffer`` (protocol 5) keeps the stored order. Arrays are views into the source bytes; only
 a byte-swapped array (big-endian data read by ``__setstate__``) and protocol-2 payloads (stored as

@@ -1,6 +1,6 @@
 """Symbolic pickle machine: runs the opcodes over inert nodes and returns the object graph.
 
-Step 2 of the safe reader (reference/pickle-security.md §5.1 step 4). Nothing is imported,
+Step 3 of the safe legacy reader (docs/formats.md, "The safe legacy reader"). Nothing is imported,
 resolved or called: GLOBAL becomes a :class:`Global` node, REDUCE a :class:`Call` node, NEWOBJ a
 :class:`NewObj` node, and BUILD / SETITEM(S) / APPEND(S) are recorded on their target node.
 The structural rules that do not need the allowlist are enforced here, at the opcode that breaks

@@ -1,6 +1,6 @@
 """Linear, strict opcode parser for pickle streams held in memory (nothing is unpickled).
 
-This is step 1 of the safe legacy reader (reference/pickle-security.md §5.1): it turns bytes
+This is step 2 of the safe legacy reader (docs/formats.md, "The safe legacy reader"): it turns bytes
 into a list of :class:`Op` and rejects every stream whose structure a real unpickler could read
 differently from us:
 

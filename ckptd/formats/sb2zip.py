@@ -1,6 +1,6 @@
 """The SB2 zip format (stable-baselines 2.8-2.10): writer and static reader.
 
-The writer produces what ``BaseRLModel._save_to_file_zip`` writes (sb2-formats.md §2): three
+The writer produces what ``BaseRLModel._save_to_file_zip`` writes (docs/formats.md, "SB2 zips"): three
 ZIP_STORED members ``data``, ``parameters``, ``parameter_list`` in that order, ``external_attr``
 0o600 << 16, the local time of the save (a conversion passes the original's mtime instead, so the
 same input always gives the same bytes: docs/conversion.md); ``parameters`` is an npz (a ZIP_STORED zip of

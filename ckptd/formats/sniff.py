@@ -1,6 +1,6 @@
 """Identify a checkpoint by its content, never by its name.
 
-Rules (sb2-formats.md §1, §2, §6):
+Rules (docs/formats.md, "Identification"):
 
 * **zip** (``PK\\x03\\x04`` magic and a readable central directory):
   ``parameters`` + ``parameter_list`` members -> ``sb2-zip``;
