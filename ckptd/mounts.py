@@ -2,8 +2,8 @@
 
 inotify(7) only reports changes made through the local kernel: on NFS, Lustre, GPFS, CephFS, SMB
 and FUSE mounts, writes from other nodes (or from the FUSE daemon's backing store) are invisible,
-so those roots must be polled (docs/architecture.md, "Watching"; watchdog README "About using watchdog with
-CIFS"). Parsing is pure; only ``read_mountinfo`` touches the system.
+so those roots must be polled (docs/architecture.md, "Watching"; watchdog's README, section
+"About using watchdog with CIFS"). Parsing is pure; only ``read_mountinfo`` touches the system.
 """
 
 from __future__ import annotations
