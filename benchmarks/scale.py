@@ -16,7 +16,8 @@ on a shared machine they say more than the wall clock. The CLI forks one worker 
 
 The script checks the first targets: cold < 10 s and < 300 MB, warm < 2 s (the current ones,
 cold < 5 s and warm < 1 s, are in docs/architecture.md, "Performance targets"). Page caches are
-warm in every case (the tree was just written); ``--drop-caches`` (root only) drops them before the cold run.
+warm in every case (the tree was just written); ``--drop-caches`` (root only) drops them before the
+cold run.
 
     .venv/bin/python benchmarks/scale.py [--runs 1000] [--per-run 100] [--dir DIR] [--keep]
 """

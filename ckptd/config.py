@@ -1,4 +1,4 @@
-"""The config model: frozen, typed values for every key in ckptd.yaml (README, "Configuration"; config/ckptd.yaml).
+"""The config model: frozen, typed values for every key in ckptd.yaml (README, "Configuration").
 
 Parsing and validation (``parse_config``/``load_config``) turn YAML into these values, reporting
 every problem at once with its YAML path and line. Nothing else in ckptd reads YAML. The work is

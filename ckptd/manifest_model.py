@@ -1,9 +1,9 @@
 """The per-run manifest's frozen value types and their deterministic JSON form.
 
-The JSON shape is the contract in docs/architecture.md ("Manifest and index"). Extra informative keys are written
-(``ckptd_version``, ``mtime_ns`` — the cache key that lets a warm pass skip re-reading files) and
-unknown keys found in a loaded manifest are kept, so a newer ckptd's additions survive a rewrite.
-Validating parsing lives in ``ckptd.manifest_parse``; pure.
+The JSON shape is the contract in docs/architecture.md ("Manifest and index"). Extra informative
+keys are written (``ckptd_version``, ``mtime_ns`` — the cache key that lets a warm pass skip
+re-reading files) and unknown keys found in a loaded manifest are kept, so a newer ckptd's additions
+survive a rewrite. Validating parsing lives in ``ckptd.manifest_parse``; pure.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """When is a checkpoint complete? A pure state machine over (size, mtime, close events, time).
 
-docs/architecture.md ("Manifest and index", ``pending``): a file is complete when its size and mtime have not
-changed for ``stable_for`` seconds. On inotify roots the close-after-write or rename-into-place
-event starts that clock; polling roots have no such event and rely on the quiet period alone.
+docs/architecture.md ("Manifest and index", ``pending``): a file is complete when its size and mtime
+have not changed for ``stable_for`` seconds. On inotify roots the close-after-write or
+rename-into-place event starts that clock; polling roots have no such event and rely on the quiet
+period alone.
 
 The caller owns all I/O and the clock: it stats files and passes ``now`` (monotonic seconds) in.
 "Not changed for ``stable_for``" has to be *seen*, so a path is only ready once an observation made

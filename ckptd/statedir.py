@@ -10,7 +10,8 @@ Layout (docs/architecture.md, "State on disk")::
     <run>/.ckptd/lock                        flock(2) target shared by daemon, prune, pin and restore
 
 Everything ckptd keeps about a run lives next to the run, so it moves, is backed up and is locked
-together with the checkpoints themselves (docs/architecture.md, "State on disk": the lock belongs next to the data).
+together with the checkpoints themselves (docs/architecture.md, "State on disk": the lock belongs
+next to the data).
 
 The state dir is inside a directory other people write, so every access to it goes through
 ``ckptd.runfs`` (no symlink followed anywhere below the run): a planted ``.ckptd`` (or ``legacy/``,

@@ -1,7 +1,7 @@
 """The watchdog adapter: one observer per root, a handler that only filters and enqueues.
 
-Events are hints, never the truth (docs/architecture.md, "Watching"): inotify drops events on queue overflow,
-cannot see other NFS clients, and watchdog stops for good if a handler raises. So:
+Events are hints, never the truth (docs/architecture.md, "Watching"): inotify drops events on queue
+overflow, cannot see other NFS clients, and watchdog stops for good if a handler raises. So:
 
 * the handler turns a watchdog event into ``WatchEvent``s, drops names no pattern wants, and
   ``put_nowait``s them on the daemon's queue, all inside ``try/except`` (an exception there kills

@@ -1,8 +1,9 @@
 """The stable-baselines-era interpreter for compatibility tests: Python 3.7, numpy 1.16, cloudpickle 1.2.
 
-Converted zips must load where their users load them (README: SB2 2.8-2.10 on its own stack; docs/compatibility.md).
-The environment is built once into ``.venv37`` at the repository root (pip from the package index);
-tests that need it skip with a clear reason only when no Python 3.7 interpreter exists here.
+Converted zips must load where their users load them (README: SB2 2.8-2.10 on its own stack;
+docs/compatibility.md). The environment is built once into ``.venv37`` at the repository root (pip
+from the package index); tests that need it skip with a clear reason only when no Python 3.7
+interpreter exists here.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Faults: kill -9 during conversion and during prune (20+ kills), disk full on a real tmpfs.
 
-After every kill the invariants of docs/architecture.md "Reliability rules" are checked: every original is
-either still in place or archived with its zip present and verified, no partial file sits under a
-checkpoint name, every manifest parses. The unreadable-file and injected-ENOSPC cases are in
-test_pipeline.py (fault hooks in PipelineDeps; chmod 000 does not stop root).
+After every kill the invariants of docs/architecture.md "Reliability rules" are checked: every
+original is either still in place or archived with its zip present and verified, no partial file
+sits under a checkpoint name, every manifest parses. The unreadable-file and injected-ENOSPC cases
+are in test_pipeline.py (fault hooks in PipelineDeps; chmod 000 does not stop root).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The import rules that keep the core pure and each outside library behind one edge module.
 
-Imports point one way (docs/architecture.md, "The pipeline"): cli/daemon -> pipeline -> formats -> pure core. A pure module
-reads no files, clocks or sockets, so it can be tested with literal values and reused anywhere; an
-outside library imported in one place can be replaced or upgraded in one place.
+Imports point one way (docs/architecture.md, "The pipeline"): cli/daemon -> pipeline -> formats ->
+pure core. A pure module reads no files, clocks or sockets, so it can be tested with literal values
+and reused anywhere; an outside library imported in one place can be replaced or upgraded in one
+place.
 """
 
 from __future__ import annotations

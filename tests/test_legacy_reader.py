@@ -129,7 +129,7 @@ def test_params_are_bit_identical_to_a_trusted_load(
 
 
 def test_byte_order_follows_numpy_unpickling(ppo2_files: dict[str, Path]) -> None:
-    """docs/formats.md, "Pitfalls the reader handles": protocol <= 4 gives native order, protocol 5 keeps '>'."""
+    """Byte order (docs/formats.md, "Pitfalls the reader handles"): <= 4 native, 5 keeps '>'."""
     by_protocol = {}
     for protocol in (2, 4, 5):
         _, checkpoint, _ = _read(ppo2_files, {"protocol": protocol})

@@ -1,4 +1,4 @@
-"""Table-driven tests for ckptd.retention.plan_run with literal UTC datetimes (README, "Configuration", semantics)."""
+"""Tests of ckptd.retention.plan_run: table-driven, literal UTC datetimes (README, "Configuration")."""
 
 from __future__ import annotations
 

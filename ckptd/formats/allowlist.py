@@ -1,7 +1,7 @@
 """The structural allowlist: which globals a checkpoint may name and how each may be used.
 
-Step 4 of the safe legacy reader (docs/formats.md, "The safe legacy reader"). Every ``Global`` in the
-graph must be listed here as an exact ``(module, name)`` pair (or fall under one of the few
+Step 4 of the safe legacy reader (docs/formats.md, "The safe legacy reader"). Every ``Global`` in
+the graph must be listed here as an exact ``(module, name)`` pair (or fall under one of the few
 prefix families below, never with a dotted name), in one of three layers:
 
 * ``DATA``: things the reader materializes (OrderedDict, numpy arrays/dtypes/scalars, bytes);

@@ -1,9 +1,9 @@
 """The ``data`` member shared by SB2 and SB3 zips: encoding (SB2's ``data_to_json``) and static analysis.
 
-Encoding reproduces ``stable_baselines/common/save_util.py:data_to_json`` (docs/formats.md, "SB2 zips"):
-``json.dumps(serializable, indent=4)`` with key order kept and Python's ``NaN``/``Infinity`` tokens;
-an opaque value becomes ``{":type:": ..., ":serialized:": base64(pickle)}`` followed by its extras,
-assigned one by one as SB2 does (so an extra named ``:type:`` overwrites in place).
+Encoding reproduces ``stable_baselines/common/save_util.py:data_to_json`` (docs/formats.md, "SB2
+zips"): ``json.dumps(serializable, indent=4)`` with key order kept and Python's ``NaN``/``Infinity``
+tokens; an opaque value becomes ``{":type:": ..., ":serialized:": base64(pickle)}`` followed by its
+extras, assigned one by one as SB2 does (so an extra named ``:type:`` overwrites in place).
 
 Analysis labels each key (plain / class / space / function / numpy-scalar / other) from the ``:type:`` text and a
 bounded opcode peek, and runs the static pickle safety check on every ``:serialized:`` blob. Nothing

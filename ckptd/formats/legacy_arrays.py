@@ -1,6 +1,7 @@
 """numpy values recognized in the inert graph: arrays, dtypes and scalars, without numpy's unpickler.
 
-Only the shapes numpy itself writes are recognized (docs/formats.md, "The safe legacy reader", step 5):
+Only the shapes numpy itself writes are recognized (step 5 of docs/formats.md, "The safe legacy
+reader"):
 
 * protocols 2-4: ``_reconstruct(ndarray, (0,), b'b')`` + ``BUILD((1, shape, dtype, is_fortran,
   raw))``;
@@ -9,11 +10,11 @@ Only the shapes numpy itself writes are recognized (docs/formats.md, "The safe l
   plain numbers and bools only;
 * scalars: ``scalar(dtype, raw)``.
 
-The byte order follows what a trusted ``pickle.load`` gives (docs/formats.md, "Pitfalls the reader handles"): numpy's
-``ndarray.__setstate__`` (protocols 2-4) converts a non-native array to native order, while
-``_frombuffer`` (protocol 5) keeps the stored order. Arrays are views into the source bytes; only
-a byte-swapped array (big-endian data read by ``__setstate__``) and protocol-2 payloads (stored as
-latin-1 text) need a copy.
+The byte order follows what a trusted ``pickle.load`` gives (docs/formats.md, "Pitfalls the reader
+handles"): numpy's ``ndarray.__setstate__`` (protocols 2-4) converts a non-native array to native
+order, while ``_frombuffer`` (protocol 5) keeps the stored order. Arrays are views into the source
+bytes; only a byte-swapped array (big-endian data read by ``__setstate__``) and protocol-2 payloads
+(stored as latin-1 text) need a copy.
 """
 
 from __future__ import annotations

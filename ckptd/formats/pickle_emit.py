@@ -1,8 +1,8 @@
 """Re-emit a node of the inert graph as a fresh, canonical protocol-2 pickle.
 
-Step 7 of the safe legacy reader (docs/formats.md, "The safe legacy reader"): an SB2 ``data`` value that is not
-plain JSON (a policy class, a gym space, a schedule function) is stored in the zip as a pickle.
-We never copy the input's bytes for it: we write our own stream from the *checked* graph, so
+Step 7 of the safe legacy reader (docs/formats.md, "The safe legacy reader"): an SB2 ``data`` value
+that is not plain JSON (a policy class, a gym space, a schedule function) is stored in the zip as a
+pickle. We never copy the input's bytes for it: we write our own stream from the *checked* graph, so
 parser-differential tricks in the input cannot survive into the output.
 
 The output is loadable by Python 3.5-3.7 + cloudpickle 1.2 + numpy 1.x (the SB2 runtime) and by

@@ -1,7 +1,8 @@
 """What a stable-baselines checkpoint does not say about itself: its algorithm and SB2 version range.
 
-Neither format records the algorithm or the library version (docs/formats.md, "Algorithm and version"), so both are inferred
-from the ``data`` keys, the policy class's module and the container. Pure functions, no I/O.
+Neither format records the algorithm or the library version (docs/formats.md, "Algorithm and
+version"), so both are inferred from the ``data`` keys, the policy class's module and the container.
+Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-# Keys that only one algorithm's save() writes (docs/formats.md, "Algorithm and version", and each algorithm's save()).
+# Keys that only one algorithm's save() writes (docs/formats.md, "Algorithm and version", and
+# each algorithm's save()).
 _ALGORITHM_KEYS: tuple[tuple[str, frozenset[str]], ...] = (
     ("HER", frozenset({"n_sampled_goal", "goal_selection_strategy", "model_class"})),
     ("PPO2", frozenset({"nminibatches", "noptepochs", "cliprange"})),
@@ -88,7 +90,7 @@ def guess_sb2_version(
     referenced_globals: Iterable[str] = (),
     algorithm: str | None = None,
 ) -> VersionRange:
-    """Infer the SB2 release range from facts the file carries (docs/formats.md, "Algorithm and version").
+    """Infer the SB2 release range from the file's facts (docs/formats.md, "Algorithm and version").
 
     ``container`` is "pickle" or "zip"; ``referenced_globals`` are "module.name" strings.
     """

@@ -1,12 +1,12 @@
 """The SB2 zip format (stable-baselines 2.8-2.10): writer and static reader.
 
-The writer produces what ``BaseRLModel._save_to_file_zip`` writes (docs/formats.md, "SB2 zips"): three
-ZIP_STORED members ``data``, ``parameters``, ``parameter_list`` in that order, ``external_attr``
-0o600 << 16, the local time of the save (a conversion passes the original's mtime instead, so the
-same input always gives the same bytes: docs/conversion.md); ``parameters`` is an npz (a ZIP_STORED zip of
-``"<name>.npy"`` members dated 1980-01-01, each a numpy v1.0 header + the raw array bytes). Headers
-are laid out as Python 3.7's zipfile and numpy 1.16 wrote them (no zip64 records unless a size or
-offset needs them), which is also what SB2's own environment reads.
+The writer produces what ``BaseRLModel._save_to_file_zip`` writes (docs/formats.md, "SB2 zips"):
+three ZIP_STORED members ``data``, ``parameters``, ``parameter_list`` in that order,
+``external_attr`` 0o600 << 16, the local time of the save (a conversion passes the original's mtime
+instead, so the same input always gives the same bytes: docs/conversion.md); ``parameters`` is an
+npz (a ZIP_STORED zip of ``"<name>.npy"`` members dated 1980-01-01, each a numpy v1.0 header + the
+raw array bytes). Headers are laid out as Python 3.7's zipfile and numpy 1.16 wrote them (no zip64
+records unless a size or offset needs them), which is also what SB2's own environment reads.
 
 It streams: the npz is never assembled in memory. Every CRC is known up front (computed from a
 resident array, or taken while a file-backed array's source was first read) and the whole file

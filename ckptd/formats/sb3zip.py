@@ -1,4 +1,4 @@
-"""stable-baselines3 zips, for recognizing and inspecting them (docs/formats.md, "SB3 zips"). Read-only, static.
+"""stable-baselines3 zips: recognized, inspected, read-only, static (docs/formats.md, "SB3 zips").
 
 An SB3 zip holds ``data`` (the same ``:type:``/``:serialized:`` JSON scheme as SB2, with more keys),
 one ``<name>.pth`` per PyTorch state dict, ``pytorch_variables.pth`` (``tensors.pth`` before v0.9),

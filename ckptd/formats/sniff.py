@@ -17,9 +17,10 @@ Rules (docs/formats.md, "Identification"):
   - torch's legacy magic number first -> ``torch-legacy``; a ``joblib`` ``NumpyArrayWrapper``
     -> ``joblib``; any other pickle -> ``pickle``. None is ever sent to conversion.
 * a zip with ``<prefix>/data.pkl`` and ``<prefix>/version`` -> ``torch-zip``.
-* a zlib/gzip/bz2/xz/lzma/lz4 stream (joblib's compressors) whose start decompresses to a pickle
-  -> ``joblib``; a protocol 0/1 pickle (no magic) when a static parse of the whole file ends in
-  STOP, or when it references a global before failing -> ``pickle``.
+* a zlib/gzip/bz2/xz/lzma stream (joblib's compressors) whose start decompresses to a pickle
+  -> ``joblib`` (an lz4 stream stays ``unknown`` with a note: the stdlib cannot decompress it);
+  a protocol 0/1 pickle (no magic) when a static parse of the whole file ends in STOP, or when it
+  references a global before failing -> ``pickle``.
 * everything else (empty, random, text) -> ``unknown``.
 
 Identification is a label. ``identify`` and ``identify_checked`` add the verdict on files of the

@@ -2,9 +2,9 @@
 
 CPython's zipfile trusts the central directory: it will happily start reading a member that claims
 4 GiB in a 1 KiB file, or members that overlap (zip bombs), and only the CRC at the very end says
-something was wrong (docs/formats.md, "Pitfalls the reader handles"). ``check_structure`` compares every declared size and
-offset with the file before a single member byte is read; ``stream_crc`` then reads members in
-bounded chunks and lets zipfile's CRC check fire.
+something was wrong (docs/formats.md, "Pitfalls the reader handles"). ``check_structure`` compares
+every declared size and offset with the file before a single member byte is read; ``stream_crc``
+then reads members in bounded chunks and lets zipfile's CRC check fire.
 """
 
 from __future__ import annotations
