@@ -1,4 +1,4 @@
-"""Tests of ckptd.retention.plan_run: table-driven, literal UTC datetimes (README, "Configuration")."""
+"""Table-driven tests of retention.plan_run on literal UTC datetimes (README, "Configuration")."""
 
 from __future__ import annotations
 
