@@ -230,26 +230,8 @@ def is_scalar_node(node: Node) -> bool:
     return is_call_to(node, "multiarray", "scalar")
 
 
-def scalar_of(node: Node, source: str | None) -> np.generic:
-    """The numpy scalar a ``scalar(dtype, raw)`` node stands for (numbers only)."""
-    assert isinstance(node, Call)
-    dtype_node, data_node = node.args.items
-    dtype = dtype_of(dtype_node, source)
-    raw = _payload(data_node, source)
-    if raw.nbytes != dtype.itemsize:
-        raise FormatError(
-            "numpy scalar with the wrong number of bytes", path=source, offset=node.pos
-        )
-    value: np.generic = np.frombuffer(raw, dtype=dtype)[0]
-    return value
-
-
-def scalar_as_array(node: Node, source: str | None) -> ArrayValue:
-    """The 0-d array ``np.savez`` stores for a numpy scalar (``np.asanyarray(scalar)``), bit-exact.
-
-    A numpy scalar holds its value in native byte order, so a non-native stored dtype is
-    byte-swapped (a pure byte permutation: NaN payloads survive) into the native dtype.
-    """
+def _scalar_parts(node: Node, source: str | None) -> tuple[np.dtype[np.generic], memoryview]:
+    """The dtype and raw bytes of a ``scalar(dtype, raw)`` node, their sizes checked."""
     assert isinstance(node, Call)
     if len(node.args.items) != 2:
         raise FormatError("numpy scalar without (dtype, bytes)", path=source, offset=node.pos)
@@ -260,6 +242,23 @@ def scalar_as_array(node: Node, source: str | None) -> ArrayValue:
         raise FormatError(
             "numpy scalar with the wrong number of bytes", path=source, offset=node.pos
         )
+    return dtype, raw
+
+
+def scalar_of(node: Node, source: str | None) -> np.generic:
+    """The numpy scalar a ``scalar(dtype, raw)`` node stands for (numbers only)."""
+    dtype, raw = _scalar_parts(node, source)
+    value: np.generic = np.frombuffer(raw, dtype=dtype)[0]
+    return value
+
+
+def scalar_as_array(node: Node, source: str | None) -> ArrayValue:
+    """The 0-d array ``np.savez`` stores for a numpy scalar (``np.asanyarray(scalar)``), bit-exact.
+
+    A numpy scalar holds its value in native byte order, so a non-native stored dtype is
+    byte-swapped (a pure byte permutation: NaN payloads survive) into the native dtype.
+    """
+    dtype, raw = _scalar_parts(node, source)
     if dtype.byteorder not in ("=", "|") and dtype.byteorder != _NATIVE:
         swapped = np.frombuffer(raw, dtype=dtype).byteswap().view(dtype.newbyteorder("="))
         return ArrayValue(swapped.dtype, (), False, memoryview(swapped.tobytes()))
