@@ -30,7 +30,6 @@ built from these calls.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -43,11 +42,10 @@ from typing import Any
 
 from ckptd import units
 from ckptd.convert import ConversionOutcome, default_output
-from ckptd.errors import BudgetExceeded, CkptdError, UnsafeCheckpoint
+from ckptd.errors import BudgetExceeded, CkptdError, UnsafeCheckpoint, UnsafePathError
 from ckptd.formats import Format
 from ckptd.formats.sniff import Identification
 from ckptd.formats.verify import VerifyReport
-from ckptd.fsio import TEMP_PREFIX, TEMP_SUFFIX
 from ckptd.isolation_codec import decode, decode_error, encode
 from ckptd.isolation_process import (
     CLOSE_GRACE_SECONDS,
@@ -56,6 +54,7 @@ from ckptd.isolation_process import (
 )
 from ckptd.limits import Limits
 from ckptd.pipeline_types import PipelineDeps
+from ckptd.runfs import RunFS
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +237,7 @@ class Isolation:
             answer = self._call(state, "convert", source, sent)
         except CkptdError:
             if state.child is None:  # killed or dead mid-conversion: its temp file is left over
-                _remove_temps_of(Path(target))
+                _remove_temps_of(Path(target), kwargs.get("archive_base"))
             raise
         outcome: ConversionOutcome = decode(ConversionOutcome, answer)
         return outcome
@@ -405,16 +404,17 @@ class Isolation:
         return answer["ok"]
 
 
-def _remove_temps_of(target: Path) -> None:
+def _remove_temps_of(target: Path, run_dir: Path | None) -> None:
     """Remove the temp files a killed conversion left beside ``target`` (``fsio.atomic_write``'s
-    names for it); the run lock the batch holds means no other ckptd writer owns them."""
-    prefix = f"{TEMP_PREFIX}{target.name}."
+    names for it), walking from the run's directory without following links (``ckptd.runfs``);
+    the run lock the batch holds means no other ckptd writer owns them."""
+    base = Path(run_dir) if run_dir is not None else target.parent
     try:
-        entries = list(os.scandir(target.parent))
-    except OSError:
+        reldir = target.parent.relative_to(base).as_posix()
+        removed = RunFS(base).remove_stale_temps(
+            "" if reldir == "." else reldir, older_than_s=0.0, now=time.time(), of=target.name
+        )
+    except (OSError, ValueError, UnsafePathError):
         return
-    for entry in entries:
-        if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                logger.info("removed %s left by a killed conversion", entry.path)
+    for name in removed:
+        logger.info("removed %s left by a killed conversion", target.parent / name)

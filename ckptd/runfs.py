@@ -299,14 +299,18 @@ class RunFS:
             if not missing_ok:
                 raise
 
-    def remove_stale_temps(self, reldir: str, *, older_than_s: float, now: float) -> list[str]:
-        """Unlink ckptd temp files (``is_temp_name``) older than ``older_than_s`` in ``reldir``;
-        returns their names. Like ``fsio.remove_stale_temps``, but on a no-follow descriptor, so a
-        symlinked state dir never gets files outside the run removed."""
+    def remove_stale_temps(
+        self, reldir: str, *, older_than_s: float, now: float, of: str | None = None
+    ) -> list[str]:
+        """Unlink ckptd temp files (``is_temp_name``) older than ``older_than_s`` in ``reldir``
+        (with ``of``: only the temp files written for that file name); returns their names. Like
+        ``fsio.remove_stale_temps``, but on a no-follow descriptor, so a symlinked directory never
+        gets files outside the run removed."""
+        prefix = f"{TEMP_PREFIX}{of}." if of is not None else TEMP_PREFIX
         removed: list[str] = []
         with self.directory(reldir) as fd:
             for name in os.listdir(fd):
-                if not is_temp_name(name):
+                if not (is_temp_name(name) and name.startswith(prefix)):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -323,9 +327,10 @@ class RunFS:
     def move(self, source: str, destination: str, *, create_parents: bool = False) -> None:
         """Move ``source`` to ``destination`` (both run-relative, same filesystem), never overwriting.
 
-        ``link`` + ``unlink`` makes "is the name free" and the move one atomic step; filesystems
-        without hard links fall back to a check then ``rename`` (a window one syscall wide). Both
-        directories are fsynced. FileExistsError when the destination is taken.
+        One ``renameat2(RENAME_NOREPLACE)`` makes "is the name free" and the move one atomic step;
+        without it, ``link`` + ``unlink``, and on filesystems without hard links a check then
+        ``rename`` (a window one syscall wide). Both directories are fsynced. FileExistsError when
+        the destination is taken.
         """
         with (
             _naming(self.show(source)),
