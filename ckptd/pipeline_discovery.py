@@ -18,10 +18,11 @@ from pathlib import Path
 from ckptd.config import Config, RootConfig
 from ckptd.errors import CkptdError, ManifestError
 from ckptd.formats import Format
-from ckptd.fsio import FileIdentity, remove_stale_temps
+from ckptd.fsio import FileIdentity
 from ckptd.inventory import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY, CheckpointMatcher, RunRef
 from ckptd.manifest import Manifest, ManifestEntry, load_manifest
 from ckptd.pipeline_types import error_text
+from ckptd.runfs import join
 from ckptd.statedir import STATE_SUBDIRS, StateLayout
 
 # Logs under the name these lines had before ckptd.pipeline was split into modules: the log
@@ -114,6 +115,11 @@ def _walk(directory: Path, state_dir: str, visit_dir: Callable[[Path], None]) ->
             logger.warning("%s: cannot list directory (%s)", subdir, error_text(err))
 
 
+def _relative(directory: Path, run_dir: Path) -> str:
+    """``directory`` relative to the run ("" for the run itself), as RunFS takes it."""
+    return "" if directory == run_dir else directory.relative_to(run_dir).as_posix()
+
+
 def find_work(
     config: Config,
     run: RunRef,
@@ -132,23 +138,27 @@ def find_work(
     recorded = manifest.by_path() if manifest else {}
     wall = time.time() if now is None else now
 
-    def clean(directory: Path) -> None:
-        if stale_temp_age is not None:
-            for removed in remove_stale_temps(directory, older_than_s=stale_temp_age, now=wall):
-                logger.info("removed stale temp file %s", removed, extra={"run": run.relpath})
+    layout = StateLayout(run.run_dir, config.state_dir)
+
+    def clean(reldir: str) -> None:
+        # From the run's directory, no symlink followed: a directory swapped for a link after the
+        # walk listed it must not get files outside the run removed.
+        if stale_temp_age is None:
+            return
+        try:
+            names = layout.fs.remove_stale_temps(reldir, older_than_s=stale_temp_age, now=wall)
+        except (FileNotFoundError, CkptdError):
+            return  # gone since it was listed, or a link in the way: nothing to clean there
+        for name in names:
+            removed = layout.fs.show(join(reldir, name))
+            logger.info("removed stale temp file %s", removed, extra={"run": run.relpath})
 
     if stale_temp_age is not None:
-        layout = StateLayout(run.run_dir, config.state_dir)
         for sub in ("", *STATE_SUBDIRS):
-            # No symlink followed: a planted link must not get files outside the run removed.
-            with contextlib.suppress(OSError, CkptdError):
-                for name in layout.fs.remove_stale_temps(
-                    layout.rel(sub), older_than_s=stale_temp_age, now=wall
-                ):
-                    removed = layout.run_dir / layout.rel(sub, name)
-                    logger.info("removed stale temp file %s", removed, extra={"run": run.relpath})
+            with contextlib.suppress(OSError):
+                clean(layout.rel(sub))
     found: list[FoundFile] = []
-    for path in _walk(run.run_dir, config.state_dir, clean):
+    for path in _walk(run.run_dir, config.state_dir, lambda d: clean(_relative(d, run.run_dir))):
         if not matcher.matches(path.name):
             continue
         try:

@@ -303,9 +303,8 @@ class RunFS:
         self, reldir: str, *, older_than_s: float, now: float, of: str | None = None
     ) -> list[str]:
         """Unlink ckptd temp files (``is_temp_name``) older than ``older_than_s`` in ``reldir``
-        (with ``of``: only the temp files written for that file name); returns their names. Like
-        ``fsio.remove_stale_temps``, but on a no-follow descriptor, so a symlinked directory never
-        gets files outside the run removed."""
+        (with ``of``: only the temp files written for that file name); returns their names. On a
+        no-follow descriptor, so a symlinked directory never gets files outside the run removed."""
         prefix = f"{TEMP_PREFIX}{of}." if of is not None else TEMP_PREFIX
         removed: list[str] = []
         with self.directory(reldir) as fd:
