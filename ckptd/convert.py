@@ -148,7 +148,7 @@ def convert_file(
             # The zip layer knows no file names; the one-line error must name the input.
             raise ConversionError(err.message, path=str(source)) from None
     if original != "keep" and status == "converted":
-        _verify_before_disposal(source, target)
+        _verify_before_disposal(source, target, limits)
 
     if original == "archive" and archive_path is None:
         archive_path = source.parent / state_dir / "legacy" / source.name
@@ -209,9 +209,9 @@ def _write_or_match(
     return "converted", report.sha256, report.size
 
 
-def _verify_before_disposal(source: Path, target: Path) -> None:
+def _verify_before_disposal(source: Path, target: Path, limits: Limits) -> None:
     """The full ``verify`` of our own output before the original goes; on failure remove it."""
-    report = verify_zip(target)
+    report = verify_zip(target, limits=limits)
     if report.ok:
         return
     target.unlink(missing_ok=True)
