@@ -194,13 +194,6 @@ def test_imported_history_keeps_its_retention_decisions_through_cli_conversion(
     assert status["newest"]["mtime"].startswith(NEWEST.strftime("%Y-%m-%dT%H:00:00.123456"))
 
 
-@pytest.fixture
-def notify_socket() -> Iterator[NotifySocket]:
-    sock = NotifySocket()
-    yield sock
-    sock.close()
-
-
 @pytest.mark.slow
 def test_imported_history_keeps_its_retention_decisions_through_the_daemon(
     tmp_path: Path, notify_socket: NotifySocket

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,6 @@ CHUNK_PAUSE = 0.5  # the writer pauses longer than stable_for between chunks, wi
 def legacy_bytes(tmp_path: Path) -> bytes:
     with stand_ins():
         return make_ppo2_checkpoint(tmp_path / "template.pkl").read_bytes()
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[NotifySocket]:
-    sock = NotifySocket()
-    yield sock
-    sock.close()
 
 
 def base_config(*roots: Path) -> dict[str, Any]:

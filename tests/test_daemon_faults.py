@@ -51,13 +51,6 @@ def big_legacy(path: Path, megabytes: int) -> Path:
         return write_checkpoint(path, ppo2_data(), params)
 
 
-@pytest.fixture
-def notify_socket() -> Iterator[NotifySocket]:
-    sock = NotifySocket()
-    yield sock
-    sock.close()
-
-
 def config_for(root: Path, **schedule: Any) -> dict[str, Any]:
     return {
         "version": 1,

@@ -99,13 +99,6 @@ def tree(user: UnprivilegedUser) -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-@pytest.fixture
-def notify_socket() -> Iterator[NotifySocket]:
-    sock = NotifySocket()
-    yield sock
-    sock.close()
-
-
 def owned_dir(path: Path, owner: int = NOBODY) -> Path:
     path.mkdir()
     os.chown(path, owner, owner)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -138,13 +137,6 @@ def test_inspect_shows_the_verdict_of_each_kind(
 
 
 # --- the real daemon -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[NotifySocket]:
-    sock = NotifySocket()
-    yield sock
-    sock.close()
 
 
 def _free_port() -> int:
