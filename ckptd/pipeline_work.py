@@ -29,7 +29,7 @@ from ckptd.errors import (
     unexpected_text,
 )
 from ckptd.formats import Format
-from ckptd.formats.verdict import Verdict, escape_name
+from ckptd.formats.verdict import Verdict
 from ckptd.fsio import FileIdentity, is_temp_name
 from ckptd.inventory import (
     RETRY_KEY,
@@ -54,6 +54,7 @@ from ckptd.pipeline_quarantine import quarantine
 from ckptd.pipeline_types import PathOutcome, PipelineDeps, error_text
 from ckptd.runfs import relpath_problem
 from ckptd.statedir import StateLayout
+from ckptd.textsafe import shown
 from ckptd.timefmt import from_ns
 
 # Logs under the name these lines had before ckptd.pipeline was split into modules: the log
@@ -251,7 +252,7 @@ class BatchWork:
         try:
             report = self.deps.verify(path, limits=self.config.limits)
         except UnsafeCheckpoint as err:  # over a limit while being verified (ckptd.isolation)
-            names = (escape_name(err.global_name),) if err.global_name else ()
+            names = (shown(err.global_name),) if err.global_name else ()
             unsafe = Verdict(False, names, err.reason)
             return self._refuse(path, relpath, identity, manifest, err.message, fmt, unsafe)
         if report.refused:
@@ -320,7 +321,7 @@ class BatchWork:
                 limits=self.config.limits,
             )
         except UnsafeCheckpoint as err:
-            names = (escape_name(err.global_name),) if err.global_name else ()
+            names = (shown(err.global_name),) if err.global_name else ()
             verdict = Verdict(False, names, err.reason)
             return self._refuse(
                 path, relpath, identity, manifest, err.message, Format.SB2_PICKLE, verdict
@@ -482,7 +483,7 @@ class BatchWork:
 def _converted_verdict(outcome: ConversionOutcome) -> Verdict:
     """A converted legacy pickle passed the SB2 allowlist (what its code-bearing keys are, the
     zip's ``carries_code`` says)."""
-    names = tuple(escape_name(name) for name in outcome.globals)
+    names = tuple(shown(name) for name in outcome.globals)
     return Verdict(True, names, "every reference on the stable-baselines allowlist")
 
 

@@ -30,9 +30,10 @@ import pytest
 
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify, identify_checked
-from ckptd.formats.verdict import Policy, Verdict, escape_name, judge_stream
+from ckptd.formats.verdict import Policy, Verdict, judge_stream
 from ckptd.formats.verdict_files import NoVerdict, decompress
 from ckptd.manifest import Manifest, ManifestEntry
+from ckptd.textsafe import shown
 from tests.test_hostile_pickles import HOSTILE, Asm, Hostile, _Reduce, _touch
 
 FIXTURES = Path(__file__).parent / "data" / "verdicts"
@@ -265,7 +266,7 @@ def test_global_names_are_escaped(tmp_path: Path) -> None:
     assert not verdict.safe
     assert verdict.globals == ("os\\x1b[31m.sys\\x0atem",)
     assert "\n" not in verdict.reason and "\x1b" not in verdict.reason
-    assert escape_name("torch.Size") == "torch.Size"
+    assert shown("torch.Size") == "torch.Size"
 
 
 def test_manifest_round_trips_the_verdict() -> None:

@@ -36,7 +36,6 @@ __all__ = [
     "Policy",
     "Verdict",
     "allowed_in",
-    "escape_name",
     "judge_stream",
     "merge",
     "policy_for_plain",
@@ -57,12 +56,6 @@ class Verdict:
 
     def to_json_obj(self) -> dict[str, object]:
         return {"safe": self.safe, "globals": list(self.globals), "reason": self.reason}
-
-
-def escape_name(text: str) -> str:
-    """A referenced name as one printable line (``ckptd.textsafe.shown``: controls, bidi and
-    format characters, separators and lone surrogates written as visible escapes)."""
-    return shown(text)
 
 
 def merge(kind: str, parts: list[tuple[str, Verdict]]) -> Verdict:
@@ -137,9 +130,7 @@ def judge_stream(
         return Verdict(False, seen, _reason(err.message), detail=refusal)
     except FormatError as err:
         return _unparsed(err, policy, builder, data, named)
-    names = tuple(
-        sorted({escape_name(node.dotted) for node in graph.nodes if isinstance(node, Global)})
-    )
+    names = tuple(sorted({shown(node.dotted) for node in graph.nodes if isinstance(node, Global)}))
     breach = Judge(policy).problem(graph.nodes)
     if breach is not None:
         return Verdict(False, names, _line(breach), detail=breach)
@@ -199,4 +190,4 @@ def _globals_seen(
         # A lenient scan finds the names after the point of refusal; not through joblib's raw
         # array bytes, which it would read as opcodes.
         names.update(peek_pickle(data).globals)
-    return tuple(sorted(escape_name(name) for name in names))
+    return tuple(sorted(shown(name) for name in names))
