@@ -188,10 +188,7 @@ class BatchWork:
             return manifest, PathOutcome(path, "ignored", err.message)
         except UnsafeCheckpoint as err:
             # Over a limit while being identified (ckptd.isolation): refused like unsafe content.
-            unsafe = Verdict(False, (), err.reason)
-            return self._refuse(
-                path, relpath, identity, manifest, err.message, Format.UNKNOWN, unsafe
-            )
+            return self._refuse_unsafe(path, relpath, identity, manifest, err, Format.UNKNOWN)
         except FileNotFoundError:
             raise
         except OSError as err:
@@ -252,9 +249,7 @@ class BatchWork:
         try:
             report = self.deps.verify(path, limits=self.config.limits)
         except UnsafeCheckpoint as err:  # over a limit while being verified (ckptd.isolation)
-            names = (shown(err.global_name),) if err.global_name else ()
-            unsafe = Verdict(False, names, err.reason)
-            return self._refuse(path, relpath, identity, manifest, err.message, fmt, unsafe)
+            return self._refuse_unsafe(path, relpath, identity, manifest, err, fmt)
         if report.refused:
             # An SB2 zip whose :serialized: entries the allowlist refuses: as unsafe as a pickle.
             fallback = f"data keys {', '.join(report.refused)} refused"
@@ -321,11 +316,7 @@ class BatchWork:
                 limits=self.config.limits,
             )
         except UnsafeCheckpoint as err:
-            names = (shown(err.global_name),) if err.global_name else ()
-            verdict = Verdict(False, names, err.reason)
-            return self._refuse(
-                path, relpath, identity, manifest, err.message, Format.SB2_PICKLE, verdict
-            )
+            return self._refuse_unsafe(path, relpath, identity, manifest, err, Format.SB2_PICKLE)
         except (FileChangedError, FileNotFoundError):
             raise
         except HeldCheckpoint as err:
@@ -452,6 +443,20 @@ class BatchWork:
 
     def _relpath(self, path: Path) -> str:
         return path.relative_to(self.run.run_dir).as_posix()
+
+    def _refuse_unsafe(
+        self,
+        path: Path,
+        relpath: str,
+        identity: FileIdentity,
+        manifest: Manifest,
+        err: UnsafeCheckpoint,
+        fmt: Format,
+    ) -> tuple[Manifest, PathOutcome]:
+        """Refuse ``path`` for ``err`` (unsafe content or over a limit), its verdict from the error."""
+        names = (shown(err.global_name),) if err.global_name else ()
+        verdict = Verdict(False, names, err.reason)
+        return self._refuse(path, relpath, identity, manifest, err.message, fmt, verdict)
 
     def _refuse(
         self,
