@@ -7,7 +7,7 @@ docs/architecture.md, "Performance targets"). Each measurement runs in a fresh c
 parent takes wall time around it and the child's peak RSS from ``os.wait4`` (the per-child
 ``ru_maxrss``; the ``cp`` + ``openssl`` shell reports the largest of its children).
 
-* ``ckptd``: ``ckptd.convert.convert_file(src, output=out)``;
+* ``ckptd``: ``ckptd.convert.conversion.convert_file(src, output=out)``;
 * ``plain``: ``cloudpickle.load`` the file, then stable-baselines 2.10's ``_save_to_file_zip``:
   ``data_to_json``, ``np.savez`` into a BytesIO, ``zipfile`` with ``data`` / ``parameters`` /
   ``parameter_list`` (no verification, no hashing, no fsync);
@@ -80,7 +80,7 @@ def make_source(path: Path, total_mb: int) -> int:
 
 
 def child_ckptd(source: Path, output: Path) -> None:
-    from ckptd.convert import convert_file
+    from ckptd.convert.conversion import convert_file
 
     convert_file(source, output=output)
 

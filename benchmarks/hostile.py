@@ -27,7 +27,7 @@ from tests import hostile_gen as gen  # the generators the tests use
 
 BOOT = (
     "import sys; code = sys.argv.pop(1); sys.path.insert(0, code) if code else None; "
-    "from ckptd.cli import main; sys.exit(main(sys.argv[1:]))"
+    "from ckptd.cli.main import main; sys.exit(main(sys.argv[1:]))"
 )
 
 

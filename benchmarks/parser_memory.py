@@ -1,4 +1,4 @@
-"""Peak address space of the daemon's parser process (ckptd.isolation) per file, against its cap.
+"""Peak address space of the daemon's parser process (ckptd.isolation.supervisor) per file, against its cap.
 
 RLIMIT_AS counts virtual memory, so the cap (``Limits.address_space``: ``limits.max_memory`` plus
 headroom, plus the file's size while it is parsed) must hold the interpreter, numpy, BLAS arenas and streamed buffers as well as the counted
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ckptd.isolation import Isolation
+from ckptd.isolation.supervisor import Isolation
 from ckptd.limits import Limits
 
 REPO = Path(__file__).resolve().parent.parent

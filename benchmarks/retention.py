@@ -1,4 +1,4 @@
-"""Micro-benchmark: time ckptd.retention.plan_run over 1,000 runs x 100 checkpoints (100k in all).
+"""Micro-benchmark: time ckptd.retention.plan.plan_run over 1,000 runs x 100 checkpoints (100k in all).
 
 Usage: .venv/bin/python benchmarks/retention.py [--runs N] [--per-run N] [--repeat N]
 Prints the best time per 100k checkpoints for a few policies (the default one, one with every rule,
@@ -13,8 +13,8 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from ckptd.config import DEFAULT_POLICY, KeepBest, Policy
-from ckptd.retention import Candidate, Evaluation, plan_run
+from ckptd.config.model import DEFAULT_POLICY, KeepBest, Policy
+from ckptd.retention.plan import Candidate, Evaluation, plan_run
 
 NOW = datetime(2026, 11, 23, 20, 0, tzinfo=UTC)
 

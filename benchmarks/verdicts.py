@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from ckptd.inspection import inspect_path  # noqa: E402
+from ckptd.ops.inspection import inspect_path  # noqa: E402
 from tests.test_hostile_pickles import HOSTILE, _Reduce  # noqa: E402
 
 TOOLS = ("ckptd", "picklescan", "picklescan --strict", "modelscan", "fickling")

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ckptd.formats.model import ParamArray
-from ckptd.formats.sb2zip import verify_zip, write_sb2_zip_file
+from ckptd.formats.sb2zip import write_sb2_zip_file
+from ckptd.formats.verify import verify_zip
 
 GIB = 1024**3
 

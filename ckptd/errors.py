@@ -127,7 +127,7 @@ class BudgetExceeded(UnsafeCheckpoint):
 
     Counted budgets are checked by the parser itself; in the daemon, ``max_seconds`` and (through
     its address-space cap) ``max_memory`` are also enforced on the process parsing the file
-    (``ckptd.isolation``). ``limit`` is the key under ``limits:``.
+    (``ckptd.isolation.supervisor``). ``limit`` is the key under ``limits:``.
     """
 
     def __init__(

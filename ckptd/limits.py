@@ -49,7 +49,7 @@ class Limits:
 
     @property
     def address_space(self) -> int:
-        """RLIMIT_AS of the daemon's process that parses one file (``ckptd.isolation``).
+        """RLIMIT_AS of the daemon's process that parses one file (``ckptd.isolation.supervisor``).
 
         ``max_memory`` counts only a file's non-array content, and RLIMIT_AS counts virtual memory,
         not what is resident: the interpreter with numpy and ckptd imported, OpenBLAS's per-thread

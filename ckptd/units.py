@@ -20,7 +20,7 @@ SIZE_HINT: Final = "a size like 200MiB"
 _DURATION_UNITS: Final = (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 _SIZE_UNITS: Final = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024), ("B", 1))
 
-# Shared with the JSON Schema (ckptd.config_spec) so the schema and the parser accept the same text.
+# Shared with the JSON Schema (ckptd.config.spec) so the schema and the parser accept the same text.
 # Either bare seconds ("90") or at least one unit component, each unit at most once, largest first.
 DURATION_PATTERN: Final = (
     r"^(?:[0-9]+|(?=[0-9])(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m)?(?:[0-9]+s)?)$"

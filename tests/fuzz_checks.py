@@ -21,12 +21,12 @@ import sys
 import traceback
 from pathlib import Path
 
-from ckptd.convert import convert_file
+from ckptd.convert.conversion import convert_file
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
 from ckptd.formats.verify import verify_zip
-from ckptd.inspection import inspect_path
+from ckptd.ops.inspection import inspect_path
 
 
 class InvariantBroken(AssertionError):

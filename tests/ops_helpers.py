@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ckptd.config import Config, parse_config
-from ckptd.manifest import Manifest, load_manifest
-from ckptd.pipeline import process_path
-from ckptd.prune import prune_all
-from ckptd.prune_report import PruneReport, RunReport
+from ckptd.config.load import parse_config
+from ckptd.config.model import Config
+from ckptd.manifest.model import Manifest
+from ckptd.manifest.store import load_manifest
+from ckptd.pipeline.batch import process_path
+from ckptd.retention.prune import prune_all
+from ckptd.retention.report import PruneReport, RunReport
 from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
 
 MANIFEST = "ckptd-manifest.json"

@@ -27,7 +27,7 @@ import sys
 def extract(probe_path: str, version: str) -> None:
     from pathlib import Path
 
-    from ckptd.formats.legacy import read_naming_input
+    from ckptd.convert.legacy import read_naming_input
     from ckptd.formats.model import OpaqueValue
 
     def plain(value: object) -> object:
@@ -66,7 +66,7 @@ def extract(probe_path: str, version: str) -> None:
 def consumer(probe_path: str, version: str) -> None:
     from pathlib import Path
 
-    from ckptd.formats.legacy import read_naming_input
+    from ckptd.convert.legacy import read_naming_input
 
     cases = []
     for item in json.loads(Path(probe_path).read_text()):

@@ -27,14 +27,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ckptd.convert.legacy import read_legacy
 from ckptd.errors import BudgetExceeded, FormatError, UnsafeCheckpoint
 from ckptd.formats.datajson import analyze_data_json
-from ckptd.formats.legacy import read_legacy
 from ckptd.formats.npy import parse_npy_header
-from ckptd.formats.pickle_budget import check_pickle, measure
-from ckptd.formats.pickle_graph import build_graph
-from ckptd.formats.pickle_ops import parse_ops
 from ckptd.limits import HARD_MAX_DEPTH, Limits
+from ckptd.pickles.budget import check_pickle, measure
+from ckptd.pickles.graph import build_graph
+from ckptd.pickles.ops import parse_ops
 from tests import hostile_gen as gen
 
 MEMORY_CAP = 1024**3  # address space of each CLI subprocess
@@ -359,7 +359,7 @@ def test_cli_takes_the_budgets_from_the_config(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_daemon_records_hostile_files_in_one_line_and_keeps_serving(tmp_path: Path) -> None:
-    from ckptd.manifest import load_manifest
+    from ckptd.manifest.store import load_manifest
     from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
     from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
 

@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from ckptd.config import (
+from ckptd.config.load import load_config, parse_config
+from ckptd.config.model import (
     DEFAULT_POLICY,
     CheckpointsConfig,
     Config,
@@ -19,11 +20,8 @@ from ckptd.config import (
     Policy,
     RootConfig,
     ScheduleSpec,
-    config_schema,
-    config_to_mapping,
-    load_config,
-    parse_config,
 )
+from ckptd.config.spec import config_schema, config_to_mapping
 from ckptd.errors import ConfigError
 from ckptd.limits import Limits
 
@@ -541,7 +539,7 @@ def test_config_is_frozen() -> None:
 
 
 def test_default_config_is_exactly_the_model_defaults() -> None:
-    """config/ckptd.yaml spells out every default: it must agree with the model in ckptd.config."""
+    """config/ckptd.yaml spells out every default: it must agree with the model in ckptd.config.model."""
     config = load_config(DEFAULT_CONFIG)
     assert config == Config(roots=(RootConfig(path=CHECKOUT / "runs"),), source=DEFAULT_CONFIG)
 

@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from ckptd.cli import main
-from ckptd.config import load_config
+from ckptd.cli.main import main
+from ckptd.config.load import load_config
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = CHECKOUT / "config" / "ckptd.yaml"

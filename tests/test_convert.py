@@ -17,9 +17,8 @@ from typing import BinaryIO
 
 import pytest
 
-from ckptd import fsio
-from ckptd.cli import main
-from ckptd.convert import convert_file
+from ckptd.cli.main import main
+from ckptd.convert.conversion import convert_file
 from ckptd.errors import (
     ConversionError,
     FormatError,
@@ -29,7 +28,8 @@ from ckptd.errors import (
 )
 from ckptd.formats.storedzip import Piece, WriteResult
 from ckptd.formats.verify import verify_zip
-from ckptd.runfs import RunFS
+from ckptd.fs import files as fsio
+from ckptd.fs.runfs import RunFS
 from tests.sb2_fixtures import dumps, make_ppo2_checkpoint, stand_ins
 
 SB2_ERA = Path(__file__).parent / "data" / "sb2-era"

@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.cli import main
-from ckptd.config import parse_config
-from ckptd.convert import convert_file
+from ckptd.cli.main import main
+from ckptd.config.load import parse_config
+from ckptd.convert.conversion import convert_file
 from ckptd.errors import FormatError, UnsafeCheckpoint
-from ckptd.formats.dictkeys import merged_pairs
-from ckptd.formats.pickle_graph import Const, Node, TupleNode
-from ckptd.manifest import load_manifest
-from ckptd.pipeline import PipelineDeps, process_path
+from ckptd.manifest.store import load_manifest
+from ckptd.pickles.dictkeys import merged_pairs
+from ckptd.pickles.graph import Const, Node, TupleNode
+from ckptd.pipeline.batch import process_path
+from ckptd.pipeline.types import PipelineDeps
 from tests.sb2_fixtures import (
     MlpPolicy,
     dqn_data,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.convert import convert_file
+from ckptd.convert.conversion import convert_file
 from tests.daemon_harness import (
     NOBODY,
     REPO,

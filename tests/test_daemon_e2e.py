@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from ckptd.formats.verify import verify_zip
-from ckptd.manifest import Manifest, load_manifest
+from ckptd.manifest.model import Manifest
+from ckptd.manifest.store import load_manifest
 from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
 from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
 

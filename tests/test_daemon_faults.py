@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.config import parse_config
-from ckptd.convert import convert_file
+from ckptd.config.load import parse_config
+from ckptd.convert.conversion import convert_file
 from ckptd.formats.verify import verify_zip
-from ckptd.fsio import is_temp_name
-from ckptd.manifest import load_manifest
-from ckptd.pipeline import process_path
+from ckptd.fs.files import is_temp_name
+from ckptd.manifest.store import load_manifest
+from ckptd.pipeline.batch import process_path
 from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
 from tests.sb2_fixtures import ppo2_data, ppo2_params, stand_ins, write_checkpoint
 
@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 CONVERSION_KILLS = 14
 PRUNE_KILLS = 6
 NEW_PER_CYCLE = 3
-DELETED = "ckptd.deletion deleted"
+DELETED = "ckptd.retention.deletion deleted"
 
 
 def big_legacy(path: Path, megabytes: int) -> Path:

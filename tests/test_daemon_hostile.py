@@ -3,7 +3,7 @@
 Issue class 4 (a stalled daemon): two hang files in two runs used to hold both workers forever, a
 genuine checkpoint in a third run was never converted, and the health check still said healthy.
 Every file is now parsed in a child with a deadline (``limits.max_seconds``) and an address-space
-cap derived from ``limits.max_memory``; see ckptd.isolation and docs/security.md (Isolation). The
+cap derived from ``limits.max_memory``; see ckptd.isolation.supervisor and docs/security.md (Isolation). The
 slow files are valid checkpoints padded with no-op opcodes (tests/slow_files.py); these configs
 allow them enough opcodes that the deadline, not the opcode budget, is what stops them.
 """
@@ -250,7 +250,7 @@ def test_a_file_over_the_address_space_cap_is_refused_and_the_daemon_lives_on(
 WEDGE_SCRIPT = """
 import sys, time
 from pathlib import Path
-from ckptd.daemon import Daemon
+from ckptd.daemon.service import Daemon
 
 class WedgedWhenTold(Daemon):
     # The dispatcher (the main loop's tick) blocks for good once the marker file exists.

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import CheckpointsConfig
-from ckptd.deletion import (
+from ckptd.config.model import CheckpointsConfig
+from ckptd.errors import FileChangedError, StateError, UnsafePathError
+from ckptd.manifest.model import ManifestEntry
+from ckptd.retention.deletion import (
     TRASH_INDEX,
     Deleted,
     delete_checkpoint,
@@ -21,8 +23,7 @@ from ckptd.deletion import (
     purge_trash,
     read_trash_index,
 )
-from ckptd.errors import FileChangedError, StateError, UnsafePathError
-from ckptd.inventory import (
+from ckptd.runs.inventory import (
     Checkpoint,
     CheckpointMatcher,
     InventoryOptions,
@@ -30,8 +31,7 @@ from ckptd.inventory import (
     default_identifier,
     inventory_run,
 )
-from ckptd.manifest import ManifestEntry
-from ckptd.statedir import StateLayout
+from ckptd.runs.statedir import StateLayout
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SB2_PICKLE = b"\x80\x02cstable_baselines.ppo2\nPPO2\nq\x00}q\x01\x86q\x02."

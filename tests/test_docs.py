@@ -103,7 +103,7 @@ def test_the_scan_sees_the_places_that_cite() -> None:
     names = {path.relative_to(ROOT).as_posix() for path in _scanned()}
     for expected in (
         "README.md",
-        "ckptd/formats/legacy.py",
+        "ckptd/convert/legacy.py",
         "docs/architecture.md",
         "tests/test_docs.py",
     ):

@@ -26,11 +26,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ckptd.convert import convert_file
+from ckptd.convert.conversion import convert_file
 from ckptd.errors import CkptdError
-from ckptd.formats import allowlist
-from ckptd.formats.allowlist import lookup
 from ckptd.formats.verify import verify_zip
+from ckptd.pickles import allowlist
+from ckptd.pickles.allowlist import lookup
 from tests.daemon_harness import REPO
 from tests.sb2_fixtures import Box, Discrete, MlpPolicy, constfn, dumps, stand_ins, tanh
 from tests.test_hostile_names import FAMILIES, checkpoint

@@ -1,4 +1,4 @@
-"""ckptd.evaluations against real evaluations.npz (np.savez) and metrics.jsonl files in tmp_path."""
+"""ckptd.retention.evaluations against real evaluations.npz (np.savez) and metrics.jsonl files in tmp_path."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ckptd.evaluations as evaluations_module
-from ckptd.config import KeepBest, Policy
+import ckptd.retention.evaluations as evaluations_module
+from ckptd.config.model import KeepBest, Policy
 from ckptd.errors import FormatError, UnsafePathError
-from ckptd.evaluations import load_evaluations, read_evaluations
-from ckptd.retention import Candidate, Evaluation, plan_run
+from ckptd.retention.evaluations import load_evaluations, read_evaluations
+from ckptd.retention.plan import Candidate, Evaluation, plan_run
 
 NPZ = KeepBest()  # mean_reward from evaluations.npz
 JSONL = KeepBest(source="metrics.jsonl")
@@ -244,7 +244,7 @@ def test_jsonl_bad_lines_are_reported_with_file_and_line_and_skipped(
         b'{"step": 7000, "mean_reward": \xff}\n'
         b'{"step": 8000, "mean_rew'  # a line still being appended
     )
-    with caplog.at_level(logging.WARNING, logger="ckptd.evaluations"):
+    with caplog.at_level(logging.WARNING, logger="ckptd.retention.evaluations"):
         evaluations = load_evaluations(tmp_path, JSONL)
     assert evaluations == [Evaluation(1000, 1.0), Evaluation(6000, 6.0)]
     problems = read_evaluations(tmp_path, JSONL).problems

@@ -18,18 +18,21 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ckptd.cli import ExitStatus, main
+from ckptd.cli.exits import ExitStatus
+from ckptd.cli.main import main
 from ckptd.cli.prune_cmds import cyclic_gc_paused, prune_json_chunks, run_json
-from ckptd.config import CheckpointsConfig, Config, DeleteConfig, Policy, RootConfig
+from ckptd.config.model import CheckpointsConfig, Config, DeleteConfig, Policy, RootConfig
 from ckptd.errors import ManifestError
 from ckptd.formats import Format
 from ckptd.frozen_build import build_frozen
-from ckptd.fsio import FileIdentity
-from ckptd.inventory import Checkpoint, utc_from_ns
-from ckptd.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestEntry, load_manifest
-from ckptd.prune import PassOptions, prune_all, prune_all_rendered
-from ckptd.prune_report import PathDecision
-from ckptd.retention import _CALENDAR_RULES, Candidate, plan_run
+from ckptd.fs.files import FileIdentity
+from ckptd.manifest.model import ManifestEntry
+from ckptd.manifest.parse import manifest_from_json
+from ckptd.manifest.store import MAX_MANIFEST_BYTES, load_manifest
+from ckptd.retention.plan import _CALENDAR_RULES, Candidate, plan_run
+from ckptd.retention.prune import PassOptions, prune_all, prune_all_rendered
+from ckptd.retention.report import PathDecision
+from ckptd.runs.inventory import Checkpoint, utc_from_ns
 from ckptd.timefmt import from_ns
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -91,7 +94,7 @@ def _entry_json(path: str, **changes: Any) -> dict[str, Any]:
 
 
 def test_fast_parsed_entries_equal_constructed_ones_with_every_field() -> None:
-    manifest = Manifest.from_json(
+    manifest = manifest_from_json(
         _manifest_bytes([_entry_json("b.zip"), _entry_json("a.pkl", step=None, sha256=None)]),
         source="m.json",
     )
@@ -110,7 +113,7 @@ def test_fast_parsed_entries_equal_constructed_ones_with_every_field() -> None:
     assert manifest.checkpoints[1] == expected
     assert set(vars(manifest.checkpoints[1])) == {f.name for f in dataclasses.fields(expected)}
     # Round trip: what the fast path read is what gets written again.
-    assert Manifest.from_json(manifest.to_json_bytes(), source="m.json") == manifest
+    assert manifest_from_json(manifest.to_json_bytes(), source="m.json") == manifest
 
 
 @pytest.mark.parametrize(
@@ -128,7 +131,7 @@ def test_bad_entries_fall_back_to_the_checker_and_name_the_field(
     changes: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ManifestError, match=message) as caught:
-        Manifest.from_json(_manifest_bytes([_entry_json("a.zip", **changes)]), source="m.json")
+        manifest_from_json(_manifest_bytes([_entry_json("a.zip", **changes)]), source="m.json")
     assert "m.json" in str(caught.value) and "\n" not in str(caught.value)
 
 

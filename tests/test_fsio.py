@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ckptd import fsio
 from ckptd.errors import UnsafePathError
-from ckptd.runfs import RunFS
+from ckptd.fs import files as fsio
+from ckptd.fs.runfs import RunFS
 
 
 def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config, load_config
+from ckptd.config.load import load_config
+from ckptd.config.model import Config
 from tests.hostile_helpers import STATE, ckptd, make_sentinel, plant, snapshot, write_config
 from tests.ops_helpers import converted_run, prune_now
 from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins

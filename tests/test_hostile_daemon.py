@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.convert import convert_file
+from ckptd.convert.conversion import convert_file
 from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
 from tests.hostile_helpers import STATE, ckptd, make_sentinel, plant, snapshot
 from tests.sb2_fixtures import (

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.convert import convert_file
+from ckptd.convert.conversion import convert_file
 from ckptd.errors import CkptdError, UnsafeCheckpoint, VerifyError
-from ckptd.formats import allowlist
-from ckptd.formats.allowlist import check_pickle_bytes, lookup
-from ckptd.formats.pickle_emit import emit_pickle
-from ckptd.formats.pickle_graph import Global
-from ckptd.formats.pynames import in_package, is_dotted_name, is_identifier
-from ckptd.inspection import inspect_path
-from ckptd.verification import verify_file
+from ckptd.ops.inspection import inspect_path
+from ckptd.ops.verification import verify_file
+from ckptd.pickles import allowlist
+from ckptd.pickles.allowlist import check_pickle_bytes, lookup
+from ckptd.pickles.emit import emit_pickle
+from ckptd.pickles.graph import Global
+from ckptd.pickles.pynames import in_package, is_dotted_name, is_identifier
 from tests.daemon_harness import REPO
 from tests.test_hostile_pickles import Asm
 
@@ -222,8 +222,8 @@ def test_converter_rereads_what_it_emitted_before_the_rename(
 ) -> None:
     """A fault: the emitter writes a hostile pickle. The post-write check refuses it before the
     rename (on the old code the byte compare passed and the zip got its name)."""
-    from ckptd.formats import legacy_data
-    from ckptd.formats.pickle_emit import EmittedPickle
+    from ckptd.convert import legacy_data
+    from ckptd.pickles.emit import EmittedPickle
 
     marker = tmp_path / "pwned"
     hostile = bytes(Asm(2).global_("posix", "system").call(f"touch {marker}").raw(b"."))
@@ -245,8 +245,9 @@ def test_full_verify_before_archiving_removes_a_bad_output(
 ) -> None:
     """Two faults at once (a hostile emitter and no post-write check): the full verify that runs
     before the original is archived catches it, removes the zip and leaves the original."""
-    from ckptd.formats import legacy_data, sb2zip
-    from ckptd.formats.pickle_emit import EmittedPickle
+    from ckptd.convert import legacy_data
+    from ckptd.formats import sb2zip
+    from ckptd.pickles.emit import EmittedPickle
 
     hostile = bytes(Asm(2).global_("posix", "system").call("true").raw(b"."))
     monkeypatch.setattr(
@@ -350,9 +351,9 @@ def test_cli_refuses_every_injection(tmp_path: Path) -> None:
 
 
 def test_pipeline_quarantines_every_bad_name(tmp_path: Path) -> None:
-    from ckptd.config import parse_config
-    from ckptd.manifest import load_manifest
-    from ckptd.pipeline import process_path
+    from ckptd.config.load import parse_config
+    from ckptd.manifest.store import load_manifest
+    from ckptd.pipeline.batch import process_path
 
     root = tmp_path / "runs"
     run = root / "ppo-1"
@@ -386,11 +387,12 @@ def test_daemon_pipeline_keeps_the_original_when_its_output_fails_verify(
     """The daemon archives originals by default: with the emitter and the post-write check both
     broken (faults), the full verify before archiving fails, the zip is removed, the original
     stays in the run untouched, and the outcome and the log carry one line."""
-    from ckptd.config import parse_config
-    from ckptd.formats import legacy_data, sb2zip
-    from ckptd.formats.pickle_emit import EmittedPickle
-    from ckptd.manifest import load_manifest
-    from ckptd.pipeline import process_path
+    from ckptd.config.load import parse_config
+    from ckptd.convert import legacy_data
+    from ckptd.formats import sb2zip
+    from ckptd.manifest.store import load_manifest
+    from ckptd.pickles.emit import EmittedPickle
+    from ckptd.pipeline.batch import process_path
 
     hostile = bytes(Asm(2).global_("posix", "system").call("true").raw(b"."))
     monkeypatch.setattr(

@@ -28,9 +28,9 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from ckptd.convert.legacy import read_legacy, read_legacy_file
 from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
-from ckptd.formats.allowlist import check_pickle_bytes
-from ckptd.formats.legacy import read_legacy, read_legacy_file
+from ckptd.pickles.allowlist import check_pickle_bytes
 from tests.sb2_fixtures import dqn_data, dqn_params, dumps, stand_ins
 
 # --- a tiny opcode assembler -------------------------------------------------------------------

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import parse_config
-from ckptd.deletion import read_trash_index
+from ckptd.config.load import parse_config
 from ckptd.errors import ManifestError, StateError
-from ckptd.manifest import load_manifest
-from ckptd.retention import Candidate, plan_run
-from ckptd.statedir import StateLayout, read_pins
+from ckptd.manifest.store import load_manifest
+from ckptd.retention.deletion import read_trash_index
+from ckptd.retention.plan import Candidate, plan_run
+from ckptd.runs.statedir import StateLayout, read_pins
 
 HOSTILE = {
     "absolute": "/etc/passwd",

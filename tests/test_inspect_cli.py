@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.cli import main
-from ckptd.convert import convert_file
+from ckptd.cli.main import main
+from ckptd.convert.conversion import convert_file
 from tests.sb2_fixtures import Exploit, MlpPolicy, make_ppo2_checkpoint, stand_ins, write_checkpoint
 from tests.sb2zip_helpers import make_sb3_zip
 

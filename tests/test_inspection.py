@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.convert import convert_file
+from ckptd.convert.conversion import convert_file
 from ckptd.formats import Format
-from ckptd.inspection import InspectReport, inspect_path
+from ckptd.ops.inspection import InspectReport, inspect_path
 from tests.sb2_fixtures import (
     Exploit,
     MlpPolicy,

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import CheckpointsConfig
+from ckptd.config.model import CheckpointsConfig
 from ckptd.formats import Format
-from ckptd.fsio import FileIdentity, temp_path_for
-from ckptd.inventory import (
+from ckptd.fs.files import FileIdentity, temp_path_for
+from ckptd.manifest.model import ManifestEntry
+from ckptd.runs.inventory import (
     CheckpointMatcher,
     InventoryOptions,
     RunRef,
@@ -22,8 +23,7 @@ from ckptd.inventory import (
     hash_if_unchanged,
     inventory_run,
 )
-from ckptd.manifest import ManifestEntry
-from ckptd.statedir import StateLayout
+from ckptd.runs.statedir import StateLayout
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SB2_PICKLE = b"\x80\x02cstable_baselines.ppo2\nPPO2\nq\x00}q\x01\x86q\x02."
@@ -296,7 +296,7 @@ def test_hash_if_unchanged_refuses_a_file_that_changed_since_stat(tmp_path: Path
 
 
 def _entry(checkpoint: object) -> ManifestEntry:
-    from ckptd.inventory import Checkpoint
+    from ckptd.runs.inventory import Checkpoint
 
     assert isinstance(checkpoint, Checkpoint)
     return ManifestEntry(

@@ -1,4 +1,4 @@
-"""Parsing in a child process (ckptd.isolation): same answers as in-process, a deadline, a memory cap.
+"""Parsing in a child process (ckptd.isolation.supervisor): same answers as in-process, a deadline, a memory cap.
 
 Real child processes, real files. The deadline tests use valid checkpoints that are slow to parse
 (tests/slow_files.py) under budgets that let them through; the memory test, content under the
@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckptd.convert import convert_file, default_output
+from ckptd.convert.conversion import convert_file, default_output
 from ckptd.errors import BudgetExceeded, FormatError, UnsafeCheckpoint
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
 from ckptd.formats.verify import verify_zip
-from ckptd.fsio import TEMP_PREFIX, temp_path_for
-from ckptd.isolation import Isolation
-from ckptd.isolation_codec import decode, decode_error, encode, encode_error
+from ckptd.fs.files import TEMP_PREFIX, temp_path_for
+from ckptd.isolation.codec import decode, decode_error, encode, encode_error
+from ckptd.isolation.supervisor import Isolation
 from ckptd.limits import Limits
-from ckptd.scrub import verify_structure
+from ckptd.ops.scrub import verify_structure
 from tests.sb2_fixtures import ppo2_data, stand_ins, write_checkpoint
 from tests.sb2zip_helpers import make_sb3_zip
 from tests.slow_files import big_data_pickle, genuine_pickle, padded_pickle, shared_memo_pickle

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config
+from ckptd.config.model import Config
 from ckptd.errors import ManifestError
 from ckptd.formats import Format
-from ckptd.inventory import RunRef
-from ckptd.manifest import Manifest, ManifestEntry, PruneRecord, RemovedEntry
-from ckptd.prune import prune_all
-from ckptd.status import RunFacts, Usage, status_all, summarize
+from ckptd.manifest.model import Manifest, ManifestEntry, PruneRecord, RemovedEntry
+from ckptd.manifest.parse import manifest_from_json
+from ckptd.ops.status import RunFacts, Usage, status_all, summarize
+from ckptd.retention.prune import prune_all
+from ckptd.runs.inventory import RunRef
 from ckptd.timefmt import format_utc
 from tests.ops_helpers import MANIFEST, converted_run, manifest_of, ops_config, run_report
 
@@ -63,7 +64,7 @@ def test_last_prune_and_removed_sizes_round_trip_in_the_json() -> None:
         "guard": None,
     }
     assert obj["removed"][0]["size"] == 100 and obj["removed"][0]["converted_from_size"] == 250
-    loaded = Manifest.from_json(manifest.to_json_bytes(), source="m.json")
+    loaded = manifest_from_json(manifest.to_json_bytes(), source="m.json")
     assert loaded == manifest
     assert loaded.removed[0].bytes_freed == 350
 
@@ -73,7 +74,7 @@ def test_a_manifest_written_before_these_fields_still_loads() -> None:
     del obj["last_prune"]
     for removed in obj["removed"]:
         del removed["size"], removed["converted_from_size"]
-    loaded = Manifest.from_json(json.dumps(obj), source="old.json")
+    loaded = manifest_from_json(json.dumps(obj), source="old.json")
     assert loaded.last_prune is None
     assert (loaded.removed[0].size, loaded.removed[0].bytes_freed) == (None, None)
     assert "last_prune" not in json.loads(loaded.to_json_bytes())  # nothing made up
@@ -95,7 +96,7 @@ def test_a_bad_last_prune_is_a_one_line_error_naming_the_field(
     obj = json.loads(sample().to_json_bytes())
     obj["last_prune"].update(change)
     with pytest.raises(ManifestError, match=f"m.json: {where}") as caught:
-        Manifest.from_json(json.dumps(obj), source="m.json")
+        manifest_from_json(json.dumps(obj), source="m.json")
     assert "\n" not in str(caught.value)
 
 

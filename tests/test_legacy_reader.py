@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ckptd.convert.legacy import read_legacy, read_legacy_file
 from ckptd.errors import FormatError, HeldCheckpoint, UnsafeCheckpoint, UnsafePathError
-from ckptd.formats.allowlist import check_pickle_bytes
-from ckptd.formats.legacy import read_legacy, read_legacy_file
 from ckptd.formats.model import LegacyCheckpoint, OpaqueValue
+from ckptd.pickles.allowlist import check_pickle_bytes
 from tests.sb2_fixtures import (
     dqn_data,
     dqn_params,

@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.convert import convert_file
+from ckptd.convert import legacy_stream
+from ckptd.convert.conversion import convert_file
+from ckptd.convert.legacy import open_legacy_file, read_legacy_file
+from ckptd.convert.legacy_stream import SourceFile, scan_source
 from ckptd.errors import CkptdError, FileChangedError, FormatError, UnsafeCheckpoint
-from ckptd.formats import legacy_stream
-from ckptd.formats.legacy import open_legacy_file, read_legacy_file
-from ckptd.formats.legacy_stream import SourceFile, scan_source
+from ckptd.formats.datajson import encode_data_json
 from ckptd.formats.model import FileParamArray, LegacyCheckpoint, ParamArray
-from ckptd.formats.sb2zip import encode_data_json, write_checked_sb2_zip, write_sb2_zip
+from ckptd.formats.sb2zip import write_checked_sb2_zip, write_sb2_zip
 from tests.sb2_fixtures import dqn_data, dumps, ppo2_data, stand_ins, write_checkpoint
 from tests.test_hostile_pickles import HOSTILE
 
@@ -188,7 +189,7 @@ def test_payloads_used_beyond_a_param_view_fall_back_to_a_whole_read(
         path = write_checkpoint(tmp_path / "m.pkl", data, params, protocol=4)
     resident, digest = read_legacy_file(path)
     with (
-        caplog.at_level("INFO", logger="ckptd.formats.legacy"),
+        caplog.at_level("INFO", logger="ckptd.convert.legacy"),
         open_legacy_file(path, min_deferred=THRESHOLD) as (streamed, streamed_digest),
     ):
         assert streamed_digest == digest
@@ -401,8 +402,8 @@ _MEMORY_CHILD = textwrap.dedent(
     import json, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from ckptd.convert import convert_file
-    from ckptd.formats.legacy import read_legacy_file
+    from ckptd.convert.conversion import convert_file
+    from ckptd.convert.legacy import read_legacy_file
 
     def hwm_kib():
         for line in open("/proc/self/status"):
@@ -462,7 +463,7 @@ def test_convert_file_refuses_a_source_changed_after_its_first_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The source is rewritten between the first pass and the writer's re-read: no zip appears."""
-    import ckptd.convert as convert
+    import ckptd.convert.conversion as convert
 
     with stand_ins():  # a 3 MiB array: left in the file at the default threshold
         path = write_checkpoint(tmp_path / "m.pkl", dqn_data(), plain_params(big=3 << 20))

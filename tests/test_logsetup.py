@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckptd.config import LogConfig
-from ckptd.logsetup import HANDLER_NAME, configure_logging
+from ckptd.config.model import LogConfig
+from ckptd.daemon.logsetup import HANDLER_NAME, configure_logging
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def fail() -> None:
 def test_text_lines_carry_run_and_file_and_stay_on_one_line() -> None:
     stream = io.StringIO()
     configure_logging(LogConfig(level="info", format="text"), stream=stream)
-    log = logging.getLogger("ckptd.pipeline")
+    log = logging.getLogger("ckptd.pipeline.batch")
     log.info("converted %s", "x.zip", extra={"run": "ppo-1", "file": "x.pkl"})
     log.debug("not shown at info")
     try:
@@ -45,7 +45,7 @@ def test_text_lines_carry_run_and_file_and_stay_on_one_line() -> None:
     assert stamp.endswith("Z") and len(stamp) == len("2026-12-03T06:00:00Z")
     assert (level, name, run, file, message) == (
         "INFO",
-        "ckptd.pipeline",
+        "ckptd.pipeline.batch",
         "run=ppo-1",
         "file=x.pkl",
         ["converted", "x.zip"],
@@ -56,7 +56,7 @@ def test_text_lines_carry_run_and_file_and_stay_on_one_line() -> None:
 def test_json_lines_parse_and_apscheduler_tracebacks_are_one_line() -> None:
     stream = io.StringIO()
     configure_logging(LogConfig(level="info", format="json"), stream=stream)
-    logging.getLogger("ckptd.daemon").warning("hello %d", 5, extra={"run": "r"})
+    logging.getLogger("ckptd.daemon.service").warning("hello %d", 5, extra={"run": "r"})
     try:
         fail()
     except ValueError:
@@ -65,7 +65,7 @@ def test_json_lines_parse_and_apscheduler_tracebacks_are_one_line() -> None:
         )
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["msg"] == "hello 5" and first["run"] == "r" and first["file"] is None
-    assert first["level"] == "WARNING" and first["logger"] == "ckptd.daemon"
+    assert first["level"] == "WARNING" and first["logger"] == "ckptd.daemon.service"
     assert second["msg"].startswith('Job "prune" raised an exception: ValueError: bad thing')
     assert "traceback" not in second
 

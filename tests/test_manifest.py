@@ -10,25 +10,11 @@ import pytest
 
 from ckptd.errors import ManifestError
 from ckptd.formats import Format
-from ckptd.manifest import (
-    MAX_REMOVED,
-    IndexRun,
-    Manifest,
-    ManifestEntry,
-    ParamsSummary,
-    RemovedEntry,
-    RootIndex,
-    add_removed,
-    drop_entry,
-    index_run,
-    load_index,
-    load_manifest,
-    set_entry,
-    with_conversion,
-    with_state,
-    write_index,
-    write_manifest,
-)
+from ckptd.manifest.model import MAX_REMOVED, Manifest, ManifestEntry, ParamsSummary, RemovedEntry
+from ckptd.manifest.parse import manifest_from_json
+from ckptd.manifest.root_index import IndexRun, RootIndex, index_run
+from ckptd.manifest.store import load_index, load_manifest, write_index, write_manifest
+from ckptd.manifest.updates import add_removed, drop_entry, set_entry, with_conversion, with_state
 
 NOW = datetime(2026, 11, 23, 20, 0, tzinfo=UTC)
 SHA = "ab" * 32
@@ -142,11 +128,11 @@ def test_manifest_round_trips_through_json_including_unknown_keys() -> None:
     obj = json.loads(sample().to_json_bytes())
     obj["written_by_a_newer_ckptd"] = {"x": 1}
     obj["checkpoints"][0]["future_field"] = [1, 2]
-    loaded = Manifest.from_json(json.dumps(obj), source="m.json")
+    loaded = manifest_from_json(json.dumps(obj), source="m.json")
     assert loaded.extra == {"written_by_a_newer_ckptd": {"x": 1}}
     again = json.loads(loaded.to_json_bytes())
     assert again == obj
-    assert Manifest.from_json(sample().to_json_bytes(), source="m.json") == sample()
+    assert manifest_from_json(sample().to_json_bytes(), source="m.json") == sample()
 
 
 def test_manifest_keeps_undecodable_file_names_as_ascii_json(tmp_path: Path) -> None:
@@ -159,7 +145,10 @@ def test_manifest_keeps_undecodable_file_names_as_ascii_json(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda o, c: o.update(schema="ckptd.manifest/2"), r"schema: expected 'ckptd.manifest/1'"),
+        (
+            lambda o, c: o.update(schema="ckptd.manifest/2"),
+            r"schema: expected 'ckptd.manifest/1'",
+        ),
         (lambda o, c: o.pop("run"), r"run: missing"),
         (
             lambda o, c: c.update(size="big"),
@@ -186,7 +175,7 @@ def test_hand_edited_manifest_is_rejected_with_one_line_naming_file_and_field(
     if message.startswith("\\."):
         message = ENTRY_2 + message
     with pytest.raises(ManifestError, match=rf"^/runs/r/m\.json: {message}") as info:
-        Manifest.from_json(json.dumps(obj), source="/runs/r/m.json")
+        manifest_from_json(json.dumps(obj), source="/runs/r/m.json")
     assert "\n" not in str(info.value)
 
 
@@ -202,7 +191,7 @@ def test_hand_edited_manifest_is_rejected_with_one_line_naming_file_and_field(
 )
 def test_corrupt_manifest_bytes_raise_manifest_error(data: bytes, message: str) -> None:
     with pytest.raises(ManifestError, match=rf"^m\.json: {message}"):
-        Manifest.from_json(data, source="m.json")
+        manifest_from_json(data, source="m.json")
 
 
 def test_load_manifest_missing_file_is_file_not_found(tmp_path: Path) -> None:

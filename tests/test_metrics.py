@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 
 from ckptd import __version__
+from ckptd.daemon.metrics import Metrics, parse_listen, start_metrics_server
 from ckptd.errors import CkptdError, ConfigError
-from ckptd.metrics import Metrics, parse_listen, start_metrics_server
 
 
 @pytest.fixture(autouse=True)

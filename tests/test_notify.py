@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ckptd import notify
-from ckptd.config import parse_config
-from ckptd.daemon_jobs import scan_roots
+from ckptd.config.load import parse_config
+from ckptd.daemon import notify
+from ckptd.daemon.jobs import scan_roots
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +81,7 @@ def test_notify_broken_socket_path_logs_once_and_never_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens.sock"))
-    with caplog.at_level(logging.WARNING, logger="ckptd.notify"):
+    with caplog.at_level(logging.WARNING, logger="ckptd.daemon.notify"):
         assert notify.ready() is False
         assert notify.watchdog_ping() is False
         assert notify.stopping() is False
@@ -94,7 +94,7 @@ def test_notify_unsupported_address_is_reported_not_raised(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
-    with caplog.at_level(logging.WARNING, logger="ckptd.notify"):
+    with caplog.at_level(logging.WARNING, logger="ckptd.daemon.notify"):
         assert notify.ready() is False
     assert "unsupported NOTIFY_SOCKET" in caplog.text
 

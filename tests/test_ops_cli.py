@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ckptd.cli import main
-from ckptd.config import Config, load_config
-from ckptd.pipeline import process_path
+from ckptd.cli.main import main
+from ckptd.config.load import load_config
+from ckptd.config.model import Config
+from ckptd.pipeline.batch import process_path
 from tests.ops_helpers import converted_run, flip_byte, prune_now
 from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, stand_ins, write_checkpoint
 

@@ -21,9 +21,10 @@ import pytest
 from rich.console import Console
 
 from ckptd.cli.output import lit
-from ckptd.config import LogConfig, parse_config
-from ckptd.logsetup import configure_logging
-from ckptd.pipeline import process_path
+from ckptd.config.load import parse_config
+from ckptd.config.model import LogConfig
+from ckptd.daemon.logsetup import configure_logging
+from ckptd.pipeline.batch import process_path
 from ckptd.textsafe import shown
 from tests.daemon_harness import REPO
 from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
@@ -161,7 +162,7 @@ def test_log_lines_escape_what_came_from_a_file(fmt: str) -> None:
     stream = io.StringIO()
     configure_logging(LogConfig(level="info", format=fmt), stream=stream)
     try:
-        logging.getLogger("ckptd.pipeline").warning(
+        logging.getLogger("ckptd.pipeline.batch").warning(
             "refused: global %r", f"gym{HOSTILE}\udc80", extra={"run": HOSTILE, "file": "a\nb"}
         )
     finally:

@@ -29,17 +29,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.cli import main
-from ckptd.config import Config, parse_config
-from ckptd.convert import convert_file
-from ckptd.daemon import LOCKED_RUN_BACKOFF_SECONDS
+from ckptd.cli.main import main
+from ckptd.config.load import parse_config
+from ckptd.config.model import Config
+from ckptd.convert.conversion import convert_file
+from ckptd.daemon.run_queue import LOCKED_RUN_BACKOFF_SECONDS
 from ckptd.formats import Format
 from ckptd.formats.verify import verify_zip
-from ckptd.fsio import is_temp_name
-from ckptd.inventory import RunRef
-from ckptd.manifest import Manifest, ManifestEntry, load_manifest, write_manifest
-from ckptd.pipeline import process_batch
-from ckptd.statedir import StateLayout, run_lock
+from ckptd.fs.files import is_temp_name
+from ckptd.manifest.model import Manifest, ManifestEntry
+from ckptd.manifest.store import load_manifest, write_manifest
+from ckptd.pipeline.batch import process_batch
+from ckptd.runs.inventory import RunRef
+from ckptd.runs.statedir import StateLayout, run_lock
 from ckptd.timefmt import from_ns
 from tests.daemon_harness import (
     NOBODY,
@@ -229,21 +231,21 @@ def test_daemon_reports_each_unreadable_file_and_unwritable_run_and_serves_the_r
     assert "Traceback" not in log, log
     problems = problem_records(log)
     expected = {
-        "locked": rf"ckptd\.pipeline run=locked cannot process run: .*{DENIED}.*'{locked}/\.ckptd'",
+        "locked": rf"ckptd\.pipeline\.\w+ run=locked cannot process run: .*{DENIED}.*'{locked}/\.ckptd'",
         "unreadable": (
-            rf"ckptd\.pipeline run=mixed file=rl_model_3_steps\.pkl cannot read: {DENIED}; "
+            rf"ckptd\.pipeline\.\w+ run=mixed file=rl_model_3_steps\.pkl cannot read: {DENIED}; "
             "will retry"
         ),
         "readonly 1": (
-            r"ckptd\.pipeline run=readonly file=rl_model_1_steps\.pkl conversion failed, "
+            r"ckptd\.pipeline\.\w+ run=readonly file=rl_model_1_steps\.pkl conversion failed, "
             rf"original left in place: {DENIED} \(EACCES\); will retry"
         ),
         "readonly 2": (
-            r"ckptd\.pipeline run=readonly file=rl_model_2_steps\.pkl conversion failed, "
+            r"ckptd\.pipeline\.\w+ run=readonly file=rl_model_2_steps\.pkl conversion failed, "
             rf"original left in place: {DENIED} \(EACCES\); will retry"
         ),
         "readonly manifest": (
-            rf"ckptd\.pipeline run=readonly cannot process run: .*{DENIED}.*'{readonly}/"
+            rf"ckptd\.pipeline\.\w+ run=readonly cannot process run: .*{DENIED}.*'{readonly}/"
         ),
     }
     matches = {

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.formats.allowlist import check_pickle_bytes
-from ckptd.formats.legacy import read_legacy_file
+from ckptd.convert.legacy import read_legacy_file
 from ckptd.formats.model import OpaqueValue
-from ckptd.formats.pickle_emit import emit_pickle, emitted_name
-from ckptd.formats.pickle_graph import build_graph
-from ckptd.formats.pickle_ops import parse_ops
+from ckptd.pickles.allowlist import check_pickle_bytes
+from ckptd.pickles.emit import emit_pickle, emitted_name
+from ckptd.pickles.graph import build_graph
+from ckptd.pickles.ops import parse_ops
 from tests.legacy_env import REPO, legacy_python
 from tests.sb2_fixtures import same_value, trusted_loads
 

@@ -8,8 +8,8 @@ import cloudpickle
 import pytest
 
 from ckptd.errors import FormatError, UnsafeCheckpoint
-from ckptd.formats.allowlist import check_graph, check_pickle_bytes, lookup
-from ckptd.formats.pickle_graph import (
+from ckptd.pickles.allowlist import check_graph, check_pickle_bytes, lookup
+from ckptd.pickles.graph import (
     Call,
     Const,
     DictNode,
@@ -19,7 +19,7 @@ from ckptd.formats.pickle_graph import (
     build_graph,
     reachable,
 )
-from ckptd.formats.pickle_ops import parse_ops
+from ckptd.pickles.ops import parse_ops
 
 
 def graph_of(blob: bytes, **limits: int):  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ckptd.errors import BudgetExceeded, FormatError
-from ckptd.formats.pickle_ops import opcode_names, parse_ops
+from ckptd.pickles.ops import opcode_names, parse_ops
 
 SAMPLES = [
     None,

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config, Policy
+from ckptd.config.model import Config, Policy
 from ckptd.errors import CkptdError, UnsafePathError
-from ckptd.pins import pin, unpin
-from ckptd.prune import PassOptions, prune_all
-from ckptd.retention import Candidate, Evaluation, RunPlan, plan_run
-from ckptd.runaccess import locate
-from ckptd.statedir import StateLayout, read_pins, run_lock
+from ckptd.retention.pins import pin, unpin
+from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
+from ckptd.retention.prune import PassOptions, prune_all
+from ckptd.runs.access import locate
+from ckptd.runs.statedir import StateLayout, read_pins, run_lock
 from tests.ops_helpers import (
     converted_run,
     decisions,

@@ -12,22 +12,19 @@ from typing import Any
 
 import pytest
 
-from ckptd import fsio
-from ckptd.config import Config, parse_config
-from ckptd.convert import ConversionOutcome, convert_file
+from ckptd.config.load import parse_config
+from ckptd.config.model import Config
+from ckptd.convert.conversion import ConversionOutcome, convert_file
 from ckptd.formats import Format
 from ckptd.formats.sniff import Identification, identify
 from ckptd.formats.verify import verify_zip
-from ckptd.fsio import FileIdentity
-from ckptd.manifest import Manifest, load_manifest
-from ckptd.pipeline import (
-    PipelineDeps,
-    find_work,
-    needs_processing,
-    process_batch,
-    process_path,
-    run_of,
-)
+from ckptd.fs import files as fsio
+from ckptd.fs.files import FileIdentity
+from ckptd.manifest.model import Manifest
+from ckptd.manifest.store import load_manifest
+from ckptd.pipeline.batch import process_batch, process_path
+from ckptd.pipeline.discovery import find_work, needs_processing, run_of
+from ckptd.pipeline.types import PipelineDeps
 from tests.sb2_fixtures import (
     Exploit,
     make_ppo2_checkpoint,

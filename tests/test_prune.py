@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import CheckpointsConfig, Config, DeleteConfig, KeepBest, Policy, RootConfig
-from ckptd.manifest import Manifest, load_index, load_manifest, with_state, write_manifest
-from ckptd.prune import PassOptions, prune_all, write_manifests
-from ckptd.retention import Candidate, Evaluation, RunPlan, plan_run
-from ckptd.statedir import Pin, StateLayout, run_lock, write_pins
+from ckptd.config.model import CheckpointsConfig, Config, DeleteConfig, KeepBest, Policy, RootConfig
+from ckptd.manifest.model import Manifest
+from ckptd.manifest.store import load_index, load_manifest, write_manifest
+from ckptd.manifest.updates import with_state
+from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
+from ckptd.retention.prune import PassOptions, prune_all, write_manifests
+from ckptd.runs.statedir import Pin, StateLayout, run_lock, write_pins
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SB2_PICKLE = b"\x80\x02cstable_baselines.ppo2\nPPO2\nq\x00}q\x01\x86q\x02."

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.cli import ExitStatus, main
+from ckptd.cli.exits import ExitStatus
+from ckptd.cli.main import main
 
 # Checkpoints are dated relative to the real clock: the CLI reads it (only the CLI and daemon do).
 NOW = datetime.now(UTC)

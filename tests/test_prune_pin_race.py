@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config, Policy
-from ckptd.deletion import DeleteMode, delete_checkpoints
+from ckptd.config.model import Config, Policy
 from ckptd.errors import CkptdError
-from ckptd.inventory import Checkpoint
-from ckptd.pins import pin, pins_lock, unpin
-from ckptd.prune import DeleteOutcome, PassOptions, prune_all
-from ckptd.prune_report import PruneReport
-from ckptd.retention import Candidate, Evaluation, RunPlan, plan_run
-from ckptd.statedir import Pin, StateLayout, read_pins, write_pins
-from ckptd.trash import restore
+from ckptd.retention.deletion import DeleteMode, delete_checkpoints
+from ckptd.retention.pins import pin, pins_lock, unpin
+from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
+from ckptd.retention.prune import DeleteOutcome, PassOptions, prune_all
+from ckptd.retention.report import PruneReport
+from ckptd.retention.trash import restore
+from ckptd.runs.inventory import Checkpoint
+from ckptd.runs.statedir import Pin, StateLayout, read_pins, write_pins
 from tests.ops_helpers import converted_run, decisions, manifest_of, ops_config, run_report
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from ckptd.config import Config
+from ckptd.config.model import Config
 from ckptd.errors import CkptdError
-from ckptd.pipeline import find_work, process_path
-from ckptd.prune import write_manifests
-from ckptd.quarantine import find, list_quarantine, release, show
-from ckptd.runaccess import locate_run_dir
+from ckptd.ops.quarantine import find, list_quarantine, release, show
+from ckptd.pipeline.batch import process_path
+from ckptd.pipeline.discovery import find_work
+from ckptd.retention.prune import write_manifests
+from ckptd.runs.access import locate_run_dir
 from tests.ops_helpers import flip_byte, manifest_of, ops_config
 from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, stand_ins, write_checkpoint
 
@@ -122,7 +123,7 @@ def test_release_moves_it_back_and_the_daemon_leaves_it_refused(
 
 
 def locate_run(config: Config, run: Path) -> Any:
-    from ckptd.inventory import find_runs
+    from ckptd.runs.inventory import find_runs
 
     return next(r for r in find_runs(config.roots[0].path, 1, ".ckptd").runs if r.run_dir == run)
 

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config
+from ckptd.config.model import Config
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify_format
-from ckptd.inventory import find_runs
-from ckptd.manifest import ManifestEntry, load_index
-from ckptd.pipeline import process_batch, process_path
-from ckptd.prune import PassOptions, prune_all, write_manifests
-from ckptd.quarantine import release
-from ckptd.status import status_all
+from ckptd.manifest.model import ManifestEntry
+from ckptd.manifest.store import load_index
+from ckptd.ops.quarantine import release
+from ckptd.ops.status import status_all
+from ckptd.pipeline.batch import process_batch, process_path
+from ckptd.retention.prune import PassOptions, prune_all, write_manifests
+from ckptd.runs.inventory import find_runs
 from tests.ops_helpers import converted_run, decisions, manifest_of, ops_config, run_report
 from tests.sb2_fixtures import (
     Exploit,

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ckptd.config import KeepBest, Policy
-from ckptd.retention import Candidate, Decision, Evaluation, RunPlan, plan_run
+from ckptd.config.model import KeepBest, Policy
+from ckptd.retention.plan import Candidate, Decision, Evaluation, RunPlan, plan_run
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)  # far after every checkpoint: min_age never interferes
 OFF = Policy(name="test")

@@ -1,4 +1,4 @@
-"""Property tests for ckptd.retention.plan_run: invariants that hold for any run and any policy."""
+"""Property tests for ckptd.retention.plan.plan_run: invariants that hold for any run and any policy."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptd.config import KeepBest, Policy
-from ckptd.retention import OK_STATUS, Candidate, Evaluation, RunPlan, plan_run
+from ckptd.config.model import KeepBest, Policy
+from ckptd.retention.plan import OK_STATUS, Candidate, Evaluation, RunPlan, plan_run
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
 

@@ -1,4 +1,4 @@
-"""ckptd.runfs: relative paths from run files are checked, and nothing below a run is followed.
+"""ckptd.fs.runfs: relative paths from run files are checked, and nothing below a run is followed.
 
 Every test plants a symlink or a hostile name and checks both the refusal and that a sentinel
 directory beside the run is untouched byte for byte, with no file appearing in it.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ckptd import runfs
 from ckptd.errors import UnsafePathError
-from ckptd.runfs import RunFS, check_name, check_relpath, relpath_problem
+from ckptd.fs import runfs
+from ckptd.fs.runfs import RunFS, check_name, check_relpath, relpath_problem
 
 
 def snapshot(directory: Path) -> dict[str, bytes | str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.convert import convert_file
+from ckptd.convert.conversion import convert_file
 from tests.legacy_env import legacy_python, run_script
 
 pytestmark = pytest.mark.slow

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
+from ckptd.convert.sb2names import HOW_TO_NAME, ParamNames, Unnamed, infer_param_names
 from ckptd.formats.model import DataValue, OpaqueValue
-from ckptd.formats.sb2names import HOW_TO_NAME, ParamNames, Unnamed, infer_param_names
-from ckptd.manifest import load_manifest
+from ckptd.manifest.store import load_manifest
 from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
 
 DATA = Path(__file__).parent / "data" / "sb2-names"

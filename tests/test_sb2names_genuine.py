@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from ckptd.formats.legacy import read_naming_input
+from ckptd.convert.legacy import read_naming_input
+from ckptd.convert.sb2names import ParamNames, Unnamed, infer_param_names
 from ckptd.formats.model import OpaqueValue
-from ckptd.formats.sb2names import ParamNames, Unnamed, infer_param_names
 
 GENUINE = Path(__file__).parent / "data" / "sb2-genuine"
 INDEX = GENUINE / "index.json"

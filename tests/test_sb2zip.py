@@ -24,16 +24,12 @@ import pytest
 
 from ckptd.errors import ConversionError
 from ckptd.formats import storedzip
+from ckptd.formats.datajson import encode_data_json
 from ckptd.formats.model import OpaqueValue, ParamArray
-from ckptd.formats.sb2zip import (
-    encode_data_json,
-    read_sb2_zip,
-    verify_zip,
-    write_sb2_zip,
-    write_sb2_zip_file,
-)
+from ckptd.formats.sb2zip import read_sb2_zip, write_sb2_zip, write_sb2_zip_file
 from ckptd.formats.storedzip import crc32_combine
-from ckptd.fsio import TEMP_PREFIX
+from ckptd.formats.verify import verify_zip
+from ckptd.fs.files import TEMP_PREFIX
 from tests.sb2zip_helpers import (
     FIXED_TIME,
     param_from_array,

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ckptd.config import ScheduleSpec
+from ckptd.config.cron import cron_trigger, crontab_weekdays
+from ckptd.config.model import ScheduleSpec
+from ckptd.daemon.scheduling import JobScheduler
 from ckptd.errors import ConfigError
-from ckptd.scheduling import JobScheduler, cron_trigger, crontab_weekdays
 
 DEADLINE_SECONDS = 4.0
 
@@ -82,7 +83,7 @@ def test_slow_job_never_overlaps_itself_and_overlaps_are_logged(
 ) -> None:
     slow = Counter(duration=0.4)
     scheduler.set_jobs({"prune": every(0.05)}, {"prune": slow})
-    with caplog.at_level(logging.WARNING, logger="ckptd.scheduling"):
+    with caplog.at_level(logging.WARNING, logger="ckptd.daemon.scheduling"):
         scheduler.start()
         assert wait_until(lambda: slow.runs >= 2)
     assert slow.max_running == 1
@@ -113,10 +114,10 @@ def test_failing_job_is_logged_in_one_line_and_the_scheduler_keeps_going(
     scheduler.set_jobs(
         {"scrub": every(0.05), "manifest": every(0.05)}, {"scrub": boom, "manifest": healthy_job}
     )
-    with caplog.at_level(logging.ERROR, logger="ckptd.scheduling"):
+    with caplog.at_level(logging.ERROR, logger="ckptd.daemon.scheduling"):
         scheduler.start()
         assert wait_until(lambda: scheduler.problems["error:scrub"] >= 2 and healthy_job.runs >= 2)
-    ours = [r.getMessage() for r in caplog.records if r.name == "ckptd.scheduling"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "ckptd.daemon.scheduling"]
     assert "scheduled job scrub failed: RuntimeError: kaput" in ours
     assert all("\n" not in message for message in ours)
     assert scheduler.healthy()

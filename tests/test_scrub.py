@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config
+from ckptd.config.model import Config
 from ckptd.formats import Format
-from ckptd.manifest import ManifestEntry, set_entry, write_manifest
-from ckptd.scrub import RateLimiter, scheduled_scrub, scrub_all
-from ckptd.statedir import StateLayout, run_lock
+from ckptd.manifest.model import ManifestEntry
+from ckptd.manifest.store import write_manifest
+from ckptd.manifest.updates import set_entry
+from ckptd.ops.scrub import RateLimiter, scheduled_scrub, scrub_all
+from ckptd.runs.statedir import StateLayout, run_lock
 from ckptd.timefmt import from_ns
 from tests.ops_helpers import (
     converted_run,
@@ -108,7 +110,7 @@ def test_scrub_rate_limit_holds_within_20_percent(config: Config) -> None:
                 mtime_ns=st.st_mtime_ns,
             )
         )
-    from ckptd.manifest import Manifest
+    from ckptd.manifest.model import Manifest
 
     write_manifest(run / "ckptd-manifest.json", Manifest("big", now(), "default", tuple(entries)))
 

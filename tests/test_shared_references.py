@@ -21,12 +21,12 @@ from typing import Any
 import cloudpickle
 import pytest
 
+from ckptd.convert.legacy import read_legacy_file
 from ckptd.errors import UnsafeCheckpoint
-from ckptd.formats.legacy import read_legacy_file
 from ckptd.formats.model import OpaqueValue
-from ckptd.formats.pickle_emit import emit_pickle
-from ckptd.formats.pickle_graph import Call, Const, DictNode, TupleNode, build_graph, completed
-from ckptd.formats.pickle_ops import parse_ops
+from ckptd.pickles.emit import emit_pickle
+from ckptd.pickles.graph import Call, Const, DictNode, TupleNode, build_graph, completed
+from ckptd.pickles.ops import parse_ops
 from tests.legacy_env import legacy_python, run_script
 
 SHARED_KEYS = (

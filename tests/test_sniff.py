@@ -15,8 +15,8 @@ import pytest
 
 from ckptd.errors import UnsafePathError
 from ckptd.formats import Format
-from ckptd.formats.pickle_peek import ends_with_tuple2, peek_pickle
 from ckptd.formats.sniff import identify
+from ckptd.pickles.peek import ends_with_tuple2, peek_pickle
 from tests.sb2zip_helpers import make_sb3_zip, params_of, sample_arrays, write_zip
 
 LEGACY = Path(__file__).resolve().parent / "data" / "sb2-era"

@@ -20,9 +20,9 @@ import pytest
 
 from ckptd.errors import UnsafePathError
 from ckptd.formats import Format
-from ckptd.formats.pickle_peek import PicklePeek, peek_pickle
 from ckptd.formats.sniff import SNIFF_BYTES, identify, identify_format, is_sb2_module
 from ckptd.formats.verdict_files import TORCH_LEGACY_MAGIC
+from ckptd.pickles.peek import PicklePeek, peek_pickle
 from tests.sb2zip_helpers import make_sb3_zip, params_of, sample_arrays, write_zip
 
 LEGACY = Path(__file__).resolve().parent / "data" / "sb2-era"

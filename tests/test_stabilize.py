@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ckptd.stabilize import Stabilizer
+from ckptd.watch.stabilize import Stabilizer
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ckptd.errors import RunLockedError, StateError, UnsafePathError
-from ckptd.statedir import Pin, StateLayout, read_pins, run_lock, write_pins
+from ckptd.runs.statedir import Pin, StateLayout, read_pins, run_lock, write_pins
 
 
 def test_layout_paths_and_ensure_create_every_subdirectory(tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config
+from ckptd.config.model import Config
 from ckptd.formats import Format
-from ckptd.inventory import RunRef
-from ckptd.manifest import Manifest, ManifestEntry, RemovedEntry
-from ckptd.pins import pin
-from ckptd.statedir import Pin
-from ckptd.status import RunFacts, Usage, record_lag, status_all, summarize
+from ckptd.manifest.model import Manifest, ManifestEntry, RemovedEntry
+from ckptd.ops.status import RunFacts, Usage, record_lag, status_all, summarize
+from ckptd.retention.pins import pin
+from ckptd.runs.inventory import RunRef
+from ckptd.runs.statedir import Pin
 from tests.ops_helpers import converted_run, flip_byte, ops_config, prune_now
 
 pytestmark = pytest.mark.timeout(60)
@@ -149,7 +149,7 @@ def test_status_of_real_runs(tmp_path: Path) -> None:
 
 
 def test_status_flags_unrecorded_files_and_scrub_corruption(tmp_path: Path) -> None:
-    from ckptd.scrub import RateLimiter, scrub_all
+    from ckptd.ops.scrub import RateLimiter, scrub_all
 
     config = ops_config(tmp_path / "runs")
     run = converted_run(config)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config
-from ckptd.deletion import read_trash_index
+from ckptd.config.model import Config
 from ckptd.errors import CkptdError
-from ckptd.runaccess import locate_run_dir
-from ckptd.statedir import StateLayout, read_pins
-from ckptd.trash import list_trash, purge, restore
+from ckptd.retention.deletion import read_trash_index
+from ckptd.retention.trash import list_trash, purge, restore
+from ckptd.runs.access import locate_run_dir
+from ckptd.runs.statedir import StateLayout, read_pins
 from tests.ops_helpers import (
     converted_run,
     decisions,

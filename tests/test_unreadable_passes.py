@@ -18,12 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config
+from ckptd.config.model import Config
 from ckptd.errors import FormatError
 from ckptd.formats import Format
 from ckptd.formats.sniff import Identification, identify, identify_format
-from ckptd.fsio import FileIdentity
-from ckptd.inventory import (
+from ckptd.fs.files import FileIdentity
+from ckptd.manifest.model import ManifestEntry
+from ckptd.manifest.store import load_manifest, write_manifest
+from ckptd.manifest.updates import set_entry
+from ckptd.pipeline.batch import process_batch, process_path
+from ckptd.pipeline.discovery import find_work, needs_processing
+from ckptd.pipeline.types import PipelineDeps
+from ckptd.retention.prune import PassOptions, prune_all, write_manifests
+from ckptd.retention.report import PruneReport
+from ckptd.runs.inventory import (
     RETRY_KEY,
     UNREADABLE,
     CheckpointMatcher,
@@ -31,10 +39,6 @@ from ckptd.inventory import (
     RunRef,
     inventory_run,
 )
-from ckptd.manifest import ManifestEntry, load_manifest, set_entry, write_manifest
-from ckptd.pipeline import PipelineDeps, find_work, needs_processing, process_batch, process_path
-from ckptd.prune import PassOptions, prune_all, write_manifests
-from ckptd.prune_report import PruneReport
 from ckptd.timefmt import from_ns
 from tests.ops_helpers import (
     MANIFEST,

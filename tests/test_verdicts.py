@@ -30,9 +30,11 @@ import pytest
 
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify, identify_checked
-from ckptd.formats.verdict import Policy, Verdict, judge_stream
 from ckptd.formats.verdict_files import NoVerdict, decompress
-from ckptd.manifest import Manifest, ManifestEntry
+from ckptd.manifest.model import Manifest, ManifestEntry
+from ckptd.manifest.parse import manifest_from_json
+from ckptd.pickles.verdict import Verdict, judge_stream
+from ckptd.pickles.verdict_policy import Policy
 from ckptd.textsafe import shown
 from tests.test_hostile_pickles import HOSTILE, Asm, Hostile, _Reduce, _touch
 
@@ -292,12 +294,12 @@ def test_manifest_round_trips_the_verdict() -> None:
     )
     text = manifest.to_json_bytes().decode()
     assert '"verdict": {' in text
-    back = Manifest.from_json(text, source="m.json")
+    back = manifest_from_json(text, source="m.json")
     assert back.checkpoints[0].verdict == verdict
     assert back.checkpoints[0].format is Format.PICKLE
     broken = text.replace('"safe": false', '"safe": "no"')
     with pytest.raises(Exception, match=r"verdict\.safe"):
-        Manifest.from_json(broken, source="m.json")
+        manifest_from_json(broken, source="m.json")
 
 
 # --- with the real producers, where installed ----------------------------------------------------

@@ -25,11 +25,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptd.cli import ExitStatus, main
-from ckptd.config import Config, parse_config
+from ckptd.cli.exits import ExitStatus
+from ckptd.cli.main import main
+from ckptd.config.load import parse_config
+from ckptd.config.model import Config
 from ckptd.formats import Format
-from ckptd.manifest import Manifest, ManifestEntry, load_manifest
-from ckptd.pipeline import process_path
+from ckptd.manifest.model import Manifest, ManifestEntry
+from ckptd.manifest.store import load_manifest
+from ckptd.pipeline.batch import process_path
 from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
 from tests.sb2_fixtures import Exploit
 from tests.test_hostile_pickles import _Reduce, _touch

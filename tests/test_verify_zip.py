@@ -19,9 +19,10 @@ from ckptd.errors import FormatError
 from ckptd.formats import Format
 from ckptd.formats.datajson import analyze_data_json
 from ckptd.formats.npy import npy_header_bytes
-from ckptd.formats.sb2zip import read_sb2_zip, verify_zip
+from ckptd.formats.sb2zip import read_sb2_zip
 from ckptd.formats.sb3zip import parse_system_info, read_sb3_zip
 from ckptd.formats.sniff import identify
+from ckptd.formats.verify import verify_zip
 from tests.sb2_fixtures import Exploit
 from tests.sb2zip_helpers import make_sb3_zip, params_of, sample_arrays, write_zip
 

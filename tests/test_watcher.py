@@ -25,15 +25,9 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from ckptd.watcher import (
-    INOTIFY_EVENTS,
-    NameFilter,
-    WatchEvent,
-    WatchRoot,
-    WatchSet,
-    choose_observer_kind,
-    translate_event,
-)
+from ckptd.watch.events import INOTIFY_EVENTS, NameFilter, WatchEvent, translate_event
+from ckptd.watch.mounts import choose_observer_kind
+from ckptd.watch.watcher import WatchRoot, WatchSet
 
 DEADLINE_SECONDS = 4.0
 POLL_SECONDS = 0.1
@@ -236,7 +230,7 @@ def test_a_handler_error_is_logged_and_does_not_kill_the_observer(
     )
     assert h.watchset.add_root(h.spec)
     try:
-        with caplog.at_level(logging.ERROR, logger="ckptd.watcher"):
+        with caplog.at_level(logging.ERROR, logger="ckptd.watch.watcher"):
             (tmp_path / "boom.zip").write_bytes(b"x")
             (tmp_path / "fine.zip").write_bytes(b"x")
             h.wait_for_path(tmp_path / "fine.zip", "closed")
@@ -292,7 +286,7 @@ def test_a_root_missing_at_start_is_reported_and_picked_up_later(
     root = tmp_path / "not-mounted-yet"
     h = Harness(root, "inotify")
     try:
-        with caplog.at_level(logging.WARNING, logger="ckptd.watcher"):
+        with caplog.at_level(logging.WARNING, logger="ckptd.watch.watcher"):
             assert not h.watchset.add_root(h.spec)
         assert f"cannot watch {root}: root does not exist" in caplog.text
         assert h.watchset.unhealthy_roots() == {root: "root does not exist"}

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import Config, RootConfig
-from ckptd.daemon_jobs import BatchDone, RunBatch, WorkItem, WorkResult
-from ckptd.inventory import RunRef
-from ckptd.pipeline import BatchResult
-from ckptd.run_queue import RunQueues
-from ckptd.worker_pool import SPARE_AFTER_SECONDS, WORKER_COUNT, WorkerPool
+from ckptd.config.model import Config, RootConfig
+from ckptd.daemon.jobs import BatchDone, RunBatch, WorkItem, WorkResult
+from ckptd.daemon.run_queue import RunQueues
+from ckptd.daemon.workers import SPARE_AFTER_SECONDS, WORKER_COUNT, WorkerPool
+from ckptd.pipeline.types import BatchResult
+from ckptd.runs.inventory import RunRef
 
 ROOT = RootConfig(path=Path("/r"))
 CONFIG = Config(roots=(ROOT,))

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from ckptd.cli.output import say
-from ckptd.config import config_schema, config_to_mapping, load_config
+from ckptd.config.load import load_config
+from ckptd.config.spec import config_schema, config_to_mapping
 from ckptd.textsafe import shown
 
 

@@ -11,16 +11,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckptd import fsio
-from ckptd.cli import ExitStatus
+from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import error_line, lit, print_json, progress_bar, stdout_console
+from ckptd.config.load import load_config
+from ckptd.convert.conversion import convert_file
 from ckptd.errors import CkptdError, FormatError, HeldCheckpoint, UnsafeCheckpoint, unexpected_text
 from ckptd.formats import Format
+from ckptd.formats.sniff import identify
+from ckptd.fs import files as fsio
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.textsafe import shown
 
 if TYPE_CHECKING:
-    from ckptd.convert import ConversionOutcome
+    from ckptd.convert.conversion import ConversionOutcome
 
 # The converter (numpy, the pickle reader, the zip writer) is imported by the handler that needs
 # it, so every other command starts without paying for it.
@@ -74,7 +77,6 @@ def _legacy_files_below(directory: Path, unreadable: list[tuple[Path, str]]) -> 
     A file or directory that cannot be read is added to ``unreadable`` (with the one-line reason)
     rather than skipped: it may well be a checkpoint, and the user must hear it was not converted.
     """
-    from ckptd.formats.sniff import identify
 
     def cannot_list(err: OSError) -> None:
         unreadable.append((Path(err.filename), f"cannot list directory: {err.strerror or err}"))
@@ -137,7 +139,6 @@ def _outcome_json(outcome: ConversionOutcome) -> dict[str, Any]:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from ckptd.convert import convert_file
 
     files, unreadable = _expand(args.paths)
     if args.output is not None and (len(args.paths) != 1 or args.paths[0].is_dir()):
@@ -208,7 +209,6 @@ def limits_of(args: argparse.Namespace) -> Limits:
     """The config's ``limits`` with -c, else the defaults (a bad config is a usage error, exit 2)."""
     if args.config is None:
         return DEFAULT_LIMITS
-    from ckptd.config import load_config
 
     return load_config(args.config).limits
 

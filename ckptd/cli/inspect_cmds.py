@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from ckptd.cli import ExitStatus
 from ckptd.cli.convert_cmds import limits_of, limits_option
+from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import error_line, lit, print_json, stdout_console
+from ckptd.ops.inspection import inspect_path
+from ckptd.ops.verification import expand_paths, verify_file
 from ckptd.textsafe import shown
 
 if TYPE_CHECKING:
-    from ckptd.inspection import InspectReport
-    from ckptd.verification import FileVerdict
+    from ckptd.ops.inspection import InspectReport
+    from ckptd.ops.verification import FileVerdict
 
 MAX_ROWS = 40  # longer param / member lists are cut, with a count of what was left out
 
@@ -62,7 +64,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from ckptd.inspection import inspect_path  # numpy and the pickle reader: only when inspecting
 
     report = inspect_path(args.path, limits=limits_of(args))
     if args.json:
@@ -168,7 +169,6 @@ def _members_table(report: InspectReport) -> Table:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from ckptd.verification import expand_paths, verify_file
 
     limits = limits_of(args)
     files = expand_paths(args.paths)

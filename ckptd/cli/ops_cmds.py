@@ -50,11 +50,17 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ckptd import units
-from ckptd.cli import ExitStatus
+from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import error_line, lit, print_json, progress_bar, say
-from ckptd.config import Config, load_config
+from ckptd.config.load import load_config
+from ckptd.config.model import Config, DeleteConfig
 from ckptd.errors import CkptdError
-from ckptd.runaccess import RunHandle, handle_for_root, locate_run_dir, runs_of_all_roots
+from ckptd.ops.quarantine import list_quarantine, release, show
+from ckptd.ops.scrub import RateLimiter, scrub_all
+from ckptd.ops.status import status_all
+from ckptd.retention.pins import pin, unpin
+from ckptd.retention.trash import list_trash, purge, restore
+from ckptd.runs.access import RunHandle, handle_for_root, locate_run_dir, runs_of_all_roots
 from ckptd.timefmt import format_utc
 from ckptd.units import format_duration, format_size_human
 
@@ -151,7 +157,6 @@ def _register_status(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from ckptd.status import status_all
 
     config = load_config(args.config)
     report = status_all(config, now=_now())
@@ -244,7 +249,6 @@ class _BarProgress:
 
 
 def run_scrub(args: argparse.Namespace) -> int:
-    from ckptd.scrub import RateLimiter, scrub_all
 
     config = load_config(args.config)
     rate = config.scrub.max_rate if args.max_rate is None else (args.max_rate or None)
@@ -296,7 +300,6 @@ def _register_pins(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_pin(args: argparse.Namespace) -> int:
-    from ckptd.pins import pin
 
     result = pin(args.path, reason=args.reason, now=_now(), config=_config_or_none(args))
     if args.json:
@@ -310,7 +313,6 @@ def run_pin(args: argparse.Namespace) -> int:
 
 
 def run_unpin(args: argparse.Namespace) -> int:
-    from ckptd.pins import unpin
 
     result = unpin(args.path, now=_now(), config=_config_or_none(args))
     if args.json:
@@ -365,7 +367,6 @@ def _register_trash(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_trash_list(args: argparse.Namespace) -> int:
-    from ckptd.trash import list_trash
 
     handles, errors, config = _handles(args)
     ttl = config.delete.trash_ttl if config is not None else None
@@ -399,7 +400,6 @@ def run_trash_list(args: argparse.Namespace) -> int:
 
 
 def run_trash_restore(args: argparse.Namespace) -> int:
-    from ckptd.trash import restore
 
     result = restore(args.path, now=_now(), config=_config_or_none(args))
     if args.json:
@@ -412,8 +412,6 @@ def run_trash_restore(args: argparse.Namespace) -> int:
 
 
 def run_trash_purge(args: argparse.Namespace) -> int:
-    from ckptd.config import DeleteConfig
-    from ckptd.trash import purge
 
     handles, errors, config = _handles(args)
     older_than = args.older_than
@@ -479,7 +477,6 @@ def _register_quarantine(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_quarantine_list(args: argparse.Namespace) -> int:
-    from ckptd.quarantine import list_quarantine
 
     handles, errors, _ = _handles(args)
     items = [item for handle in handles for item in list_quarantine(handle)]
@@ -503,7 +500,6 @@ def run_quarantine_list(args: argparse.Namespace) -> int:
 
 
 def run_quarantine_show(args: argparse.Namespace) -> int:
-    from ckptd.quarantine import show
 
     shown = show(args.path, _config_or_none(args))
     if args.json:
@@ -544,7 +540,6 @@ def _allowed_text(allowed: bool | None) -> str:
 
 
 def run_quarantine_release(args: argparse.Namespace) -> int:
-    from ckptd.quarantine import release
 
     result = release(args.path, trusted=args.trusted, now=_now(), config=_config_or_none(args))
     if args.json:

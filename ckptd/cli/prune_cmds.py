@@ -16,17 +16,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ckptd.cli import ExitStatus
+from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import error_line, lit, say
-from ckptd.config import Config, load_config
-from ckptd.prune import (
+from ckptd.config.load import load_config
+from ckptd.config.model import Config
+from ckptd.retention.prune import (
     PassOptions,
     RenderedPass,
     prune_all,
     prune_all_rendered,
     write_manifests,
 )
-from ckptd.prune_report import PruneReport, RunReport
+from ckptd.retention.report import PruneReport, RunReport
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ckptd.daemon.service import Daemon
+
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add the ``run`` subcommand."""
@@ -22,7 +24,5 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Imported here so the other commands do not pay for watchdog and APScheduler.
-    from ckptd.daemon import Daemon
 
     return Daemon(args.config).run()

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from ckptd.errors import BudgetExceeded, CkptdError, ConversionError, UnsafeCheckpoint
 from ckptd.formats.model import DataValue, JsonValue, OpaqueValue
-from ckptd.formats.pickle_budget import check_pickle
-from ckptd.formats.pickle_peek import peek_pickle
 from ckptd.limits import DEFAULT_LIMITS, Limits
+from ckptd.pickles.budget import check_pickle
+from ckptd.pickles.peek import peek_pickle
 
 TYPE_KEY = ":type:"
 SERIALIZED_KEY = ":serialized:"

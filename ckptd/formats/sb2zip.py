@@ -49,25 +49,9 @@ from ckptd.formats.storedzip import (
     layout_stored_zip,
     write_pieces,
 )
-from ckptd.formats.verify import VerifyReport, verify_zip
 from ckptd.formats.zipexam import ParamInfo, examine_zip
 from ckptd.formats.zipread import MemberInfo
-from ckptd.fsio import CarriedAttributes, atomic_write
-
-__all__ = [
-    "Sb2Zip",
-    "VerifyReport",
-    "ZipWriteReport",
-    "build_sb2_layout",
-    "encode_data_json",
-    "encode_parameter_list",
-    "read_sb2_zip",
-    "verify_zip",
-    "write_checked_sb2_zip",
-    "write_sb2_zip",
-    "write_sb2_zip_file",
-    "zip_date_time",
-]
+from ckptd.fs.files import CarriedAttributes, atomic_write
 
 MEMBER_ORDER = ("data", "parameters", "parameter_list")
 DateTime = tuple[int, int, int, int, int, int]
@@ -248,7 +232,7 @@ def write_checked_sb2_zip(
 def check_emitted_pickles(data_bytes: bytes, dest: Path) -> None:
     """Re-parse every ``:serialized:`` pickle of a ``data`` member we wrote; VerifyError if any fails.
 
-    The same static reader and allowlist every input passes (``ckptd.formats.allowlist``), so
+    The same static reader and allowlist every input passes (``ckptd.pickles.allowlist``), so
     nothing ckptd writes can reference what it would refuse to read.
     """
     analysis = analyze_data_json(data_bytes, source=dest.name)

@@ -45,9 +45,6 @@ from typing import BinaryIO, Literal
 
 from ckptd.errors import FormatError
 from ckptd.formats import VERDICT_FORMATS, Format
-from ckptd.formats.pickle_ops import parse_ops
-from ckptd.formats.pickle_peek import ends_with_tuple2, peek_pickle
-from ckptd.formats.verdict import Verdict
 from ckptd.formats.verdict_files import (
     TORCH_LEGACY_MAGIC,
     NoVerdict,
@@ -58,7 +55,10 @@ from ckptd.formats.verdict_files import (
     torch_zip_pickles,
 )
 from ckptd.formats.zipread import foreign_directory_problem
-from ckptd.fsio import open_regular_nofollow
+from ckptd.fs.files import open_regular_nofollow
+from ckptd.pickles.ops import parse_ops
+from ckptd.pickles.peek import ends_with_tuple2, peek_pickle
+from ckptd.pickles.verdict import Verdict
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,10 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol, cast
 
-from ckptd.formats.pickle_peek import peek_pickle
-from ckptd.formats.verdict import Policy, Verdict, judge_stream, merge, policy_for_plain
 from ckptd.formats.zipread import ZIP_READ_ERRORS, check_structure, read_small_member
+from ckptd.pickles.peek import peek_pickle
+from ckptd.pickles.verdict import Verdict, judge_stream, merge
+from ckptd.pickles.verdict_policy import Policy, policy_for_plain
 
 MAX_PICKLE_BYTES = 512 * 1024 * 1024  # one pickle (or a decompressed dump) judged in memory
 MAX_SERIALIZED_JSON = 64 * 1024 * 1024  # an SB3 zip's ``data`` member

@@ -33,7 +33,7 @@ from ckptd.formats.zipread import (
     read_small_member,
     stream_crc,
 )
-from ckptd.fsio import open_regular_nofollow
+from ckptd.fs.files import open_regular_nofollow
 from ckptd.limits import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)

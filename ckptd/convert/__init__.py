@@ -1,0 +1,1 @@
+"""Convert legacy stable-baselines pickles into the SB2 zip format, without running their code."""

@@ -1,0 +1,1 @@
+"""The daemon (``ckptd run``): watchers, workers, scheduler, health, metrics and logs."""

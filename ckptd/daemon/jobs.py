@@ -1,0 +1,204 @@
+"""What the daemon's worker pool runs: work items, the periodic jobs, and their results.
+
+A work item is a batch of one run's paths (``pipeline.process_batch``) or a periodic job (prune,
+manifest, rescan, scrub); :func:`execute` runs either on a worker thread and returns the result the
+main thread collects. :func:`scan_roots` is the reconciliation the rescan job and the start share.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ckptd.config.model import Config, RootConfig, ScheduleSpec
+from ckptd.daemon.metrics import Metrics
+from ckptd.fs.files import FoundFile
+from ckptd.ops.scrub import StructureCheck, scheduled_scrub
+from ckptd.pipeline.batch import process_batch
+from ckptd.pipeline.discovery import find_work
+from ckptd.pipeline.types import BatchResult, PipelineDeps
+from ckptd.retention.prune import prune_all, write_manifests
+from ckptd.runs.inventory import RunRef, find_runs
+
+# Logs under the name these lines had before ckptd.daemon.service was split into modules: the log
+# format shows it, and operators (and tests) match on it.
+logger = logging.getLogger(__name__)
+
+# A ckptd temp file untouched for this long belongs to a killed writer (a live one keeps writing).
+STALE_TEMP_SECONDS = 30.0
+JOB_NAMES = ("prune", "manifest", "rescan", "scrub")
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    """Work item: these ready paths (and these vanished ones) of one run."""
+
+    config: Config
+    root: RootConfig
+    run: RunRef
+    paths: tuple[Path, ...]
+    expected: Mapping[Path, tuple[int, int]] = field(default_factory=dict)
+    gone: tuple[Path, ...] = ()
+    slow: bool = False  # on the slow lane: the run had a file over a limit (ckptd.daemon.run_queue)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """Work item: one periodic job over every root of ``config``."""
+
+    config: Config
+    name: str
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    item: RunBatch
+    result: BatchResult
+    exceeded: bool = (
+        False  # a file went over a limit (ckptd.isolation.supervisor): serve the run slowly
+    )
+
+
+@dataclass(frozen=True)
+class JobDone:
+    name: str
+    found: tuple[tuple[Path, FoundFile], ...] = ()  # rescan: (root, file) pairs to observe
+    runs: int | None = None  # rescan: how many runs the roots hold
+    pruned: tuple[tuple[str, int], ...] = ()  # prune: (run, bytes freed) of runs that succeeded
+    error: str | None = None
+
+
+WorkItem = RunBatch | JobRun
+WorkResult = BatchDone | JobDone
+
+
+def scan_roots(
+    config: Config,
+    roots: Iterable[RootConfig],
+    *,
+    stale_temp_age: float | None,
+    on_run: Callable[[], None] | None = None,
+) -> tuple[list[tuple[Path, FoundFile]], int]:
+    """Reconciliation: every file of every run of ``roots`` that needs processing, and the run count.
+
+    A root or run that cannot be listed is logged and skipped; the scan goes on. ``on_run`` is
+    called after each run (the start-up scan uses it to keep systemd's start timeout extended).
+    """
+    found: list[tuple[Path, FoundFile]] = []
+    runs = 0
+    for root in roots:
+        try:
+            scan = find_runs(root.path, root.run_depth, config.state_dir)
+        except OSError as err:
+            logger.warning("cannot scan root %s: %s", root.path, err)
+            continue
+        for relpath, message in scan.errors:
+            logger.warning("cannot scan %s: %s", root.path / relpath, message)
+        runs += len(scan.runs)
+        for run in scan.runs:
+            try:
+                work = find_work(config, run, stale_temp_age=stale_temp_age)
+            except OSError as err:
+                logger.warning("cannot scan run: %s", err, extra={"run": run.relpath})
+                continue
+            found.extend((root.path, item) for item in work)
+            if on_run is not None:
+                on_run()
+    return found, runs
+
+
+def execute(
+    item: WorkItem,
+    *,
+    deps: PipelineDeps,
+    metrics: Metrics,
+    stopping: threading.Event,
+    structure: StructureCheck | None = None,
+) -> WorkResult:
+    """Run one work item (on a worker thread); a file's problem is in the result, never raised."""
+    if isinstance(item, RunBatch):
+        result = process_batch(
+            item.config,
+            item.root,
+            item.run,
+            item.paths,
+            deps=deps,
+            expected=item.expected,
+            gone=item.gone,
+        )
+        return BatchDone(item, result)
+    return run_job(item, metrics=metrics, stopping=stopping, structure=structure)
+
+
+def run_job(
+    job: JobRun,
+    *,
+    metrics: Metrics,
+    stopping: threading.Event,
+    structure: StructureCheck | None = None,
+) -> JobDone:
+    """Run one periodic job over every root of its config (on a worker thread); the scrub
+    re-verifies structure with ``structure`` (the daemon's isolated parser) when given."""
+    now = datetime.now(UTC)
+    if job.name == "rescan":
+        found, runs = scan_roots(job.config, job.config.roots, stale_temp_age=STALE_TEMP_SECONDS)
+        logger.info("rescan: %d runs, %d files to look at", runs, len(found))
+        return JobDone("rescan", tuple(found), runs)
+    if job.name == "prune":
+        report = prune_all(job.config, now=now, dry_run=False)
+        freed = sum(run.bytes_freed for run in report.runs)
+        deleted = sum(len(run.deleted) for run in report.runs)
+        logger.info(
+            "prune: %d runs, %d checkpoints deleted, %d bytes freed%s",
+            len(report.runs),
+            deleted,
+            freed,
+            "" if report.ok else " (some runs failed; see above)",
+        )
+        pruned = tuple((run.run, run.bytes_freed) for run in report.runs if run.error is None)
+        return JobDone("prune", pruned=pruned)
+    if job.name == "manifest":
+        report = write_manifests(job.config, now=now)
+        written = sum(1 for run in report.runs if run.manifest_written)
+        logger.debug("manifest pass: %d of %d manifests rewritten", written, len(report.runs))
+        return JobDone("manifest")
+    if job.name == "scrub":
+        # Rate-limited and long: it holds one worker; SIGTERM interrupts it between reads.
+        scheduled_scrub(
+            job.config,
+            now=now,
+            set_corrupt_gauge=metrics.set_scrub_corrupt,
+            stop=stopping.is_set,
+            structure=structure,
+        )
+        return JobDone("scrub")
+    return JobDone(job.name, error=f"unknown job {job.name}")
+
+
+def job_specs(config: Config) -> dict[str, ScheduleSpec | None]:
+    # scrub is not implemented yet: it is never scheduled (rather than scheduled as a no-op).
+    schedule = config.schedule
+    return {
+        "prune": schedule.prune,
+        "manifest": schedule.manifest,
+        "rescan": schedule.rescan,
+        "scrub": schedule.scrub,
+    }
+
+
+def describe(item: WorkItem) -> str:
+    if isinstance(item, RunBatch):
+        return f"run {item.run.run_dir} ({len(item.paths)} files)"
+    return f"job {item.name}"
+
+
+def failed(item: WorkItem, error: str) -> WorkResult:
+    if isinstance(item, RunBatch):
+        # Not handed back: a bug that fails a batch would fail it again; the rescan retries.
+        result = BatchResult(item.run, (), (), False, error)
+        return BatchDone(item, result)
+    return JobDone(item.name, error=error)

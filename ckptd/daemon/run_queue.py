@@ -1,0 +1,142 @@
+"""Paths of each run waiting for a daemon worker, and which runs are in a batch right now.
+
+A run is in at most one batch at a time, so conversions of one run never race and a file is never
+processed twice at once; while it is, new paths of the run wait here (ready and vanished ones,
+deduplicated, in arrival order), and the next batch takes at most ``BATCH_MAX_PATHS`` of them.
+A run one of whose files went over a limit (``ckptd.isolation.supervisor``) is offered to the pool's slow lane
+for ``SLOW_LANE_SECONDS``, so its next hostile file cannot hold an ordinary worker again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from ckptd.config.model import Config, RootConfig
+from ckptd.daemon.jobs import RunBatch
+from ckptd.pipeline.types import BatchResult
+from ckptd.runs.inventory import RunRef
+
+BATCH_MAX_PATHS = 1000
+# A run whose batch could not take the run lock is left alone this long before the next try.
+LOCKED_RUN_BACKOFF_SECONDS = 5.0
+# A run whose file exceeded a limit is served by the slow lane this long after the last such file.
+SLOW_LANE_SECONDS = 600.0
+_V = TypeVar("_V")
+
+
+@dataclass
+class RunQueue:
+    """Ready and vanished paths of one run waiting for a worker (deduplicated, in arrival order)."""
+
+    root: RootConfig
+    run: RunRef
+    ready: OrderedDict[Path, tuple[int, int]] = field(default_factory=OrderedDict)
+    gone: OrderedDict[Path, None] = field(default_factory=OrderedDict)
+    not_before: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ready) + len(self.gone)
+
+
+class RunQueues:
+    """Every run's :class:`RunQueue` (by run directory) and the runs whose batch is running."""
+
+    def __init__(self) -> None:
+        self.runs: dict[Path, RunQueue] = {}
+        self.busy: set[Path] = set()
+        # Runs served by the slow lane until then (monotonic); kept while their queue is empty.
+        self.slow_until: dict[Path, float] = {}
+
+    def queue_for(self, root: RootConfig, run: RunRef) -> RunQueue:
+        run_queue = self.runs.get(run.run_dir)
+        if run_queue is None:
+            run_queue = self.runs[run.run_dir] = RunQueue(root, run)
+        return run_queue
+
+    def add_ready(
+        self, root: RootConfig, run: RunRef, path: Path, settled: tuple[int, int]
+    ) -> None:
+        """Queue ``path`` as settled at (size, mtime_ns) ``settled``."""
+        run_queue = self.queue_for(root, run)
+        run_queue.gone.pop(path, None)
+        run_queue.ready[path] = settled
+
+    def add_gone(self, root: RootConfig, run: RunRef, path: Path) -> None:
+        """Queue ``path`` as deleted (its manifest entry is dropped if it is really absent)."""
+        run_queue = self.queue_for(root, run)
+        run_queue.ready.pop(path, None)
+        run_queue.gone[path] = None
+
+    def queued_paths(self) -> int:
+        return sum(len(run_queue) for run_queue in self.runs.values())
+
+    def dispatch(self, config: Config, now: float, offer: Callable[[RunBatch, bool], bool]) -> None:
+        """Offer a batch for each idle run with waiting paths, to its lane (``offer(batch, slow)``),
+        until both lanes refuse one."""
+        full: set[bool] = set()  # the lanes (slow or not) that refused a batch this time
+        for run_dir, run_queue in list(self.runs.items()):
+            if not run_queue:
+                del self.runs[run_dir]
+                continue
+            slow = self._slow(run_dir, now)
+            if run_dir in self.busy or run_queue.not_before > now or slow in full:
+                continue
+            ready = take(run_queue.ready, BATCH_MAX_PATHS)
+            gone = tuple(take(run_queue.gone, BATCH_MAX_PATHS))
+            batch = RunBatch(
+                config, run_queue.root, run_queue.run, tuple(ready), dict(ready), gone, slow
+            )
+            if not offer(batch, slow):
+                # Back-pressure: the lane is busy; the paths wait here, deduplicated.
+                for path, identity in reversed(ready.items()):
+                    run_queue.ready[path] = identity
+                    run_queue.ready.move_to_end(path, last=False)
+                for path in gone:
+                    run_queue.gone[path] = None
+                full.add(slow)
+                if len(full) == 2:
+                    return
+                continue
+            self.busy.add(run_dir)
+
+    def mark_slow(self, run: RunRef, until: float) -> None:
+        """Serve ``run`` on the slow lane until ``until`` (monotonic)."""
+        self.slow_until[run.run_dir] = max(self.slow_until.get(run.run_dir, 0.0), until)
+
+    def _slow(self, run_dir: Path, now: float) -> bool:
+        until = self.slow_until.get(run_dir)
+        if until is not None and until <= now:
+            del self.slow_until[run_dir]
+            return False
+        return until is not None
+
+    def batch_finished(self, item: RunBatch, result: BatchResult, now: float) -> None:
+        """The run is free again; hand back what the batch did not reach (or could not lock)."""
+        self.busy.discard(item.run.run_dir)
+        if result.deferred or result.busy:
+            run_queue = self.queue_for(item.root, item.run)
+            for path in result.deferred:
+                if path in item.expected:
+                    run_queue.ready.setdefault(path, item.expected[path])
+            if result.busy:
+                for path in item.gone:
+                    run_queue.gone.setdefault(path, None)
+                run_queue.not_before = now + LOCKED_RUN_BACKOFF_SECONDS
+
+    def keep_roots(self, wanted: set[Path]) -> None:
+        """Drop the queues of runs whose root is no longer configured (after a reload)."""
+        for run_dir in [d for d, q in self.runs.items() if q.root.path not in wanted]:
+            del self.runs[run_dir]
+
+
+def take(ordered: OrderedDict[Path, _V], count: int) -> OrderedDict[Path, _V]:
+    """Remove and return the first ``count`` items of ``ordered`` (all if fewer)."""
+    taken: OrderedDict[Path, _V] = OrderedDict()
+    while ordered and len(taken) < count:
+        path, value = ordered.popitem(last=False)
+        taken[path] = value
+    return taken

@@ -1,0 +1,471 @@
+"""The daemon (``ckptd run``): watch roots, wait for complete files, convert, retain, report.
+
+Threads and who owns what:
+
+* **main thread** (this class's ``run``): signals, the ~0.25 s tick, the stabilizer and all
+  bookkeeping. Each tick drains the watch events into the stabilizer, re-stats paths whose quiet
+  period is up, groups ready paths by run, hands work to the pool, collects results, checks health
+  and pings systemd. Nothing on this thread reads checkpoint content.
+* **worker pool** (``WORKER_COUNT`` threads, bounded work queue; ``ckptd.daemon.workers``): one item at a time, either a
+  batch of paths of one run (``pipeline.process_batch``, under the run lock) or a job (prune,
+  manifest, rescan). A run is in at most one batch at a time, so conversions of one run never race
+  and a file is never processed twice at once; the run lock also excludes prune and the CLI. A
+  worker logs an exception and carries on. Checkpoint content is parsed only in each worker's
+  child process (``ckptd.isolation.supervisor``: a deadline and a memory cap per file); a run whose file went
+  over a limit is served by the pool's slow lane for a while, and a spare worker steps in while
+  every ordinary worker is held by one file.
+* **watchdog observers** only enqueue ``WatchEvent``s (queue full: the rescan flag is set);
+  **APScheduler** jobs only put a job name on a queue the main thread reads.
+
+Manifests are written by the batches: one write per batch (a batch is all ready paths of a run, up
+to ``BATCH_MAX_PATHS`` and about a second of work), so a burst of 10,000 files costs a few writes,
+while a single closed checkpoint is in its manifest one tick after ``stable_for`` has passed.
+
+Health (every second, ``ckptd.daemon.health``): ``watchset.heal()``, ``scheduler.healthy()``,
+workers alive (a dead one is replaced). ``WATCHDOG=1`` is sent only while all are healthy. A root that does not exist (an NFS
+mount not up yet) is retried and shown in ``STATUS=`` but does not stop the pings: restarting the
+daemon would not bring it back. The scrub job (``schedule.scrub``) runs ``scrub.scheduled_scrub`` at ``scrub.max_rate``.
+Work items and the jobs are in ``ckptd.daemon.jobs``, a run's waiting paths in ``ckptd.daemon.run_queue``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from ckptd.config.load import load_config
+from ckptd.config.model import Config, RootConfig
+from ckptd.daemon import notify
+from ckptd.daemon.health import HEALTH_EVERY_SECONDS, HealthMonitor
+from ckptd.daemon.jobs import (
+    JOB_NAMES,
+    STALE_TEMP_SECONDS,
+    BatchDone,
+    JobDone,
+    JobRun,
+    RunBatch,
+    WorkItem,
+    WorkResult,
+    execute,
+    job_specs,
+    scan_roots,
+)
+from ckptd.daemon.logsetup import configure_logging
+from ckptd.daemon.metrics import Metrics, MetricsServer, start_metrics_server
+from ckptd.daemon.run_queue import (
+    SLOW_LANE_SECONDS,
+    RunQueues,
+)
+from ckptd.daemon.scheduling import JobCallback, JobScheduler
+from ckptd.daemon.workers import WorkerPool
+from ckptd.errors import CkptdError, ConfigError
+from ckptd.isolation.supervisor import Isolation
+from ckptd.pipeline.discovery import files_below, run_of
+from ckptd.pipeline.types import PipelineDeps
+from ckptd.runs.inventory import RunRef
+from ckptd.timefmt import format_utc
+from ckptd.watch.events import NameFilter, WatchEvent
+from ckptd.watch.settling import SettlingFiles
+from ckptd.watch.watcher import WatchRoot, WatchSet
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.25
+EVENT_QUEUE_MAX = 100_000
+STATUS_EVERY_SECONDS = 5.0
+# SIGTERM must end the process within 5 s (systemd's TimeoutStopSec is longer, the contract is not).
+STOP_GRACE_SECONDS = 3.0
+
+
+class Daemon:
+    """``ckptd run``: construct with the config path (a bad config raises ConfigError), then ``run()``."""
+
+    def __init__(self, config_path: Path, *, deps: PipelineDeps | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.config = load_config(self.config_path)
+        # Fault tests pass in-process fakes; otherwise every file is parsed in a child process.
+        self._isolation = Isolation(self.config.limits) if deps is None else None
+        self.deps = deps if deps is not None else self._isolation_deps()
+        self.metrics = Metrics()
+        self._events: queue.Queue[WatchEvent] = queue.Queue(EVENT_QUEUE_MAX)
+        self._job_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._settling = self._new_settling(self.config)
+        self._runs = RunQueues()
+        self._jobs_wanted: set[str] = set()
+        self._jobs_running: set[str] = set()
+        self._stopping = threading.Event()
+        self._pool = WorkerPool(self._execute, self._stopping)
+        self._stop_signal: str | None = None
+        self._reload_requested = False
+        self._watchset: WatchSet | None = None
+        self._scheduler: JobScheduler | None = None
+        self._metrics_server = MetricsServer()
+        self._health_monitor = HealthMonitor(self.metrics)
+        self._run_count = 0
+        self._last_prune: datetime | None = None
+        self._next_health = 0.0
+        self._next_status = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
+        configure_logging(self.config.log)
+        self._install_signal_handlers()
+        try:
+            self._start()
+            next_tick = time.monotonic()
+            while self._stop_signal is None:
+                try:
+                    self._tick(time.monotonic())
+                except Exception:
+                    # A bug in one tick must not end the service; the next tick starts afresh.
+                    logger.exception("main loop tick failed")
+                next_tick += TICK_SECONDS
+                delay = next_tick - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    next_tick = time.monotonic()
+            logger.info("received %s; stopping", self._stop_signal)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        # Handlers only set flags: the main loop acts on them within one tick.
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self._stop_signal = signal.Signals(signum).name
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self._reload_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _start(self) -> None:
+        config = self.config
+        logger.info("starting with %s (%d roots)", self.config_path, len(config.roots))
+        self._metrics_server = start_metrics_server(config.metrics.listen, self.metrics)
+        self._watchset = WatchSet(self._events, NameFilter.from_config(config))
+        self._watchset.set_roots(WatchRoot.from_config(root) for root in config.roots)
+        if self._isolation is not None:
+            self._isolation.start()
+        self._pool.start()
+        self._scheduler = JobScheduler()
+        self._scheduler.set_jobs(job_specs(config), self._job_callbacks())
+        self._scheduler.start()
+        # Watchers first, then the scan: a file written during the scan is seen by one or the other.
+        found, runs = scan_roots(
+            config,
+            config.roots,
+            stale_temp_age=STALE_TEMP_SECONDS,
+            on_run=notify.StartKeepalive().tick,
+        )
+        self._run_count = runs
+        self._settling.observe_found(found, time.monotonic())
+        self._health(time.monotonic())
+        notify.ready(self._status_text())
+        logger.info("ready: %d runs, %d files to look at", runs, len(found))
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        notify.stopping()
+        self._stopping.set()
+        if self._watchset is not None:
+            self._watchset.stop()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)  # jobs only enqueue: returns at once
+        self._metrics_server.stop()
+        busy = self._pool.join(deadline)
+        if busy:
+            # Conversions and manifest writes are atomic: abandoning them leaves at most a temp
+            # file, which the next start removes. The children die with this process
+            # (PR_SET_PDEATHSIG, ckptd.isolation.child).
+            logger.warning("abandoning in-flight work in %s", ", ".join(busy))
+            logging.shutdown()
+            os._exit(0)
+        if self._isolation is not None:
+            self._isolation.close()
+        logger.info("stopped")
+
+    # ---- work (worker threads) ----------------------------------------------------------------
+
+    def _isolation_deps(self) -> PipelineDeps:
+        assert self._isolation is not None
+        return self._isolation.deps()
+
+    def _execute(self, item: WorkItem) -> WorkResult:
+        isolation = self._isolation
+        before = isolation.exceeded_in_thread() if isolation is not None else 0
+        if isolation is not None and isinstance(item, RunBatch) and not item.slow:
+            # A burst's new files examined a chunk per request, not one round trip each (not for
+            # a run whose files exceed limits: its batches end after one such file anyway).
+            isolation.prefetch(item.paths)
+        result = execute(
+            item,
+            deps=self.deps,
+            metrics=self.metrics,
+            stopping=self._stopping,
+            structure=isolation.structure if isolation is not None else None,
+        )
+        if (
+            isinstance(result, BatchDone)
+            and isolation is not None
+            and isolation.exceeded_in_thread() > before
+        ):
+            result = BatchDone(result.item, result.result, exceeded=True)
+        return result
+
+    # ---- scheduler callbacks (scheduler threads: only enqueue) ----------------------------------
+
+    def _request_prune(self) -> None:
+        self._job_requests.put("prune")
+
+    def _request_manifest(self) -> None:
+        self._job_requests.put("manifest")
+
+    def _request_rescan(self) -> None:
+        self._job_requests.put("rescan")
+
+    def _request_scrub(self) -> None:
+        self._job_requests.put("scrub")
+
+    def _job_callbacks(self) -> dict[str, JobCallback]:
+        return {
+            "prune": self._request_prune,
+            "manifest": self._request_manifest,
+            "rescan": self._request_rescan,
+            "scrub": self._request_scrub,
+        }
+
+    # ---- the tick --------------------------------------------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
+        self._drain_events(now)
+        assert self._watchset is not None
+        if self._watchset.rescan_requested.is_set():
+            self._watchset.rescan_requested.clear()
+            self._jobs_wanted.add("rescan")
+        while True:
+            try:
+                self._jobs_wanted.add(self._job_requests.get_nowait())
+            except queue.Empty:
+                break
+        for path in self._settling.due(now):
+            self._settling.restat(path, now)
+        for path in self._settling.ready(now):
+            self._enqueue_ready(path)
+        self._collect_results(now)
+        self._dispatch(now)
+        if now >= self._next_health:
+            self._next_health = now + HEALTH_EVERY_SECONDS
+            self._health(now)
+        self._ping_watchdog(now)
+        if now >= self._next_status:
+            self._next_status = now + STATUS_EVERY_SECONDS
+            self._send_status()
+        self.metrics.set_queue_depth(self._runs.queued_paths())
+
+    def _drain_events(self, now: float) -> None:
+        assert self._watchset is not None
+        kinds: dict[Path, str | None] = {}
+        for _ in range(EVENT_QUEUE_MAX):
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if event.root not in kinds:
+                kinds[event.root] = self._watchset.kind_in_use(event.root)
+            self._handle_event(event, now, expect_close=kinds[event.root] == "inotify")
+
+    def _handle_event(self, event: WatchEvent, now: float, *, expect_close: bool) -> None:
+        if event.kind in ("created", "closed", "moved", "modified"):
+            self._settling.observe(
+                event.root, event.path, now, closed=event.closed, expect_close=expect_close
+            )
+        elif event.kind == "deleted":
+            self._settling.forget(event.path)
+            self._enqueue_gone(event.root, event.path)
+        elif event.kind in ("dir_created", "dir_moved"):
+            for item in files_below(self.config, event.path):
+                self._settling.observe_stat(
+                    event.root, item, now, closed=event.closed, expect_close=expect_close
+                )
+        elif event.kind == "dir_deleted":
+            self._settling.forget_below(event.path)
+        elif event.kind == "rescan":
+            self._jobs_wanted.add("rescan")
+
+    def _locate(self, root_path: Path, path: Path) -> tuple[RootConfig, RunRef] | None:
+        root = self._root_config(root_path)
+        if root is None:
+            return None
+        located = run_of(root, path, self.config.state_dir)
+        if located is None:
+            return None
+        return root, located[0]
+
+    def _enqueue_ready(self, path: Path) -> None:
+        known = self._settling.take(path)
+        if known is None:
+            return
+        root_path, size, mtime_ns = known
+        found = self._locate(root_path, path)
+        if found is not None:
+            self._runs.add_ready(*found, path, (size, mtime_ns))
+
+    def _enqueue_gone(self, root_path: Path, path: Path) -> None:
+        found = self._locate(root_path, path)
+        if found is not None:
+            self._runs.add_gone(*found, path)
+
+    def _root_config(self, root_path: Path) -> RootConfig | None:
+        for root in self.config.roots:
+            if root.path == root_path:
+                return root
+        return None  # removed by a reload: its pending work is dropped
+
+    # ---- dispatch and results --------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        for name in JOB_NAMES:
+            if name in self._jobs_wanted and name not in self._jobs_running:
+                if not self._offer(JobRun(self.config, name)):
+                    return
+                self._jobs_wanted.discard(name)
+                self._jobs_running.add(name)
+        self._runs.dispatch(self.config, now, self._offer)
+
+    def _offer(self, item: WorkItem, slow: bool = False) -> bool:
+        return self._pool.offer(item, slow=slow)
+
+    def _collect_results(self, now: float) -> None:
+        while True:
+            try:
+                result = self._pool.results.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(result, BatchDone):
+                self._batch_done(result, now)
+            else:
+                self._job_done(result, now)
+
+    def _batch_done(self, done: BatchDone, now: float) -> None:
+        item, result = done.item, done.result
+        for outcome in result.outcomes:
+            if outcome.action == "changed":
+                self._settling.observe(
+                    item.root.path, outcome.path, now, closed=False, expect_close=False
+                )
+            elif outcome.action in ("converted", "kept", "broken", "refused", "held"):
+                self.metrics.record_seen()
+                if outcome.action == "converted":
+                    self.metrics.record_converted()
+                elif outcome.action == "refused":
+                    self.metrics.record_refused(reason=outcome.message)
+                elif outcome.action == "broken":
+                    self.metrics.record_broken()
+        self._runs.batch_finished(item, result, now)
+        if done.exceeded:
+            if item.run.run_dir not in self._runs.slow_until:
+                logger.info(
+                    "a file went over its limits; the run's files go to the slow lane for %ds",
+                    SLOW_LANE_SECONDS,
+                    extra={"run": item.run.relpath},
+                )
+            self._runs.mark_slow(item.run, now + SLOW_LANE_SECONDS)
+
+    def _job_done(self, done: JobDone, now: float) -> None:
+        self._jobs_running.discard(done.name)
+        if done.error is not None:
+            logger.error("job %s failed: %s", done.name, done.error)
+            return
+        if done.name == "rescan":
+            if done.runs is not None:
+                self._run_count = done.runs
+            self._settling.observe_found(done.found, now)
+        elif done.name == "prune":
+            self._last_prune = datetime.now(UTC)
+            for run, freed in done.pruned:
+                self.metrics.record_prune_success(run, self._last_prune)
+                if freed:
+                    self.metrics.record_pruned(freed)
+
+    # ---- health, status, watchdog ----------------------------------------------------------------
+
+    def _health(self, now: float) -> None:
+        assert self._watchset is not None and self._scheduler is not None
+        self._health_monitor.check(self._watchset, self._scheduler, self._pool)
+
+    def _ping_watchdog(self, now: float) -> None:
+        self._health_monitor.ping_watchdog(now)
+
+    def _status_text(self) -> str:
+        last = format_utc(self._last_prune.replace(microsecond=0)) if self._last_prune else "never"
+        settling, queued = self._settling.pending(), self._runs.queued_paths()
+        text = (
+            f"watching {len(self.config.roots)} roots, {self._run_count} runs; "
+            f"{settling} settling, {queued} queued; last prune {last}"
+        )
+        return self._health_monitor.with_problems(text)
+
+    def _send_status(self) -> None:
+        self._health_monitor.send_status(self._status_text())
+
+    # ---- reload ----------------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        notify.reloading()
+        logger.info("SIGHUP: reloading %s", self.config_path)
+        try:
+            new = load_config(self.config_path)
+            assert self._scheduler is not None and self._watchset is not None
+            # Checks every schedule before changing any: on error the old jobs stay.
+            self._scheduler.set_jobs(job_specs(new), self._job_callbacks())
+        except ConfigError as err:
+            for line in err.lines():
+                logger.error("reload rejected, keeping the running config: %s", line)
+            notify.ready(self._status_text())
+            return
+        except CkptdError as err:
+            logger.error("reload rejected, keeping the running config: %s", err)
+            notify.ready(self._status_text())
+            return
+        old = self.config
+        configure_logging(new.log)
+        if new.metrics.listen != old.metrics.listen:
+            self._metrics_server.stop()
+            try:
+                self._metrics_server = start_metrics_server(new.metrics.listen, self.metrics)
+            except CkptdError as err:
+                logger.error("metrics not served: %s", err)
+                self._metrics_server = MetricsServer()
+        self._watchset.set_filter(NameFilter.from_config(new))
+        self._watchset.set_roots(WatchRoot.from_config(root) for root in new.roots)
+        if new.checkpoints.stable_for != old.checkpoints.stable_for:
+            # Tracked paths start over under the new quiet period; the rescan finds them again.
+            self._settling = self._new_settling(new)
+        wanted = {root.path for root in new.roots}
+        self._runs.keep_roots(wanted)
+        if self._isolation is not None:
+            self._isolation.set_limits(new.limits)
+        self.config = new
+        self._jobs_wanted.add("rescan")  # new roots (and changed patterns) need a reconciliation
+        logger.info("reloaded: %d roots", len(new.roots))
+        notify.ready(self._status_text())
+
+    @staticmethod
+    def _new_settling(config: Config) -> SettlingFiles:
+        return SettlingFiles(config.checkpoints.stable_for.total_seconds())

@@ -1,0 +1,1 @@
+"""Files on disk: durable atomic writes, file identity, and no-follow operations under a run directory."""

@@ -1,0 +1,1 @@
+"""Parsing checkpoints in child processes with a deadline and a memory cap."""

@@ -1,0 +1,1 @@
+"""Operator commands over runs: status, scrub, quarantine, inspect and verify."""

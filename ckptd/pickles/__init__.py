@@ -1,0 +1,1 @@
+"""Reading pickles without executing them: the opcode reader, the object graph, verdicts, the emitter."""

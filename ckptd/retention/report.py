@@ -1,0 +1,98 @@
+"""What a prune or manifest pass did: per-run decisions, deletions and errors, and their JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptd.manifest.model import Manifest
+from ckptd.retention.deletion import Deleted
+
+
+@dataclass(frozen=True)
+class PathDecision:
+    """What happened (or, in a dry run, would happen) to one checkpoint."""
+
+    path: str
+    action: str  # keep | delete | skip
+    reasons: tuple[str, ...]
+    # The legacy original that goes (or stays) with this zip: a dry run names every file moved.
+    original: str | None = None
+
+    def to_json_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "path": self.path,
+            "action": self.action,
+            "reasons": list(self.reasons),
+        }
+        if self.original is not None:
+            obj["original"] = self.original
+        return obj
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """One run's outcome. ``manifest`` is the manifest now on disk (None in a dry run or on error)."""
+
+    root: Path
+    run: str
+    decisions: tuple[PathDecision, ...] = ()
+    guard: str | None = None
+    notes: tuple[str, ...] = ()
+    deleted: tuple[Deleted, ...] = ()
+    bytes_freed: int = 0
+    purged: tuple[str, ...] = ()
+    bytes_purged: int = 0
+    manifest_written: bool = False
+    error: str | None = None
+    manifest: Manifest | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def count(self, action: str) -> int:
+        return sum(1 for decision in self.decisions if decision.action == action)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "run": self.run,
+            "root": str(self.root),
+            "decisions": [decision.to_json_obj() for decision in self.decisions],
+            "guard": self.guard,
+            "notes": list(self.notes),
+            "bytes_freed": self.bytes_freed,
+            "trash": [d.trash for d in self.deleted if d.trash is not None],
+            "purged": list(self.purged),
+            "bytes_purged": self.bytes_purged,
+        }
+        if self.error is not None:
+            obj["error"] = self.error
+        return obj
+
+
+@dataclass(frozen=True)
+class RootProblem:
+    """A root (or a directory in it) that could not be processed."""
+
+    root: Path
+    message: str
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """Every run of every root processed by one pass."""
+
+    runs: tuple[RunReport, ...]
+    problems: tuple[RootProblem, ...] = ()
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(run.error is None for run in self.runs)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The contract shape (``{"runs": [{"run", "decisions": [...]}]}``) plus extra keys."""
+        return {
+            "dry_run": self.dry_run,
+            "runs": [run.to_json_obj() for run in self.runs],
+            "errors": [{"root": str(p.root), "error": p.message} for p in self.problems],
+        }

@@ -1,0 +1,1 @@
+"""Noticing checkpoints: watchdog events, filesystems inotify can see, and files settling until complete."""
