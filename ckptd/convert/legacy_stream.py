@@ -31,7 +31,7 @@ from ckptd.errors import FileChangedError, FormatError
 from ckptd.fs import files as fsio
 from ckptd.limits import DEFAULT_LIMITS
 
-# The opcode table is pickle_ops' own, so this framer and the parser agree by construction
+# The opcode table is pickles.ops' own, so this framer and the parser agree by construction
 # (and ``legacy`` checks that they did).
 from ckptd.pickles.ops import _FIXED, _LENGTH_PREFIX, _MAX_LINE, _OPCODES
 

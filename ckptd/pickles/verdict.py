@@ -1,7 +1,7 @@
 """A safety verdict on one pickle stream, from the static reader; nothing is imported or called.
 
 Every pickle-bearing file gets one (docs/security.md, "Verdicts"): ``{"safe", "globals",
-"reason"}``. The stream is parsed (``pickle_ops``), replayed over inert nodes (``pickle_stream``,
+"reason"}``. The stream is parsed (``pickles.ops``), replayed over inert nodes (``pickles.stream``,
 fed one opcode at a time so joblib's raw array bytes are skipped in place), and every node is
 judged by the policy of the file's kind (``ckptd.pickles.verdict_policy``). A stream that cannot be
 parsed is not safe (a real unpickler may run what comes before the break: nullifAI), except a
