@@ -23,14 +23,10 @@ from ckptd.retention.deletion import (
     purge_trash,
     read_trash_index,
 )
-from ckptd.runs.inventory import (
-    Checkpoint,
-    CheckpointMatcher,
-    InventoryOptions,
-    RunRef,
-    default_identifier,
-    inventory_run,
-)
+from ckptd.runs.checkpoints import Checkpoint, InventoryOptions
+from ckptd.runs.inventory import default_identifier, inventory_run
+from ckptd.runs.listing import CheckpointMatcher
+from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import StateLayout
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -32,7 +32,7 @@ from ckptd.manifest.store import MAX_MANIFEST_BYTES, load_manifest
 from ckptd.retention.plan import _CALENDAR_RULES, Candidate, plan_run
 from ckptd.retention.prune import PassOptions, prune_all, prune_all_rendered
 from ckptd.retention.report import PathDecision
-from ckptd.runs.inventory import Checkpoint, utc_from_ns
+from ckptd.runs.checkpoints import Checkpoint, utc_from_ns
 from ckptd.timefmt import from_ns
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -14,15 +14,10 @@ from ckptd.config.model import CheckpointsConfig
 from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity, temp_path_for
 from ckptd.manifest.model import ManifestEntry
-from ckptd.runs.inventory import (
-    CheckpointMatcher,
-    InventoryOptions,
-    RunRef,
-    default_identifier,
-    find_runs,
-    hash_if_unchanged,
-    inventory_run,
-)
+from ckptd.runs.checkpoints import InventoryOptions
+from ckptd.runs.inventory import default_identifier, inventory_run
+from ckptd.runs.listing import CheckpointMatcher, hash_if_unchanged
+from ckptd.runs.roots import RunRef, find_runs
 from ckptd.runs.statedir import StateLayout
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -296,7 +291,7 @@ def test_hash_if_unchanged_refuses_a_file_that_changed_since_stat(tmp_path: Path
 
 
 def _entry(checkpoint: object) -> ManifestEntry:
-    from ckptd.runs.inventory import Checkpoint
+    from ckptd.runs.checkpoints import Checkpoint
 
     assert isinstance(checkpoint, Checkpoint)
     return ManifestEntry(

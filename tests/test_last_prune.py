@@ -20,7 +20,7 @@ from ckptd.manifest.model import Manifest, ManifestEntry, PruneRecord, RemovedEn
 from ckptd.manifest.parse import manifest_from_json
 from ckptd.ops.status import RunFacts, Usage, status_all, summarize
 from ckptd.retention.prune import prune_all
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 from ckptd.timefmt import format_utc
 from tests.ops_helpers import MANIFEST, converted_run, manifest_of, ops_config, run_report
 

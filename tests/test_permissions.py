@@ -40,7 +40,7 @@ from ckptd.fs.files import is_temp_name
 from ckptd.manifest.model import Manifest, ManifestEntry
 from ckptd.manifest.store import load_manifest, write_manifest
 from ckptd.pipeline.batch import process_batch
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import StateLayout, run_lock
 from ckptd.timefmt import from_ns
 from tests.daemon_harness import (

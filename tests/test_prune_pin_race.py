@@ -25,7 +25,7 @@ from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
 from ckptd.retention.prune import DeleteOutcome, PassOptions, prune_all
 from ckptd.retention.report import PruneReport
 from ckptd.retention.trash import restore
-from ckptd.runs.inventory import Checkpoint
+from ckptd.runs.checkpoints import Checkpoint
 from ckptd.runs.statedir import Pin, StateLayout, read_pins, write_pins
 from tests.ops_helpers import converted_run, decisions, manifest_of, ops_config, run_report
 

@@ -123,7 +123,7 @@ def test_release_moves_it_back_and_the_daemon_leaves_it_refused(
 
 
 def locate_run(config: Config, run: Path) -> Any:
-    from ckptd.runs.inventory import find_runs
+    from ckptd.runs.roots import find_runs
 
     return next(r for r in find_runs(config.roots[0].path, 1, ".ckptd").runs if r.run_dir == run)
 

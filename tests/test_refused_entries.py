@@ -23,7 +23,7 @@ from ckptd.ops.quarantine import release
 from ckptd.ops.status import status_all
 from ckptd.pipeline.batch import process_batch, process_path
 from ckptd.retention.prune import PassOptions, prune_all, write_manifests
-from ckptd.runs.inventory import find_runs
+from ckptd.runs.roots import find_runs
 from tests.ops_helpers import converted_run, decisions, manifest_of, ops_config, run_report
 from tests.sb2_fixtures import (
     Exploit,

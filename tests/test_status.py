@@ -13,7 +13,7 @@ from ckptd.formats import Format
 from ckptd.manifest.model import Manifest, ManifestEntry, RemovedEntry
 from ckptd.ops.status import RunFacts, Usage, record_lag, status_all, summarize
 from ckptd.retention.pins import pin
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import Pin
 from tests.ops_helpers import converted_run, flip_byte, ops_config, prune_now
 

@@ -31,14 +31,10 @@ from ckptd.pipeline.discovery import find_work, needs_processing
 from ckptd.pipeline.types import PipelineDeps
 from ckptd.retention.prune import PassOptions, prune_all, write_manifests
 from ckptd.retention.report import PruneReport
-from ckptd.runs.inventory import (
-    RETRY_KEY,
-    UNREADABLE,
-    CheckpointMatcher,
-    InventoryOptions,
-    RunRef,
-    inventory_run,
-)
+from ckptd.runs.checkpoints import RETRY_KEY, UNREADABLE, InventoryOptions
+from ckptd.runs.inventory import inventory_run
+from ckptd.runs.listing import CheckpointMatcher
+from ckptd.runs.roots import RunRef
 from ckptd.timefmt import from_ns
 from tests.ops_helpers import (
     MANIFEST,

@@ -17,7 +17,7 @@ from ckptd.daemon.jobs import BatchDone, RunBatch, WorkItem, WorkResult
 from ckptd.daemon.run_queue import RunQueues
 from ckptd.daemon.workers import SPARE_AFTER_SECONDS, WORKER_COUNT, WorkerPool
 from ckptd.pipeline.types import BatchResult
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 
 ROOT = RootConfig(path=Path("/r"))
 CONFIG = Config(roots=(ROOT,))

@@ -18,7 +18,7 @@ from typing import TypeVar
 from ckptd.config.model import Config, RootConfig
 from ckptd.daemon.jobs import RunBatch
 from ckptd.pipeline.types import BatchResult
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 
 BATCH_MAX_PATHS = 1000
 # A run whose batch could not take the run lock is left alone this long before the next try.

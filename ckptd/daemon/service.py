@@ -69,7 +69,7 @@ from ckptd.errors import CkptdError, ConfigError
 from ckptd.isolation.supervisor import Isolation
 from ckptd.pipeline.discovery import files_below, run_of
 from ckptd.pipeline.types import PipelineDeps
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 from ckptd.timefmt import format_utc
 from ckptd.watch.events import NameFilter, WatchEvent
 from ckptd.watch.settling import SettlingFiles

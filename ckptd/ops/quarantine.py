@@ -49,7 +49,7 @@ from ckptd.runs.access import (
     save_manifest,
     sha256_in_run,
 )
-from ckptd.runs.inventory import CheckpointMatcher
+from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.statedir import QUARANTINE_DIR, run_lock
 from ckptd.timefmt import format_utc, from_ns, parse_utc
 

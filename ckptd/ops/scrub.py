@@ -52,7 +52,7 @@ from ckptd.runs.access import (
     runs_of_all_roots,
     save_manifest,
 )
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import run_lock
 from ckptd.timefmt import format_utc
 

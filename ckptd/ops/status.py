@@ -37,7 +37,7 @@ from ckptd.pipeline.discovery import find_work
 from ckptd.pipeline.quarantine import REASON_SUFFIX
 from ckptd.retention.deletion import TRASH_INDEX
 from ckptd.runs.access import runs_of_all_roots
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import Pin, StateLayout, read_pins
 from ckptd.timefmt import format_utc
 from ckptd.units import format_duration
@@ -277,7 +277,7 @@ def summarize(
         )
     if corrupt:
         problems.append(f"{corrupt} corrupt (scrub found a mismatch)")
-    # Recorded by the daemon and by every pass with the same text (inventory.cannot_read).
+    # Recorded by the daemon and by every pass with the same text (checkpoints.cannot_read).
     unreadable = sum(1 for e in entries if (e.error or "").startswith("cannot read:"))
     if unreadable:
         problems.append(

@@ -53,7 +53,7 @@ from ckptd.pipeline.discovery import (
 )
 from ckptd.pipeline.types import BatchResult, PathOutcome, PipelineDeps
 from ckptd.pipeline.work import BatchWork
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import StateLayout, run_lock
 
 logger = logging.getLogger(__name__)

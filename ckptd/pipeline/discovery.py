@@ -22,7 +22,9 @@ from ckptd.fs.runfs import join
 from ckptd.manifest.model import Manifest, ManifestEntry
 from ckptd.manifest.store import load_manifest
 from ckptd.pipeline.types import error_text
-from ckptd.runs.inventory import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY, CheckpointMatcher, RunRef
+from ckptd.runs.checkpoints import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY
+from ckptd.runs.listing import CheckpointMatcher
+from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import STATE_SUBDIRS, StateLayout
 
 # Logs under the name these lines had before ckptd.pipeline.batch was split into modules: the log

@@ -19,7 +19,7 @@ from ckptd.errors import CkptdError
 from ckptd.formats.sniff import Identification, identify
 from ckptd.formats.verify import VerifyReport, verify_zip
 from ckptd.limits import DEFAULT_LIMITS, Limits
-from ckptd.runs.inventory import RunRef
+from ckptd.runs.roots import RunRef
 
 Action = Literal[
     "converted",  # legacy pickle converted; the zip is recorded

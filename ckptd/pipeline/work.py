@@ -44,14 +44,9 @@ from ckptd.pickles.verdict import Verdict
 from ckptd.pipeline.discovery import matcher_for, needs_processing, run_of
 from ckptd.pipeline.quarantine import quarantine
 from ckptd.pipeline.types import PathOutcome, PipelineDeps, error_text
-from ckptd.runs.inventory import (
-    RETRY_KEY,
-    SNIFF_GENERATION,
-    SNIFF_KEY,
-    RunRef,
-    cannot_read,
-    hash_if_unchanged,
-)
+from ckptd.runs.checkpoints import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY, cannot_read
+from ckptd.runs.listing import hash_if_unchanged
+from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import StateLayout
 from ckptd.textsafe import shown
 from ckptd.timefmt import from_ns

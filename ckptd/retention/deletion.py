@@ -34,7 +34,7 @@ from ckptd.errors import FileChangedError, StateError, UnsafePathError
 from ckptd.fs.files import FileIdentity, is_temp_name
 from ckptd.fs.runfs import move_unique_at, relpath_problem
 from ckptd.runs.access import RunHandle
-from ckptd.runs.inventory import Checkpoint
+from ckptd.runs.checkpoints import Checkpoint
 from ckptd.runs.statedir import MAX_STATE_FILE_BYTES, TRASH_DIR, StateLayout
 from ckptd.timefmt import format_utc, parse_utc
 

@@ -40,19 +40,17 @@ from ckptd.retention.fanout import map_in_order
 from ckptd.retention.pins import pins_lock
 from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
 from ckptd.retention.report import PathDecision, PruneReport, RootProblem, RunReport
-from ckptd.runs.inventory import (
+from ckptd.runs.checkpoints import (
     Checkpoint,
-    CheckpointMatcher,
     Identifier,
     InventoryOptions,
     RunInventory,
-    RunRef,
-    default_identifier,
-    find_runs,
-    inventory_run,
     utc_from_ns,
 )
+from ckptd.runs.inventory import default_identifier, inventory_run
+from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.rebuild import build_manifest
+from ckptd.runs.roots import RunRef, find_runs
 from ckptd.runs.statedir import Pin, StateLayout, read_pins, run_lock
 
 logger = logging.getLogger(__name__)

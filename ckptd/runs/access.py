@@ -31,7 +31,7 @@ from ckptd.fs.files import CHUNK_SIZE
 from ckptd.fs.runfs import relpath_problem
 from ckptd.manifest.model import Manifest
 from ckptd.manifest.store import load_manifest, write_manifest
-from ckptd.runs.inventory import RunRef, find_runs
+from ckptd.runs.roots import RunRef, find_runs
 from ckptd.runs.statedir import StateLayout
 
 logger = logging.getLogger(__name__)

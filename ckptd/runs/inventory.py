@@ -23,313 +23,45 @@ warm pass is stat-only. The daemon adds its own stabilizer on top of the mtime a
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import logging
 import os
-import re
 import stat
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from operator import attrgetter
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
-from ckptd.config.model import CheckpointsConfig
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify_checked
 from ckptd.frozen_build import build_frozen
-from ckptd.fs.files import CHUNK_SIZE, FileIdentity, is_temp_name, open_regular_nofollow
-from ckptd.fs.runfs import relpath_problem
+from ckptd.fs.files import FileIdentity, is_temp_name
 from ckptd.manifest.model import ManifestEntry
-from ckptd.manifest.root_index import INDEX_FILENAME
 from ckptd.pickles.verdict import Verdict
+from ckptd.runs.checkpoints import (
+    INCOMPLETE,
+    OK,
+    UNREADABLE,
+    Checkpoint,
+    Identifier,
+    InventoryOptions,
+    LegacyOriginal,
+    RunInventory,
+    cannot_read,
+    is_final_verdict,
+)
+from ckptd.runs.linking import link_originals
+from ckptd.runs.listing import Found, hash_if_unchanged, walk_files
+from ckptd.runs.roots import RunRef, skipped_dir
 from ckptd.runs.statedir import QUARANTINE_DIR, StateLayout
 
 logger = logging.getLogger(__name__)
-
-
-class Labelled(Protocol):
-    """A file's format with the verdict on its pickles (``ckptd.formats.sniff.Identification``)."""
-
-    @property
-    def format(self) -> Format: ...
-
-    @property
-    def verdict(self) -> Verdict | None: ...
-
-
-# Maps a complete file to its format by content (optionally with its pickles' verdict). The default
-# is ckptd.formats.sniff.identify_checked; tests pass a counting fake to prove a warm pass reads
-# nothing.
-Identifier = Callable[[Path], Format | Labelled]
-
-# Statuses a Candidate may carry (retention skips everything but "ok").
-OK = "ok"
-INCOMPLETE = "incomplete"
-# Complete, but reading it failed (EACCES, EIO...): not a verdict on its content, so it is recorded
-# ``pending`` with the error and the retry mark, exactly as the daemon's pipeline records it, and
-# looked at again on every pass until it can be read.
-UNREADABLE = "unreadable"
-
-# The manifest entry key marking a verdict that is not final (the file could not be read, or its
-# conversion could not finish): the daemon's reconciliation scan processes such an entry again.
-RETRY_KEY = "retry"
-
-# The entry key on an ``unknown`` file recording which identification rules judged it: files an
-# older ckptd recorded ``unknown`` (before plain pickles, joblib and torch files had verdicts) are
-# identified again once by the daemon.
-SNIFF_KEY = "sniff"
-SNIFF_GENERATION = 2
-
-
-def cannot_read(err: OSError) -> str:
-    """The error an unreadable file is recorded with (by the pipeline and the passes alike)."""
-    return f"cannot read: {err.strerror or err}"
-
-
-def is_final_verdict(entry: ManifestEntry) -> bool:
-    """Whether ``entry`` judged the file's content, so an unchanged file need not be read again.
-
-    ``pending`` never is. Neither is ``broken`` without a sha256: every verdict on content hashes
-    the file, so such an entry only says that reading failed (older ckptd wrote a read error so).
-    """
-    return entry.state != "pending" and not (entry.state == "broken" and entry.sha256 is None)
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """A run directory and where it sits under its root."""
-
-    root: Path
-    run_dir: Path
-    relpath: str  # posix, relative to the root; "." when run_depth is 0
-
-
-@dataclass(frozen=True)
-class RunScan:
-    """The runs of one root, plus directories that could not be listed (relpath, error)."""
-
-    runs: tuple[RunRef, ...]
-    errors: tuple[tuple[str, str], ...] = ()
-
-
-def find_runs(root: Path, run_depth: int, state_dir: str) -> RunScan:
-    """Every run exactly ``run_depth`` directories below ``root``, sorted by relative path.
-
-    Raises OSError when the root itself cannot be listed; an unreadable directory further down is
-    reported in ``errors`` and the scan goes on.
-    """
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root}: root is not a directory")
-    runs: list[RunRef] = []
-    errors: list[tuple[str, str]] = []
-    level: list[tuple[Path, str]] = [(root, ".")]
-    for _ in range(run_depth):
-        next_level: list[tuple[Path, str]] = []
-        for directory, relpath in level:
-            try:
-                names = _child_dirs(directory, state_dir)
-            except OSError as err:
-                errors.append((relpath, f"cannot list directory: {err.strerror}"))
-                continue
-            next_level.extend(
-                (directory / name, name if relpath == "." else f"{relpath}/{name}")
-                for name in names
-            )
-        level = next_level
-    runs.extend(RunRef(root, directory, relpath) for directory, relpath in level)
-    runs.sort(key=lambda run: run.relpath)
-    return RunScan(tuple(runs), tuple(errors))
-
-
-def _child_dirs(directory: Path, state_dir: str) -> list[str]:
-    with os.scandir(directory) as entries:
-        return sorted(
-            entry.name
-            for entry in entries
-            if entry.is_dir(follow_symlinks=False) and not _skipped_dir(entry.name, state_dir)
-        )
-
-
-def _skipped_dir(name: str, state_dir: str) -> bool:
-    return name.startswith(".") or name == state_dir
-
-
-@dataclass(frozen=True)
-class LegacyOriginal:
-    """An archived legacy original that belongs to a converted zip."""
-
-    path: str  # run-relative, e.g. ".ckptd/legacy/rl_model_5000_steps.pkl"
-    identity: FileIdentity
-    sha256: str | None
-    cached: ManifestEntry | None = None  # the previous manifest's entry, when still valid
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One checkpoint of a run as found on disk (plus its archived legacy original)."""
-
-    path: str  # run-relative, posix
-    step: int | None
-    identity: FileIdentity
-    format: Format
-    sha256: str | None  # None when incomplete or when hashing was not asked for
-    complete: bool
-    status: str  # "ok", "incomplete", "unreadable", "unknown", "refused", "broken"
-    legacy: LegacyOriginal | None = None
-    converted_from: str | None = None  # run-relative path of the original before archiving
-    cached: ManifestEntry | None = None  # the previous manifest's entry, when still valid
-    error: str | None = None  # why it could not be read, when it could not
-    verdict: Verdict | None = None  # pickle-bearing files judged by this pass (not cached ones)
-
-    @property
-    def size(self) -> int:
-        return self.identity.size
-
-    @property
-    def mtime(self) -> datetime:
-        return utc_from_ns(self.identity.mtime_ns)
-
-    @property
-    def total_size(self) -> int:
-        """Bytes on disk counting the archived original (what retention budgets and prune frees)."""
-        return self.size + (self.legacy.identity.size if self.legacy else 0)
-
-
-@dataclass(frozen=True)
-class RunInventory:
-    """A run's checkpoints (sorted by path) and every archived original found in its state dir."""
-
-    run: RunRef
-    checkpoints: tuple[Checkpoint, ...]
-    archived: tuple[LegacyOriginal, ...]
-    # Run-relative paths of the regular files in the quarantine dir: a refused entry stays in the
-    # manifest while the file it names there exists.
-    quarantined: frozenset[str] = frozenset()
-
-
-class _Found(NamedTuple):
-    """A listed file. A tuple, and ``abspath`` a str, not a Path: a cold pass lists 100,000 files,
-    and building objects per file costs more than the stat calls themselves."""
-
-    relpath: str
-    name: str
-    abspath: str
-    identity: FileIdentity
-
-    @property
-    def path(self) -> Path:
-        return Path(self.abspath)
-
-
-class CheckpointMatcher:
-    """Name filters compiled once per config: patterns, ignore, temp names, ckptd's own files."""
-
-    def __init__(self, checkpoints: CheckpointsConfig, manifest_filename: str) -> None:
-        self._include = _compile_globs(checkpoints.patterns)
-        self._ignore = _compile_globs(checkpoints.ignore)
-        self._own = frozenset({manifest_filename, INDEX_FILENAME})
-        self._step = re.compile(checkpoints.step_pattern)
-
-    def matches(self, name: str) -> bool:
-        if name in self._own or is_temp_name(name):
-            return False
-        return bool(self._include.match(name)) and not self._ignore.match(name)
-
-    def step_of(self, name: str) -> int | None:
-        match = self._step.search(name)
-        if match is None:
-            return None
-        try:
-            return int(match.group(1))
-        except (IndexError, TypeError, ValueError):
-            return None
-
-
-def _compile_globs(globs: tuple[str, ...]) -> re.Pattern[str]:
-    if not globs:
-        return re.compile(r"(?!)")  # matches nothing
-    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
-
-
-def _walk_files(
-    directory: str, relpath: str, skip_dir: Callable[[str], bool], wanted: Callable[[str], bool]
-) -> Iterator[_Found]:
-    """Regular files below ``directory`` whose name is ``wanted`` (never through symlinks)."""
-    with os.scandir(directory) as entries:
-        subdirs = []
-        for entry in entries:
-            name = entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if not skip_dir(name):
-                    subdirs.append((entry.path, f"{relpath}/{name}" if relpath else name))
-            elif wanted(name) and entry.is_file(follow_symlinks=False):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # vanished between listing and stat
-                child = f"{relpath}/{name}" if relpath else name
-                yield _Found(child, name, entry.path, _identity_of(st))
-    for subdir, child in subdirs:
-        try:
-            yield from _walk_files(subdir, child, skip_dir, wanted)
-        except OSError as err:
-            logger.warning(
-                "%s: cannot list directory (%s); its files are not inventoried", subdir, err
-            )
-
-
-def _identity_of(st: os.stat_result) -> FileIdentity:
-    """``FileIdentity.of(st)`` without the frozen dataclass's per-field __init__ (hot loop)."""
-    return build_frozen(
-        FileIdentity,
-        {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev},
-    )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def utc_from_ns(nanoseconds: int) -> datetime:
-    """``ckptd.timefmt.from_ns`` in one datetime operation instead of three (once per checkpoint)."""
-    return _EPOCH + timedelta(microseconds=nanoseconds // 1000)
 
 
 def default_identifier() -> Identifier:
     """ckptd.formats.sniff.identify_checked: identify's label, found with less work, and the
     verdict on plain pickles, joblib and torch files."""
     return identify_checked
-
-
-def hash_if_unchanged(path: Path, identity: FileIdentity) -> str | None:
-    """sha256 of ``path`` if it is still the file ``identity`` describes before and after reading.
-
-    Returns None when it changed (it is being written: treat it as incomplete). Never follows a
-    final symlink (open_regular_nofollow).
-    """
-    digest = hashlib.sha256()
-    with open_regular_nofollow(path) as handle:
-        if FileIdentity.of(os.fstat(handle.fileno())) != identity:
-            return None
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-        if FileIdentity.of(os.fstat(handle.fileno())) != identity:
-            return None
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class InventoryOptions:
-    """How a run is inventoried: names, completeness age, and whether to hash."""
-
-    matcher: CheckpointMatcher
-    state_dir: str
-    stable_for_ns: int
-    hash_files: bool
-    identify: Identifier
 
 
 def inventory_run(
@@ -349,7 +81,7 @@ def inventory_run(
     layout.check()  # a planted symlink/FIFO/file state dir: refuse the run, list nothing through it
     now_ns = _to_ns(now)
     skip = _dir_skipper(options.state_dir)
-    found = list(_walk_files(str(run.run_dir), "", skip, options.matcher.matches))
+    found = list(walk_files(str(run.run_dir), "", skip, options.matcher.matches))
     archived = _archived_originals(layout, options, now_ns, previous)
     archived_by_path = {original.path: original for original in archived}
     checkpoints = []
@@ -359,7 +91,7 @@ def inventory_run(
         if checkpoint is not None:
             checkpoints.append(checkpoint)
     if archived_by_path or any(c.converted_from is not None for c in checkpoints):
-        checkpoints = _link_originals(checkpoints, archived_by_path, layout, options)
+        checkpoints = link_originals(checkpoints, archived_by_path, layout, options)
     checkpoints.sort(key=_by_path)
     return RunInventory(run, tuple(checkpoints), tuple(archived), _quarantined_files(layout))
 
@@ -374,7 +106,7 @@ def _to_ns(moment: datetime) -> int:
 
 def _dir_skipper(state_dir: str) -> Callable[[str], bool]:
     def skip(name: str) -> bool:
-        return _skipped_dir(name, state_dir)
+        return skipped_dir(name, state_dir)
 
     return skip
 
@@ -393,7 +125,7 @@ def _archived_originals(
 ) -> list[LegacyOriginal]:
     prefix = layout.legacy_relpath("")
     try:
-        found = list(_walk_files(str(layout.legacy), prefix.rstrip("/"), _never, _not_temp))
+        found = list(walk_files(str(layout.legacy), prefix.rstrip("/"), _never, _not_temp))
     except FileNotFoundError:
         return []
     originals = []
@@ -435,7 +167,7 @@ def _not_temp(name: str) -> bool:
     return not is_temp_name(name)
 
 
-def _hash_or_none(item: _Found) -> str | None:
+def _hash_or_none(item: Found) -> str | None:
     try:
         return hash_if_unchanged(item.path, item.identity)
     except (OSError, CkptdError) as err:
@@ -451,7 +183,7 @@ class _Hashed(NamedTuple):
     vanished: bool = False
 
 
-def _hash_checkpoint(item: _Found) -> _Hashed:
+def _hash_checkpoint(item: Found) -> _Hashed:
     try:
         digest = hash_if_unchanged(item.path, item.identity)
     except FileNotFoundError:
@@ -466,7 +198,7 @@ def _hash_checkpoint(item: _Found) -> _Hashed:
 
 
 def _checkpoint(
-    item: _Found, options: InventoryOptions, now_ns: int, cached: ManifestEntry | None
+    item: Found, options: InventoryOptions, now_ns: int, cached: ManifestEntry | None
 ) -> Checkpoint | None:
     step = options.matcher.step_of(item.name)
     complete = now_ns - item.identity.mtime_ns >= options.stable_for_ns
@@ -518,7 +250,7 @@ def _checkpoint(
 
 
 def _unreadable(
-    item: _Found, step: int | None, cached: ManifestEntry | None, err: OSError
+    item: Found, step: int | None, cached: ManifestEntry | None, err: OSError
 ) -> Checkpoint:
     # INFO: the daemon's pipeline warns once; a pass runs every minute and records the error.
     logger.info("%s: cannot read (%s); will retry", item.path, err)
@@ -578,92 +310,3 @@ def _status(
     if fmt is Format.UNKNOWN:
         return "unknown"
     return OK
-
-
-def _link_originals(
-    checkpoints: list[Checkpoint],
-    archived: Mapping[str, LegacyOriginal],
-    layout: StateLayout,
-    options: InventoryOptions,
-) -> list[Checkpoint]:
-    """Attach archived originals to their zips, judged from the files (module docstring); an
-    in-place original (``original: keep``) that a zip names as ``converted_from`` is attached too
-    rather than listed as a checkpoint of its own, when it is that zip's source by name and
-    content. A ``converted_from`` that is not confirmed by the files links nothing."""
-    by_path = {c.path: c for c in checkpoints}
-    result: dict[str, Checkpoint] = dict(by_path)
-    prefix = layout.legacy_relpath("")
-    sources_by_zip: dict[str, list[str]] = {}
-    for relpath in archived:
-        source = relpath[len(prefix) :]
-        sources_by_zip.setdefault(zip_name_for(source), []).append(source)
-    attached: set[str] = set()
-    for checkpoint in checkpoints:
-        if checkpoint.format is not Format.SB2_ZIP:
-            if checkpoint.path not in attached:
-                result[checkpoint.path] = _unlinked(checkpoint)
-            continue
-        sources = sources_by_zip.get(checkpoint.path, [])
-        if len(sources) == 1:
-            original = archived[layout.legacy_relpath(sources[0])]
-            if _is_legacy_pickle(layout.run_dir / original.path, original.cached, options):
-                result[checkpoint.path] = _with_legacy(checkpoint, sources[0], original)
-                continue
-        claimed = checkpoint.converted_from
-        in_place = by_path.get(claimed) if claimed is not None else None
-        if (
-            not sources
-            and in_place is not None
-            and in_place is not checkpoint
-            and zip_name_for(in_place.path) == checkpoint.path
-            and in_place.format is Format.SB2_PICKLE  # identified like every checkpoint
-        ):
-            original = LegacyOriginal(
-                in_place.path, in_place.identity, in_place.sha256, in_place.cached
-            )
-            result.pop(in_place.path, None)
-            attached.add(in_place.path)
-            result[checkpoint.path] = _with_legacy(checkpoint, in_place.path, original)
-            continue
-        result[checkpoint.path] = _unlinked(checkpoint)
-    return list(result.values())
-
-
-def zip_name_for(source: str) -> str:
-    """The zip converting ``source`` writes (``convert.default_output``, on run-relative paths)."""
-    directory, slash, name = source.rpartition("/")
-    stem, dot, _ = name.rpartition(".")
-    zip_name = f"{stem}.zip" if dot and stem else f"{name}.zip"
-    return f"{directory}{slash}{zip_name}"
-
-
-def _is_legacy_pickle(path: Path, cached: ManifestEntry | None, options: InventoryOptions) -> bool:
-    # Identified like a checkpoint: by content, the verdict cached only for this exact (size,
-    # mtime_ns), so a warm pass stays stat-only. A cache entry can at worst link a file inside
-    # <state>/legacy/ named after this zip: nothing of the run's own files or outside it.
-    if cached is not None and is_final_verdict(cached):
-        return cached.format is Format.SB2_PICKLE
-    try:
-        found = options.identify(path)
-    except (OSError, CkptdError):
-        return False
-    return (found if isinstance(found, Format) else found.format) is Format.SB2_PICKLE
-
-
-def _unlinked(checkpoint: Checkpoint) -> Checkpoint:
-    # With no original on disk, the manifest's converted_from is kept as a record only when it
-    # names this zip's source (an original deleted after conversion); it links nothing.
-    claimed = checkpoint.converted_from
-    if claimed is not None and (
-        checkpoint.format is not Format.SB2_ZIP
-        or relpath_problem(claimed) is not None
-        or zip_name_for(claimed) != checkpoint.path
-    ):
-        return replace(checkpoint, converted_from=None, legacy=None)
-    return checkpoint
-
-
-def _with_legacy(
-    checkpoint: Checkpoint, source: str, original: LegacyOriginal | None
-) -> Checkpoint:
-    return replace(checkpoint, converted_from=source, legacy=original)

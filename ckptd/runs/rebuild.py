@@ -28,7 +28,7 @@ from ckptd.manifest.model import (
     quarantined_as,
 )
 from ckptd.manifest.updates import add_removed
-from ckptd.runs.inventory import (
+from ckptd.runs.checkpoints import (
     RETRY_KEY,
     UNREADABLE,
     Checkpoint,
