@@ -27,7 +27,7 @@ from ckptd.fs.files import TEMP_PREFIX, temp_path_for
 from ckptd.isolation.codec import decode, decode_error, encode, encode_error
 from ckptd.isolation.supervisor import Isolation
 from ckptd.limits import Limits
-from ckptd.ops.scrub import verify_structure
+from ckptd.ops.scrub_check import verify_structure
 from tests.sb2_fixtures import ppo2_data, stand_ins, write_checkpoint
 from tests.sb2zip_helpers import make_sb3_zip
 from tests.slow_files import big_data_pickle, genuine_pickle, padded_pickle, shared_memo_pickle

@@ -16,7 +16,8 @@ from ckptd.formats import Format
 from ckptd.manifest.model import ManifestEntry
 from ckptd.manifest.store import write_manifest
 from ckptd.manifest.updates import set_entry
-from ckptd.ops.scrub import RateLimiter, scheduled_scrub, scrub_all
+from ckptd.ops.ratelimit import RateLimiter
+from ckptd.ops.scrub import scheduled_scrub, scrub_all
 from ckptd.runs.statedir import StateLayout, run_lock
 from ckptd.timefmt import from_ns
 from tests.ops_helpers import (

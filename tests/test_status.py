@@ -149,7 +149,8 @@ def test_status_of_real_runs(tmp_path: Path) -> None:
 
 
 def test_status_flags_unrecorded_files_and_scrub_corruption(tmp_path: Path) -> None:
-    from ckptd.ops.scrub import RateLimiter, scrub_all
+    from ckptd.ops.ratelimit import RateLimiter
+    from ckptd.ops.scrub import scrub_all
 
     config = ops_config(tmp_path / "runs")
     run = converted_run(config)

@@ -56,7 +56,8 @@ from ckptd.config.load import load_config
 from ckptd.config.model import Config, DeleteConfig
 from ckptd.errors import CkptdError
 from ckptd.ops.quarantine import list_quarantine, release, show
-from ckptd.ops.scrub import RateLimiter, scrub_all
+from ckptd.ops.ratelimit import RateLimiter
+from ckptd.ops.scrub import scrub_all
 from ckptd.ops.status import status_all
 from ckptd.retention.pins import pin, unpin
 from ckptd.retention.trash import list_trash, purge, restore

@@ -17,7 +17,8 @@ from pathlib import Path
 from ckptd.config.model import Config, RootConfig, ScheduleSpec
 from ckptd.daemon.metrics import Metrics
 from ckptd.fs.files import FoundFile
-from ckptd.ops.scrub import StructureCheck, scheduled_scrub
+from ckptd.ops.scrub import scheduled_scrub
+from ckptd.ops.scrub_check import StructureCheck
 from ckptd.pipeline.batch import process_batch
 from ckptd.pipeline.discovery import find_work
 from ckptd.pipeline.types import BatchResult, PipelineDeps

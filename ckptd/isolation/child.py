@@ -31,7 +31,7 @@ from ckptd.formats.sniff import identify
 from ckptd.formats.verify import verify_zip
 from ckptd.isolation.codec import decode, encode, encode_error
 from ckptd.limits import Limits
-from ckptd.ops.scrub import verify_structure
+from ckptd.ops.scrub_check import verify_structure
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 

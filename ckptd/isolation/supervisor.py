@@ -243,7 +243,7 @@ class Isolation:
         return outcome
 
     def structure(self, path: Path, fmt: Format) -> tuple[str, ...]:
-        """The scrub's structure check of ``path`` (``ckptd.ops.scrub.verify_structure``) in this
+        """The scrub's structure check of ``path`` (``ckptd.ops.scrub_check.verify_structure``) in this
         thread's child; a file over its limits, or one the child cannot answer for, is a problem
         line like any other (the scrub never raises for a file)."""
         state = self._state()

@@ -32,7 +32,7 @@ from ckptd.fs.files import is_temp_name
 from ckptd.manifest.model import Manifest, RemovedEntry, quarantined_as
 from ckptd.manifest.store import load_manifest
 from ckptd.ops.quarantine import RELEASED_KEY
-from ckptd.ops.scrub import CORRUPT_KEY, LAST_SCRUB_KEY
+from ckptd.ops.scrub_results import CORRUPT_KEY, LAST_SCRUB_KEY
 from ckptd.pipeline.discovery import find_work
 from ckptd.pipeline.quarantine import REASON_SUFFIX
 from ckptd.retention.deletion import TRASH_INDEX
