@@ -1,0 +1,185 @@
+"""Converting a legacy SB2 pickle to an SB2 zip and recording the zip, the original (kept or
+archived) and the conversion's notes; a conversion that cannot finish leaves the original in place
+and is retried, one that needs the operator is held (docs/conversion.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from ckptd.convert.conversion import ConversionOutcome
+from ckptd.errors import (
+    ConversionError,
+    FileChangedError,
+    FormatError,
+    HeldCheckpoint,
+    UnsafeCheckpoint,
+    UnsafePathError,
+    VerifyError,
+)
+from ckptd.formats import Format
+from ckptd.fs.files import FileIdentity
+from ckptd.manifest.model import (
+    Manifest,
+    ParamsSummary,
+)
+from ckptd.pickles.verdict import Verdict
+from ckptd.pipeline.record import BatchContext, hash_unchanged
+from ckptd.pipeline.refusal import refuse_unsafe
+from ckptd.pipeline.types import PathOutcome, error_text
+from ckptd.runs.checkpoints import RETRY_KEY
+from ckptd.textsafe import shown
+
+logger = logging.getLogger(__name__)
+
+
+def convert_legacy(
+    work: BatchContext, path: Path, relpath: str, identity: FileIdentity, manifest: Manifest
+) -> tuple[Manifest, PathOutcome]:
+    convert = work.config.convert
+    try:
+        outcome = work.deps.convert(
+            path,
+            original=convert.original,
+            state_dir=work.config.state_dir,
+            allow_code=convert.allow_code,
+            # Where inventory looks for it: <run>/<state_dir>/legacy/<path relative to the run>.
+            archive_path=work.layout.legacy_path(relpath),
+            archive_base=work.run.run_dir,  # walked with no symlink followed below the run
+            limits=work.config.limits,
+        )
+    except UnsafeCheckpoint as err:
+        return refuse_unsafe(work, path, relpath, identity, manifest, err, Format.SB2_PICKLE)
+    except (FileChangedError, FileNotFoundError):
+        raise
+    except HeldCheckpoint as err:
+        return hold(work, path, relpath, identity, manifest, err.note)
+    except UnsafePathError as err:
+        # A planted symlink in the way of the archive move: the zip stands, the original stays.
+        return not_converted(work, path, relpath, identity, manifest, str(err))
+    except VerifyError as err:
+        # Our own output failed re-verification: the source is fine, the conversion is not.
+        return not_converted(work, path, relpath, identity, manifest, err.message)
+    except FormatError as err:
+        sha256 = hash_unchanged(path, identity)
+        work.log(logger, logging.WARNING, relpath, "broken legacy pickle: %s", err.message)
+        entry = work.entry(
+            relpath, identity, Format.SB2_PICKLE, "broken", sha256, error=err.message
+        )
+        return work.record(manifest, entry), PathOutcome(path, "broken", err.message)
+    except ConversionError as err:
+        return not_converted(work, path, relpath, identity, manifest, err.message)
+    except OSError as err:
+        return not_converted(work, path, relpath, identity, manifest, error_text(err))
+    return record_conversion(work, path, relpath, identity, manifest, outcome)
+
+
+def hold(
+    work: BatchContext,
+    path: Path,
+    relpath: str,
+    identity: FileIdentity,
+    manifest: Manifest,
+    note: str,
+) -> tuple[Manifest, PathOutcome]:
+    # Safe and readable, kept as it is and never converted until the operator supplies what
+    # the note asks for (docs/param-names.md); retention treats it as any kept checkpoint.
+    sha256 = hash_unchanged(path, identity)
+    work.log(logger, logging.WARNING, relpath, "held, not converted: %s", note)
+    entry = work.entry(relpath, identity, Format.SB2_PICKLE, "held", sha256, note=note)
+    return work.record(manifest, entry), PathOutcome(path, "held", note)
+
+
+def not_converted(
+    work: BatchContext,
+    path: Path,
+    relpath: str,
+    identity: FileIdentity,
+    manifest: Manifest,
+    text: str,
+) -> tuple[Manifest, PathOutcome]:
+    message = f"conversion failed, original left in place: {text}"
+    work.log(logger, logging.WARNING, relpath, "%s; will retry", message)
+    entry = work.entry(
+        relpath,
+        identity,
+        Format.SB2_PICKLE,
+        "kept",
+        None,
+        error=message,
+        extra={RETRY_KEY: True},
+    )
+    return work.record(manifest, entry), PathOutcome(path, "failed", message)
+
+
+def record_conversion(
+    work: BatchContext,
+    path: Path,
+    relpath: str,
+    identity: FileIdentity,
+    manifest: Manifest,
+    outcome: ConversionOutcome,
+) -> tuple[Manifest, PathOutcome]:
+    zip_relpath = work.relpath(outcome.output)
+    zip_identity = FileIdentity.of(os.stat(outcome.output, follow_symlinks=False))
+    zip_entry = work.entry(
+        zip_relpath,
+        zip_identity,
+        Format.SB2_ZIP,
+        "kept",
+        outcome.output_sha256,
+        converted_from=relpath,
+        algorithm=outcome.algorithm,
+        params=ParamsSummary(outcome.params_count, outcome.params_bytes),
+        carries_code=outcome.carries_code,
+        # What the conversion did that a reader should know (docs/conversion.md).
+        extra={"notes": list(outcome.notes)} if outcome.notes else {},
+    )
+    manifest = work.record(manifest, zip_entry)
+    if outcome.original == "kept":
+        manifest = work.record(
+            manifest,
+            work.entry(
+                relpath,
+                identity,
+                Format.SB2_PICKLE,
+                "converted",
+                outcome.source_sha256,
+                verdict=converted_verdict(outcome),
+            ),
+        )
+    else:
+        manifest = work.forget(manifest, relpath)
+        if outcome.archived_to is not None:
+            archived_identity = FileIdentity.of(os.stat(outcome.archived_to, follow_symlinks=False))
+            archived_relpath = work.relpath(outcome.archived_to)
+            manifest = work.record(
+                manifest,
+                dataclasses.replace(
+                    work.entry(
+                        archived_relpath,
+                        archived_identity,
+                        Format.SB2_PICKLE,
+                        "converted",
+                        outcome.source_sha256,
+                        verdict=converted_verdict(outcome),
+                    ),
+                    step=None,
+                ),
+            )
+    message = (
+        f"converted to {zip_relpath} ({outcome.algorithm or 'unknown algorithm'}, "
+        f"{outcome.params_count} params, original {outcome.original})"
+        + "".join(f"; note: {note}" for note in outcome.notes)
+    )
+    work.log(logger, logging.INFO, relpath, "%s", message)
+    return manifest, PathOutcome(path, "converted", message)
+
+
+def converted_verdict(outcome: ConversionOutcome) -> Verdict:
+    """A converted legacy pickle passed the SB2 allowlist (what its code-bearing keys are, the
+    zip's ``carries_code`` says)."""
+    names = tuple(shown(name) for name in outcome.globals)
+    return Verdict(True, names, "every reference on the stable-baselines allowlist")

@@ -1,0 +1,111 @@
+"""Recording a path's outcome: the batch's context, and the manifest entries every stage writes.
+
+:class:`BatchContext` holds one locked batch's context (config, run, state layout, pipeline pieces)
+and builds, sets and drops the run's manifest entries for the stages (``ckptd.pipeline.work``
+identifies, ``converting``, ``verifying`` and ``refusal`` handle what it found); ``changed`` says
+whether the batch has anything to write (``ckptd.pipeline.batch``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ckptd.config.model import Config, RootConfig
+from ckptd.errors import (
+    FileChangedError,
+    UnsafePathError,
+)
+from ckptd.formats import Format
+from ckptd.fs.files import FileIdentity
+from ckptd.manifest.model import (
+    Manifest,
+    ManifestEntry,
+    ManifestState,
+)
+from ckptd.manifest.updates import drop_entry, set_entry
+from ckptd.pipeline.discovery import matcher_for
+from ckptd.pipeline.types import PipelineDeps
+from ckptd.runs.listing import hash_if_unchanged
+from ckptd.runs.roots import RunRef
+from ckptd.runs.statedir import StateLayout
+from ckptd.timefmt import from_ns
+
+
+class BatchContext:
+    """One locked batch's context, and the manifest entries its stages record."""
+
+    def __init__(
+        self,
+        config: Config,
+        root: RootConfig,
+        run: RunRef,
+        layout: StateLayout,
+        deps: PipelineDeps,
+        expected: Mapping[Path, tuple[int, int]],
+    ) -> None:
+        self.expected = expected
+        self.config = config
+        self.root = root
+        self.run = run
+        self.layout = layout
+        self.deps = deps
+        self.matcher = matcher_for(config)
+        self.changed = False
+
+    def log(
+        self, log: logging.Logger, level: int, relpath: str, message: str, *args: object
+    ) -> None:
+        """Log under ``log`` (the calling stage's logger) with the run and file as fields."""
+        log.log(level, message, *args, extra={"run": self.run.relpath, "file": relpath})
+
+    def record(self, manifest: Manifest, entry: ManifestEntry) -> Manifest:
+        self.changed = True
+        return set_entry(manifest, entry)
+
+    def forget(self, manifest: Manifest, relpath: str) -> Manifest:
+        if relpath not in manifest.by_path():
+            return manifest
+        self.changed = True
+        return drop_entry(manifest, relpath)
+
+    def entry(
+        self,
+        relpath: str,
+        identity: FileIdentity,
+        fmt: Format,
+        state: ManifestState,
+        sha256: str | None,
+        **fields: Any,
+    ) -> ManifestEntry:
+        name = relpath.rpartition("/")[2]
+        return ManifestEntry(
+            path=relpath,
+            step=self.matcher.step_of(name),
+            size=identity.size,
+            mtime=from_ns(identity.mtime_ns),
+            mtime_ns=identity.mtime_ns,
+            sha256=sha256,
+            format=fmt,
+            state=state,
+            **fields,
+        )
+
+    def relpath(self, path: Path) -> str:
+        return path.relative_to(self.run.run_dir).as_posix()
+
+    def exists(self, relpath: str) -> bool:
+        try:
+            return self.layout.fs.exists(relpath)  # no symlink followed below the run
+        except UnsafePathError:
+            return False
+
+
+def hash_unchanged(path: Path, identity: FileIdentity) -> str:
+    """sha256 of ``path``; FileChangedError when it changed while being read."""
+    digest = hash_if_unchanged(path, identity)
+    if digest is None:
+        raise FileChangedError("changed while it was being hashed", path=str(path))
+    return digest
