@@ -12,11 +12,11 @@ import pytest
 
 from ckptd.config.model import CheckpointsConfig
 from ckptd.formats import Format
-from ckptd.fs.files import FileIdentity, temp_path_for
+from ckptd.fs.files import FileIdentity, hash_if_unchanged, temp_path_for
 from ckptd.manifest.model import ManifestEntry
 from ckptd.runs.checkpoints import InventoryOptions
 from ckptd.runs.inventory import default_identifier, inventory_run
-from ckptd.runs.listing import CheckpointMatcher, hash_if_unchanged
+from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.roots import RunRef, find_runs
 from ckptd.runs.statedir import StateLayout
 

@@ -33,7 +33,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 from ckptd.convert.legacy import open_legacy_file
 from ckptd.errors import ConversionError, FileChangedError, FormatError, VerifyError
@@ -268,7 +268,7 @@ def _check_zip_matches(path: Path, checkpoint: LegacyCheckpoint, data_json: byte
                         raise VerifyError(
                             f"{param.name}: npy header differs from the source", path=str(path)
                         )
-                    if _sha256_stream(member) != _param_sha256(param):
+                    if fsio.sha256_stream(member)[0] != _param_sha256(param):
                         raise VerifyError(
                             f"{param.name}: array bytes differ from the source", path=str(path)
                         )
@@ -280,13 +280,6 @@ def _param_sha256(param: Param) -> str:
     digest = hashlib.sha256()
     buffer = memoryview(bytearray(min(_HASH_CHUNK, max(1, param.nbytes))))
     for chunk in param.payload.chunks(buffer):  # checked against the first read at the end
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sha256_stream(handle: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    while chunk := handle.read(_HASH_CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
 

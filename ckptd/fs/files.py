@@ -11,7 +11,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from ckptd.errors import UnsafePathError
 
@@ -200,12 +200,35 @@ def open_regular_nofollow(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Stream a file through sha256; returns (hex digest, bytes read)."""
+def sha256_stream(handle: IO[bytes]) -> tuple[str, int]:
+    """Stream an open file through sha256 from where it stands; returns (hex digest, bytes read).
+
+    The one hashing loop for whatever ckptd reads whole: a file (``sha256_file``), a file checked
+    against its identity (``hash_if_unchanged``), a file below a run, a member of a zip."""
     digest = hashlib.sha256()
     size = 0
-    with open_regular_nofollow(path) as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := handle.read(CHUNK_SIZE):
+        digest.update(chunk)
+        size += len(chunk)
     return digest.hexdigest(), size
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Stream a file through sha256; returns (hex digest, bytes read)."""
+    with open_regular_nofollow(path) as handle:
+        return sha256_stream(handle)
+
+
+def hash_if_unchanged(path: Path, identity: FileIdentity) -> str | None:
+    """sha256 of ``path`` if it is still the file ``identity`` describes before and after reading.
+
+    Returns None when it changed (it is being written: treat it as incomplete). Never follows a
+    final symlink (open_regular_nofollow).
+    """
+    with open_regular_nofollow(path) as handle:
+        if FileIdentity.of(os.fstat(handle.fileno())) != identity:
+            return None
+        digest, _ = sha256_stream(handle)
+        if FileIdentity.of(os.fstat(handle.fileno())) != identity:
+            return None
+    return digest

@@ -19,7 +19,7 @@ from ckptd.errors import (
     UnsafePathError,
 )
 from ckptd.formats import Format
-from ckptd.fs.files import FileIdentity
+from ckptd.fs.files import FileIdentity, hash_if_unchanged
 from ckptd.manifest.model import (
     Manifest,
     ManifestEntry,
@@ -28,7 +28,6 @@ from ckptd.manifest.model import (
 from ckptd.manifest.updates import drop_entry, set_entry
 from ckptd.pipeline.discovery import matcher_for
 from ckptd.pipeline.types import PipelineDeps
-from ckptd.runs.listing import hash_if_unchanged
 from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import StateLayout
 from ckptd.timefmt import from_ns

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import stat
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from ckptd.config.model import CheckpointsConfig, Config, RootConfig
 from ckptd.errors import ManifestError, UnsafePathError
-from ckptd.fs.files import CHUNK_SIZE
+from ckptd.fs.files import sha256_stream
 from ckptd.fs.runfs import relpath_problem
 from ckptd.manifest.model import Manifest
 from ckptd.manifest.store import load_manifest, write_manifest
@@ -170,11 +169,8 @@ def require_plain_relpath(handle: RunHandle, relpath: str) -> None:
 
 def sha256_in_run(handle: RunHandle, relpath: str) -> str:
     """sha256 of the regular file ``relpath``, read with no symlink followed below the run."""
-    digest = hashlib.sha256()
     with handle.layout.fs.open_read(relpath) as stream:
-        while chunk := stream.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(stream)[0]
 
 
 def load_manifest_or_none(handle: RunHandle) -> Manifest | None:

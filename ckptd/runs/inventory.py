@@ -35,7 +35,7 @@ from ckptd.errors import CkptdError
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify_checked
 from ckptd.frozen_build import build_frozen
-from ckptd.fs.files import FileIdentity, is_temp_name
+from ckptd.fs.files import FileIdentity, hash_if_unchanged, is_temp_name
 from ckptd.manifest.model import ManifestEntry
 from ckptd.pickles.verdict import Verdict
 from ckptd.runs.checkpoints import (
@@ -51,7 +51,7 @@ from ckptd.runs.checkpoints import (
     is_final_verdict,
 )
 from ckptd.runs.linking import link_originals
-from ckptd.runs.listing import Found, hash_if_unchanged, walk_files
+from ckptd.runs.listing import Found, walk_files
 from ckptd.runs.roots import RunRef, skipped_dir
 from ckptd.runs.statedir import QUARANTINE_DIR, StateLayout
 

@@ -1,5 +1,4 @@
-"""Which files of a run are checkpoints: the name filters, the walk below a run, and hashing a
-listed file only while it is still the file that was listed.
+"""Which files of a run are checkpoints: the name filters and the walk below a run.
 
 Checkpoints are regular files below a run (any depth; no symlinks, dot-directories or state dir)
 whose *name* matches one of ``checkpoints.patterns`` and none of ``checkpoints.ignore``; never ckptd
@@ -9,7 +8,6 @@ temp files, the manifest or the root index.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 import os
 import re
@@ -19,7 +17,7 @@ from typing import NamedTuple
 
 from ckptd.config.model import CheckpointsConfig
 from ckptd.frozen_build import build_frozen
-from ckptd.fs.files import CHUNK_SIZE, FileIdentity, is_temp_name, open_regular_nofollow
+from ckptd.fs.files import FileIdentity, is_temp_name
 from ckptd.manifest.root_index import INDEX_FILENAME
 
 logger = logging.getLogger(__name__)
@@ -102,20 +100,3 @@ def identity_of(st: os.stat_result) -> FileIdentity:
         FileIdentity,
         {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "device": st.st_dev},
     )
-
-
-def hash_if_unchanged(path: Path, identity: FileIdentity) -> str | None:
-    """sha256 of ``path`` if it is still the file ``identity`` describes before and after reading.
-
-    Returns None when it changed (it is being written: treat it as incomplete). Never follows a
-    final symlink (open_regular_nofollow).
-    """
-    digest = hashlib.sha256()
-    with open_regular_nofollow(path) as handle:
-        if FileIdentity.of(os.fstat(handle.fileno())) != identity:
-            return None
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-        if FileIdentity.of(os.fstat(handle.fileno())) != identity:
-            return None
-    return digest.hexdigest()
