@@ -19,6 +19,7 @@ from ckptd.errors import CkptdError, FormatError, HeldCheckpoint, UnsafeCheckpoi
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
 from ckptd.fs import files as fsio
+from ckptd.fs.walk import walk_entries
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.textsafe import shown
 
@@ -78,27 +79,30 @@ def _legacy_files_below(directory: Path, unreadable: list[tuple[Path, str]]) -> 
     rather than skipped: it may well be a checkpoint, and the user must hear it was not converted.
     """
 
-    def cannot_list(err: OSError) -> None:
-        unreadable.append((Path(err.filename), f"cannot list directory: {err.strerror or err}"))
+    def cannot_list(directory: str, err: OSError) -> None:
+        unreadable.append((Path(directory), f"cannot list directory: {err.strerror or err}"))
 
-    for current, dirnames, filenames in os.walk(directory, onerror=cannot_list, followlinks=False):
-        dirnames[:] = sorted(name for name in dirnames if name != STATE_DIR)
-        for name in sorted(filenames):
-            path = Path(current) / name
-            if fsio.is_temp_name(name):
+    def is_state_dir(name: str) -> bool:
+        return name == STATE_DIR
+
+    for entry in walk_entries(
+        str(directory), is_state_dir, cannot_list, report_top=True, sort=True
+    ):
+        if fsio.is_temp_name(entry.name):
+            continue
+        path = Path(entry.path)
+        try:
+            # Links are never followed, and opening a FIFO to read it would block forever.
+            if not stat.S_ISREG(os.lstat(path).st_mode):
                 continue
-            try:
-                # Links are never followed, and opening a FIFO to read it would block forever.
-                if not stat.S_ISREG(os.lstat(path).st_mode):
-                    continue
-                if identify(path).format is Format.SB2_PICKLE:
-                    yield path
-            except FileNotFoundError:
-                continue  # gone since the listing
-            except OSError as err:
-                unreadable.append((path, f"cannot read: {err.strerror or err}"))
-            except CkptdError:
-                continue  # not a regular file: never a checkpoint to convert
+            if identify(path).format is Format.SB2_PICKLE:
+                yield path
+        except FileNotFoundError:
+            continue  # gone since the listing
+        except OSError as err:
+            unreadable.append((path, f"cannot read: {err.strerror or err}"))
+        except CkptdError:
+            continue  # not a regular file: never a checkpoint to convert
 
 
 def _expand(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:

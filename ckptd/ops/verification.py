@@ -31,6 +31,7 @@ from ckptd.formats.sniff import ZIP_MAGIC, Identification, identify
 from ckptd.formats.verify import verify_zip
 from ckptd.formats.zipread import check_structure, stream_crc
 from ckptd.fs import files as fsio
+from ckptd.fs.walk import walk_entries
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.ops.inspection import PICKLE_MAGIC, Verdict, inspect_pickle_bytes
 
@@ -165,14 +166,20 @@ def _strip_path(line: str, source: str) -> str:
 
 def checkpoint_files_below(directory: Path) -> Iterator[Path]:
     """Checkpoint-looking files below ``directory``, by content, in sorted order; no symlinks."""
-    for current, dirnames, filenames in os.walk(directory, followlinks=False):
-        dirnames[:] = sorted(name for name in dirnames if name != STATE_DIR)
-        for name in sorted(filenames):
-            path = Path(current) / name
-            if fsio.is_temp_name(name) or path.is_symlink():
-                continue
-            if _looks_like_checkpoint(path):
-                yield path
+    for entry in walk_entries(str(directory), _is_state_dir, _unlisted, report_top=True, sort=True):
+        if fsio.is_temp_name(entry.name) or entry.is_symlink():
+            continue
+        path = Path(entry.path)
+        if _looks_like_checkpoint(path):
+            yield path
+
+
+def _is_state_dir(name: str) -> bool:
+    return name == STATE_DIR
+
+
+def _unlisted(directory: str, err: OSError) -> None:
+    """A directory that cannot be listed holds nothing to verify (as ``os.walk`` skips it)."""
 
 
 def _looks_like_checkpoint(path: Path) -> bool:

@@ -19,12 +19,13 @@ from ckptd.errors import CkptdError, ManifestError
 from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity, FoundFile
 from ckptd.fs.runfs import join
+from ckptd.fs.walk import walk_entries
 from ckptd.manifest.model import Manifest, ManifestEntry
 from ckptd.manifest.store import load_manifest
 from ckptd.pipeline.types import error_text
 from ckptd.runs.checkpoints import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY
 from ckptd.runs.listing import CheckpointMatcher
-from ckptd.runs.roots import RunRef
+from ckptd.runs.roots import RunRef, skipped_dir
 from ckptd.runs.statedir import STATE_SUBDIRS, StateLayout
 
 # Logs under the name these lines had before ckptd.pipeline.batch was split into modules: the log
@@ -91,22 +92,17 @@ def load_run_manifest(path: Path) -> Manifest | None:
 # ---- reconciliation: which files of a run need a look -------------------------------------------
 
 
-def _walk(directory: Path, state_dir: str, visit_dir: Callable[[Path], None]) -> Iterator[Path]:
+def _walk(directory: Path, state_dir: str, visit_dir: Callable[[str], None]) -> Iterator[Path]:
     """Regular files below ``directory``, never through symlinks, dot-dirs or the state dir."""
-    visit_dir(directory)
-    subdirs: list[Path] = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if not entry.name.startswith(".") and entry.name != state_dir:
-                    subdirs.append(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False):
-                yield Path(entry.path)
-    for subdir in subdirs:
-        try:
-            yield from _walk(subdir, state_dir, visit_dir)
-        except OSError as err:
-            logger.warning("%s: cannot list directory (%s)", subdir, error_text(err))
+    for entry in walk_entries(
+        str(directory), lambda name: skipped_dir(name, state_dir), _cannot_list, visit_dir=visit_dir
+    ):
+        if entry.is_file(follow_symlinks=False):
+            yield Path(entry.path)
+
+
+def _cannot_list(directory: str, err: OSError) -> None:
+    logger.warning("%s: cannot list directory (%s)", directory, error_text(err))
 
 
 def _relative(directory: Path, run_dir: Path) -> str:
@@ -152,7 +148,9 @@ def find_work(
             with contextlib.suppress(OSError):
                 clean(layout.rel(sub))
     found: list[FoundFile] = []
-    for path in _walk(run.run_dir, config.state_dir, lambda d: clean(_relative(d, run.run_dir))):
+    for path in _walk(
+        run.run_dir, config.state_dir, lambda d: clean(_relative(Path(d), run.run_dir))
+    ):
         if not matcher.matches(path.name):
             continue
         try:

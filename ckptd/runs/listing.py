@@ -18,6 +18,7 @@ from typing import NamedTuple
 from ckptd.config.model import CheckpointsConfig
 from ckptd.frozen_build import build_frozen
 from ckptd.fs.files import FileIdentity, is_temp_name
+from ckptd.fs.walk import walk_entries
 from ckptd.manifest.root_index import INDEX_FILENAME
 
 logger = logging.getLogger(__name__)
@@ -70,28 +71,22 @@ def _compile_globs(globs: tuple[str, ...]) -> re.Pattern[str]:
 def walk_files(
     directory: str, relpath: str, skip_dir: Callable[[str], bool], wanted: Callable[[str], bool]
 ) -> Iterator[Found]:
-    """Regular files below ``directory`` whose name is ``wanted`` (never through symlinks)."""
-    with os.scandir(directory) as entries:
-        subdirs = []
-        for entry in entries:
-            name = entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if not skip_dir(name):
-                    subdirs.append((entry.path, f"{relpath}/{name}" if relpath else name))
-            elif wanted(name) and entry.is_file(follow_symlinks=False):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # vanished between listing and stat
-                child = f"{relpath}/{name}" if relpath else name
-                yield Found(child, name, entry.path, identity_of(st))
-    for subdir, child in subdirs:
-        try:
-            yield from walk_files(subdir, child, skip_dir, wanted)
-        except OSError as err:
-            logger.warning(
-                "%s: cannot list directory (%s); its files are not inventoried", subdir, err
-            )
+    """Regular files below ``directory`` whose name is ``wanted`` (never through symlinks), their
+    paths relative to the run given ``directory``'s own ``relpath`` there ("" for the run)."""
+    cut = len(directory) + 1
+    prefix = f"{relpath}/" if relpath else ""
+    for entry in walk_entries(directory, skip_dir, _not_inventoried):
+        name = entry.name
+        if wanted(name) and entry.is_file(follow_symlinks=False):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished between listing and stat
+            yield Found(prefix + entry.path[cut:], name, entry.path, identity_of(st))
+
+
+def _not_inventoried(directory: str, err: OSError) -> None:
+    logger.warning("%s: cannot list directory (%s); its files are not inventoried", directory, err)
 
 
 def identity_of(st: os.stat_result) -> FileIdentity:
