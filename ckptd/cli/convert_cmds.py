@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import error_line, lit, print_json, progress_bar, stdout_console
 from ckptd.config.load import load_config
+from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.conversion import convert_file
 from ckptd.errors import CkptdError, FormatError, HeldCheckpoint, UnsafeCheckpoint, unexpected_text
 from ckptd.formats import Format
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 # The converter (numpy, the pickle reader, the zip writer) is imported by the handler that needs
 # it, so every other command starts without paying for it.
 
-STATE_DIR = ".ckptd"
 logger = logging.getLogger(__name__)
 
 
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--original",
         choices=("keep", "archive", "delete"),
         default="keep",
-        help=f"what to do with a converted original: keep it, move it under {STATE_DIR}/legacy/, or delete it",
+        help=f"what to do with a converted original: keep it, move it under {DEFAULT_STATE_DIR}/legacy/, or delete it",
     )
     convert.add_argument(
         "--no-code",
@@ -83,7 +83,7 @@ def _legacy_files_below(directory: Path, unreadable: list[tuple[Path, str]]) -> 
         unreadable.append((Path(directory), f"cannot list directory: {err.strerror or err}"))
 
     def is_state_dir(name: str) -> bool:
-        return name == STATE_DIR
+        return name == DEFAULT_STATE_DIR
 
     for entry in walk_entries(
         str(directory), is_state_dir, cannot_list, report_top=True, sort=True
@@ -169,7 +169,7 @@ def run_convert(args: argparse.Namespace) -> int:
                     path,
                     output=args.output,
                     original=args.original,
-                    state_dir=STATE_DIR,
+                    state_dir=DEFAULT_STATE_DIR,
                     allow_code=not args.no_code,
                     param_names=param_names,
                     limits=limits,

@@ -127,9 +127,15 @@ class MonitorConfig:
     stale_after: timedelta | None = None
 
 
+# The defaults of ``state_dir`` and ``manifest.filename``: also what a run is recognised by when no
+# config says otherwise, and where the CLI's ``convert`` archives originals outside any run.
+DEFAULT_STATE_DIR = ".ckptd"
+DEFAULT_MANIFEST_FILENAME = "ckptd-manifest.json"
+
+
 @dataclass(frozen=True)
 class ManifestConfig:
-    filename: str = "ckptd-manifest.json"
+    filename: str = DEFAULT_MANIFEST_FILENAME
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,7 @@ class Config:
     scrub: ScrubConfig = ScrubConfig()
     monitor: MonitorConfig = MonitorConfig()
     manifest: ManifestConfig = ManifestConfig()
-    state_dir: str = ".ckptd"
+    state_dir: str = DEFAULT_STATE_DIR
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: Limits = DEFAULT_LIMITS

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.legacy import open_legacy_file
 from ckptd.errors import ConversionError, FileChangedError, FormatError, VerifyError
 from ckptd.formats import Format
@@ -87,7 +88,7 @@ def convert_file(
     *,
     output: Path | None = None,
     original: OriginalAction = "keep",
-    state_dir: str = ".ckptd",
+    state_dir: str = DEFAULT_STATE_DIR,
     allow_code: bool = True,
     param_names: Sequence[str] | None = None,
     archive_path: Path | None = None,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.legacy import read_file_bytes
 from ckptd.errors import CkptdError, unexpected_text
 from ckptd.formats import VERDICT_FORMATS, Format
@@ -37,7 +38,6 @@ from ckptd.ops.inspection import PICKLE_MAGIC, Verdict, inspect_pickle_bytes
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = ".ckptd"
 Status = Literal["ok", "damaged", "refused", "not-a-checkpoint", "unreadable"]
 _CHECKPOINT_FORMATS = (Format.SB2_PICKLE, Format.SB2_ZIP, Format.SB3_ZIP, *VERDICT_FORMATS)
 _PICKLE_STATUS: dict[Verdict, Status] = {
@@ -175,7 +175,7 @@ def checkpoint_files_below(directory: Path) -> Iterator[Path]:
 
 
 def _is_state_dir(name: str) -> bool:
-    return name == STATE_DIR
+    return name == DEFAULT_STATE_DIR
 
 
 def _unlisted(directory: str, err: OSError) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.conversion import ConversionOutcome, convert_file
 from ckptd.errors import CkptdError
 from ckptd.formats.sniff import Identification, identify
@@ -44,7 +45,7 @@ class Converter(Protocol):
         *,
         output: Path | None = None,
         original: Literal["keep", "archive", "delete"] = "keep",
-        state_dir: str = ".ckptd",
+        state_dir: str = DEFAULT_STATE_DIR,
         allow_code: bool = True,
         param_names: Sequence[str] | None = None,
         archive_path: Path | None = None,

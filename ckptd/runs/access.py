@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ckptd.config.model import CheckpointsConfig, Config, RootConfig
+from ckptd.config.model import (
+    DEFAULT_MANIFEST_FILENAME,
+    DEFAULT_STATE_DIR,
+    CheckpointsConfig,
+    Config,
+    RootConfig,
+)
 from ckptd.errors import ManifestError, UnsafePathError
 from ckptd.fs.files import sha256_stream
 from ckptd.fs.runfs import relpath_problem
@@ -35,8 +41,6 @@ from ckptd.runs.statedir import StateLayout
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = ".ckptd"
-DEFAULT_MANIFEST_FILENAME = "ckptd-manifest.json"
 # Operator commands wait this long for a daemon batch or a prune to release a run (seconds). A
 # prune holds a run's lock for one pass over it; the daemon for about a second at a time.
 OPS_LOCK_TIMEOUT = 60.0

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.errors import RunLockedError, StateError, UnsafePathError
 from ckptd.fs.runfs import RunFS, join, kind_of, relpath_problem
 from ckptd.timefmt import format_utc, parse_utc
@@ -56,7 +57,7 @@ class StateLayout:
     """Where a run's state lives; pure path arithmetic until :meth:`ensure` is called."""
 
     run_dir: Path
-    state_dir_name: str = ".ckptd"
+    state_dir_name: str = DEFAULT_STATE_DIR
 
     @property
     def root(self) -> Path:
