@@ -7,7 +7,10 @@ JSON both files share in ``ckptd.manifest.jsonio``.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+from datetime import datetime
 from pathlib import Path
 
 from ckptd.errors import ManifestError
@@ -51,6 +54,40 @@ def load_manifest(path: Path) -> Manifest:
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Replace the manifest atomically (temp file, fsync, rename, fsync dir)."""
     write_bytes_atomic(path, manifest.to_json_bytes())
+
+
+def try_load_manifest(
+    path: Path, log: logging.Logger, instead: str, level: int = logging.ERROR
+) -> Manifest | None:
+    """The manifest at ``path``; None when there is none, or when it is broken.
+
+    A broken one is logged on the caller's ``log`` as "<the error>; <instead>", ``instead`` saying
+    what the caller does without it (a hand-edited, broken manifest is rebuilt, never a reason to
+    stop serving the run).
+    """
+    try:
+        return load_manifest(path)
+    except FileNotFoundError:
+        return None
+    except ManifestError as err:
+        log.log(level, "%s; %s", err, instead)
+        return None
+
+
+def write_manifest_if_changed(
+    path: Path, manifest: Manifest, previous: Manifest | None, generated_at: datetime | None = None
+) -> bool:
+    """Write ``manifest`` unless its content equals ``previous``'s; True when it was written.
+
+    Rewriting an unchanged manifest every minute would only churn the disk and the watchers. With
+    ``generated_at``, the manifest written carries that time.
+    """
+    if manifest.same_content(previous):
+        return False
+    if generated_at is not None:
+        manifest = dataclasses.replace(manifest, generated_at=generated_at)
+    write_manifest(path, manifest)
+    return True
 
 
 def load_index(path: Path) -> RootIndex:

@@ -36,17 +36,15 @@ refused file) and ``types`` (deps and outcomes).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 
 from ckptd.config.model import Config, RootConfig
 from ckptd.errors import CkptdError, RunLockedError
 from ckptd.manifest.model import Manifest
-from ckptd.manifest.store import write_manifest
+from ckptd.manifest.store import write_manifest_if_changed
 from ckptd.pipeline.discovery import (
     load_run_manifest,
     run_of,
@@ -117,11 +115,12 @@ def process_batch(
                 outcomes.append(outcome)
                 # Files moved: record it now, so a crash cannot leave the move unrecorded.
                 moved = outcome.action in MOVING_ACTIONS
-                if moved and _write_if_changed(
-                    manifest_path, manifest, previous, deps.clock(), True
+                if moved and write_manifest_if_changed(
+                    manifest_path, manifest, previous, deps.clock()
                 ):
                     written, previous = True, manifest
-            if _write_if_changed(manifest_path, manifest, previous, deps.clock(), work.changed):
+            now = deps.clock()
+            if work.changed and write_manifest_if_changed(manifest_path, manifest, previous, now):
                 written = True
     except (CkptdError, OSError) as err:
         message = f"cannot process run: {err}"
@@ -146,12 +145,3 @@ def process_path(
     if result.error is not None:
         return PathOutcome(path, "failed", result.error)
     return result.outcomes[0]
-
-
-def _write_if_changed(
-    path: Path, manifest: Manifest, previous: Manifest | None, now: datetime, changed: bool
-) -> bool:
-    if not changed or manifest.same_content(previous):
-        return False
-    write_manifest(path, dataclasses.replace(manifest, generated_at=now))
-    return True

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ckptd.config.model import Config, RootConfig
-from ckptd.errors import CkptdError, ManifestError
+from ckptd.errors import CkptdError
 from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity, FoundFile
 from ckptd.fs.runfs import join
 from ckptd.fs.walk import walk_entries
 from ckptd.manifest.model import Manifest, ManifestEntry
-from ckptd.manifest.store import load_manifest
+from ckptd.manifest.store import try_load_manifest
 from ckptd.pipeline.types import error_text
 from ckptd.runs.checkpoints import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY
 from ckptd.runs.listing import CheckpointMatcher
@@ -79,14 +79,7 @@ def matcher_for(config: Config) -> CheckpointMatcher:
 
 def load_run_manifest(path: Path) -> Manifest | None:
     """The manifest at ``path``; None when there is none or it is broken (logged, then rebuilt)."""
-    try:
-        return load_manifest(path)
-    except FileNotFoundError:
-        return None
-    except ManifestError as err:
-        # A hand-edited, broken manifest is rebuilt: the daemon keeps serving the run.
-        logger.error("%s; starting a new one", err)
-        return None
+    return try_load_manifest(path, logger, "starting a new one")
 
 
 # ---- reconciliation: which files of a run need a look -------------------------------------------

@@ -33,7 +33,12 @@ from ckptd.errors import CkptdError, FileChangedError, ManifestError, UnsafePath
 from ckptd.frozen_build import build_frozen
 from ckptd.manifest.model import Manifest, PruneRecord, RemovedEntry
 from ckptd.manifest.root_index import INDEX_FILENAME, IndexRun, RootIndex, index_run
-from ckptd.manifest.store import load_index, load_manifest, write_index, write_manifest
+from ckptd.manifest.store import (
+    load_index,
+    try_load_manifest,
+    write_index,
+    write_manifest_if_changed,
+)
 from ckptd.retention.deletion import Deleted, DeleteMode, delete_checkpoints, purge_trash
 from ckptd.retention.evaluations import load_evaluations
 from ckptd.retention.fanout import map_in_order
@@ -328,7 +333,7 @@ def _process_run(
         identify=options.identify or default_identifier(),
     )
     with run_lock(layout, timeout=options.lock_timeout, shared=dry_run, create=not dry_run):
-        previous = _load_previous(manifest_path)
+        previous = try_load_manifest(manifest_path, logger, "rebuilding it from the files")
         inventory = inventory_run(
             run, inventory_options, now=now, previous=previous.by_path() if previous else {}
         )
@@ -336,7 +341,7 @@ def _process_run(
             manifest = build_manifest(
                 inventory, run=run.relpath, policy=root.policy, now=now, previous=previous
             )
-            written = _write_if_changed(manifest_path, manifest, previous)
+            written = write_manifest_if_changed(manifest_path, manifest, previous)
             return RunReport(root.path, run.relpath, manifest_written=written, manifest=manifest)
         evaluations = _evaluations(run.run_dir, policy)
         pins = read_pins(layout)
@@ -361,16 +366,6 @@ def _process_run(
 def _matcher(checkpoints: CheckpointsConfig, manifest_filename: str) -> CheckpointMatcher:
     # Compiled once per config rather than once per run (a few globs, but 1,000 runs a pass).
     return CheckpointMatcher(checkpoints, manifest_filename)
-
-
-def _load_previous(manifest_path: Path) -> Manifest | None:
-    try:
-        return load_manifest(manifest_path)
-    except FileNotFoundError:
-        return None
-    except ManifestError as err:
-        logger.error("%s; rebuilding it from the files", err)
-        return None
 
 
 def _evaluations(run_dir: Path, policy: Policy) -> list[Evaluation] | None:
@@ -524,7 +519,7 @@ def _apply(
         removed=removed,
         last_prune=PruneRecord(at=now, deleted=len(deleted), bytes_freed=freed, guard=plan.guard),
     )
-    written = _write_if_changed(run.run_dir / config.manifest.filename, manifest, previous)
+    written = write_manifest_if_changed(run.run_dir / config.manifest.filename, manifest, previous)
     return RunReport(
         root.path,
         run.relpath,
@@ -556,11 +551,3 @@ def _removed_entry(
         size=checkpoint.size,
         converted_from_size=legacy.identity.size if legacy else None,
     )
-
-
-def _write_if_changed(path: Path, manifest: Manifest, previous: Manifest | None) -> bool:
-    # Rewriting an unchanged manifest every minute would only churn the disk and the watchers.
-    if manifest.same_content(previous):
-        return False
-    write_manifest(path, manifest)
-    return True

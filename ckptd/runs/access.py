@@ -16,7 +16,6 @@ or a prune writing the same file.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import stat
@@ -31,11 +30,11 @@ from ckptd.config.model import (
     Config,
     RootConfig,
 )
-from ckptd.errors import ManifestError, UnsafePathError
+from ckptd.errors import UnsafePathError
 from ckptd.fs.files import sha256_stream
 from ckptd.fs.runfs import relpath_problem
 from ckptd.manifest.model import Manifest
-from ckptd.manifest.store import load_manifest, write_manifest
+from ckptd.manifest.store import try_load_manifest, write_manifest_if_changed
 from ckptd.runs.roots import RunRef, find_runs
 from ckptd.runs.statedir import StateLayout
 
@@ -183,21 +182,14 @@ def load_manifest_or_none(handle: RunHandle) -> Manifest | None:
     A broken manifest is rebuilt by the next manifest pass; an operator command must not fail
     because of it, but it cannot record anything in it either.
     """
-    try:
-        return load_manifest(handle.manifest_path)
-    except FileNotFoundError:
-        return None
-    except ManifestError as err:
-        logger.warning("%s; not recording this change in it", err)
-        return None
+    return try_load_manifest(
+        handle.manifest_path, logger, "not recording this change in it", logging.WARNING
+    )
 
 
 def save_manifest(handle: RunHandle, new: Manifest, old: Manifest | None, now: datetime) -> bool:
     """Write ``new`` atomically unless it equals ``old``; hold the run lock. True when written."""
-    if new.same_content(old):
-        return False
-    write_manifest(handle.manifest_path, dataclasses.replace(new, generated_at=now))
-    return True
+    return write_manifest_if_changed(handle.manifest_path, new, old, now)
 
 
 def runs_of_all_roots(config: Config) -> tuple[list[tuple[RootConfig, RunRef]], list[str]]:
