@@ -29,7 +29,6 @@ from ckptd.pickles.verdict import Verdict
 from ckptd.pipeline.record import BatchContext, hash_unchanged
 from ckptd.pipeline.refusal import refuse_unsafe
 from ckptd.pipeline.types import PathOutcome, error_text
-from ckptd.runs.checkpoints import RETRY_KEY
 from ckptd.textsafe import shown
 
 logger = logging.getLogger(__name__)
@@ -101,17 +100,9 @@ def not_converted(
     text: str,
 ) -> tuple[Manifest, PathOutcome]:
     message = f"conversion failed, original left in place: {text}"
-    work.log(logger, logging.WARNING, relpath, "%s; will retry", message)
-    entry = work.entry(
-        relpath,
-        identity,
-        Format.SB2_PICKLE,
-        "kept",
-        None,
-        error=message,
-        extra={RETRY_KEY: True},
+    return work.retry_later(
+        logger, path, relpath, identity, manifest, Format.SB2_PICKLE, "kept", message
     )
-    return work.record(manifest, entry), PathOutcome(path, "failed", message)
 
 
 def record_conversion(

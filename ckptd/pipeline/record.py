@@ -27,7 +27,8 @@ from ckptd.manifest.model import (
 )
 from ckptd.manifest.updates import drop_entry, set_entry
 from ckptd.pipeline.discovery import matcher_for
-from ckptd.pipeline.types import PipelineDeps
+from ckptd.pipeline.types import PathOutcome, PipelineDeps
+from ckptd.runs.checkpoints import RETRY_KEY
 from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import StateLayout
 from ckptd.timefmt import from_ns
@@ -91,6 +92,23 @@ class BatchContext:
             state=state,
             **fields,
         )
+
+    def retry_later(
+        self,
+        log: logging.Logger,
+        path: Path,
+        relpath: str,
+        identity: FileIdentity,
+        manifest: Manifest,
+        fmt: Format,
+        state: ManifestState,
+        text: str,
+    ) -> tuple[Manifest, PathOutcome]:
+        """Record ``path`` with the error ``text`` and the retry mark: its verdict is not final,
+        so the reconciliation scan processes it again (``ckptd.runs.checkpoints.RETRY_KEY``)."""
+        self.log(log, logging.WARNING, relpath, "%s; will retry", text)
+        entry = self.entry(relpath, identity, fmt, state, None, error=text, extra={RETRY_KEY: True})
+        return self.record(manifest, entry), PathOutcome(path, "failed", text)
 
     def relpath(self, path: Path) -> str:
         return path.relative_to(self.run.run_dir).as_posix()

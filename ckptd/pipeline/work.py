@@ -34,7 +34,7 @@ from ckptd.pipeline.record import BatchContext, hash_unchanged
 from ckptd.pipeline.refusal import refuse, refuse_unsafe
 from ckptd.pipeline.types import PathOutcome, error_text
 from ckptd.pipeline.verifying import verify_checkpoint
-from ckptd.runs.checkpoints import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY, cannot_read
+from ckptd.runs.checkpoints import SNIFF_GENERATION, SNIFF_KEY, cannot_read
 
 logger = logging.getLogger(__name__)
 
@@ -152,14 +152,6 @@ class BatchWork(BatchContext):
     ) -> tuple[Manifest, PathOutcome]:
         # The same entry a manifest or prune pass writes (ckptd.runs.rebuild).
         text = cannot_read(err)
-        self.log(logger, logging.WARNING, relpath, "%s; will retry", text)
-        entry = self.entry(
-            relpath,
-            identity,
-            Format.UNKNOWN,
-            "pending",
-            None,
-            error=text,
-            extra={RETRY_KEY: True},
+        return self.retry_later(
+            logger, path, relpath, identity, manifest, Format.UNKNOWN, "pending", text
         )
-        return self.record(manifest, entry), PathOutcome(path, "failed", text)
