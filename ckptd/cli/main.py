@@ -7,7 +7,18 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ckptd import __version__
-from ckptd.cli import config_cmd, convert_cmds, inspect_cmds, ops_cmds, prune_cmds, run_cmd
+from ckptd.cli import (
+    config_cmd,
+    convert_cmds,
+    inspect_cmds,
+    pin_cmds,
+    prune_cmds,
+    quarantine_cmds,
+    run_cmd,
+    scrub_cmd,
+    status_cmd,
+    trash_cmds,
+)
 from ckptd.cli.exits import ExitStatus
 from ckptd.errors import CkptdError, ConfigError
 from ckptd.textsafe import shown
@@ -23,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ckptd {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run_cmd, convert_cmds, inspect_cmds, prune_cmds, config_cmd, ops_cmds):
+    commands = (run_cmd, convert_cmds, inspect_cmds, prune_cmds, config_cmd)
+    operator_commands = (status_cmd, scrub_cmd, pin_cmds, trash_cmds, quarantine_cmds)
+    for module in commands + operator_commands:
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,103 @@
+"""``ckptd status``: every run's state from its manifest and state dir (no daemon needed).
+
+Exit codes: 0 ok, 1 something failed, 2 bad usage or config. JSON shapes (times are ``...Z``
+UTC strings, sizes bytes, paths relative to the run unless named ``run``/``root``, which are
+absolute)::
+
+    status:   {"generated_at", "errors": [str],
+               "runs": [{"root", "run", "manifest": "ok"|"missing"|"invalid", "generated_at",
+                         "kept", "bytes", "newest": {"path", "step", "mtime", "age_seconds"}|null,
+                         "last_prune": {"at", "removed", "bytes"|null, "guard"}|null,
+                         "counts": {"pending", "refused", "broken", "held", "corrupt"},
+                         "trash": {"files", "bytes"}, "quarantine": {"files", "bytes"},
+                         "pins": [{"path", "reason", "pinned_at"}],
+                         "last_scrub": {"at", "checked", "bytes", "corrupt"}|null,
+                         "unrecorded", "problems": [str]}]}
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ckptd.cli.exits import ExitStatus
+from ckptd.cli.ops_options import (
+    ago,
+    config_option,
+    folded_table,
+    json_option,
+    new_console,
+    now_utc,
+    print_errors,
+)
+from ckptd.cli.output import lit, print_json
+from ckptd.config.load import load_config
+from ckptd.ops.status import status_all
+from ckptd.units import format_size_human
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add ``status``."""
+    parser = subparsers.add_parser(
+        "status",
+        help="per run: kept, bytes, newest age, last prune, problems",
+        description="Show every run's state from its manifest and state dir (no daemon needed).",
+    )
+    config_option(parser, required=True)
+    json_option(parser)
+    parser.set_defaults(handler=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+
+    config = load_config(args.config)
+    report = status_all(config, now=now_utc())
+    if args.json:
+        print_json(report.to_json_obj())
+    else:
+        _print_status(report, new_console())
+    print_errors(list(report.errors))
+    return ExitStatus.FAILED if report.errors else ExitStatus.OK
+
+
+def _print_status(report: Any, console: Console) -> None:
+    """One table per root; runs with problems in bold red, their problems spelled out."""
+    roots: dict[Path, list[Any]] = {}
+    for run in report.runs:
+        roots.setdefault(run.root, []).append(run)
+    for root, runs in roots.items():
+        table = folded_table(
+            f"ckptd status: {lit(str(root))}",
+            ("run", "kept", "size", "newest", "last prune", "trash", "quar.", "pins"),
+        )
+        table.add_column("problems", overflow="fold", ratio=2)
+        for run in runs:
+            table.add_row(
+                *_status_row(run, report.generated_at), style="bold red" if run.problems else ""
+            )
+        console.print(table)
+    flagged = sum(1 for run in report.runs if run.problems)
+    console.print(f"{len(report.runs)} runs, {flagged} with problems")
+
+
+def _status_row(run: Any, now: datetime) -> list[str]:
+    newest = "-" if run.newest is None else ago(run.newest.age)
+    prune = "-"
+    if run.last_prune is not None:
+        freed = "?" if run.last_prune.bytes is None else format_size_human(run.last_prune.bytes)
+        prune = f"{ago(now - run.last_prune.at)}: {run.last_prune.removed} files, {freed}"
+    return [
+        lit(run.run),
+        str(run.kept),
+        format_size_human(run.bytes),
+        newest,
+        prune,
+        f"{run.trash.files} ({format_size_human(run.trash.bytes)})",
+        str(run.quarantine.files),
+        str(len(run.pins)),
+        lit("; ".join(run.problems)) or "ok",
+    ]
