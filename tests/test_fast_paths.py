@@ -29,8 +29,9 @@ from ckptd.fs.files import FileIdentity
 from ckptd.manifest.model import ManifestEntry
 from ckptd.manifest.parse import manifest_from_json
 from ckptd.manifest.store import MAX_MANIFEST_BYTES, load_manifest
+from ckptd.retention.passes import PassOptions
 from ckptd.retention.plan import _CALENDAR_RULES, Candidate, plan_run
-from ckptd.retention.prune import PassOptions, prune_all, prune_all_rendered
+from ckptd.retention.prune import prune_all, prune_all_rendered
 from ckptd.retention.report import PathDecision
 from ckptd.runs.checkpoints import Checkpoint, utc_from_ns
 from ckptd.timefmt import from_ns

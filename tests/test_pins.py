@@ -13,9 +13,10 @@ import pytest
 
 from ckptd.config.model import Config, Policy
 from ckptd.errors import CkptdError, UnsafePathError
+from ckptd.retention.passes import PassOptions
 from ckptd.retention.pins import pin, unpin
 from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
-from ckptd.retention.prune import PassOptions, prune_all
+from ckptd.retention.prune import prune_all
 from ckptd.runs.access import locate
 from ckptd.runs.statedir import StateLayout, read_pins, run_lock
 from tests.ops_helpers import (

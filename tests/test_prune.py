@@ -17,8 +17,10 @@ from ckptd.config.model import CheckpointsConfig, Config, DeleteConfig, KeepBest
 from ckptd.manifest.model import Manifest
 from ckptd.manifest.store import load_index, load_manifest, write_manifest
 from ckptd.manifest.updates import with_state
+from ckptd.retention.manifest_pass import write_manifests
+from ckptd.retention.passes import PassOptions
 from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
-from ckptd.retention.prune import PassOptions, prune_all, write_manifests
+from ckptd.retention.prune import prune_all
 from ckptd.runs.statedir import Pin, StateLayout, run_lock, write_pins
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -20,9 +20,10 @@ import pytest
 from ckptd.config.model import Config, Policy
 from ckptd.errors import CkptdError
 from ckptd.retention.deletion import DeleteMode, delete_checkpoints
+from ckptd.retention.passes import DeleteOutcome, PassOptions
 from ckptd.retention.pins import pin, pins_lock, unpin
 from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
-from ckptd.retention.prune import DeleteOutcome, PassOptions, prune_all
+from ckptd.retention.prune import prune_all
 from ckptd.retention.report import PruneReport
 from ckptd.retention.trash import restore
 from ckptd.runs.checkpoints import Checkpoint

@@ -15,7 +15,7 @@ from ckptd.errors import CkptdError
 from ckptd.ops.quarantine import find, list_quarantine, release, show
 from ckptd.pipeline.batch import process_path
 from ckptd.pipeline.discovery import find_work
-from ckptd.retention.prune import write_manifests
+from ckptd.retention.manifest_pass import write_manifests
 from ckptd.runs.access import locate_run_dir
 from tests.ops_helpers import flip_byte, manifest_of, ops_config
 from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, stand_ins, write_checkpoint

@@ -22,7 +22,9 @@ from ckptd.manifest.store import load_index
 from ckptd.ops.quarantine import release
 from ckptd.ops.status import status_all
 from ckptd.pipeline.batch import process_batch, process_path
-from ckptd.retention.prune import PassOptions, prune_all, write_manifests
+from ckptd.retention.manifest_pass import write_manifests
+from ckptd.retention.passes import PassOptions
+from ckptd.retention.prune import prune_all
 from ckptd.runs.roots import find_runs
 from tests.ops_helpers import converted_run, decisions, manifest_of, ops_config, run_report
 from tests.sb2_fixtures import (

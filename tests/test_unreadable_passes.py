@@ -29,7 +29,9 @@ from ckptd.manifest.updates import set_entry
 from ckptd.pipeline.batch import process_batch, process_path
 from ckptd.pipeline.discovery import find_work, needs_processing
 from ckptd.pipeline.types import PipelineDeps
-from ckptd.retention.prune import PassOptions, prune_all, write_manifests
+from ckptd.retention.manifest_pass import write_manifests
+from ckptd.retention.passes import PassOptions
+from ckptd.retention.prune import prune_all
 from ckptd.retention.report import PruneReport
 from ckptd.runs.checkpoints import RETRY_KEY, UNREADABLE, InventoryOptions
 from ckptd.runs.inventory import inventory_run

@@ -20,13 +20,9 @@ from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import error_line, lit, say
 from ckptd.config.load import load_config
 from ckptd.config.model import Config
-from ckptd.retention.prune import (
-    PassOptions,
-    RenderedPass,
-    prune_all,
-    prune_all_rendered,
-    write_manifests,
-)
+from ckptd.retention.manifest_pass import write_manifests
+from ckptd.retention.passes import PassOptions
+from ckptd.retention.prune import RenderedPass, prune_all, prune_all_rendered
 from ckptd.retention.report import PruneReport, RunReport
 
 

@@ -22,7 +22,8 @@ from ckptd.ops.scrub_check import StructureCheck
 from ckptd.pipeline.batch import process_batch
 from ckptd.pipeline.discovery import find_work
 from ckptd.pipeline.types import BatchResult, PipelineDeps
-from ckptd.retention.prune import prune_all, write_manifests
+from ckptd.retention.manifest_pass import write_manifests
+from ckptd.retention.prune import prune_all
 from ckptd.runs.roots import RunRef, find_runs
 
 # Logs under the name these lines had before ckptd.daemon.service was split into modules: the log

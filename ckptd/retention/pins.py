@@ -10,7 +10,7 @@ Why a pin never races a prune (two locks, always taken in the order run lock -> 
   two pin/unpin/restore commands never lose each other's pins.
 * A pin does **not** wait for the run lock before it lands: a prune holds that lock for a whole
   pass over the run, and the pin must reach it before it deletes. The prune holds the pins lock
-  from its last re-read of the pins through its deletions (``prune._process_run``), and ``pin``
+  from its last re-read of the pins through its deletions (``prune.prune_step``), and ``pin``
   checks its file still exists under the pins lock before writing the pin. So a pin that lands
   while a prune is judging the run is honoured (the re-read sees it and the prune plans again),
   and one that arrives while the prune deletes waits for the deletions and then either finds its

@@ -1,115 +1,56 @@
-"""One retention pass (``ckptd prune``) and one manifest pass (``ckptd manifest``) over every run.
+"""One retention pass (``ckptd prune``) over every run: judge, re-check the pins, delete, record.
 
-Per run, under the run lock: previous manifest (the cache; a corrupt one is logged and rebuilt)
-→ inventory → evaluations (keep_best) → pins → ``retention.plan_run`` → (real pass only) under
-the pins lock: pins re-read (a changed pin set re-plans) and deletions (trash or unlink, each
-re-checked against what was judged) → trash purge → manifest (kept states with reasons, the
-removed list with sizes, and ``last_prune``: when, how many deleted, bytes freed, the guard) →
-and per root, the index. A failing run is reported with its error and the other runs go on. A
-dry run writes nothing: no lock file, state dir, manifest or index is created, and files are not
-hashed (only identified) since no manifest is written.
+Per run, on the walk of ``ckptd.retention.passes`` (run lock, previous manifest, inventory):
+evaluations (keep_best) → pins → ``retention.plan_run`` → (real pass only) under the pins lock:
+pins re-read (a changed pin set re-plans) and deletions (trash or unlink, each re-checked against
+what was judged) → trash purge → manifest (kept states with reasons, the removed list with sizes,
+and ``last_prune``: when, how many deleted, bytes freed, the guard) → and per root, the index.
 
 Locks are taken in one order, run lock then pins lock (``ckptd.retention.pins`` never waits for the run lock
 while holding the pins lock), so a pin either lands before the re-read and is honoured, or waits
 until the deletions are done and then finds its file gone and says so; it is never lost.
-
-Runs may be spread over forked workers (``PassOptions.workers``, CLI only); what a worker sends
-back is kept small: the run's report (or, through :func:`prune_all_rendered`, its rendering, e.g.
-JSON text) and the run's line of the root index.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Generic, Protocol, TypeAlias, TypeVar
+from typing import Generic
 
-from ckptd.config.model import CheckpointsConfig, Config, Policy, RootConfig
-from ckptd.errors import CkptdError, FileChangedError, ManifestError, UnsafePathError
+from ckptd.config.model import Config, Policy, RootConfig
+from ckptd.errors import FileChangedError, UnsafePathError
 from ckptd.frozen_build import build_frozen
-from ckptd.manifest.model import Manifest, PruneRecord, RemovedEntry
-from ckptd.manifest.root_index import INDEX_FILENAME, IndexRun, RootIndex, index_run
-from ckptd.manifest.store import (
-    load_index,
-    try_load_manifest,
-    write_index,
-    write_manifest_if_changed,
-)
-from ckptd.retention.deletion import Deleted, DeleteMode, delete_checkpoints, purge_trash
+from ckptd.manifest.model import PruneRecord, RemovedEntry
+from ckptd.retention.deletion import Deleted, purge_trash
 from ckptd.retention.evaluations import load_evaluations
-from ckptd.retention.fanout import map_in_order
-from ckptd.retention.pins import pins_lock
-from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
-from ckptd.retention.report import PathDecision, PruneReport, RootProblem, RunReport
-from ckptd.runs.checkpoints import (
-    Checkpoint,
-    Identifier,
-    InventoryOptions,
-    RunInventory,
-    utc_from_ns,
+from ckptd.retention.passes import (
+    DEFAULT_OPTIONS,
+    DeleteOutcome,
+    OpenRun,
+    PassOptions,
+    Planner,
+    Rendered,
+    guarded,
+    pass_over_root,
+    unrendered,
+    write_if_changed,
 )
-from ckptd.runs.inventory import default_identifier, inventory_run
-from ckptd.runs.listing import CheckpointMatcher
+from ckptd.retention.pins import pins_lock
+from ckptd.retention.plan import Candidate, Evaluation, RunPlan
+from ckptd.retention.report import PathDecision, PruneReport, RootProblem, RunReport
+from ckptd.runs.checkpoints import Checkpoint, RunInventory, utc_from_ns
 from ckptd.runs.rebuild import build_manifest
-from ckptd.runs.roots import RunRef, find_runs
-from ckptd.runs.statedir import Pin, StateLayout, read_pins, run_lock
+from ckptd.runs.roots import RunRef
+from ckptd.runs.statedir import Pin, read_pins
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LOCK_TIMEOUT = 30.0  # seconds; the daemon holds a run's lock for one conversion at most
-
-
-DeleteOutcome: TypeAlias = Deleted | FileChangedError | UnsafePathError | OSError
-
-
-class Deleter(Protocol):
-    """The shape of ``deletion.delete_checkpoints`` (tests wrap it to act while prune deletes)."""
-
-    def __call__(
-        self,
-        layout: StateLayout,
-        checkpoints: Sequence[Checkpoint],
-        *,
-        mode: DeleteMode,
-        now: datetime,
-    ) -> list[DeleteOutcome]: ...
-
-
-class Planner(Protocol):
-    """The shape of ``retention.plan_run`` (tests wrap it to act between judging and deleting)."""
-
-    def __call__(
-        self,
-        candidates: Sequence[Candidate],
-        policy: Policy,
-        *,
-        now: datetime,
-        evaluations: Sequence[Evaluation] | None = None,
-        max_fraction: float = 1.0,
-    ) -> RunPlan: ...
-
-
-@dataclass(frozen=True)
-class PassOptions:
-    """Knobs of one pass that are not config: the content identifier, planner, deleter, lock wait."""
-
-    identify: Identifier | None = None  # None: ckptd.formats.sniff.identify
-    planner: Planner = plan_run
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # for the run lock, and then the pins lock
-    deleter: Deleter = delete_checkpoints
-    # >1 spreads runs over forked processes (ckptd.retention.fanout): for the CLI only, never the daemon.
-    workers: int = 1
-
-
-# ---- public entry points ------------------------------------------------------------------------
-
 
 def prune_all(
-    config: Config, *, now: datetime, dry_run: bool, options: PassOptions = PassOptions()
+    config: Config, *, now: datetime, dry_run: bool, options: PassOptions = DEFAULT_OPTIONS
 ) -> PruneReport:
     """One retention pass over every root of ``config``."""
     reports = [
@@ -120,9 +61,6 @@ def prune_all(
         problems=tuple(problem for report in reports for problem in report.problems),
         dry_run=dry_run,
     )
-
-
-Rendered = TypeVar("Rendered")
 
 
 @dataclass(frozen=True)
@@ -146,7 +84,7 @@ def prune_all_rendered(
     now: datetime,
     dry_run: bool,
     render: Callable[[RunReport], Rendered],
-    options: PassOptions = PassOptions(),
+    options: PassOptions = DEFAULT_OPTIONS,
 ) -> RenderedPass[Rendered]:
     """``prune_all``, with each RunReport passed through ``render`` where it was made.
 
@@ -157,8 +95,8 @@ def prune_all_rendered(
     problems: list[RootProblem] = []
     failed = 0
     for root in config.roots:
-        outcome = _pass_over_root(
-            config, root, now=now, dry_run=dry_run, prune=True, options=options, render=render
+        outcome = pass_over_root(
+            config, root, now=now, dry_run=dry_run, step=prune_step, options=options, render=render
         )
         runs.extend(outcome.rendered)
         problems.extend(outcome.problems)
@@ -172,11 +110,11 @@ def prune_root(
     *,
     now: datetime,
     dry_run: bool,
-    options: PassOptions = PassOptions(),
+    options: PassOptions = DEFAULT_OPTIONS,
 ) -> PruneReport:
     """One retention pass over the runs of one root (and, unless dry, its index)."""
-    outcome = _pass_over_root(
-        config, root, now=now, dry_run=dry_run, prune=True, options=options, render=_as_is
+    outcome = pass_over_root(
+        config, root, now=now, dry_run=dry_run, step=prune_step, options=options, render=unrendered
     )
     return PruneReport(tuple(outcome.rendered), tuple(outcome.problems), dry_run)
 
@@ -188,184 +126,35 @@ def prune_run(
     *,
     now: datetime,
     dry_run: bool,
-    options: PassOptions = PassOptions(),
+    options: PassOptions = DEFAULT_OPTIONS,
 ) -> RunReport:
     """One retention pass over one run; errors are returned in the report, never raised."""
-    return _guarded(config, root, run, now=now, dry_run=dry_run, prune=True, options=options)
-
-
-def write_manifests(
-    config: Config, *, now: datetime, options: PassOptions = PassOptions()
-) -> PruneReport:
-    """Write every run's manifest and every root's index now (no retention decisions are made)."""
-    runs: list[RunReport] = []
-    problems: list[RootProblem] = []
-    for root in config.roots:
-        outcome = _pass_over_root(
-            config, root, now=now, dry_run=False, prune=False, options=options, render=_as_is
-        )
-        runs.extend(outcome.rendered)
-        problems.extend(outcome.problems)
-    return PruneReport(tuple(runs), tuple(problems))
-
-
-def _as_is(report: RunReport) -> RunReport:
-    return report
-
-
-# ---- one root -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _RunOutcome(Generic[Rendered]):
-    """What a (possibly forked) run pass sends back: small, whatever the run's size."""
-
-    rendered: Rendered
-    index_entry: IndexRun | None  # None in a dry run (no index is written)
-    failed: bool
-
-
-@dataclass(frozen=True)
-class _RootOutcome(Generic[Rendered]):
-    rendered: list[Rendered]
-    problems: list[RootProblem]
-    failed: int
-
-
-def _pass_over_root(
-    config: Config,
-    root: RootConfig,
-    *,
-    now: datetime,
-    dry_run: bool,
-    prune: bool,
-    options: PassOptions,
-    render: Callable[[RunReport], Rendered],
-) -> _RootOutcome[Rendered]:
-    try:
-        scan = find_runs(root.path, root.run_depth, config.state_dir)
-    except OSError as err:
-        message = f"cannot list root: {err.strerror or err}"
-        logger.error("%s: %s", root.path, message)
-        return _RootOutcome([], [RootProblem(root.path, message)], 0)
-    problems = [RootProblem(root.path / relpath, message) for relpath, message in scan.errors]
-
-    def one_run(run: RunRef) -> _RunOutcome[Rendered]:
-        report = _guarded(config, root, run, now=now, dry_run=dry_run, prune=prune, options=options)
-        entry = None if dry_run else _index_entry(config, report)
-        return _RunOutcome(render(report), entry, report.error is not None)
-
-    outcomes = map_in_order(one_run, scan.runs, workers=options.workers)
-    if not dry_run:
-        entries = [outcome.index_entry for outcome in outcomes if outcome.index_entry is not None]
-        try:
-            _write_root_index(root, entries, now)
-        except (CkptdError, OSError) as err:
-            logger.error("%s: cannot write the index: %s", root.path, err)
-            problems.append(RootProblem(root.path, f"cannot write the index: {err}"))
-    return _RootOutcome(
-        [outcome.rendered for outcome in outcomes],
-        problems,
-        sum(1 for outcome in outcomes if outcome.failed),
-    )
-
-
-def _index_entry(config: Config, report: RunReport) -> IndexRun:
-    filename = config.manifest.filename
-    manifest_relpath = filename if report.run == "." else f"{report.run}/{filename}"
-    if report.manifest is not None:
-        return index_run(report.manifest, run=report.run, manifest_relpath=manifest_relpath)
-    return IndexRun(report.run, manifest_relpath, 0, 0, None, None, error=report.error)
-
-
-def _write_root_index(root: RootConfig, entries: Sequence[IndexRun], now: datetime) -> None:
-    index = RootIndex(str(root.path), now, tuple(entries))
-    path = root.path / INDEX_FILENAME
-    try:
-        previous: RootIndex | None = load_index(path)
-    except (FileNotFoundError, ManifestError):
-        previous = None
-    if not index.same_content(previous):
-        write_index(path, index)
+    return guarded(config, root, run, now=now, dry_run=dry_run, step=prune_step, options=options)
 
 
 # ---- one run ------------------------------------------------------------------------------------
 
 
-def _guarded(
-    config: Config,
-    root: RootConfig,
-    run: RunRef,
-    *,
-    now: datetime,
-    dry_run: bool,
-    prune: bool,
-    options: PassOptions,
-) -> RunReport:
-    try:
-        return _process_run(
-            config, root, run, now=now, dry_run=dry_run, prune=prune, options=options
-        )
-    except (CkptdError, OSError) as err:
-        # One line naming the run; the other runs go on (docs/architecture.md, "Reliability rules").
-        logger.error("run %s: %s", run.run_dir, err)
-        return RunReport(root.path, run.relpath, error=str(err))
-
-
-def _process_run(
-    config: Config,
-    root: RootConfig,
-    run: RunRef,
-    *,
-    now: datetime,
-    dry_run: bool,
-    prune: bool,
-    options: PassOptions,
-) -> RunReport:
-    layout = StateLayout(run.run_dir, config.state_dir)
+def prune_step(opened: OpenRun) -> RunReport:
+    """Judge one open run and (unless dry) delete what the plan condemns, then record it."""
+    config, root, run, layout = opened.config, opened.root, opened.run, opened.layout
+    inventory, now, options = opened.inventory, opened.now, opened.options
     policy = config.policy_for(root)
-    manifest_path = run.run_dir / config.manifest.filename
-    inventory_options = InventoryOptions(
-        matcher=_matcher(config.checkpoints, config.manifest.filename),
-        state_dir=config.state_dir,
-        stable_for_ns=int(config.checkpoints.stable_for.total_seconds() * 1_000_000_000),
-        hash_files=not dry_run,
-        identify=options.identify or default_identifier(),
-    )
-    with run_lock(layout, timeout=options.lock_timeout, shared=dry_run, create=not dry_run):
-        previous = try_load_manifest(manifest_path, logger, "rebuilding it from the files")
-        inventory = inventory_run(
-            run, inventory_options, now=now, previous=previous.by_path() if previous else {}
-        )
-        if not prune:
-            manifest = build_manifest(
-                inventory, run=run.relpath, policy=root.policy, now=now, previous=previous
-            )
-            written = write_manifest_if_changed(manifest_path, manifest, previous)
-            return RunReport(root.path, run.relpath, manifest_written=written, manifest=manifest)
-        evaluations = _evaluations(run.run_dir, policy)
-        pins = read_pins(layout)
-        plan = _plan(options.planner, inventory, pins, policy, config, now, evaluations)
-        if dry_run:
-            return _report(root.path, run.relpath, plan, inventory)
-        # Held from the re-read through the last deletion: a pin cannot land in between unseen.
-        with pins_lock(layout, timeout=options.lock_timeout):
-            fresh_pins = read_pins(layout)  # the user may have pinned something while we judged
-            if fresh_pins != pins:
-                logger.info("run %s: pins changed during the pass; planning again", run.run_dir)
-                plan = _plan(
-                    options.planner, inventory, fresh_pins, policy, config, now, evaluations
-                )
-            doomed = _doomed(inventory, plan)
-            deleted = options.deleter(layout, doomed, mode=config.delete.mode, now=now)
-        outcomes = dict(zip((c.path for c in doomed), deleted, strict=True))
-        return _apply(config, root, run, layout, inventory, plan, outcomes, previous, now)
-
-
-@functools.lru_cache(maxsize=8)
-def _matcher(checkpoints: CheckpointsConfig, manifest_filename: str) -> CheckpointMatcher:
-    # Compiled once per config rather than once per run (a few globs, but 1,000 runs a pass).
-    return CheckpointMatcher(checkpoints, manifest_filename)
+    evaluations = _evaluations(run.run_dir, policy)
+    pins = read_pins(layout)
+    plan = _plan(options.planner, inventory, pins, policy, config, now, evaluations)
+    if opened.dry_run:
+        return _report(root.path, run.relpath, plan, inventory)
+    # Held from the re-read through the last deletion: a pin cannot land in between unseen.
+    with pins_lock(layout, timeout=options.lock_timeout):
+        fresh_pins = read_pins(layout)  # the user may have pinned something while we judged
+        if fresh_pins != pins:
+            logger.info("run %s: pins changed during the pass; planning again", run.run_dir)
+            plan = _plan(options.planner, inventory, fresh_pins, policy, config, now, evaluations)
+        doomed = _doomed(inventory, plan)
+        deleted = options.deleter(layout, doomed, mode=config.delete.mode, now=now)
+    outcomes = dict(zip((c.path for c in doomed), deleted, strict=True))
+    return _apply(opened, plan, outcomes)
 
 
 def _evaluations(run_dir: Path, policy: Policy) -> list[Evaluation] | None:
@@ -469,18 +258,10 @@ def _doomed(inventory: RunInventory, plan: RunPlan) -> list[Checkpoint]:
     return [by_path[d.path] for d in plan.decisions if d.action == "delete"]
 
 
-def _apply(
-    config: Config,
-    root: RootConfig,
-    run: RunRef,
-    layout: StateLayout,
-    inventory: RunInventory,
-    plan: RunPlan,
-    outcomes: Mapping[str, DeleteOutcome],
-    previous: Manifest | None,
-    now: datetime,
-) -> RunReport:
+def _apply(opened: OpenRun, plan: RunPlan, outcomes: Mapping[str, DeleteOutcome]) -> RunReport:
     """Report the deletions made, purge the trash and record it all in the manifest."""
+    config, root, run = opened.config, opened.root, opened.run
+    inventory, now = opened.inventory, opened.now
     by_path = {checkpoint.path: checkpoint for checkpoint in inventory.checkpoints}
     companions = _companions(inventory)
     decisions = []
@@ -505,7 +286,7 @@ def _apply(
             decisions.append(
                 PathDecision(decision.path, decision.action, decision.reasons, original)
             )
-    purge = purge_trash(layout, config.delete.trash_ttl, now)
+    purge = purge_trash(opened.layout, config.delete.trash_ttl, now)
     gone = {d.path for d in deleted} | {d.legacy_path for d in deleted if d.legacy_path}
     freed = sum(d.bytes for d in deleted)
     manifest = build_manifest(
@@ -513,13 +294,13 @@ def _apply(
         run=run.relpath,
         policy=root.policy,
         now=now,
-        previous=previous,
+        previous=opened.previous,
         reasons={d.path: d.reasons for d in decisions},
         gone=gone,
         removed=removed,
         last_prune=PruneRecord(at=now, deleted=len(deleted), bytes_freed=freed, guard=plan.guard),
     )
-    written = write_manifest_if_changed(run.run_dir / config.manifest.filename, manifest, previous)
+    written = write_if_changed(opened, manifest)
     return RunReport(
         root.path,
         run.relpath,
