@@ -19,7 +19,8 @@ import pytest
 
 from ckptd.convert.conversion import convert_file
 from ckptd.formats import Format
-from ckptd.ops.inspection import InspectReport, inspect_path
+from ckptd.ops.inspect_report import InspectReport
+from ckptd.ops.inspection import inspect_path
 from tests.sb2_fixtures import (
     Exploit,
     MlpPolicy,

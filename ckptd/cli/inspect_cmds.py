@@ -22,7 +22,7 @@ from ckptd.ops.verification import expand_paths, verify_file
 from ckptd.textsafe import shown
 
 if TYPE_CHECKING:
-    from ckptd.ops.inspection import InspectReport
+    from ckptd.ops.inspect_report import InspectReport
     from ckptd.ops.verification import FileVerdict
 
 MAX_ROWS = 40  # longer param / member lists are cut, with a count of what was left out

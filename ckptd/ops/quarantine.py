@@ -38,7 +38,8 @@ from ckptd.fs.files import FileIdentity, is_temp_name
 from ckptd.fs.runfs import relpath_problem
 from ckptd.manifest.model import QUARANTINE_KEY, Manifest, ManifestEntry
 from ckptd.manifest.updates import set_entry
-from ckptd.ops.inspection import InspectReport, inspect_path
+from ckptd.ops.inspect_report import InspectReport
+from ckptd.ops.inspection import inspect_path
 from ckptd.pipeline.quarantine import REASON_SCHEMA, REASON_SUFFIX
 from ckptd.runs.access import (
     OPS_LOCK_TIMEOUT,

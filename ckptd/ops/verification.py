@@ -34,7 +34,9 @@ from ckptd.formats.zipread import check_structure, stream_crc
 from ckptd.fs import files as fsio
 from ckptd.fs.walk import walk_entries
 from ckptd.limits import DEFAULT_LIMITS, Limits
-from ckptd.ops.inspection import PICKLE_MAGIC, Verdict, inspect_pickle_bytes
+from ckptd.ops.inspect_pickle import inspect_pickle_bytes
+from ckptd.ops.inspect_report import Verdict
+from ckptd.ops.inspection import PICKLE_MAGIC
 
 logger = logging.getLogger(__name__)
 
