@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from ckptd.convert.conversion import convert_file
 from ckptd.errors import CkptdError
 from ckptd.formats.verify import verify_zip
-from ckptd.pickles import allowlist
+from ckptd.pickles import allowlist, call_shapes
 from ckptd.pickles.allowlist import lookup
 from tests.daemon_harness import REPO
 from tests.sb2_fixtures import Box, Discrete, MlpPolicy, constfn, dumps, stand_ins, tanh
@@ -111,7 +111,7 @@ def loader() -> Iterator[Loader]:
 # Top-level packages a load may import: those of allowlisted globals, the packages cloudpickle's
 # subimport may name, and the codec ``_codecs.encode(..., 'latin1')`` looks up.
 IMPORTABLE = {module.split(".")[0] for module, _ in allowlist._EXACT} | {
-    *allowlist.SUBIMPORT_PACKAGES,
+    *call_shapes.SUBIMPORT_PACKAGES,
     "builtins",
     "encodings",
 }

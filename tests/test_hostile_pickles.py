@@ -30,7 +30,7 @@ import pytest
 
 from ckptd.convert.legacy import read_legacy, read_legacy_file
 from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
-from ckptd.pickles.allowlist import check_pickle_bytes
+from ckptd.pickles.graph_check import check_pickle_bytes
 from tests.sb2_fixtures import dqn_data, dqn_params, dumps, stand_ins
 
 # --- a tiny opcode assembler -------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 from ckptd.convert.legacy import read_legacy, read_legacy_file
 from ckptd.errors import FormatError, HeldCheckpoint, UnsafeCheckpoint, UnsafePathError
 from ckptd.formats.model import LegacyCheckpoint, OpaqueValue
-from ckptd.pickles.allowlist import check_pickle_bytes
+from ckptd.pickles.graph_check import check_pickle_bytes
 from tests.sb2_fixtures import (
     dqn_data,
     dqn_params,

@@ -15,9 +15,9 @@ import pytest
 
 from ckptd.convert.legacy import read_legacy_file
 from ckptd.formats.model import OpaqueValue
-from ckptd.pickles.allowlist import check_pickle_bytes
 from ckptd.pickles.emit import emit_pickle, emitted_name
 from ckptd.pickles.graph import build_graph
+from ckptd.pickles.graph_check import check_pickle_bytes
 from ckptd.pickles.ops import parse_ops
 from tests.legacy_env import REPO, legacy_python
 from tests.sb2_fixtures import same_value, trusted_loads

@@ -8,7 +8,7 @@ import cloudpickle
 import pytest
 
 from ckptd.errors import FormatError, UnsafeCheckpoint
-from ckptd.pickles.allowlist import check_graph, check_pickle_bytes, lookup
+from ckptd.pickles.allowlist import lookup
 from ckptd.pickles.graph import (
     Call,
     Const,
@@ -19,6 +19,7 @@ from ckptd.pickles.graph import (
     build_graph,
     reachable,
 )
+from ckptd.pickles.graph_check import check_graph, check_pickle_bytes
 from ckptd.pickles.ops import parse_ops
 
 

@@ -52,7 +52,6 @@ from ckptd.formats.model import (
 )
 from ckptd.fs.files import CHUNK_SIZE, open_regular_nofollow
 from ckptd.limits import DEFAULT_LIMITS, Limits
-from ckptd.pickles.allowlist import check_graph
 from ckptd.pickles.arrays import (
     ArrayValue,
     array_of,
@@ -74,6 +73,7 @@ from ckptd.pickles.graph import (
     is_ordered_dict_call,
     reachable,
 )
+from ckptd.pickles.graph_check import check_graph
 from ckptd.pickles.ops import ParsedPickle, parse_ops
 
 logger = logging.getLogger(__name__)

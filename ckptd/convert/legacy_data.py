@@ -36,12 +36,7 @@ from ckptd.errors import BudgetExceeded, FormatError
 from ckptd.formats.model import DataValue, JsonValue, OpaqueValue
 from ckptd.limits import DEFAULT_LIMITS
 from ckptd.pickles import gym_repr
-from ckptd.pickles.allowlist import (
-    GOAL_SELECTION_STRATEGIES,
-    GOAL_SELECTION_STRATEGY_GLOBAL,
-    is_builtin_type_call,
-    is_code_global,
-)
+from ckptd.pickles.allowlist import is_code_global
 from ckptd.pickles.arrays import (
     SCALAR_TYPE_NAMES,
     array_of,
@@ -50,6 +45,11 @@ from ckptd.pickles.arrays import (
     is_scalar_node,
     scalar_descr,
     scalar_of,
+)
+from ckptd.pickles.call_shapes import (
+    GOAL_SELECTION_STRATEGIES,
+    GOAL_SELECTION_STRATEGY_GLOBAL,
+    is_builtin_type_call,
 )
 from ckptd.pickles.dictkeys import merged_pairs
 from ckptd.pickles.emit import emit_pickle

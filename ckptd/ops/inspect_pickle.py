@@ -21,7 +21,7 @@ from ckptd.formats.sb2meta import guess_algorithm, guess_sb2_version
 from ckptd.formats.sniff import Identification
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.ops.inspect_report import DataKey, GlobalRef, InspectReport, ParamRow, Refusal, Verdict
-from ckptd.pickles.allowlist import check_graph, is_code_global, lookup
+from ckptd.pickles.allowlist import is_code_global, lookup
 from ckptd.pickles.arrays import array_of
 from ckptd.pickles.budget import check_budget
 from ckptd.pickles.graph import (
@@ -37,6 +37,7 @@ from ckptd.pickles.graph import (
     is_ordered_dict_call,
     reachable,
 )
+from ckptd.pickles.graph_check import check_graph
 from ckptd.pickles.ops import ParsedPickle, parse_ops
 
 _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})

@@ -30,6 +30,7 @@ import numpy as np
 from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.pickles import allowlist
 from ckptd.pickles.allowlist import Layer, Rule
+from ckptd.pickles.call_shapes import BIT_GENERATORS, is_builtin_type_call, is_safe_dtype_call
 from ckptd.pickles.graph import (
     BytesNode,
     Call,
@@ -124,10 +125,10 @@ def _generator_shape(call: Call) -> str | None:
     args = call.args.items
     if len(args) == 1 and (
         _is_call_of(args[0], "numpy.random._pickle", "__bit_generator_ctor")
-        or (isinstance(args[0], Const) and args[0].value in allowlist.BIT_GENERATORS)
+        or (isinstance(args[0], Const) and args[0].value in BIT_GENERATORS)
     ):
         return None
-    if len(args) == 2 and isinstance(args[0], Const) and args[0].value in allowlist.BIT_GENERATORS:
+    if len(args) == 2 and isinstance(args[0], Const) and args[0].value in BIT_GENERATORS:
         ctor = args[1]
         if isinstance(ctor, Global) and ctor.is_("numpy.random._pickle", "__bit_generator_ctor"):
             return None
@@ -273,7 +274,7 @@ class Judge:
     def call_problem(self, node: Call) -> str | None:
         func = node.func
         if not isinstance(func, Global):
-            if self.policy in _CODE_POLICIES and allowlist.is_builtin_type_call(func):
+            if self.policy in _CODE_POLICIES and is_builtin_type_call(func):
                 return "BUILD on a code object" if node.build is not None else None
             return f"call of a constructed callable ({func.kind()} built by the pickle itself)"
         rule = self.lookup(func.module, func.name)
@@ -385,7 +386,7 @@ def joblib_raw_length(wrapper: NewObj, data: memoryview, at: int) -> int:
         raise UnsafeCheckpoint("NumpyArrayWrapper state is not a dict")
     fields = {key.value: value for key, value in state.items if isinstance(key, Const)}
     dtype_node, shape_node = fields.get("dtype"), fields.get("shape")
-    if dtype_node is None or not allowlist.is_safe_dtype_call(dtype_node):
+    if dtype_node is None or not is_safe_dtype_call(dtype_node):
         # An object array is a nested pickle that joblib loads with a fresh unpickler.
         raise UnsafeCheckpoint("joblib array of a non-numeric dtype (a nested pickle)")
     assert isinstance(dtype_node, Call)
