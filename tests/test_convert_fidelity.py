@@ -37,7 +37,7 @@ from ckptd.convert.conversion import convert_file
 from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.manifest.store import load_manifest
 from ckptd.pickles.dictkeys import merged_pairs
-from ckptd.pickles.graph import Const, Node, TupleNode
+from ckptd.pickles.nodes import Const, Node, TupleNode
 from ckptd.pipeline.batch import process_path
 from ckptd.pipeline.types import PipelineDeps
 from tests.sb2_fixtures import (

@@ -29,8 +29,8 @@ from ckptd.ops.verification import verify_file
 from ckptd.pickles import allowlist
 from ckptd.pickles.allowlist import lookup
 from ckptd.pickles.emit import emit_pickle
-from ckptd.pickles.graph import Global
 from ckptd.pickles.graph_check import check_pickle_bytes
+from ckptd.pickles.nodes import Global
 from ckptd.pickles.pynames import in_package, is_dotted_name, is_identifier
 from tests.daemon_harness import REPO
 from tests.test_hostile_pickles import Asm

@@ -9,17 +9,9 @@ import pytest
 
 from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.pickles.allowlist import lookup
-from ckptd.pickles.graph import (
-    Call,
-    Const,
-    DictNode,
-    Global,
-    ListNode,
-    TupleNode,
-    build_graph,
-    reachable,
-)
+from ckptd.pickles.graph import build_graph
 from ckptd.pickles.graph_check import check_graph, check_pickle_bytes
+from ckptd.pickles.nodes import Call, Const, DictNode, Global, ListNode, TupleNode, reachable
 from ckptd.pickles.ops import parse_ops
 
 

@@ -25,7 +25,8 @@ from ckptd.convert.legacy import read_legacy_file
 from ckptd.errors import UnsafeCheckpoint
 from ckptd.formats.model import OpaqueValue
 from ckptd.pickles.emit import emit_pickle
-from ckptd.pickles.graph import Call, Const, DictNode, TupleNode, build_graph, completed
+from ckptd.pickles.graph import build_graph
+from ckptd.pickles.nodes import Call, Const, DictNode, TupleNode, completed
 from ckptd.pickles.ops import parse_ops
 from tests.legacy_env import legacy_python, run_script
 

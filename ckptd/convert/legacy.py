@@ -60,7 +60,9 @@ from ckptd.pickles.arrays import (
     scalar_as_array,
 )
 from ckptd.pickles.budget import check_budget
-from ckptd.pickles.graph import (
+from ckptd.pickles.graph import build_graph
+from ckptd.pickles.graph_check import check_graph
+from ckptd.pickles.nodes import (
     BytesNode,
     Call,
     Const,
@@ -69,11 +71,9 @@ from ckptd.pickles.graph import (
     Node,
     PickleGraph,
     TupleNode,
-    build_graph,
     is_ordered_dict_call,
     reachable,
 )
-from ckptd.pickles.graph_check import check_graph
 from ckptd.pickles.ops import ParsedPickle, parse_ops
 
 logger = logging.getLogger(__name__)

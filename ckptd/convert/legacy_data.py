@@ -53,7 +53,7 @@ from ckptd.pickles.call_shapes import (
 )
 from ckptd.pickles.dictkeys import merged_pairs
 from ckptd.pickles.emit import emit_pickle
-from ckptd.pickles.graph import (
+from ckptd.pickles.nodes import (
     CLOUDPICKLE_MODULES,
     MAX_NESTING,
     BytesNode,

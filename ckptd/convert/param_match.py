@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ckptd.errors import FormatError
 from ckptd.formats.model import Param, ParamArray
 from ckptd.fs.files import CHUNK_SIZE
-from ckptd.pickles.graph import Node
+from ckptd.pickles.nodes import Node
 
 # Builds one parameter from its name and array node (resident, or file-backed while streaming).
 ParamMaker = Callable[[str, Node, str], Param]

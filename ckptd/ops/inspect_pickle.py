@@ -24,7 +24,9 @@ from ckptd.ops.inspect_report import DataKey, GlobalRef, InspectReport, ParamRow
 from ckptd.pickles.allowlist import is_code_global, lookup
 from ckptd.pickles.arrays import array_of
 from ckptd.pickles.budget import check_budget
-from ckptd.pickles.graph import (
+from ckptd.pickles.graph import build_graph
+from ckptd.pickles.graph_check import check_graph
+from ckptd.pickles.nodes import (
     Call,
     Const,
     DictNode,
@@ -33,11 +35,9 @@ from ckptd.pickles.graph import (
     Node,
     PickleGraph,
     TupleNode,
-    build_graph,
     is_ordered_dict_call,
     reachable,
 )
-from ckptd.pickles.graph_check import check_graph
 from ckptd.pickles.ops import ParsedPickle, parse_ops
 
 _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})

@@ -61,7 +61,7 @@ from ckptd.pickles.call_shapes import (
     shape_subimport,
     shape_type,
 )
-from ckptd.pickles.graph import CLOUDPICKLE_MODULES, Call, Global
+from ckptd.pickles.nodes import CLOUDPICKLE_MODULES, Call, Global
 from ckptd.pickles.pynames import in_package, name_problem
 
 TF_ACTIVATIONS = frozenset(

@@ -28,7 +28,7 @@ import numpy as np
 from ckptd.errors import FormatError
 from ckptd.limits import MAX_DIMS, shape_problem
 from ckptd.pickles.call_shapes import NUMPY_CORE, SAFE_DTYPE, is_safe_dtype_call
-from ckptd.pickles.graph import BytesNode, Call, Const, Node, TupleNode
+from ckptd.pickles.nodes import BytesNode, Call, Const, Node, TupleNode
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 

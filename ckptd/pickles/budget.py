@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from ckptd.errors import BudgetExceeded
 from ckptd.limits import DEFAULT_LIMITS, HARD_MAX_DEPTH, Limits, describe_count
 from ckptd.pickles.arrays import is_array_node, is_scalar_node
-from ckptd.pickles.graph import BytesNode, Const, Node, build_graph, children
+from ckptd.pickles.graph import build_graph
 from ckptd.pickles.graph_check import PickleReport, check_graph
+from ckptd.pickles.nodes import BytesNode, Const, Node, children
 from ckptd.pickles.ops import parse_ops
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ckptd.pickles.graph import (
+from ckptd.pickles.nodes import (
     CLOUDPICKLE_MODULES,
     BytesNode,
     Call,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ckptd.pickles.graph import MAX_NESTING, BytesNode, Const, Global, Node, TupleNode
+from ckptd.pickles.nodes import MAX_NESTING, BytesNode, Const, Global, Node, TupleNode
 
 
 def keys_equal(a: Node, b: Node, depth: int = 0) -> bool:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.pickles.dictkeys import merged_items, merged_pairs
-from ckptd.pickles.graph import (
+from ckptd.pickles.nodes import (
     MAX_NESTING,
     BytesNode,
     Call,

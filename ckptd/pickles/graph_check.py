@@ -15,7 +15,8 @@ from ckptd.errors import UnsafeCheckpoint
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.pickles.allowlist import is_code_global, lookup
 from ckptd.pickles.call_shapes import is_builtin_type_call, is_const
-from ckptd.pickles.graph import (
+from ckptd.pickles.graph import build_graph
+from ckptd.pickles.nodes import (
     BytesNode,
     Call,
     Const,
@@ -27,7 +28,6 @@ from ckptd.pickles.graph import (
     PickleGraph,
     SetNode,
     TupleNode,
-    build_graph,
     is_ordered_dict_call,
 )
 from ckptd.pickles.ops import parse_ops

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from ckptd.pickles.graph import Node
+from ckptd.pickles.nodes import Node
 
 SPACES = frozenset({"Box", "Discrete", "MultiBinary", "MultiDiscrete", "Tuple", "Dict"})
 

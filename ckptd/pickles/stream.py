@@ -15,13 +15,8 @@ from __future__ import annotations
 
 import codecs
 
-from ckptd.pickles.graph import (
-    DEFAULT_MAX_MARK_DEPTH,
-    DEFAULT_MAX_MEMO,
-    Call,
-    Node,
-    _Machine,
-)
+from ckptd.pickles.graph import DEFAULT_MAX_MARK_DEPTH, DEFAULT_MAX_MEMO, _Machine
+from ckptd.pickles.nodes import Call, Node
 from ckptd.pickles.ops import Op
 
 

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ckptd.errors import FormatError, UnsafeCheckpoint
-from ckptd.pickles.graph import Global, NewObj
+from ckptd.pickles.nodes import Global, NewObj
 from ckptd.pickles.ops import Op, parse_ops
 from ckptd.pickles.peek import peek_pickle
 from ckptd.pickles.stream import GraphBuilder

@@ -31,7 +31,7 @@ from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.pickles import allowlist
 from ckptd.pickles.allowlist import Layer, Rule
 from ckptd.pickles.call_shapes import BIT_GENERATORS, is_builtin_type_call, is_safe_dtype_call
-from ckptd.pickles.graph import (
+from ckptd.pickles.nodes import (
     BytesNode,
     Call,
     Const,
