@@ -12,8 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ckptd.convert.data_json import json_value
+from ckptd.convert.data_types import type_name
 from ckptd.convert.legacy import read_legacy
-from ckptd.convert.legacy_data import json_value, type_name
 from ckptd.errors import CkptdError, FormatError, UnsafeCheckpoint
 from ckptd.formats import Format
 from ckptd.formats.datajson import classify_entry
