@@ -81,7 +81,8 @@ def _arity(call: Call, *allowed: int) -> str | None:
     return None if count in allowed else f"called with {count} arguments"
 
 
-def _is_call_of(node: Node, module: str | tuple[str, ...], name: str | tuple[str, ...]) -> bool:
+def is_call_of(node: Node, module: str | tuple[str, ...], name: str | tuple[str, ...]) -> bool:
+    """A REDUCE of the global ``module.name`` (either may be a tuple of choices)."""
     return isinstance(node, Call) and node.func_is(module, name)
 
 
@@ -89,7 +90,7 @@ def is_bytes_like(node: Node) -> bool:
     """A bytes payload: a BINBYTES node or the protocol-2 spellings of bytes."""
     if isinstance(node, BytesNode):
         return True
-    return _is_call_of(node, "_codecs", "encode") or _is_call_of(
+    return is_call_of(node, "_codecs", "encode") or is_call_of(
         node, "builtins", ("bytes", "bytearray")
     )
 
@@ -109,7 +110,7 @@ def is_code_object(node: Node) -> bool:
 
 def is_safe_dtype_call(node: Node) -> bool:
     return (
-        _is_call_of(node, "numpy", "dtype")
+        is_call_of(node, "numpy", "dtype")
         and isinstance(node, Call)
         and len(node.args.items) >= 1
         and isinstance(node.args.items[0], Const)
@@ -193,7 +194,7 @@ def _is_bitgen_class(node: Node) -> bool:
 
 def shape_randomstate_ctor(call: Call) -> str | None:
     for arg in call.args.items:
-        if _str_in(arg, BIT_GENERATORS) or _is_call_of(
+        if _str_in(arg, BIT_GENERATORS) or is_call_of(
             arg, "numpy.random._pickle", "__bit_generator_ctor"
         ):
             continue
@@ -221,7 +222,7 @@ def shape_getattr(call: Call) -> str | None:
         if not is_identifier(args[1].value):
             return "getattr of a name that is not a Python identifier"
         target = args[0]
-        if isinstance(target, Global) or _is_call_of(target, CLOUDPICKLE_MODULES, "subimport"):
+        if isinstance(target, Global) or is_call_of(target, CLOUDPICKLE_MODULES, "subimport"):
             return None
     return "getattr is only accepted on a named class or module with a constant name"
 
@@ -314,7 +315,7 @@ def shape_make_skel_func(call: Call) -> str | None:
 
 def shape_fill_function(call: Call) -> str | None:
     args = call.args.items
-    if len(args) in (2, 5, 6) and _is_call_of(args[0], CLOUDPICKLE_MODULES, "_make_skel_func"):
+    if len(args) in (2, 5, 6) and is_call_of(args[0], CLOUDPICKLE_MODULES, "_make_skel_func"):
         return None
     return "_fill_function applied to something _make_skel_func did not create"
 
@@ -346,7 +347,7 @@ def _class_state_problem(state: Node) -> str | None:
 
 
 def _is_skeleton_class(node: Node) -> bool:
-    return _is_call_of(
+    return is_call_of(
         node, CLOUDPICKLE_MODULES, ("_make_skeleton_class", "_rehydrate_skeleton_class")
     )
 
@@ -375,7 +376,7 @@ def shape_make_skeleton_class(call: Call) -> str | None:
 
 def shape_rehydrate(call: Call) -> str | None:
     args = call.args.items
-    if len(args) == 2 and _is_call_of(args[0], CLOUDPICKLE_MODULES, "_make_skeleton_class"):
+    if len(args) == 2 and is_call_of(args[0], CLOUDPICKLE_MODULES, "_make_skeleton_class"):
         return _class_state_problem(args[1])
     return "_rehydrate_skeleton_class of something _make_skeleton_class did not create"
 
@@ -391,7 +392,7 @@ def shape_function_setstate(call: Call) -> str | None:
     state = _setter_state(call)
     if (
         state is not None
-        and _is_call_of(call.args.items[0], CLOUDPICKLE_MODULES, "_make_function")
+        and is_call_of(call.args.items[0], CLOUDPICKLE_MODULES, "_make_function")
         and isinstance(state[0], DictNode)
         and isinstance(state[1], DictNode)
     ):
@@ -401,7 +402,7 @@ def shape_function_setstate(call: Call) -> str | None:
 
 def shape_class_setstate(call: Call) -> str | None:
     state = _setter_state(call)
-    if state is not None and _is_call_of(
+    if state is not None and is_call_of(
         call.args.items[0], CLOUDPICKLE_MODULES, "_make_skeleton_class"
     ):
         return _class_state_problem(state[0])

@@ -30,7 +30,12 @@ import numpy as np
 from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.pickles import allowlist
 from ckptd.pickles.allowlist import Layer, Rule
-from ckptd.pickles.call_shapes import BIT_GENERATORS, is_builtin_type_call, is_safe_dtype_call
+from ckptd.pickles.call_shapes import (
+    BIT_GENERATORS,
+    is_builtin_type_call,
+    is_call_of,
+    is_safe_dtype_call,
+)
 from ckptd.pickles.nodes import (
     BytesNode,
     Call,
@@ -124,7 +129,7 @@ def _deque_shape(call: Call) -> str | None:
 def _generator_shape(call: Call) -> str | None:
     args = call.args.items
     if len(args) == 1 and (
-        _is_call_of(args[0], "numpy.random._pickle", "__bit_generator_ctor")
+        is_call_of(args[0], "numpy.random._pickle", "__bit_generator_ctor")
         or (isinstance(args[0], Const) and args[0].value in BIT_GENERATORS)
     ):
         return None
@@ -175,13 +180,9 @@ def _is_train_freq(node: NewObj) -> bool:
         and len(args) == 2
         and isinstance(args[0], Const)
         and type(args[0].value) is int
-        and _is_call_of(args[1], *_SB3_TRAIN_FREQ_UNIT)
+        and is_call_of(args[1], *_SB3_TRAIN_FREQ_UNIT)
         and node.build is None
     )
-
-
-def _is_call_of(node: Node, module: str, name: str) -> bool:
-    return isinstance(node, Call) and node.func_is(module, name)
 
 
 def _lookup_data(module: str, name: str) -> Rule | None:
