@@ -1,10 +1,10 @@
 """The safe legacy reader: a stable-baselines ``(data, params)`` pickle to a LegacyCheckpoint.
 
 Nothing from the file is executed and no module it names is imported
-(docs/formats.md, "The safe legacy reader"): the bytes are parsed (``pickles.ops``), replayed over
-inert nodes (``pickles.graph``), checked against the allowlist (``pickles.allowlist``), and only then are the
-parameter arrays materialized from numpy's own patterns (``pickles.arrays``) and each ``data`` value
-turned into what SB2's ``data_to_json`` would store (``legacy_data``).
+(docs/formats.md, "The safe legacy reader"): the bytes are parsed (``pickles.ops``), replayed
+over inert nodes (``pickles.graph``), checked against the allowlist (``pickles.graph_check``), and
+only then are the parameter arrays materialized from numpy's own patterns (``pickles.arrays``)
+and each ``data`` value turned into what SB2's ``data_to_json`` would store (``legacy_data``).
 
 ``read_legacy_file`` reads the file once, hashing as it reads, and parses exactly those bytes,
 so what was judged is what was hashed (no time-of-check/time-of-use gap).

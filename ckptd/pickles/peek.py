@@ -1,7 +1,7 @@
 """A cheap, bounded look at a pickle's opcodes: protocol, referenced globals, top-level shape.
 
 For identification and labelling only (what is this file, what kind of ``data`` entry is this):
-it never builds objects and is NOT a safety check. Safety is ``ckptd.pickles.allowlist``'s job.
+it never builds objects and is NOT a safety check. Safety is ``ckptd.pickles.graph_check``'s job.
 ``pickletools.genops`` runs over an in-memory prefix, so a huge length field in the input reads as
 "truncated" instead of allocating.
 """
