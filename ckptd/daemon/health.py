@@ -15,8 +15,6 @@ from ckptd.daemon.scheduling import JobScheduler
 from ckptd.daemon.workers import WorkerPool
 from ckptd.watch.watcher import WatchSet
 
-# Logs under the name these lines had before ckptd.daemon.service was split into modules: the log
-# format shows it, and operators (and tests) match on it.
 logger = logging.getLogger(__name__)
 
 HEALTH_EVERY_SECONDS = 1.0

@@ -26,8 +26,6 @@ from ckptd.retention.manifest_pass import write_manifests
 from ckptd.retention.prune import prune_all
 from ckptd.runs.roots import RunRef, find_runs
 
-# Logs under the name these lines had before ckptd.daemon.service was split into modules: the log
-# format shows it, and operators (and tests) match on it.
 logger = logging.getLogger(__name__)
 
 # A ckptd temp file untouched for this long belongs to a killed writer (a live one keeps writing).

@@ -22,8 +22,6 @@ from collections.abc import Callable
 
 from ckptd.daemon.jobs import WorkItem, WorkResult, describe, failed
 
-# Logs under the name these lines had before ckptd.daemon.service was split into modules: the log
-# format shows it, and operators (and tests) match on it.
 logger = logging.getLogger(__name__)
 
 WORKER_COUNT = 2

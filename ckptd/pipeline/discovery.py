@@ -28,8 +28,6 @@ from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.roots import RunRef, skipped_dir
 from ckptd.runs.statedir import STATE_SUBDIRS, StateLayout
 
-# Logs under the name these lines had before ckptd.pipeline.batch was split into modules: the log
-# format shows it, and operators (and tests) match on it.
 logger = logging.getLogger(__name__)
 
 # ---- which run a path belongs to, and whether it needs work (pure) -------------------------------

@@ -15,8 +15,6 @@ from pathlib import Path
 from ckptd.fs.files import FoundFile
 from ckptd.watch.stabilize import Stabilizer
 
-# Logs under the name these lines had before ckptd.daemon.service was split into modules: the log
-# format shows it, and operators (and tests) match on it.
 logger = logging.getLogger(__name__)
 
 
