@@ -59,6 +59,7 @@ EDGES = {
     "argparse": {
         "cli/main.py",
         "cli/config_cmd.py",
+        "cli/config_path.py",
         "cli/convert_cmds.py",
         "cli/inspect_cmds.py",
         "cli/ops_options.py",

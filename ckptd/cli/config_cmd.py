@@ -1,16 +1,22 @@
-"""``ckptd config validate FILE | show FILE [--json] | schema``: check, print and describe the config."""
+"""``ckptd config validate | show [--json] | schema | dropin``: check, print and describe the config.
+
+Every action but ``schema`` takes the config as an optional argument, found like ``-c CONFIG``
+elsewhere (:mod:`ckptd.cli.config_path`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
+from ckptd.cli.config_path import HELP, resolve_config
 from ckptd.cli.output import say
+from ckptd.cli.systemd_dropin import render_dropin
 from ckptd.config.load import load_config
 from ckptd.config.spec import config_schema, config_to_mapping
 from ckptd.textsafe import shown
@@ -28,18 +34,41 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     validate = actions.add_parser(
         "validate", help="check a config file; every problem is printed with its line (exit 2)"
     )
-    validate.add_argument("config", type=Path, metavar="CONFIG")
+    _config_argument(validate)
     validate.set_defaults(handler=_validate)
 
     show = actions.add_parser(
         "show", help="print the effective config: defaults filled in, paths absolute"
     )
-    show.add_argument("config", type=Path, metavar="CONFIG")
+    _config_argument(show)
     show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     show.set_defaults(handler=_show)
 
     schema = actions.add_parser("schema", help="print the config's JSON Schema (draft 2020-12)")
     schema.set_defaults(handler=_schema)
+
+    dropin = actions.add_parser(
+        "dropin",
+        help="print the systemd drop-in that opens the config's roots to ckptd.service",
+        description=(
+            "Print a drop-in for ckptd.service with RequiresMountsFor= and ReadWritePaths= for "
+            "every root of the config, so the roots are written down once (install it as "
+            "/etc/systemd/system/ckptd.service.d/roots.conf)."
+        ),
+    )
+    _config_argument(dropin)
+    dropin.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="a shared group whose members write the runs: SupplementaryGroups= (repeatable)",
+    )
+    dropin.set_defaults(handler=_dropin)
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, nargs="?", metavar="CONFIG", help=HELP)
 
 
 def _plural(count: int, one: str, many: str) -> str:
@@ -48,6 +77,7 @@ def _plural(count: int, one: str, many: str) -> str:
 
 def _validate(args: argparse.Namespace) -> int:
     # A ConfigError propagates: cli.main prints one line per issue and exits 2.
+    args.config = resolve_config(args.config)
     config = load_config(args.config)
     roots = _plural(len(config.roots), "root", "roots")
     policies = _plural(len(config.policies), "policy", "policies")
@@ -63,7 +93,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(resolve_config(args.config))
     mapping = config_to_mapping(config)
     if args.json:
         print(json.dumps(mapping, indent=2))
@@ -75,4 +105,12 @@ def _show(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
+def _dropin(args: argparse.Namespace) -> int:
+    path = resolve_config(args.config)
+    config = load_config(path)
+    roots = [PurePosixPath(root.path) for root in config.roots]
+    sys.stdout.write(render_dropin(roots, source=str(path), groups=args.group))
     return 0

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ckptd import units
+from ckptd.cli.config_path import add_config_option
 from ckptd.cli.output import error_line
 from ckptd.config.load import load_config
 from ckptd.config.model import Config
@@ -25,9 +26,10 @@ SUBCOMMAND = "ops_command"
 
 
 def config_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument(
-        "-c", "--config", type=Path, required=required, help="the ckptd YAML config"
-    )
+    if required:
+        add_config_option(parser)  # resolved at run time (ckptd/cli/config_path.py)
+        return
+    parser.add_argument("-c", "--config", type=Path, help="the ckptd YAML config")
 
 
 def json_option(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ckptd.cli.config_path import add_config_option, resolve_config
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import error_line, lit, say
 from ckptd.config.load import load_config
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="one retention pass over every run",
         description="Apply each run's retention policy once; every checkpoint is listed with its reasons.",
     )
-    prune.add_argument("-c", "--config", type=Path, required=True, help="the ckptd YAML config")
+    add_config_option(prune)
     prune.add_argument(
         "--dry-run", action="store_true", help="decide and report; change nothing on disk"
     )
@@ -44,12 +45,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="write every run's manifest now",
         description="Write each run's manifest and each root's index from the files on disk.",
     )
-    manifest.add_argument("-c", "--config", type=Path, required=True, help="the ckptd YAML config")
+    add_config_option(manifest)
     manifest.set_defaults(handler=run_manifest)
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(resolve_config(args.config))
     now = datetime.now(UTC)
     with cyclic_gc_paused():
         return _prune_and_report(config, now, dry_run=args.dry_run, as_json=args.json)
@@ -107,7 +108,7 @@ def prune_json_chunks(rendered: RenderedPass[str]) -> Iterator[str]:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(resolve_config(args.config))
     with cyclic_gc_paused():
         report = write_manifests(config, now=datetime.now(UTC), options=cli_pass_options())
     for root in config.roots:

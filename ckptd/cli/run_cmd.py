@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from ckptd.cli.config_path import add_config_option, resolve_config
 from ckptd.daemon.service import Daemon
 
 
@@ -19,10 +19,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "and keep manifests. Stops on SIGTERM/SIGINT; SIGHUP reloads the config."
         ),
     )
-    parser.add_argument("-c", "--config", required=True, type=Path, help="the ckptd YAML config")
+    add_config_option(parser)
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
 
-    return Daemon(args.config).run()
+    return Daemon(resolve_config(args.config)).run()

@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.progress import Progress
 
+from ckptd.cli.config_path import resolve_config
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
     config_option,
@@ -76,7 +77,7 @@ class _BarProgress:
 
 def run_scrub(args: argparse.Namespace) -> int:
 
-    config = load_config(args.config)
+    config = load_config(resolve_config(args.config))
     rate = config.scrub.max_rate if args.max_rate is None else (args.max_rate or None)
     with progress_bar(enabled=not args.json) as bar:
         report = scrub_all(

@@ -24,6 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ckptd.cli.config_path import resolve_config
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
     ago,
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
 
-    config = load_config(args.config)
+    config = load_config(resolve_config(args.config))
     report = status_all(config, now=now_utc())
     if args.json:
         print_json(report.to_json_obj())
