@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ MIRROR = os.environ.get("CKPTD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "acl")
 README = REPO / "README.md"
 BLOCK_MARKER = re.compile(r"<!-- install-block: ([\w-]+) -->\n```sh\n(.*?)```", re.DOTALL)
+CONTAINER_PYTHON = "3.11"  # Debian 12's python3
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -118,23 +122,37 @@ def unpack_rootfs(tarball: Path, dest: Path) -> None:
 
 
 def build_wheelhouse(dest: Path) -> None:
-    """ckptd's dependencies and build backend as wheels, for pip inside the offline container.
+    """ckptd's dependencies and build backend as wheels for the container's Python, for its pip.
 
-    ckptd itself is built by the README's own ``pip install .`` from the copied checkout.
+    Downloaded for Debian 12's CPython 3.11 whatever Python runs the tests; ckptd itself is built
+    by the README's own ``pip install .`` from the copied checkout.
     """
-    dest.mkdir(parents=True, exist_ok=True)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    machine = platform.machine()
+    tags = [
+        "manylinux2014",
+        *(f"manylinux_2_{minor}" for minor in (17, 24, 27, 28, 31, 34, 35, 36)),
+    ]
     result = subprocess.run(
         [
-            "python3",
+            sys.executable,
             "-m",
             "pip",
-            "wheel",
+            "download",
             "--quiet",
-            "--wheel-dir",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            CONTAINER_PYTHON,
+            "--abi",
+            "cp" + CONTAINER_PYTHON.replace(".", ""),
+            *(f"--platform={tag}_{machine}" for tag in tags),
+            "--dest",
             str(dest),
-            str(REPO),
-            "setuptools>=68",
-            "wheel",
+            *wanted,
         ],
         capture_output=True,
         text=True,
@@ -142,9 +160,7 @@ def build_wheelhouse(dest: Path) -> None:
         check=False,
     )
     if result.returncode != 0:
-        raise Unavailable(f"pip wheel for the container failed: {result.stderr.strip()[-300:]}")
-    for built in dest.glob("ckptd-*.whl"):
-        built.unlink()
+        raise Unavailable(f"pip download for the container failed: {result.stderr.strip()[-300:]}")
 
 
 def copy_checkout(dest: Path) -> None:
