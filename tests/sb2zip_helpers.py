@@ -126,3 +126,14 @@ def make_sb3_zip(path: Path, *, version: str = "2.3.2", data: bytes | None = Non
             member.write(inner.getvalue())
         archive.writestr("_stable_baselines3_version", version)
         archive.writestr("system_info.txt", SB3_SYSTEM_INFO)
+
+
+def with_version_zipfile_cannot_read(data: bytes) -> bytes:
+    """``data`` (a zip) with every member's "version needed to extract" at 23.5: zipfile raises
+    NotImplementedError opening its central directory (found by the coverage-guided fuzzer)."""
+    patched = bytearray(data)
+    at = patched.find(b"PK\x01\x02")
+    while at != -1:
+        patched[at + 6] = 235  # version needed to extract, low byte: 23.5
+        at = patched.find(b"PK\x01\x02", at + 4)
+    return bytes(patched)

@@ -17,6 +17,7 @@ from ckptd.config.model import KeepBest, Policy
 from ckptd.errors import FormatError, UnsafePathError
 from ckptd.retention.evaluations import load_evaluations, read_evaluations
 from ckptd.retention.plan import Candidate, Evaluation, plan_run
+from tests.sb2zip_helpers import with_version_zipfile_cannot_read
 
 NPZ = KeepBest()  # mean_reward from evaluations.npz
 JSONL = KeepBest(source="metrics.jsonl")
@@ -156,6 +157,14 @@ def test_truncated_npz_is_a_format_error(tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # what a reader sees mid-rewrite by EvalCallback
     with pytest.raises(FormatError, match="unreadable evaluations npz") as caught:
+        load_evaluations(tmp_path, NPZ)
+    assert caught.value.path == str(path)
+
+
+def test_npz_zipfile_cannot_open_is_a_format_error(tmp_path: Path) -> None:
+    path = save_eval_npz(tmp_path, **sb2_arrays())
+    path.write_bytes(with_version_zipfile_cannot_read(path.read_bytes()))
+    with pytest.raises(FormatError, match=r"zip file version 23\.5") as caught:
         load_evaluations(tmp_path, NPZ)
     assert caught.value.path == str(path)
 

@@ -17,7 +17,13 @@ from ckptd.errors import UnsafePathError
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
 from ckptd.pickles.peek import ends_with_tuple2, peek_pickle
-from tests.sb2zip_helpers import make_sb3_zip, params_of, sample_arrays, write_zip
+from tests.sb2zip_helpers import (
+    make_sb3_zip,
+    params_of,
+    sample_arrays,
+    with_version_zipfile_cannot_read,
+    write_zip,
+)
 
 LEGACY = Path(__file__).resolve().parent / "data" / "sb2-era"
 
@@ -67,6 +73,10 @@ def test_other_zips_are_unknown(tmp_path: Path) -> None:
     broken.write_bytes(path.read_bytes()[:40])
     found = identify(broken)
     assert found.format is Format.UNKNOWN and "central directory" in found.note
+    newer = tmp_path / "newer.zip"
+    newer.write_bytes(with_version_zipfile_cannot_read(path.read_bytes()))
+    found = identify(newer)
+    assert found.format is Format.UNKNOWN and "zip file version 23.5" in found.note
 
 
 def test_non_sb2_pickles_are_plain_pickles_with_their_protocol(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ from ckptd.formats.verdict_files import (
     judge_torch_zip,
     torch_zip_pickles,
 )
-from ckptd.formats.zipread import foreign_directory_problem
+from ckptd.formats.zipread import ZIP_READ_ERRORS, foreign_directory_problem
 from ckptd.fs.files import open_regular_nofollow
 from ckptd.pickles.ops import parse_ops
 from ckptd.pickles.peek import ends_with_tuple2, peek_pickle
@@ -183,7 +183,7 @@ def _identify_zip(handle: BinaryIO, size: int) -> Identification:
         with zipfile.ZipFile(handle) as archive:
             names = tuple(archive.namelist())
             foreign = foreign_directory_problem(archive)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+    except ZIP_READ_ERRORS as err:  # e.g. NotImplementedError for a version zipfile cannot read
         return Identification(
             Format.UNKNOWN, "high", f"zip magic but no readable central directory ({err})", size
         )

@@ -29,6 +29,7 @@ import numpy as np
 
 from ckptd.config.model import KeepBest
 from ckptd.errors import FormatError
+from ckptd.formats.zipread import ZIP_READ_ERRORS
 from ckptd.fs.files import open_regular_nofollow
 from ckptd.retention.plan import Evaluation
 
@@ -107,7 +108,7 @@ def _read_npz(handle: BinaryIO, source: Path, metric: str) -> EvaluationSeries:
             values = npz[array_name]
     except FormatError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+    except (KeyError, *ZIP_READ_ERRORS) as err:
         # allow_pickle=False makes an object array a ValueError; truncation is BadZipFile/EOFError.
         raise FormatError(f"unreadable evaluations npz: {err}", path=str(source)) from err
     return EvaluationSeries(_evaluations_from_arrays(timesteps, values, source, array_name))
