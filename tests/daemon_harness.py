@@ -16,14 +16,16 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import time
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534  # uid and gid of nobody/nogroup on Debian-like systems
@@ -110,22 +112,12 @@ def unprivileged_user(uid: int = NOBODY, gid: int = NOBODY) -> UnprivilegedUser 
     return f"uid {uid} cannot run ckptd from this venv ({'; '.join(failures)})"
 
 
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.05
-) -> None:
-    """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll)
-    if predicate():
-        return
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 class NotifySocket:
-    """A fake service manager: collects sd_notify datagrams sent to ``address``."""
+    """A fake service manager: collects sd_notify datagrams sent to ``address``.
+
+    Like systemd it reads promptly, from its own thread: the kernel queues only
+    net.unix.max_dgram_qlen (often 10) datagrams, then the daemon's sd_notify would block.
+    """
 
     def __init__(self) -> None:
         name = f"ckptd-test-{uuid.uuid4().hex}"
@@ -134,13 +126,22 @@ class NotifySocket:
         self.sock.bind("\0" + name)
         self.sock.setblocking(False)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="notify-socket", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closing.wait(0.05):
+            self.collect()
 
     def collect(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(65536).decode())
-            except BlockingIOError:
-                return self.messages
+        with self._lock:
+            while True:
+                try:
+                    self.messages.append(self.sock.recv(65536).decode())
+                except BlockingIOError:
+                    return self.messages
 
     def lines(self) -> list[str]:
         return [line for message in self.collect() for line in message.split("\n")]
@@ -149,7 +150,33 @@ class NotifySocket:
         return self.lines().count(line)
 
     def close(self) -> None:
+        self._closing.set()
+        self._reader.join(5)
         self.sock.close()
+
+
+def daemon_config(
+    *roots: Path,
+    stable_for: str = "0s",
+    keep_last: int | None = None,
+    schedule: Mapping[str, str | None] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A ``ckptd run`` config: each root watched by inotify with its runs one level down, an hourly
+    rescan and no prune or manifest pass unless ``schedule`` sets them. With ``keep_last``, the
+    default policy keeps that many (no minimum age) and a prune may delete all the others.
+    ``sections`` replace whole sections (``limits``, ``metrics``, a ``policies`` with more rules)."""
+    config: dict[str, Any] = {
+        "version": 1,
+        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"} for root in roots],
+        "checkpoints": {"stable_for": stable_for},
+        "schedule": {"prune": None, "manifest": None, "rescan": "1h", **(schedule or {})},
+    }
+    if keep_last is not None:
+        config["policies"] = {"default": {"keep_last": keep_last, "min_age": "0s"}}
+        config["delete"] = {"max_fraction": 1.0}
+    config.update(sections)
+    return config
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
@@ -228,3 +255,16 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log_handle.close()
+
+
+def processes_with_open(path: Path) -> set[int]:
+    """The pids of the processes that have ``path`` open now (from /proc; all of them as root)."""
+    pids = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            links = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        except OSError:  # the process ended, or is not ours to look at
+            continue
+        if str(path) in links:
+            pids.add(int(fd_dir.parent.name))
+    return pids

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 STATE = ".ckptd"
 
@@ -58,19 +56,6 @@ def plant(path: Path, kind: str, target: Path) -> None:
         path.write_bytes(b"not a directory")
     else:
         raise ValueError(kind)
-
-
-def write_config(tmp_path: Path, root: Path, **sections: object) -> Path:
-    document: dict[str, object] = {
-        "roots": [{"path": str(root), "run_depth": 1, "observer": "polling"}],
-        "checkpoints": {"stable_for": "0s"},
-        "policies": {"default": {"keep_last": 1}},
-        "delete": {"mode": "trash", "max_fraction": 1.0},
-    }
-    document.update(sections)
-    path = tmp_path / "ckptd.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 def ckptd(*args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

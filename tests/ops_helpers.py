@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ckptd.config.load import parse_config
 from ckptd.config.model import Config
 from ckptd.manifest.model import Manifest
@@ -20,8 +22,9 @@ from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
 MANIFEST = "ckptd-manifest.json"
 
 
-def ops_config(root: Path, **sections: Any) -> Config:
-    """A config over ``root`` (run_depth 1) that keeps one checkpoint and deletes to the trash."""
+def ops_document(root: Path, **sections: Any) -> dict[str, Any]:
+    """A config document over ``root`` (run_depth 1) that keeps one checkpoint and deletes to the
+    trash; ``sections`` replace whole sections."""
     document: dict[str, Any] = {
         "roots": [{"path": str(root), "run_depth": 1, "observer": "polling"}],
         "checkpoints": {"stable_for": "0s"},
@@ -29,7 +32,19 @@ def ops_config(root: Path, **sections: Any) -> Config:
         "delete": {"mode": "trash", "max_fraction": 1.0},
     }
     document.update(sections)
-    return parse_config(document)
+    return document
+
+
+def ops_config(root: Path, **sections: Any) -> Config:
+    """``ops_document`` parsed, for the library calls."""
+    return parse_config(ops_document(root, **sections))
+
+
+def write_ops_config(directory: Path, root: Path, **sections: Any) -> Path:
+    """``ops_document`` written to ``directory/ckptd.yaml``, for the CLI."""
+    path = directory / "ckptd.yaml"
+    path.write_text(yaml.safe_dump(ops_document(root, **sections)))
+    return path
 
 
 def converted_run(

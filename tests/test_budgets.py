@@ -36,6 +36,7 @@ from ckptd.pickles.budget import check_pickle, measure
 from ckptd.pickles.graph import build_graph
 from ckptd.pickles.ops import parse_ops
 from tests import hostile_gen as gen
+from tests.daemon_harness import NotifySocket
 
 MEMORY_CAP = 1024**3  # address space of each CLI subprocess
 CLI_TIMEOUT = 60.0
@@ -358,16 +359,17 @@ def test_cli_takes_the_budgets_from_the_config(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_daemon_records_hostile_files_in_one_line_and_keeps_serving(tmp_path: Path) -> None:
+def test_daemon_records_hostile_files_in_one_line_and_keeps_serving(
+    tmp_path: Path, notify_socket: NotifySocket, legacy_bytes: bytes
+) -> None:
     from ckptd.manifest.store import load_manifest
-    from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
-    from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
+    from tests.daemon_harness import DaemonProcess, daemon_config, write_config
+    from tests.helpers import wait_until
 
     root = tmp_path / "runs"
     run = root / "ppo-1"
     run.mkdir(parents=True)
-    with stand_ins():
-        genuine = make_ppo2_checkpoint(tmp_path / "template.pkl").read_bytes()
+    genuine = legacy_bytes
     hostile = {
         "rl_model_2_steps.pkl": gen.legacy_pickle("dag-key", 60),
         "rl_model_3_steps.pkl": gen.legacy_pickle("int-key", 5000),
@@ -394,16 +396,9 @@ def test_daemon_records_hostile_files_in_one_line_and_keeps_serving(tmp_path: Pa
         (run / name).write_bytes(data)
     config = write_config(
         tmp_path / "ckptd.yaml",
-        {
-            "version": 1,
-            "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-            "checkpoints": {"stable_for": "1s"},
-            "policies": {"default": {"keep_last": 100}},
-            "schedule": {"prune": None, "manifest": "1m", "rescan": "1h"},
-        },
+        daemon_config(root, stable_for="1s", keep_last=100, schedule={"manifest": "1m"}),
     )
-    notify = NotifySocket()
-    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify_socket)
     try:
         daemon.wait_ready(timeout=60)
 
@@ -442,7 +437,6 @@ def test_daemon_records_hostile_files_in_one_line_and_keeps_serving(tmp_path: Pa
         assert daemon.stop(timeout=10) == 0
     finally:
         daemon.kill()
-        notify.close()
 
 
 @pytest.mark.parametrize(

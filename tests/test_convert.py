@@ -30,19 +30,16 @@ from ckptd.formats.storedzip import Piece, WriteResult
 from ckptd.formats.verify import verify_zip
 from ckptd.fs import files as fsio
 from ckptd.fs.runfs import RunFS
+from tests.helpers import sha256_file
 from tests.sb2_fixtures import dumps, make_ppo2_checkpoint, stand_ins
 
 SB2_ERA = Path(__file__).parent / "data" / "sb2-era"
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def listing(directory: Path) -> dict[str, str]:
     """Every file below ``directory`` with its sha256: the whole observable state."""
     return {
-        str(path.relative_to(directory)): sha(path)
+        str(path.relative_to(directory)): sha256_file(path)
         for path in sorted(directory.rglob("*"))
         if path.is_file()
     }
@@ -80,7 +77,7 @@ def test_converts_sb2_era_files_and_keeps_originals_by_default(run_dir: Path) ->
         assert outcome.status == "converted"
         assert outcome.output == source.with_suffix(".zip")
         assert outcome.original == "kept"
-        assert outcome.output_sha256 == sha(outcome.output)
+        assert outcome.output_sha256 == sha256_file(outcome.output)
         assert outcome.output_size == outcome.output.stat().st_size
         assert verify_zip(outcome.output).ok
     after = listing(run_dir)
@@ -102,12 +99,12 @@ def test_reports_algorithm_params_and_code_keys(run_dir: Path) -> None:
 
 def test_archive_moves_the_original_under_the_state_dir_after_the_zip_exists(run_dir: Path) -> None:
     source = run_dir / "rl_model_dqn_1000_steps.pkl"
-    original = sha(source)
+    original = sha256_file(source)
     outcome = convert_file(source, original="archive")
     assert outcome.original == "archived"
     assert outcome.archived_to == run_dir / ".ckptd" / "legacy" / source.name
     assert not source.exists()
-    assert sha(outcome.archived_to) == original
+    assert sha256_file(outcome.archived_to) == original
     assert verify_zip(outcome.output).ok
 
 
@@ -277,11 +274,11 @@ def test_cli_refused_input_exits_1_with_one_line_and_stays(
 ) -> None:
     marker = tmp_path / "pwned"
     source = hostile_checkpoint(tmp_path / "evil_100_steps.pkl", marker)
-    before = sha(source)
+    before = sha256_file(source)
     assert main(["convert", str(source), "--original", "delete"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(source) in err[0] and "refused" in err[0]
-    assert sha(source) == before and not marker.exists()
+    assert sha256_file(source) == before and not marker.exists()
 
 
 def test_cli_output_option_needs_one_file(
@@ -325,10 +322,10 @@ def test_kill_9_during_conversion_never_leaves_a_partial_zip(tmp_path: Path) -> 
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(delay)
+        time.sleep(delay)  # the kill lands at a different stage each time: under test
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-        assert sha(source) == original
+        assert sha256_file(source) == original
         if output.exists():
             assert verify_zip(output).ok, f"partial zip after a kill at {delay}s"
             output.unlink()

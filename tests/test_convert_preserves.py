@@ -8,7 +8,6 @@ set back) must get the same retention decisions after conversion as before it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,10 +30,12 @@ from tests.daemon_harness import (
     DaemonProcess,
     NotifySocket,
     UnprivilegedUser,
+    daemon_config,
     unprivileged_user,
     wait_until,
     write_config,
 )
+from tests.helpers import sha256_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,10 +63,6 @@ def ckptd(
     if check and result.returncode != 0:
         raise AssertionError(f"ckptd {' '.join(args)}: exit {result.returncode}\n{result.stderr}")
     return result
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def set_times(path: Path, atime_ns: int, mtime_ns: int) -> None:
@@ -167,8 +164,8 @@ def test_converting_the_same_file_twice_gives_the_same_bytes_in_any_time_zone(
     digests = []
     for zone, output in (("UTC", "a.zip"), ("Asia/Tokyo", "b.zip"), ("America/Denver", "c.zip")):
         ckptd("convert", str(source), "-o", str(tmp_path / output), env={"TZ": zone})
-        digests.append(sha(tmp_path / output))
-        time.sleep(1.1)  # and at another time of day
+        digests.append(sha256_file(tmp_path / output))
+        time.sleep(1.1)  # another second of the day: the output must not depend on it (under test)
     assert digests[0] == digests[1] == digests[2]
 
 
@@ -203,18 +200,8 @@ def test_imported_history_keeps_its_retention_decisions_through_the_daemon(
     config = policy_config(tmp_path, root)
     before = decisions_by_step(config)
     originals = {path.name: os.stat(path) for path in run.glob("*.pkl")}
-    daemon_config = write_config(
-        tmp_path / "daemon.yaml",
-        {
-            "version": 1,
-            "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-            "checkpoints": {"stable_for": "0s"},
-            "policies": {"default": {"keep_last": 100, "min_age": "0s"}},
-            "delete": {"max_fraction": 1.0},
-            "schedule": {"prune": None, "manifest": None, "rescan": "1h"},
-        },
-    )
-    daemon = DaemonProcess(daemon_config, tmp_path / "daemon.log", notify_socket)
+    config_path = write_config(tmp_path / "daemon.yaml", daemon_config(root, keep_last=100))
+    daemon = DaemonProcess(config_path, tmp_path / "daemon.log", notify_socket)
     try:
         daemon.wait_ready(timeout=30)
         wait_until(

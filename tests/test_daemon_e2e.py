@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -17,8 +16,8 @@ import pytest
 from ckptd.formats.verify import verify_zip
 from ckptd.manifest.model import Manifest
 from ckptd.manifest.store import load_manifest
-from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
-from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
+from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, daemon_config, write_config
+from tests.helpers import sha256_bytes, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -26,29 +25,14 @@ CHUNKS = 4
 CHUNK_PAUSE = 0.5  # the writer pauses longer than stable_for between chunks, with the file open
 
 
-@pytest.fixture
-def legacy_bytes(tmp_path: Path) -> bytes:
-    with stand_ins():
-        return make_ppo2_checkpoint(tmp_path / "template.pkl").read_bytes()
-
-
 def base_config(*roots: Path) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"} for root in roots],
-        "checkpoints": {"stable_for": "1s"},
-        "policies": {"default": {"keep_last": 2, "min_age": "0s"}},
-        "delete": {"max_fraction": 1.0},
-        "schedule": {"prune": "2s", "manifest": "1m", "rescan": "1h"},
-    }
+    return daemon_config(
+        *roots, stable_for="1s", keep_last=2, schedule={"prune": "2s", "manifest": "1m"}
+    )
 
 
 def manifest(run: Path) -> Manifest:
     return load_manifest(run / "ckptd-manifest.json")
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class SlowWriter(threading.Thread):
@@ -72,7 +56,7 @@ class SlowWriter(threading.Thread):
                 while time.monotonic() < deadline:
                     if zip_path.exists() or not self.path.exists():
                         self.violations.append(f"{self.path.name} touched while being written")
-                    time.sleep(0.02)
+                    time.sleep(0.02)  # the pause with the file open is under test
         self.closed = True
 
 
@@ -134,7 +118,8 @@ def test_training_run_is_converted_pruned_and_reloaded(
             assert verify_zip(run / entry.path).ok
             archived = entries[f".ckptd/legacy/rl_model_{step}_steps.pkl"]
             assert archived.state == "converted"
-            assert archived.sha256 == sha(legacy_bytes)  # the whole file, never a partial one
+            # the whole file, never a partial one
+            assert archived.sha256 == sha256_bytes(legacy_bytes)
         trash = run / ".ckptd" / "trash"
         for step in (100, 200, 300):
             assert (trash / f"rl_model_{step}_steps.pkl").read_bytes() == legacy_bytes

@@ -9,7 +9,6 @@ are in test_pipeline.py (fault hooks in PipelineDeps; chmod 000 does not stop ro
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -19,7 +18,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +28,8 @@ from ckptd.formats.verify import verify_zip
 from ckptd.fs.files import is_temp_name
 from ckptd.manifest.store import load_manifest
 from ckptd.pipeline.batch import process_path
-from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
+from tests.daemon_harness import DaemonProcess, NotifySocket, daemon_config, write_config
+from tests.helpers import sha256_file, wait_until
 from tests.sb2_fixtures import ppo2_data, ppo2_params, stand_ins, write_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -49,21 +48,6 @@ def big_legacy(path: Path, megabytes: int) -> Path:
     )
     with stand_ins():
         return write_checkpoint(path, ppo2_data(), params)
-
-
-def config_for(root: Path, **schedule: Any) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-        "checkpoints": {"stable_for": "0s"},
-        "policies": {"default": {"keep_last": 3, "min_age": "0s"}},
-        "delete": {"max_fraction": 1.0},
-        "schedule": {"prune": None, "manifest": None, "rescan": "1h", **schedule},
-    }
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_manifest(run: Path) -> None:
@@ -94,20 +78,20 @@ def check_originals(run: Path, originals: dict[str, str]) -> int:
         zip_path = (run / name).with_suffix(".zip")
         assert in_place.exists() != archived.exists(), f"{name}: in place and archived, or neither"
         if archived.exists():
-            assert sha(archived) == digest
+            assert sha256_file(archived) == digest
             assert zip_path.exists() and verify_zip(zip_path).ok, (
                 f"{name}: archived without its zip"
             )
             converted += 1
         else:
-            assert sha(in_place) == digest
+            assert sha256_file(in_place) == digest
     return converted
 
 
 def kill_at_random(daemon: DaemonProcess, delay: float) -> None:
     """SIGKILL ``delay`` seconds after the daemon is ready (or after whatever the caller awaited)."""
     daemon.wait_ready()
-    time.sleep(delay)
+    time.sleep(delay)  # the moment of the kill is what varies: this wait is under test
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(10)
     daemon.kill()
@@ -120,7 +104,7 @@ def test_kill_9_during_conversions_loses_nothing(
     run = root / "ppo-1"
     run.mkdir(parents=True)
     template = big_legacy(tmp_path / "template.pkl", 4)
-    config = write_config(tmp_path / "ckptd.yaml", config_for(root))
+    config = write_config(tmp_path / "ckptd.yaml", daemon_config(root, keep_last=3))
     rng = random.Random(20261203)
     originals: dict[str, str] = {}
     step = 0
@@ -130,7 +114,7 @@ def test_kill_9_during_conversions_loses_nothing(
             step += 1
             name = f"rl_model_{step}_steps.pkl"
             shutil.copyfile(template, run / name)
-            originals[name] = sha(template)
+            originals[name] = sha256_file(template)
         daemon = DaemonProcess(config, tmp_path / "daemon.log", notify_socket)
         kill_at_random(daemon, rng.uniform(0.0, 0.35))
         converted_while_killed.append(check_originals(run, originals))
@@ -168,7 +152,9 @@ def test_kill_9_during_prune_loses_nothing(tmp_path: Path, notify_socket: Notify
     run.mkdir(parents=True)
     template = tmp_path / "template.zip"
     convert_file(big_legacy(tmp_path / "template.pkl", 0), output=template)
-    config = write_config(tmp_path / "ckptd.yaml", config_for(root, prune="1s"))
+    config = write_config(
+        tmp_path / "ckptd.yaml", daemon_config(root, keep_last=3, schedule={"prune": "1s"})
+    )
     rng = random.Random(7)
     deleted_per_kill: list[int] = []
     made: list[str] = []

@@ -16,13 +16,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
+from tests.daemon_harness import (
+    REPO,
+    DaemonProcess,
+    NotifySocket,
+    daemon_config,
+    processes_with_open,
+    write_config,
+)
+from tests.helpers import wait_until
 from tests.slow_files import (
     big_data_pickle,
     genuine_pickle,
@@ -39,46 +46,13 @@ STABLE_FOR = 1.0
 LATENCY_BOUND = STABLE_FOR + 2.5
 
 
-@pytest.fixture
-def notify_socket() -> Iterator[NotifySocket]:
-    """A fake systemd that reads promptly, as systemd does: the kernel queues only
-    net.unix.max_dgram_qlen (often 10) datagrams, then the daemon's sd_notify blocks."""
-    sock = NotifySocket()
-    lock = threading.Lock()
-    done = threading.Event()
-    collect = sock.collect
-
-    def locked_collect() -> list[str]:
-        with lock:
-            return collect()
-
-    sock.collect = locked_collect  # type: ignore[method-assign]
-
-    def drain() -> None:
-        while not done.wait(0.05):
-            locked_collect()
-
-    drainer = threading.Thread(target=drain, daemon=True)
-    drainer.start()
-    yield sock
-    done.set()
-    drainer.join(5)
-    sock.close()
-
-
 # padded_pickle's 2,000,000 opcodes parse (about 5 s) instead of being refused at once.
 SLOW_OPCODES = 10_000_000
 
 
 def config(root: Path, **limits: str | int) -> dict[str, Any]:
     limits.setdefault("max_opcodes", SLOW_OPCODES)
-    return {
-        "version": 1,
-        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-        "checkpoints": {"stable_for": f"{STABLE_FOR:g}s"},
-        "schedule": {"prune": None, "manifest": None, "rescan": "1h"},
-        "limits": limits,
-    }
+    return daemon_config(root, stable_for=f"{STABLE_FOR:g}s", limits=limits)
 
 
 def entries(run: Path) -> dict[str, dict[str, Any]]:
@@ -193,7 +167,7 @@ def test_ten_hostile_files_a_second_do_not_slow_the_other_runs(
                 for name, entry in entries(run).items():
                     if entry["state"] == "kept" and (run, name) not in recorded:
                         recorded[(run, name)] = now
-            time.sleep(0.01)
+            time.sleep(0.01)  # polled until a deadline: a latency measurement
 
     flooder = threading.Thread(target=flood, daemon=True)
     watcher = threading.Thread(target=watch, daemon=True)
@@ -205,7 +179,7 @@ def test_ten_hostile_files_a_second_do_not_slow_the_other_runs(
             for run in genuine:
                 genuine_pickle(run / f"model_{second}_steps.pkl")
                 closed[(run, f"model_{second}_steps.zip")] = time.monotonic()
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))  # the rate is under test
         stop.set()
         flooder.join(5)
         watcher.join(40)
@@ -287,15 +261,26 @@ def test_watchdog_stops_when_the_dispatcher_is_wedged_not_when_a_file_is_slow(
         wait_until(lambda: notify_socket.count("READY=1") == 1, 30, "READY=1")
         # A file that takes far longer than a watchdog interval to parse: pings go on.
         # (6,000,000 opcodes: about 12 s and 900 MiB, hence the larger max_memory.)
-        padded_pickle(run / "model_1_steps.pkl", 3_000_000)
-        time.sleep(STABLE_FOR + 1)
+        slow = padded_pickle(run / "model_1_steps.pkl", 3_000_000)
+        wait_until(
+            lambda: processes_with_open(slow) - {proc.pid}, 30, "a child to start parsing the file"
+        )
         before = notify_socket.count("WATCHDOG=1")
-        time.sleep(3)
-        assert notify_socket.count("WATCHDOG=1") >= before + 4
+        wait_until(lambda: notify_socket.count("WATCHDOG=1") >= before + 4, 3, "four more pings")
         assert state_of(run, "model_1_steps.pkl") is None  # still being parsed
         marker.touch()
-        time.sleep(1)  # the tick in flight may still ping once
+        # The tick in flight may still ping once: wait for a whole interval without one.
+        pings = [notify_socket.count("WATCHDOG=1"), time.monotonic()]
+
+        def quiet() -> bool:
+            count = notify_socket.count("WATCHDOG=1")
+            if count != pings[0]:
+                pings[:] = [count, time.monotonic()]
+            return time.monotonic() - pings[1] >= 1.0
+
+        wait_until(quiet, 15, "the pings to stop")
         wedged = notify_socket.count("WATCHDOG=1")
+        # Three watchdog intervals without a ping, what systemd acts on: this wait is under test.
         time.sleep(3)
         assert notify_socket.count("WATCHDOG=1") == wedged
         assert proc.poll() is None

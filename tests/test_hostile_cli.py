@@ -19,17 +19,11 @@ import pytest
 
 from ckptd.config.load import load_config
 from ckptd.config.model import Config
-from tests.hostile_helpers import STATE, ckptd, make_sentinel, plant, snapshot, write_config
-from tests.ops_helpers import converted_run, prune_now
-from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
+from tests.hostile_helpers import STATE, ckptd, make_sentinel, plant, snapshot
+from tests.ops_helpers import converted_run, prune_now, write_ops_config
+from tests.sb2_fixtures import make_ppo2_checkpoint
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(autouse=True)
-def _stand_ins() -> Iterator[None]:
-    with stand_ins():
-        yield
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("sb2_stand_ins")]
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def outside(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     (tmp_path / "runs").mkdir()
-    return write_config(tmp_path, tmp_path / "runs")
+    return write_ops_config(tmp_path, tmp_path / "runs")
 
 
 @pytest.fixture
@@ -299,7 +293,7 @@ def planted_manifest_run(config: Config, tmp_path: Path) -> Path:
 def test_a_planted_converted_from_never_makes_prune_delete_another_file(
     tmp_path: Path, outside: Path, claim: str
 ) -> None:
-    config_file = write_config(
+    config_file = write_ops_config(
         tmp_path,
         tmp_path / "runs",
         policies={"default": {"keep_last": 1, "protect": ["best_model.zip", "*_500_steps.pkl"]}},

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from ckptd.convert.conversion import convert_file
-from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
+from tests.daemon_harness import DaemonProcess, NotifySocket, daemon_config, write_config
+from tests.helpers import wait_until
 from tests.hostile_helpers import STATE, ckptd, make_sentinel, plant, snapshot
 from tests.sb2_fixtures import (
     Exploit,
-    make_ppo2_checkpoint,
     ppo2_data,
     ppo2_params,
     stand_ins,
@@ -30,25 +30,22 @@ from tests.sb2_fixtures import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-def daemon_config(root: Path) -> dict[str, object]:
-    return {
-        "version": 1,
-        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-        "checkpoints": {"stable_for": "0s"},
-        "policies": {"default": {"keep_last": 1, "min_age": "0s", "protect": ["best_model.zip"]}},
-        "delete": {"max_fraction": 1.0},
-        "schedule": {"prune": "2s", "manifest": None, "rescan": "1h"},
-    }
+def protecting_config(root: Path) -> dict[str, object]:
+    """Keep one, protect best_model.zip, prune every 2 s."""
+    return daemon_config(
+        root,
+        keep_last=1,
+        schedule={"prune": "2s"},
+        policies={"default": {"keep_last": 1, "min_age": "0s", "protect": ["best_model.zip"]}},
+    )
 
 
 def test_daemon_never_moves_anything_through_planted_links(
-    tmp_path: Path, notify_socket: NotifySocket
+    tmp_path: Path, notify_socket: NotifySocket, legacy_bytes: bytes
 ) -> None:
     outside = make_sentinel(tmp_path)
     root = tmp_path / "runs"
-    with stand_ins():
-        legacy = make_ppo2_checkpoint(tmp_path / "legacy.pkl").read_bytes()
-    planted = planted_manifest_run(tmp_path, root / "planted", legacy)
+    planted = planted_manifest_run(tmp_path, root / "planted", legacy_bytes)
     runs = {
         name: root / name
         for name in (
@@ -79,7 +76,7 @@ def test_daemon_never_moves_anything_through_planted_links(
     for name, relpath in sources.items():
         path = runs[name] / relpath
         path.parent.mkdir(parents=True)
-        path.write_bytes(exploit if name == "jail-link" else legacy)
+        path.write_bytes(exploit if name == "jail-link" else legacy_bytes)
     plant(runs["one-below"] / STATE / "legacy" / "sub", "symlink", outside / "sub")
     plant(runs["two-below"] / STATE / "legacy" / "a" / "b", "symlink", outside / "sub")
     plant(runs["state-link"] / STATE, "symlink", outside)
@@ -88,7 +85,7 @@ def test_daemon_never_moves_anything_through_planted_links(
     plant(runs["trash-link"] / STATE / "trash", "symlink", outside / "trash")
     before = snapshot(outside)
 
-    config = write_config(tmp_path / "ckptd.yaml", daemon_config(root))
+    config = write_config(tmp_path / "ckptd.yaml", protecting_config(root))
     daemon = DaemonProcess(config, tmp_path / "daemon.log", notify_socket)
     try:
         daemon.wait_ready()
@@ -126,7 +123,7 @@ def test_daemon_never_moves_anything_through_planted_links(
             continue
         # Every original stays in its run: where it was, or (a prune judged the in-place original
         # beside its zip, which the archive move could not take) in the run's own trash.
-        expected = exploit if name == "jail-link" else legacy
+        expected = exploit if name == "jail-link" else legacy_bytes
         trashed = runs[name] / STATE / "trash" / Path(relpath).name
         kept = runs[name] / relpath
         assert (kept if kept.exists() else trashed).read_bytes() == expected, name
@@ -159,7 +156,7 @@ def planted_manifest_run(tmp_path: Path, run: Path, legacy: bytes) -> Path:
         convert_file(source, original="archive")
     (run / "best_model.zip").write_bytes((run / "rl_model_1000_steps.zip").read_bytes())
     os.utime(run / "best_model.zip", (1_600_000_000, 1_600_000_000))
-    config = write_config(tmp_path / "manifest.yaml", daemon_config(run.parent))
+    config = write_config(tmp_path / "manifest.yaml", protecting_config(run.parent))
     assert ckptd("manifest", "-c", config).returncode == 0
     path = run / "ckptd-manifest.json"
     manifest = json.loads(path.read_text())

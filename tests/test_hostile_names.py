@@ -32,7 +32,7 @@ from ckptd.pickles.emit import emit_pickle
 from ckptd.pickles.graph_check import check_pickle_bytes
 from ckptd.pickles.nodes import Global
 from ckptd.pickles.pynames import in_package, is_dotted_name, is_identifier
-from tests.daemon_harness import REPO
+from tests.daemon_harness import REPO, NotifySocket
 from tests.test_hostile_pickles import Asm
 
 # Every exact allowlist entry, and one member of each package family the allowlist accepts.
@@ -426,30 +426,23 @@ def test_daemon_pipeline_keeps_the_original_when_its_output_fails_verify(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_real_daemon_quarantines_every_injection(tmp_path: Path) -> None:
+def test_real_daemon_quarantines_every_injection(
+    tmp_path: Path, notify_socket: NotifySocket
+) -> None:
     """``ckptd run``: each family's injection, as GLOBAL and STACK_GLOBAL, is refused and
     quarantined; no zip is written and the payload's marker never appears."""
-    import json
 
-    from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until
+    from tests.daemon_harness import DaemonProcess, daemon_config, write_config
+    from tests.helpers import wait_until
 
     root = tmp_path / "runs"
     run = root / "ppo-1"
     run.mkdir(parents=True)
     marker = tmp_path / "pwned"
-    config = tmp_path / "ckptd.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-                "checkpoints": {"stable_for": "1s"},
-                "policies": {"default": {"keep_last": 5, "min_age": "0s"}},
-            }
-        )
+    config = write_config(
+        tmp_path / "ckptd.yaml", daemon_config(root, stable_for="1s", keep_last=5)
     )
-    notify = NotifySocket()
-    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify_socket)
     try:
         daemon.wait_ready(timeout=30)
         count = 0
@@ -466,7 +459,6 @@ def test_real_daemon_quarantines_every_injection(tmp_path: Path) -> None:
         )
     finally:
         assert daemon.stop(timeout=10) == 0
-        notify.close()
     assert not list(run.rglob("*.zip"))
     assert not list(run.glob("*.pkl"))  # every one moved to the quarantine
     assert not marker.exists()

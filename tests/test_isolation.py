@@ -32,7 +32,7 @@ from tests.sb2_fixtures import ppo2_data, stand_ins, write_checkpoint
 from tests.sb2zip_helpers import make_sb3_zip
 from tests.slow_files import big_data_pickle, genuine_pickle, padded_pickle, shared_memo_pickle
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_thread_leaks")]
 
 
 def limits(seconds: int = 60) -> Limits:

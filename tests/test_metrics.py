@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -15,16 +12,7 @@ from ckptd import __version__
 from ckptd.daemon.metrics import Metrics, parse_listen, start_metrics_server
 from ckptd.errors import CkptdError, ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _no_thread_leaks() -> Iterator[None]:
-    """Fail a test that leaves the HTTP server thread running (this module only)."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5.0
-    while [t for t in threading.enumerate() if t not in before] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not [t.name for t in threading.enumerate() if t not in before]
+pytestmark = pytest.mark.usefixtures("no_thread_leaks")
 
 
 def scrape(address: tuple[str, int]) -> str:

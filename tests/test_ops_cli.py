@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from ckptd.cli.main import main
 from ckptd.config.load import load_config
 from ckptd.config.model import Config
 from ckptd.pipeline.batch import process_path
-from tests.ops_helpers import converted_run, flip_byte, prune_now
-from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, stand_ins, write_checkpoint
+from tests.ops_helpers import converted_run, flip_byte, prune_now, write_ops_config
+from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, write_checkpoint
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("sb2_stand_ins")]
 
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
-    document = {
-        "roots": [{"path": "runs", "run_depth": 1, "observer": "polling"}],
-        "checkpoints": {"stable_for": "0s"},
-        "policies": {"default": {"keep_last": 1}},
-        "delete": {"mode": "trash", "max_fraction": 1.0},
-        "scrub": {"max_rate": "1GiB"},
-    }
     (tmp_path / "runs").mkdir()
-    path = tmp_path / "ckptd.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return write_ops_config(tmp_path, tmp_path / "runs", scrub={"max_rate": "1GiB"})
 
 
 @pytest.fixture
@@ -50,12 +39,6 @@ def run(config: Config) -> Path:
 def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     # rich folds table cells to the terminal width (80 under capture); tests read whole words.
     monkeypatch.setenv("COLUMNS", "300")
-
-
-@pytest.fixture(autouse=True)
-def _stand_ins() -> Iterator[None]:
-    with stand_ins():
-        yield
 
 
 def json_out(capsys: pytest.CaptureFixture[str]) -> Any:

@@ -26,7 +26,7 @@ from ckptd.config.model import LogConfig
 from ckptd.daemon.logsetup import configure_logging
 from ckptd.pipeline.batch import process_path
 from ckptd.textsafe import shown
-from tests.daemon_harness import REPO
+from tests.daemon_harness import REPO, NotifySocket
 from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
 from tests.test_hostile_names import checkpoint
 
@@ -175,19 +175,19 @@ def test_log_lines_escape_what_came_from_a_file(fmt: str) -> None:
         assert record["run"] == HOSTILE and record["file"] == "a\nb"  # exact, escaped by JSON
 
 
-def test_daemon_log_escapes_a_hostile_file(hostile_file: Path, tmp_path: Path) -> None:
+def test_daemon_log_escapes_a_hostile_file(
+    hostile_file: Path, tmp_path: Path, notify_socket: NotifySocket
+) -> None:
     """The real daemon refuses and quarantines the file; its stderr has no raw control byte."""
-    from tests.daemon_harness import DaemonProcess, NotifySocket
+    from tests.daemon_harness import DaemonProcess
 
     config_path = _config(tmp_path)
-    notify = NotifySocket()
-    daemon = DaemonProcess(config_path, tmp_path / "daemon.log", notify)
+    daemon = DaemonProcess(config_path, tmp_path / "daemon.log", notify_socket)
     try:
         daemon.wait_ready(timeout=30)
         daemon.wait_log("quarantined as", timeout=30)
     finally:
         assert daemon.stop(timeout=10) == 0
-        notify.close()
     text = assert_clean((tmp_path / "daemon.log").read_bytes(), "daemon log")
     assert "gym.spaces.box\\x1b]0;pwned" in text
 

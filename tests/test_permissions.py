@@ -14,7 +14,6 @@ reconciliation scan (an unusable run or state dir, which would only fail and log
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -48,11 +46,12 @@ from tests.daemon_harness import (
     DaemonProcess,
     NotifySocket,
     UnprivilegedUser,
+    daemon_config,
     unprivileged_user,
     wait_until,
     write_config,
 )
-from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
+from tests.helpers import sha256_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -72,12 +71,6 @@ def user() -> UnprivilegedUser:
     if isinstance(found, str):
         pytest.skip(found)
     return found
-
-
-@pytest.fixture(scope="module")
-def legacy_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    with stand_ins():
-        return make_ppo2_checkpoint(tmp_path_factory.mktemp("legacy") / "ppo2.pkl").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -115,16 +108,12 @@ def put(path: Path, data: bytes, *, owner: int = NOBODY, mode: int = 0o644) -> P
     return path
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()  # as root: mode 000 does not stop us
-
-
 def fingerprints(paths: list[Path]) -> dict[Path, tuple[str, int, int]]:
     """Content, owner and mode of each file: what "left untouched" means here."""
     result = {}
     for path in paths:
         st = os.stat(path)
-        result[path] = (sha(path), st.st_uid, stat.S_IMODE(st.st_mode))
+        result[path] = (sha256_file(path), st.st_uid, stat.S_IMODE(st.st_mode))
     return result
 
 
@@ -147,18 +136,6 @@ def problem_records(log: str) -> list[str]:
         for m in records
         if m is not None and m["level"] in ("WARNING", "ERROR")
     ]
-
-
-def daemon_config(root: Path) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-        "checkpoints": {"stable_for": "0s"},
-        "policies": {"default": {"keep_last": 5, "min_age": "0s"}},
-        "delete": {"max_fraction": 1.0},
-        # No prune or manifest pass: this test is about what the daemon's pipeline records.
-        "schedule": {"prune": None, "manifest": None, "rescan": "1h"},
-    }
 
 
 def assert_converted(run: Path, steps: tuple[int, ...]) -> None:
@@ -194,7 +171,8 @@ def test_daemon_reports_each_unreadable_file_and_unwritable_run_and_serves_the_r
     untouched = fingerprints(
         [unreadable, *locked.iterdir(), *(p for p in readonly.iterdir() if p.is_file())]
     )
-    config = write_config(tree / "ckptd.yaml", daemon_config(root))
+    # No prune or manifest pass: this test is about what the daemon's pipeline records.
+    config = write_config(tree / "ckptd.yaml", daemon_config(root, keep_last=5))
     os.chmod(config, 0o644)
 
     daemon = DaemonProcess(config, tree / "daemon.log", notify_socket, user=user)
@@ -222,6 +200,7 @@ def test_daemon_reports_each_unreadable_file_and_unwritable_run_and_serves_the_r
             f"the new checkpoint:\n{daemon.log_text()}",
         )
         # Past the busy-run backoff: an unwritable run must not be retried (and logged) again.
+        # The time passing is what is under test, so this is a sleep, not a wait for an event.
         time.sleep(max(0.0, ready_at + LOCKED_RUN_BACKOFF_SECONDS + 1.5 - time.monotonic()))
         assert daemon.stop() == 0
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from ckptd.retention.plan import Candidate, Evaluation, RunPlan, plan_run
 from ckptd.retention.prune import prune_all
 from ckptd.runs.access import locate
 from ckptd.runs.statedir import StateLayout, read_pins, run_lock
+from tests.helpers import blocked_in, wait_until
 from tests.ops_helpers import (
     converted_run,
     decisions,
@@ -28,7 +28,7 @@ from tests.ops_helpers import (
     run_report,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_thread_leaks")]
 
 NOW = datetime.now(UTC)
 OLD = "rl_model_1000_steps.zip"
@@ -141,13 +141,6 @@ def test_concurrent_pins_are_all_kept(run: Path) -> None:
     assert set(read_pins(StateLayout(run))) == set(names)
 
 
-def _wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_pin_placed_while_a_prune_is_judging_the_run_is_honoured(config: Config, run: Path) -> None:
     """A real prune holds the run lock; the pin lands in its own thread between planning and
     deleting (the planner hook waits for it), and the prune re-reads pins before deleting."""
@@ -180,7 +173,7 @@ def test_pin_placed_while_a_prune_is_judging_the_run_is_honoured(config: Config,
         if len(calls) == 1:
             assert {d.path: d.action for d in plan.decisions}[OLD] == "delete"
             threading.Thread(target=pin_in_thread, daemon=True).start()
-            _wait_for(lambda: OLD in read_pins(layout))  # the pin landed; the prune still runs
+            wait_until(lambda: OLD in read_pins(layout), what="the pin")  # the prune still runs
             assert not pin_done.is_set()  # the pin command waits for the prune's run lock
         return plan
 
@@ -203,8 +196,8 @@ def test_prune_waiting_on_the_lock_sees_a_pin_made_before_it(config: Config, run
     with run_lock(layout, timeout=5):  # a daemon batch holds the run
         thread = threading.Thread(target=lambda: results.append(prune_now(config)))
         thread.start()
-        time.sleep(0.2)
-        assert results == []  # the prune is blocked on the lock
+        wait_until(lambda: blocked_in(thread, "run_lock"), what="the prune to wait for the lock")
+        assert results == []
         # The pin lands at once (the run lock is not needed for that) and then waits.
         pinner = threading.Thread(
             target=pin,
@@ -212,7 +205,7 @@ def test_prune_waiting_on_the_lock_sees_a_pin_made_before_it(config: Config, run
             kwargs={"reason": "early", "now": NOW, "lock_timeout": 20},
         )
         pinner.start()
-        _wait_for(lambda: OLD in read_pins(layout))
+        wait_until(lambda: OLD in read_pins(layout), what="the pin")
     thread.join(20)
     pinner.join(20)
     assert (run / OLD).exists()
@@ -232,7 +225,7 @@ def test_pin_that_loses_the_race_with_a_deletion_says_so(run: Path) -> None:
     with run_lock(layout, timeout=5):  # stands for a prune between its re-read and its delete
         thread = threading.Thread(target=pin_in_thread)
         thread.start()
-        _wait_for(lambda: OLD in read_pins(layout))
+        wait_until(lambda: OLD in read_pins(layout), what="the pin")
         (run / ".ckptd" / "trash").mkdir(exist_ok=True)
         os.rename(run / OLD, run / ".ckptd" / "trash" / OLD)
     thread.join(20)

@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,11 @@ from tests.sb2_fixtures import (
     make_ppo2_checkpoint,
     ppo2_data,
     ppo2_params,
-    stand_ins,
     write_checkpoint,
 )
 from tests.sb2zip_helpers import make_sb3_zip
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("sb2_stand_ins")]
 
 
 @pytest.fixture
@@ -57,12 +55,6 @@ def make_config(runs: Path, **convert: Any) -> Config:
 @pytest.fixture
 def config(runs: Path) -> Config:
     return make_config(runs)
-
-
-@pytest.fixture(autouse=True)
-def _stand_ins() -> Iterator[None]:
-    with stand_ins():
-        yield
 
 
 def manifest_of(run_dir: Path) -> Manifest:

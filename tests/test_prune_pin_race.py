@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,9 +27,10 @@ from ckptd.retention.report import PruneReport
 from ckptd.retention.trash import restore
 from ckptd.runs.checkpoints import Checkpoint
 from ckptd.runs.statedir import Pin, StateLayout, read_pins, write_pins
+from tests.helpers import blocked_in, wait_until
 from tests.ops_helpers import converted_run, decisions, manifest_of, ops_config, run_report
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_thread_leaks")]
 
 OLD = "rl_model_1000_steps.zip"
 MIDDLE = "rl_model_2000_steps.zip"
@@ -130,8 +130,9 @@ def test_pin_landing_while_the_prune_is_about_to_delete_is_honoured(
     with pins_lock(layout, timeout=5):  # what set_pin holds while it read-modify-writes
         pruning = Background(lambda: prune_all(config, now=now(), dry_run=False, options=options))
         assert planner.planned.wait(JOIN)
-        time.sleep(0.3)  # the prune is past planning: on its way to delete
-        assert deleter.calls == []  # ...and it cannot, while a pin is being written
+        # The prune is past planning, waiting for the pins lock on its way to delete...
+        wait_until(lambda: blocked_in(pruning.thread, "pins_lock"), JOIN, "the prune to wait")
+        assert deleter.calls == []  # ...and it cannot delete while a pin is being written
         write_pins(layout, {OLD: Pin("landed mid-prune", now())})
     pruning.join()
 
@@ -161,9 +162,9 @@ def test_pin_command_during_the_deletions_waits_and_then_never_pins_a_deleted_fi
         assert OLD in [c.path for c in checkpoints]
         for name in (OLD, NEWEST):
             pinners[name] = Background(functools.partial(pin_late, run / name))
-        time.sleep(0.3)
-        assert read_pins(layout) == {}  # both are waiting for the deletions to finish
-        assert all(p.thread.is_alive() for p in pinners.values())
+        for pinner in pinners.values():  # both wait for the deletions to finish
+            wait_until(lambda p=pinner: blocked_in(p.thread, "pins_lock"), JOIN, "a pin to wait")
+        assert read_pins(layout) == {}
 
     deleter = HookedDeleter(pin_while_deleting)
     report = prune_all(config, now=now(), dry_run=False, options=PassOptions(deleter=deleter))
@@ -199,7 +200,21 @@ def test_pins_restores_and_prunes_running_together_never_deadlock(
             errors.append(err)
 
     churner = Background(churn_pins)
-    deleter = HookedDeleter(lambda _: time.sleep(0.05))  # widen the window the pins lock covers
+
+    def contended(_: Sequence[Checkpoint]) -> None:
+        # Every pass deletes while the churner waits for the lock the prune holds (pins, or the
+        # run lock its manifest update takes): the locks are really contended, not by luck.
+        wait_until(
+            lambda: (
+                not churner.thread.is_alive()
+                or blocked_in(churner.thread, "pins_lock")
+                or blocked_in(churner.thread, "run_lock")
+            ),
+            JOIN,
+            "the churner to wait for a lock",
+        )
+
+    deleter = HookedDeleter(contended)
     for _ in range(3):
         pruning = Background(
             lambda: prune_all(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,11 @@ from ckptd.pipeline.discovery import find_work
 from ckptd.retention.manifest_pass import write_manifests
 from ckptd.runs.access import locate_run_dir
 from tests.ops_helpers import flip_byte, manifest_of, ops_config
-from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, stand_ins, write_checkpoint
+from tests.sb2_fixtures import Exploit, ppo2_data, ppo2_params, write_checkpoint
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("sb2_stand_ins")]
 
 NAME = "rl_model_9_steps.pkl"
-
-
-@pytest.fixture(autouse=True)
-def _stand_ins() -> Iterator[None]:
-    with stand_ins():
-        yield
 
 
 @pytest.fixture

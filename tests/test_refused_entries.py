@@ -7,7 +7,6 @@ once that file is gone; ``quarantine release`` and the passes must agree on what
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,20 +31,13 @@ from tests.sb2_fixtures import (
     make_ppo2_checkpoint,
     ppo2_data,
     ppo2_params,
-    stand_ins,
     write_checkpoint,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("sb2_stand_ins")]
 
 EVIL = "rl_model_9_steps.pkl"
 JAILED = f".ckptd/quarantine/{EVIL}"
-
-
-@pytest.fixture(autouse=True)
-def _stand_ins() -> Iterator[None]:
-    with stand_ins():
-        yield
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ import pytest
 from ckptd.convert.sb2names import HOW_TO_NAME, ParamNames, Unnamed, infer_param_names
 from ckptd.formats.model import DataValue, OpaqueValue
 from ckptd.manifest.store import load_manifest
-from tests.daemon_harness import DaemonProcess, NotifySocket, wait_until, write_config
+from tests.daemon_harness import DaemonProcess, NotifySocket, daemon_config, write_config
+from tests.helpers import wait_until
 
 DATA = Path(__file__).parent / "data" / "sb2-names"
 ORACLE = sorted(DATA.glob("oracle-*.json"))
@@ -249,16 +250,14 @@ def test_param_names_one_per_line_convert_a_held_file(tmp_path: Path) -> None:
 
 
 def _daemon_config(root: Path, keep_last: int) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-        "checkpoints": {"stable_for": "1s"},
-        "policies": {"default": {"keep_last": keep_last, "min_age": "0s"}},
-        "schedule": {"prune": "2s", "manifest": "1m", "rescan": "1h"},
-    }
+    return daemon_config(
+        root, stable_for="1s", keep_last=keep_last, schedule={"prune": "2s", "manifest": "1m"}
+    )
 
 
-def test_the_daemon_records_a_held_file_and_keeps_it(tmp_path: Path) -> None:
+def test_the_daemon_records_a_held_file_and_keeps_it(
+    tmp_path: Path, notify_socket: NotifySocket
+) -> None:
     root = tmp_path / "runs"
     run = root / "custom-run"
     run.mkdir(parents=True)
@@ -283,25 +282,21 @@ def test_the_daemon_records_a_held_file_and_keeps_it(tmp_path: Path) -> None:
             and entry.reasons == ("keep_last #3",)
         )
 
-    notify = NotifySocket()
-    try:
-        for _start in range(2):  # a restart must not convert it or judge it again
-            daemon = DaemonProcess(config, tmp_path / "daemon.log", notify)
-            try:
-                daemon.wait_ready(timeout=30)
-                wait_until(settled, 30, f"held and judged by a prune pass:\n{daemon.log_text()}")
-            finally:
-                assert daemon.stop() == 0
-        entries = load_manifest(manifest_path).by_path()
-        entry = entries["rl_model_100_steps.pkl"]
-        assert entry.note is not None and entry.note.endswith(HOW_TO_NAME)
-        assert "a custom policy" in entry.note and entry.format.value == "sb2-pickle"
-        assert entry.sha256 is not None and entry.reasons == ("keep_last #3",)
-        assert (run / "rl_model_100_steps.pkl").exists()
-        assert not (run / "rl_model_100_steps.zip").exists()
-        assert daemon.log_text().count("held, not converted") == 1
-    finally:
-        notify.close()
+    for _start in range(2):  # a restart must not convert it or judge it again
+        daemon = DaemonProcess(config, tmp_path / "daemon.log", notify_socket)
+        try:
+            daemon.wait_ready(timeout=30)
+            wait_until(settled, 30, f"held and judged by a prune pass:\n{daemon.log_text()}")
+        finally:
+            assert daemon.stop() == 0
+    entries = load_manifest(manifest_path).by_path()
+    entry = entries["rl_model_100_steps.pkl"]
+    assert entry.note is not None and entry.note.endswith(HOW_TO_NAME)
+    assert "a custom policy" in entry.note and entry.format.value == "sb2-pickle"
+    assert entry.sha256 is not None and entry.reasons == ("keep_last #3",)
+    assert (run / "rl_model_100_steps.pkl").exists()
+    assert not (run / "rl_model_100_steps.zip").exists()
+    assert daemon.log_text().count("held, not converted") == 1
     status = _ckptd("status", "-c", str(config), "--json", cwd=tmp_path)
     (run_status,) = json.loads(status.stdout)["runs"]
     assert run_status["counts"]["held"] == 1 and run_status["kept"] == 3
@@ -320,7 +315,7 @@ def test_the_daemon_records_a_held_file_and_keeps_it(tmp_path: Path) -> None:
     # The way out (docs/param-names.md): convert it with its names, in place, daemon running.
     names = tmp_path / "names.txt"
     names.write_text("\n".join(CUSTOM_NAMES) + "\n")
-    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify := NotifySocket())
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", notify_socket)
     try:
         daemon.wait_ready(timeout=30)
         held_file = run / "rl_model_100_steps.pkl"
@@ -347,4 +342,3 @@ def test_the_daemon_records_a_held_file_and_keeps_it(tmp_path: Path) -> None:
         wait_until(recorded, 30, f"the converted zip recorded:\n{daemon.log_text()}")
     finally:
         assert daemon.stop() == 0
-        notify.close()

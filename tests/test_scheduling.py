@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,49 +14,40 @@ from ckptd.config.cron import cron_trigger, crontab_weekdays
 from ckptd.config.model import ScheduleSpec
 from ckptd.daemon.scheduling import JobScheduler
 from ckptd.errors import ConfigError
+from tests.helpers import DEADLINE_SECONDS, wait_until
 
-DEADLINE_SECONDS = 4.0
-
-
-@pytest.fixture(autouse=True)
-def _no_thread_leaks() -> Iterator[None]:
-    """Fail a test that leaves a scheduler or worker thread running (this module only)."""
-    before = set(threading.enumerate())
-    yield
-    assert wait_until(lambda: not [t for t in threading.enumerate() if t not in before], 5.0), (
-        f"threads left running: {[t.name for t in threading.enumerate() if t not in before]}"
-    )
+pytestmark = pytest.mark.usefixtures("no_thread_leaks")
 
 
 def every(seconds: float) -> ScheduleSpec:
     return ScheduleSpec(interval=timedelta(seconds=seconds))
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE_SECONDS) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 class Counter:
-    """A job body that counts its runs (and how many overlap)."""
+    """A job body that counts its runs (and how many overlap); while held, a run waits in the job
+    until ``release()`` (so a test decides how long a run lasts, instead of guessing a duration)."""
 
-    def __init__(self, duration: float = 0.0) -> None:
-        self.duration = duration
+    def __init__(self) -> None:
         self.runs = 0
         self.running = 0
         self.max_running = 0
         self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
 
     def __call__(self) -> None:
         with self._lock:
             self.runs += 1
             self.running += 1
             self.max_running = max(self.max_running, self.running)
-        time.sleep(self.duration)
+        # Bounded: a test that fails while holding must not leave the pool's thread behind.
+        self._open.wait(DEADLINE_SECONDS)
         with self._lock:
             self.running -= 1
 
@@ -75,17 +66,21 @@ def test_interval_job_runs_repeatedly(scheduler: JobScheduler) -> None:
     scheduler.set_jobs({"manifest": every(0.05)}, {"manifest": tick})
     scheduler.start()
     assert scheduler.healthy()
-    assert wait_until(lambda: tick.runs >= 3)
+    wait_until(lambda: tick.runs >= 3, what="three runs")
 
 
 def test_slow_job_never_overlaps_itself_and_overlaps_are_logged(
     scheduler: JobScheduler, caplog: pytest.LogCaptureFixture
 ) -> None:
-    slow = Counter(duration=0.4)
+    slow = Counter()
+    slow.hold()  # the first run lasts until the scheduler has tried to start it again
     scheduler.set_jobs({"prune": every(0.05)}, {"prune": slow})
     with caplog.at_level(logging.WARNING, logger="ckptd.daemon.scheduling"):
         scheduler.start()
-        assert wait_until(lambda: slow.runs >= 2)
+        wait_until(lambda: scheduler.problems["overlap:prune"] >= 1, what="an overlap")
+        assert (slow.runs, slow.running) == (1, 1)
+        slow.release()
+        wait_until(lambda: slow.runs >= 2, what="the run after the slow one")
     assert slow.max_running == 1
     assert scheduler.problems["overlap:prune"] >= 1
     assert "scheduled job prune skipped: its previous run is still going" in caplog.text
@@ -94,14 +89,17 @@ def test_slow_job_never_overlaps_itself_and_overlaps_are_logged(
 def test_missed_runs_are_coalesced_into_one(scheduler: JobScheduler) -> None:
     tick = Counter()
     scheduler.set_jobs({"manifest": every(0.05)}, {"manifest": tick})
-    scheduler.start()
-    assert wait_until(lambda: tick.runs >= 1)
-    scheduler._scheduler.pause()  # stands in for a stalled process: ~10 runs fall due meanwhile
+    # Started paused: stands in for a stalled process. Letting ~10 runs fall due is what is under
+    # test, so this sleep stays.
+    scheduler._scheduler.start(paused=True)
     time.sleep(0.5)
-    before = tick.runs
+    tick.hold()
     scheduler._scheduler.resume()
-    time.sleep(0.07)
-    assert tick.runs - before <= 2  # one coalesced catch-up (+ maybe the next regular run)
+    wait_until(lambda: tick.running == 1, what="the catch-up run")
+    scheduler._scheduler.pause()  # no regular run from now on (one would be skipped anyway)
+    tick.release()
+    scheduler.shutdown(wait=True)  # every run submitted so far has returned
+    assert tick.runs == 1  # one coalesced catch-up, not one run per missed time
 
 
 def test_failing_job_is_logged_in_one_line_and_the_scheduler_keeps_going(
@@ -116,7 +114,10 @@ def test_failing_job_is_logged_in_one_line_and_the_scheduler_keeps_going(
     )
     with caplog.at_level(logging.ERROR, logger="ckptd.daemon.scheduling"):
         scheduler.start()
-        assert wait_until(lambda: scheduler.problems["error:scrub"] >= 2 and healthy_job.runs >= 2)
+        wait_until(
+            lambda: scheduler.problems["error:scrub"] >= 2 and healthy_job.runs >= 2,
+            what="two failures and two healthy runs",
+        )
     ours = [r.getMessage() for r in caplog.records if r.name == "ckptd.daemon.scheduling"]
     assert "scheduled job scrub failed: RuntimeError: kaput" in ours
     assert all("\n" not in message for message in ours)
@@ -127,10 +128,11 @@ def test_reconfiguring_replaces_a_changed_job(scheduler: JobScheduler) -> None:
     tick = Counter()
     scheduler.set_jobs({"prune": every(3600)}, {"prune": tick})
     scheduler.start()
-    time.sleep(0.15)
+    first = scheduler.next_run("prune")
+    assert first is not None and first - datetime.now(UTC) > timedelta(minutes=59)
     assert tick.runs == 0
     scheduler.set_jobs({"prune": every(0.05)}, {"prune": tick})
-    assert wait_until(lambda: tick.runs >= 2)
+    wait_until(lambda: tick.runs >= 2, what="runs at the new interval")
 
 
 def test_reconfiguring_with_the_same_spec_keeps_the_next_run_time(scheduler: JobScheduler) -> None:
@@ -138,6 +140,7 @@ def test_reconfiguring_with_the_same_spec_keeps_the_next_run_time(scheduler: Job
     scheduler.start()
     scheduler.set_jobs({"prune": every(3600)}, {"prune": tick})
     first = scheduler.next_run("prune")
+    # Time must pass for a re-added job to get a later next run time: the passing is under test.
     time.sleep(0.05)
     scheduler.set_jobs({"prune": every(3600)}, {"prune": tick})
     assert first is not None
@@ -151,11 +154,11 @@ def test_a_job_whose_spec_becomes_none_or_disappears_is_removed(scheduler: JobSc
         {"manifest": every(0.05), "rescan": every(0.05), "scrub": every(9)}, callbacks
     )
     scheduler.start()
-    assert wait_until(lambda: manifest.runs >= 1 and rescan.runs >= 1)
+    wait_until(lambda: manifest.runs >= 1 and rescan.runs >= 1, what="both jobs")
     scheduler.set_jobs({"manifest": None, "rescan": every(0.05)}, callbacks)
     assert scheduler.job_names() == ["rescan"]
     runs_after_removal = manifest.runs
-    assert wait_until(lambda: rescan.runs >= runs_after_removal + 3)
+    wait_until(lambda: rescan.runs >= runs_after_removal + 3, what="three more rescans")
     assert manifest.runs <= runs_after_removal + 1  # at most one run already in flight
     assert scheduler.next_run("manifest") is None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from ckptd.ops.ratelimit import RateLimiter
 from ckptd.ops.scrub import scheduled_scrub, scrub_all
 from ckptd.runs.statedir import StateLayout, run_lock
 from ckptd.timefmt import from_ns
+from tests.helpers import sha256_file
 from tests.ops_helpers import (
     converted_run,
     decisions,
@@ -49,10 +49,6 @@ def run(config: Config) -> Path:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- the token bucket ---------------------------------------------------------------------------
@@ -105,7 +101,7 @@ def test_scrub_rate_limit_holds_within_20_percent(config: Config) -> None:
                 index,
                 st.st_size,
                 from_ns(st.st_mtime_ns),
-                sha(path),
+                sha256_file(path),
                 Format.UNKNOWN,
                 "kept",
                 mtime_ns=st.st_mtime_ns,
@@ -153,7 +149,7 @@ def test_flipped_byte_in_a_checkpoint_is_found_recorded_and_left_alone(
     (finding,) = report.runs[0].corrupt
     assert finding.path == OLD and finding.role == "checkpoint"
     assert finding.problems[0].startswith("sha256 mismatch: recorded ")
-    assert finding.actual_sha256 == sha(run / OLD) != finding.expected_sha256
+    assert finding.actual_sha256 == sha256_file(run / OLD) != finding.expected_sha256
     entry = manifest_of(run).by_path()[OLD]
     assert entry.state == "broken" and entry.error and entry.error.startswith("scrub: sha256")
     assert entry.extra["corrupt"]["state_before"] == "kept"
@@ -232,7 +228,7 @@ def test_a_file_ckptd_changes_during_the_scrub_is_not_blamed(config: Config, run
                         manifest.by_path()[OLD],
                         size=st.st_size,
                         mtime_ns=st.st_mtime_ns,
-                        sha256=sha(run / OLD),
+                        sha256=sha256_file(run / OLD),
                         format=Format.UNKNOWN,
                     )
                     write_manifest(run / "ckptd-manifest.json", set_entry(manifest, entry))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ckptd.retention.deletion import read_trash_index
 from ckptd.retention.trash import list_trash, purge, restore
 from ckptd.runs.access import locate_run_dir
 from ckptd.runs.statedir import StateLayout, read_pins
+from tests.helpers import sha256_file
 from tests.ops_helpers import (
     converted_run,
     decisions,
@@ -35,17 +35,13 @@ def config(tmp_path: Path) -> Config:
     return ops_config(tmp_path / "runs")
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture
 def pruned(config: Config) -> tuple[Path, dict[str, str]]:
     """A run whose two older checkpoints (zip + archived original each) a prune moved to the trash;
     returns the run and the sha256 of every file before the prune."""
     run = converted_run(config)
     before = {
-        rel: digest(run / rel)
+        rel: sha256_file(run / rel)
         for rel in (
             OLD,
             OLD_PKL,
@@ -87,7 +83,7 @@ def test_restore_then_prune_keeps_the_restored_checkpoint(
     result = restore(run / OLD, now=now)  # by the checkpoint's original path
 
     assert [f.path for f in result.files] == [OLD, OLD_PKL]
-    assert digest(run / OLD) == before[OLD] and digest(run / OLD_PKL) == before[OLD_PKL]
+    assert sha256_file(run / OLD) == before[OLD] and sha256_file(run / OLD_PKL) == before[OLD_PKL]
     assert not (run / ".ckptd/trash/rl_model_1000_steps.zip").exists()
     assert set(read_trash_index(StateLayout(run))) == {
         "rl_model_2000_steps.zip",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,19 +45,13 @@ from tests.ops_helpers import (
     ops_config,
     run_report,
 )
-from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
+from tests.sb2_fixtures import make_ppo2_checkpoint
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("sb2_stand_ins")]
 
 # The oldest step: were it judged like a readable checkpoint, keep_last 1 would delete it.
 LOCKED = "rl_model_500_steps.pkl"
 DENIED = "cannot read: Permission denied"
-
-
-@pytest.fixture(autouse=True)
-def _stand_ins() -> Iterator[None]:
-    with stand_ins():
-        yield
 
 
 @pytest.fixture

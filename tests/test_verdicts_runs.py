@@ -20,7 +20,6 @@ import urllib.request
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +32,8 @@ from ckptd.formats import Format
 from ckptd.manifest.model import Manifest, ManifestEntry
 from ckptd.manifest.store import load_manifest
 from ckptd.pipeline.batch import process_path
-from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
+from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, daemon_config, write_config
+from tests.helpers import wait_until
 from tests.sb2_fixtures import Exploit
 from tests.test_hostile_pickles import _Reduce, _touch
 from tests.test_verify_zip import DATA, sb2_way_zip
@@ -159,14 +159,13 @@ def test_daemon_quarantines_unsafe_files_of_every_kind(
     run = root / "ppo-1"
     run.mkdir(parents=True)
     port = _free_port()
-    config: dict[str, Any] = {
-        "version": 1,
-        "roots": [{"path": str(root), "run_depth": 1, "observer": "inotify"}],
-        "checkpoints": {"patterns": ["*.pkl", "*.pt", "*.zip"], "stable_for": "1s"},
-        "policies": {"default": {"keep_last": 5, "min_age": "0s"}},
-        "schedule": {"prune": "1h", "manifest": "1m", "rescan": "1h"},
-        "metrics": {"listen": f"127.0.0.1:{port}"},
-    }
+    config = daemon_config(
+        root,
+        keep_last=5,
+        schedule={"prune": "1h", "manifest": "1m"},
+        checkpoints={"patterns": ["*.pkl", "*.pt", "*.zip"], "stable_for": "1s"},
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
     daemon = DaemonProcess(
         write_config(tmp_path / "ckptd.yaml", config), tmp_path / "daemon.log", notify_socket
     )

@@ -6,7 +6,6 @@ import logging
 import os
 import queue
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,21 +27,13 @@ from watchdog.events import (
 from ckptd.watch.events import INOTIFY_EVENTS, NameFilter, WatchEvent, translate_event
 from ckptd.watch.mounts import choose_observer_kind
 from ckptd.watch.watcher import WatchRoot, WatchSet
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks")
 
 DEADLINE_SECONDS = 4.0
 POLL_SECONDS = 0.1
 FILTER = NameFilter(("*.zip", "*.pkl"), ("*.tmp", "*.part", "tmp-*"), ".ckptd")
-
-
-@pytest.fixture(autouse=True)
-def _no_thread_leaks() -> Iterator[None]:
-    """Fail a test that leaves an observer or emitter thread running (this module only)."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5.0
-    while [t for t in threading.enumerate() if t not in before] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not [t.name for t in threading.enumerate() if t not in before]
 
 
 class Harness:
@@ -56,6 +47,7 @@ class Harness:
         self.watchset = WatchSet(self.events, name_filter)
         self.spec = WatchRoot(root, "inotify" if kind == "inotify" else "polling", POLL_SECONDS)
         self.seen: list[WatchEvent] = []
+        self.barriers = 0
 
     def wait_for(
         self, predicate: Callable[[WatchEvent], bool], timeout: float = DEADLINE_SECONDS
@@ -93,7 +85,8 @@ class Harness:
             break
         else:
             raise AssertionError("the observer never delivered an event")
-        time.sleep(2 * POLL_SECONDS)  # let the probe's deletion event arrive, then forget it all
+        # Events arrive in order: once the probe's deletion is in, every earlier probe's is too.
+        self.wait_for_path(probe, "deleted")
         while not self.events.empty():
             self.events.get_nowait()
         self.seen.clear()
@@ -110,6 +103,17 @@ class Harness:
         while (problems := self.watchset.heal()) and time.monotonic() < deadline:
             time.sleep(0.05)
         return problems
+
+    def barrier(self) -> None:
+        """Return once every event caused before this call has been received (into ``seen``).
+
+        A fresh file is written and waited for: inotify delivers in order, and a poller reports
+        it in a later snapshot than anything done before (whose events it queued first).
+        """
+        self.barriers += 1
+        marker = self.root / f"barrier-{self.barriers}.zip"
+        marker.write_bytes(b"x")
+        self.wait_for_path(marker)
 
 
 @pytest.fixture(params=["inotify", "polling"])
@@ -188,11 +192,10 @@ def test_temp_ignored_unmatched_and_state_dir_names_are_filtered(harness: Harnes
     sentinel = run / "z.pkl"
     sentinel.write_bytes(b"x")
     harness.wait_for_path(sentinel)
-    time.sleep(2 * POLL_SECONDS)  # let anything else that was coming arrive
-    with pytest.raises(AssertionError):
-        harness.wait_for(
-            lambda e: e.path in noise or e.path.parent.name in {".ckptd", "trash"}, timeout=0.2
-        )
+    harness.barrier()  # every event the noise caused has arrived by now
+    assert not [
+        e for e in harness.seen if e.path in noise or e.path.parent.name in {".ckptd", "trash"}
+    ]
 
 
 def test_a_run_directory_created_after_start_is_watched(harness: Harness) -> None:
@@ -254,9 +257,7 @@ def test_a_full_queue_sets_the_rescan_flag_instead_of_blocking(tmp_path: Path) -
 
 def test_deleted_and_recreated_root_is_reported_then_restarted(harness: Harness) -> None:
     shutil.rmtree(harness.root)
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not harness.watchset.unhealthy_roots() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(harness.watchset.unhealthy_roots, DEADLINE_SECONDS, "the root reported unhealthy")
     assert harness.watchset.unhealthy_roots() == {harness.root: "root does not exist"}
     assert harness.watchset.heal() == {harness.root: "root does not exist"}  # retried, not fatal
 

@@ -18,6 +18,9 @@ from ckptd.daemon.run_queue import RunQueues
 from ckptd.daemon.workers import SPARE_AFTER_SECONDS, WORKER_COUNT, WorkerPool
 from ckptd.pipeline.types import BatchResult
 from ckptd.runs.roots import RunRef
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks")
 
 ROOT = RootConfig(path=Path("/r"))
 CONFIG = Config(roots=(ROOT,))
@@ -93,14 +96,6 @@ class Holding:
         return BatchDone(item, BatchResult(item.run))
 
 
-def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 @pytest.mark.timeout(30)
 def test_the_spare_takes_ordinary_work_only_while_every_worker_is_held() -> None:
     execute = Holding()
@@ -112,13 +107,13 @@ def test_the_spare_takes_ordinary_work_only_while_every_worker_is_held() -> None
         started = time.monotonic()
         for batch in batches[:WORKER_COUNT]:
             assert pool.offer(batch)
-            wait_for(lambda batch=batch: batch.run.relpath in execute.taken)
+            wait_until(lambda batch=batch: batch.run.relpath in execute.taken)
         assert pool.offer(batches[-1])
-        wait_for(lambda: batches[-1].run.relpath in execute.taken)
+        wait_until(lambda: batches[-1].run.relpath in execute.taken)
         assert time.monotonic() - started >= SPARE_AFTER_SECONDS
         assert execute.taken[batches[-1].run.relpath] == "ckptd-worker-spare"
         assert pool.offer(RunBatch(CONFIG, ROOT, run("slow"), (), slow=True), slow=True)
-        wait_for(lambda: "slow" in execute.taken)
+        wait_until(lambda: "slow" in execute.taken)
         assert execute.taken["slow"] == "ckptd-worker-slow"
     finally:
         execute.release.set()
