@@ -1,7 +1,7 @@
 """The pool's lanes: runs over a limit go to the slow lane, a spare steps in for held workers.
 
 In-process, with a fake ``execute`` that holds an item until the test lets it go (the real
-daemon's behaviour under hostile files is in tests/test_daemon_hostile.py).
+daemon's behaviour under hostile files is in tests/test_daemon_isolation.py).
 """
 
 from __future__ import annotations
