@@ -263,7 +263,10 @@ def test_watchdog_stops_when_the_dispatcher_is_wedged_not_when_a_file_is_slow(
         # (6,000,000 opcodes: about 12 s and 900 MiB, hence the larger max_memory.)
         slow = padded_pickle(run / "model_1_steps.pkl", 3_000_000)
         wait_until(
-            lambda: processes_with_open(slow) - {proc.pid}, 30, "a child to start parsing the file"
+            lambda: processes_with_open(slow) - {proc.pid},
+            30,
+            "a child to start parsing the file",
+            poll=0.1,  # each look reads every process's open files
         )
         before = notify_socket.count("WATCHDOG=1")
         wait_until(lambda: notify_socket.count("WATCHDOG=1") >= before + 4, 3, "four more pings")
