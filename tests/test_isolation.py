@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckptd.convert.conversion import convert_file, default_output
+from ckptd.convert.conversion import convert_file
+from ckptd.convert.naming import zip_path_for
 from ckptd.errors import BudgetExceeded, FormatError, UnsafeCheckpoint
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
@@ -117,7 +118,7 @@ def test_a_file_over_the_deadline_is_refused_and_the_child_replaced(tmp_path: Pa
         assert first is not None
         # What a conversion killed while writing leaves (fsio.atomic_write's name for its
         # target), and a temp file of another target that must stay.
-        left = temp_path_for(default_output(slow))
+        left = temp_path_for(zip_path_for(slow))
         left.write_bytes(b"partial zip")
         other = temp_path_for(tmp_path / "other.zip")
         other.write_bytes(b"someone else's")

@@ -37,6 +37,7 @@ from typing import Literal
 
 from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.legacy import open_legacy_file
+from ckptd.convert.naming import zip_path_for
 from ckptd.errors import ConversionError, FileChangedError, FormatError, VerifyError
 from ckptd.formats import Format
 from ckptd.formats.datajson import encode_data_json
@@ -78,11 +79,6 @@ class ConversionOutcome:
     notes: tuple[str, ...] = ()  # what the conversion did that a reader should know (one line each)
 
 
-def default_output(source: Path) -> Path:
-    """``x.pkl`` → ``x.zip`` beside it (SB2's own loader appends ``.zip`` to extension-less names)."""
-    return source.with_suffix(".zip") if source.suffix else source.with_name(source.name + ".zip")
-
-
 def convert_file(
     source: Path,
     *,
@@ -117,7 +113,7 @@ def convert_file(
             f"not a legacy stable-baselines pickle (identified as {identification.format})",
             path=str(source),
         )
-    target = Path(output) if output is not None else default_output(source)
+    target = Path(output) if output is not None else zip_path_for(source)
     if target.resolve() == source.resolve():
         raise ConversionError(
             "the output would overwrite the input; name another with -o", path=str(source)

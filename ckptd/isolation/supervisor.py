@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from ckptd import units
-from ckptd.convert.conversion import ConversionOutcome, default_output
+from ckptd.convert.conversion import ConversionOutcome
+from ckptd.convert.naming import zip_path_for
 from ckptd.errors import BudgetExceeded, CkptdError, UnsafeCheckpoint, UnsafePathError
 from ckptd.formats import Format
 from ckptd.formats.sniff import Identification
@@ -232,7 +233,7 @@ class Isolation:
         self._start_file(state, source)
         sent = {key: encode(value) for key, value in kwargs.items()}
         sent.setdefault("limits", encode(self._limits))
-        target = kwargs.get("output") or default_output(source)
+        target = kwargs.get("output") or zip_path_for(source)
         try:
             answer = self._call(state, "convert", source, sent)
         except CkptdError:

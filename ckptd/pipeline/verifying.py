@@ -7,6 +7,7 @@ import logging
 import stat
 from pathlib import Path
 
+from ckptd.convert.naming import legacy_name_for
 from ckptd.errors import (
     UnsafeCheckpoint,
     UnsafePathError,
@@ -75,8 +76,7 @@ def verify_checkpoint(
 def archived_sibling(work: BatchContext, zip_relpath: str) -> str | None:
     # A zip whose conversion finished but whose manifest record was lost (killed in between):
     # its archived original says where it came from.
-    stem, dot, _ = zip_relpath.rpartition(".")
-    original = f"{stem}.pkl" if dot else f"{zip_relpath}.pkl"
+    original = legacy_name_for(zip_relpath)
     try:
         st = work.layout.fs.lstat(work.layout.legacy_relpath(original))
     except UnsafePathError:

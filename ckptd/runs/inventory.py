@@ -8,7 +8,7 @@ What is listed (README, "Configuration"; docs/architecture.md, "Manifest and ind
   ``checkpoints.patterns`` and none of ``checkpoints.ignore``; never symlinks, ckptd temp files, the
   manifest or the root index, nor anything inside the state dir.
 * Archived legacy originals (``<state>/legacy/X.pkl``) are listed separately and attached to the
-  sb2-zip that converting them writes (``X.zip`` where ``X.pkl`` was: ``convert.default_output``),
+  sb2-zip that converting them writes (``X.zip`` where ``X.pkl`` was: ``convert.naming.zip_name_for``),
   when exactly one archived file names that zip and its content sniffs as a legacy pickle; the
   pair is one checkpoint. An original kept in place (``original: keep``) is attached the same way
   when the manifest also says ``converted_from``. The link is judged from the files on disk, never

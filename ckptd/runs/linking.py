@@ -1,7 +1,7 @@
 """Attach archived legacy originals to the zips converting them wrote, judged from the files.
 
 An archived original (``<state>/legacy/X.pkl``) belongs to the sb2-zip converting it writes (``X.zip``
-where ``X.pkl`` was: ``convert.default_output``) when exactly one archived file names that zip and
+where ``X.pkl`` was: ``convert.naming.zip_name_for``) when exactly one archived file names that zip and
 its content sniffs as a legacy pickle; the pair is one checkpoint. An original kept in place
 (``original: keep``) is attached the same way when the manifest also says ``converted_from``. The
 link is never taken from the manifest alone: a hand-edited ``converted_from`` can narrow it, never
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from ckptd.convert.naming import zip_name_for
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
 from ckptd.fs.runfs import relpath_problem
@@ -69,14 +70,6 @@ def link_originals(
             continue
         result[checkpoint.path] = _unlinked(checkpoint)
     return list(result.values())
-
-
-def zip_name_for(source: str) -> str:
-    """The zip converting ``source`` writes (``convert.default_output``, on run-relative paths)."""
-    directory, slash, name = source.rpartition("/")
-    stem, dot, _ = name.rpartition(".")
-    zip_name = f"{stem}.zip" if dot and stem else f"{name}.zip"
-    return f"{directory}{slash}{zip_name}"
 
 
 def _is_legacy_pickle(path: Path, cached: ManifestEntry | None, options: InventoryOptions) -> bool:
