@@ -22,6 +22,7 @@ written by ``cloudpickle.dump`` at protocol 4. The page cache is warmed before e
 all three read from memory. Not part of the test run.
 
 Usage: .venv/bin/python benchmarks/convert.py [--mb 200] [--repeats 3] [--dir DIR] [--json FILE]
+       [--baseline CHECKOUT]   (also times another checkout's ckptd, e.g. main's, in the same run)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_bytecode import compile_package
 
 REPO = Path(__file__).resolve().parent.parent
 ARRAY_COUNT = 36
@@ -176,8 +178,12 @@ def _hash_command(source: Path, copy: Path) -> list[str]:
     return ["sh", "-c", f"cp {source} {copy} && {hasher} > /dev/null"]
 
 
-def measure_all(workdir: Path, source: Path, repeats: int) -> dict[str, list[Run]]:
+def measure_all(
+    workdir: Path, source: Path, repeats: int, baseline: Path | None = None
+) -> dict[str, list[Run]]:
     results: dict[str, list[Run]] = {"ckptd": [], "plain": [], "cp+sha": []}
+    if baseline is not None:
+        results["baseline"] = []
     for _ in range(repeats):
         for mode in results:
             output = workdir / f"out-{mode}.zip"
@@ -185,6 +191,17 @@ def measure_all(workdir: Path, source: Path, repeats: int) -> dict[str, list[Run
             _warm(source)
             if mode == "cp+sha":
                 argv = _hash_command(source, output)
+            elif mode == "baseline":
+                assert baseline is not None
+                child = [
+                    "--child",
+                    "ckptd",
+                    str(source),
+                    str(output),
+                    "--ckptd-from",
+                    str(baseline),
+                ]
+                argv = [sys.executable, __file__, *child]
             else:
                 argv = [sys.executable, __file__, "--child", mode, str(source), str(output)]
             results[mode].append(_measure(argv))
@@ -226,7 +243,21 @@ def target_rows(results: dict[str, list[Run]]) -> list[dict[str, Any]]:
             "target": "<= 2x",
             "met": floor_ratio <= 2,
         },
-    ]
+    ] + (
+        [
+            {
+                "row": "convert, time of the baseline checkout (same rounds)",
+                "ckptd": f"{wall['baseline']:.2f} s",
+                "anchor": f"{wall['plain']:.2f} s (SB2's path)",
+                "result": f"{wall['baseline'] / wall['plain']:.2f}x, "
+                f"{wall['baseline'] / wall['cp+sha']:.2f}x floor",
+                "target": "(before)",
+                "met": True,
+            }
+        ]
+        if "baseline" in wall
+        else []
+    )
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
@@ -267,6 +298,13 @@ def main() -> None:
         "--dir", type=Path, default=None, help="work directory (default: a temp dir)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here as JSON")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also time ckptd imported from this checkout (e.g. a worktree of main), side by side",
+    )
+    parser.add_argument("--ckptd-from", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--make", nargs=2, metavar=("SRC", "MB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -275,8 +313,13 @@ def main() -> None:
         return
     if args.child:
         mode, source, output = args.child
+        if args.ckptd_from is not None:
+            sys.path.insert(0, str(args.ckptd_from.resolve()))
         run_child(mode, Path(source), Path(output))
         return
+    compile_package()
+    if args.baseline is not None:
+        compile_package(args.baseline)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="ckptd-bench-") as tmp:
         workdir = Path(tmp)
         source = workdir / "rl_model_1000000_steps.pkl"
@@ -291,7 +334,7 @@ def main() -> None:
         )
         params_bytes = int(made.stdout.strip().splitlines()[-1])
         load_before = os.getloadavg()[0]
-        results = measure_all(workdir, source, args.repeats)
+        results = measure_all(workdir, source, args.repeats, args.baseline)
         rows = report(results, source.stat().st_size, params_bytes)
         load = f"load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after"
         print(f"\n{os.cpu_count()} cores, {load}")

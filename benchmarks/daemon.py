@@ -1,6 +1,7 @@
 """Measure the running daemon: a 10,000-file burst, idle CPU on inotify, event-to-manifest latency.
 
-Usage (from the checkout): ``.venv/bin/python benchmarks/daemon.py [--files 10000] [--runs 10]``
+Usage (from the checkout): ``.venv/bin/python benchmarks/daemon.py [--files 10000] [--runs 10]
+[--json FILE] [--checkout CHECKOUT]`` (``--checkout``: run that checkout's ckptd, e.g. main's).
 
 Starts ``python -m ckptd run`` on a temporary root (``stable_for: 1s``, inotify, no prune) and prints:
 
@@ -32,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench_bytecode import compile_package  # noqa: E402
 
 from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins  # noqa: E402
 from tests.sb2zip_helpers import make_sb3_zip  # noqa: E402
@@ -171,7 +174,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument(
+        "--checkout", type=Path, help="run the ckptd of this checkout (e.g. a worktree of main)"
+    )
     args = parser.parse_args()
+    checkout = (args.checkout or REPO).resolve()
+    compile_package(checkout)
     load_before = os.getloadavg()[0]
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="ckptd-bench-") as tmp:
@@ -188,10 +196,11 @@ def main() -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ckptd", "run", "-c", str(config)],
             stderr=log,
-            cwd=REPO,
+            cwd=checkout,
         )
         try:
             wait_ready(proc, runs_root)
+            (runs_root / "latency").mkdir()  # the existing run of the latency rows
             elapsed, after_last, missing = burst(runs_root, args.files, args.runs, template)
             print(
                 f"burst: {args.files - missing}/{args.files} recorded in manifests "

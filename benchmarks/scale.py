@@ -22,7 +22,7 @@ over the same tree. Page caches are warm in every case (the tree was just writte
 cold.
 
     .venv/bin/python benchmarks/scale.py [--runs 1000] [--per-run 100] [--dir DIR] [--keep]
-        [--reuse] [--json FILE]
+        [--reuse] [--json FILE] [--checkout CHECKOUT]
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ import time
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from bench_bytecode import REPO, compile_package
 
 WRAPPER = r"""
 import json, resource, subprocess, sys, time
@@ -124,13 +126,14 @@ def write_config(directory: Path, root: Path) -> Path:
     return config
 
 
-def measure(command: list[str]) -> dict[str, float]:
+def measure(command: list[str], cwd: Path | None = None) -> dict[str, float]:
     output = subprocess.run(
         [sys.executable, "-c", WRAPPER, *command],
         capture_output=True,
         text=True,
         check=True,
         timeout=600,
+        cwd=cwd,
     ).stdout
     result: dict[str, float] = json.loads(output)
     if result["rc"] not in (0,):
@@ -205,8 +208,13 @@ def main() -> int:
     )
     parser.add_argument("--reuse", action="store_true", help="measure the tree already in --dir")
     parser.add_argument("--json", type=Path, help="also write the target rows here as JSON")
+    parser.add_argument(
+        "--checkout", type=Path, help="run the ckptd of this checkout (e.g. a worktree of main)"
+    )
     args = parser.parse_args()
 
+    checkout = (args.checkout or REPO).resolve()
+    compile_package(checkout)
     base = args.dir or Path(tempfile.mkdtemp(prefix="ckptd-scale-"))
     root = base / "runs"
     ckptd = [sys.executable, "-m", "ckptd"]
@@ -229,12 +237,12 @@ def main() -> int:
         rows = [
             (
                 "prune --dry-run (cold)",
-                measure([*ckptd, "prune", "-c", str(config), "--dry-run", "--json"]),
+                measure([*ckptd, "prune", "-c", str(config), "--dry-run", "--json"], checkout),
             ),
-            ("manifest (writes all)", measure([*ckptd, "manifest", "-c", str(config)])),
+            ("manifest (writes all)", measure([*ckptd, "manifest", "-c", str(config)], checkout)),
             (
                 "prune --dry-run (warm)",
-                measure([*ckptd, "prune", "-c", str(config), "--dry-run", "--json"]),
+                measure([*ckptd, "prune", "-c", str(config), "--dry-run", "--json"], checkout),
             ),
             (
                 "find -type f -printf",

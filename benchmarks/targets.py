@@ -9,6 +9,7 @@ targets") with the load average seen by each part: the machine is shared, so rea
 it. Not part of the test run.
 
     .venv/bin/python benchmarks/targets.py [--only convert,scale,daemon] [--scale-dir DIR]
+        [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ HERE = Path(__file__).resolve().parent
 PARTS = ("convert", "scale", "daemon")
 
 
-def run_part(part: str, out: Path, scale_dir: Path | None) -> dict[str, object]:
+def run_part(
+    part: str, out: Path, scale_dir: Path | None, checkout: Path | None = None
+) -> dict[str, object]:
     argv = [sys.executable, str(HERE / f"{part}.py"), "--json", str(out)]
+    if checkout is not None:
+        argv += ["--checkout", str(checkout)]
     if part == "scale" and scale_dir is not None:
         reuse = (scale_dir / "runs").is_dir()
         argv += ["--dir", str(scale_dir), "--keep"] + (["--reuse"] if reuse else [])
@@ -42,6 +47,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts to run")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also measure this checkout (e.g. a worktree of main): convert side by side, "
+        "prune and the daemon right after each other",
+    )
+    parser.add_argument(
         "--scale-dir", type=Path, default=None, help="keep (and reuse) the 100k tree here"
     )
     args = parser.parse_args()
@@ -50,10 +62,42 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     results: list[tuple[str, dict[str, object]]] = []
+    baseline: list[tuple[str, dict[str, object]]] = []
     with tempfile.TemporaryDirectory(prefix="ckptd-targets-") as tmp:
         for part in parts:
-            results.append((part, run_part(part, Path(tmp) / f"{part}.json", args.scale_dir)))
+            out = Path(tmp) / f"{part}.json"
+            if part != "convert" and args.baseline is not None:
+                before = Path(tmp) / f"{part}-baseline.json"
+                baseline.append((part, run_part(part, before, args.scale_dir, args.baseline)))
+            if part == "convert" and args.baseline is not None:
+                results.append((part, run_baseline_convert(out, args.baseline)))
+            else:
+                results.append((part, run_part(part, out, args.scale_dir)))
+    if baseline:
+        print(f"\nbaseline ({args.baseline}):")
+        print_table(baseline)
     print(f"\n{os.cpu_count()} cores; every figure measured in this run\n")
+    return 0 if print_table(results) else 1
+
+
+def run_baseline_convert(out: Path, baseline: Path) -> dict[str, object]:
+    """convert.py with the baseline's ckptd timed in the same rounds (its rows printed there)."""
+    argv = [
+        sys.executable,
+        str(HERE / "convert.py"),
+        "--json",
+        str(out),
+        "--baseline",
+        str(baseline),
+    ]
+    print(f"== convert: {' '.join(argv[1:])}", flush=True)
+    subprocess.run(argv, check=False, timeout=3600)
+    result: dict[str, object] = json.loads(out.read_text())
+    return result
+
+
+def print_table(results: list[tuple[str, dict[str, object]]]) -> bool:
+    """The Markdown table of ``results``' rows and the load of each part; whether all are met."""
     print("| | ckptd | anchor | result | target | |")
     print("|---|---:|---:|---:|---:|---|")
     all_met = True
@@ -69,7 +113,7 @@ def main() -> int:
     print()
     for part, result in results:
         print(f"{part}: {result['load']}")
-    return 0 if all_met else 1
+    return all_met
 
 
 if __name__ == "__main__":
