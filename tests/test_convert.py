@@ -26,7 +26,7 @@ from ckptd.errors import (
     UnsafeCheckpoint,
     VerifyError,
 )
-from ckptd.formats.storedzip import Piece, WriteResult
+from ckptd.formats.storedzip import Piece
 from ckptd.formats.verify import verify_zip
 from ckptd.fs import files as fsio
 from ckptd.fs.runfs import RunFS
@@ -224,7 +224,7 @@ def test_write_failure_leaves_no_file_under_the_checkpoint_name(
         handle.write(b"PK\x03\x04 partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sb2zip, "write_pieces", full_disk)
+    monkeypatch.setattr(sb2zip, "copy_pieces", full_disk)
     source = run_dir / "rl_model_dqn_1000_steps.pkl"
     before = listing(run_dir)
     with pytest.raises(OSError, match="No space"):
@@ -238,15 +238,15 @@ def test_bytes_damaged_on_disk_before_the_rename_are_caught(
     """Verification re-reads the temp file: a byte that differs on disk stops the rename."""
     import ckptd.formats.sb2zip as sb2zip
 
-    real_write = sb2zip.write_pieces
+    real_write = sb2zip.copy_pieces
 
-    def write_then_corrupt(handle: BinaryIO, pieces: Sequence[Piece]) -> WriteResult:
-        result = real_write(handle, pieces)
+    def write_then_corrupt(handle: BinaryIO, pieces: Sequence[Piece]) -> int:
+        size = real_write(handle, pieces)
         handle.flush()
-        os.pwrite(handle.fileno(), b"\xff", result.size // 2)  # bit rot between write and re-read
-        return result
+        os.pwrite(handle.fileno(), b"\xff", size // 2)  # bit rot between write and re-read
+        return size
 
-    monkeypatch.setattr(sb2zip, "write_pieces", write_then_corrupt)
+    monkeypatch.setattr(sb2zip, "copy_pieces", write_then_corrupt)
     source = run_dir / "rl_model_ppo2_1000_steps.pkl"
     before = listing(run_dir)
     with pytest.raises(VerifyError, match="differ"):

@@ -99,3 +99,25 @@ def test_open_regular_nofollow_refuses_a_fifo_without_blocking(tmp_path: Path) -
     os.mkfifo(fifo)
     with pytest.raises(UnsafePathError, match="not a regular file"):
         fsio.open_regular_nofollow(fifo)
+
+
+def test_a_failed_fsync_during_the_check_keeps_dest_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync runs beside ``before_replace``; its failure (EIO) still stops the rename."""
+    dest = tmp_path / "f.zip"
+    dest.write_bytes(b"old")
+    checked: list[Path] = []
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fsio.os, "fsync", failing_fsync)
+    with (
+        pytest.raises(OSError, match="Input/output error"),
+        fsio.atomic_write(dest, before_replace=checked.append) as handle,
+    ):
+        handle.write(b"new")
+    assert checked  # the check ran meanwhile
+    assert dest.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zip"]

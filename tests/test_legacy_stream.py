@@ -7,6 +7,7 @@ from ``pickletools`` (Python's own opcode walker), never from the code under tes
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ from ckptd.convert.legacy_stream import SourceFile, scan_source
 from ckptd.errors import CkptdError, FileChangedError, FormatError, UnsafeCheckpoint
 from ckptd.formats.datajson import encode_data_json
 from ckptd.formats.model import FileParamArray, LegacyCheckpoint, ParamArray
-from ckptd.formats.sb2zip import write_checked_sb2_zip, write_sb2_zip
+from ckptd.formats.sb2zip import write_checked_sb2_zip, write_sb2_zip, zip_date_time
 from tests.sb2_fixtures import dqn_data, dumps, ppo2_data, stand_ins, write_checkpoint
 from tests.test_hostile_pickles import HOSTILE
 
@@ -343,12 +344,29 @@ def test_payload_changed_behind_an_unchanged_identity_is_caught(tmp_path: Path) 
     dest = tmp_path / "m.zip"
     with opened(path) as checkpoint:
         _rewrite_payload_keeping_identity(path)
-        with pytest.raises(FileChangedError, match="changed since the file was first read"):
+        # The inode's ctime moved (no writer can set it back), so the identity check says so.
+        with pytest.raises(FileChangedError, match="changed since it was first read"):
             write_checked_sb2_zip(dest, checkpoint.data, checkpoint.params)
         with pytest.raises(FileChangedError):
             next(p for p in checkpoint.params if isinstance(p, FileParamArray)).as_array()
     assert not dest.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]  # no temp file left
+
+
+def test_payload_changed_where_the_identity_cannot_tell_fails_the_crc_of_the_re_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write pass copies without a checksum; the verify pass re-reads the source and checks
+    the CRC-32 of its first read, so changed payload bytes stop the rename even if the identity
+    check saw nothing (here it is switched off)."""
+    monkeypatch.setattr(SourceFile, "check_unchanged", lambda self: None)
+    path = write_plain(tmp_path / "m.pkl")
+    dest = tmp_path / "m.zip"
+    with opened(path) as checkpoint:
+        _rewrite_payload_keeping_identity(path)
+        with pytest.raises(FileChangedError, match="changed since the file was first read"):
+            write_checked_sb2_zip(dest, checkpoint.data, checkpoint.params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]  # no zip, no temp file
 
 
 @pytest.mark.parametrize("change", ["append", "truncate", "touch", "replace", "chmod"])
@@ -393,6 +411,34 @@ def test_convert_file_writes_the_same_zip_and_reports_the_first_read_hash(tmp_pa
             assert npz[param.name].tobytes(order="A") == bytes(param.raw), param.name
     # A rerun recognizes the zip by streaming the file-backed arrays against it.
     assert convert_file(path, output=tmp_path / "m.zip").status == "already-converted"
+
+
+@pytest.mark.parametrize("big", [3 << 20, 9 << 20])  # hashed inline / in a helper thread
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_the_written_zip_and_its_sha256_do_not_depend_on_how_bytes_are_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: int, kernel_copy: bool
+) -> None:
+    """Payloads go from the source to the zip by copy_file_range, or by reading and writing where
+    the kernel refuses (EXDEV across file systems on older kernels): the same bytes either way,
+    and the reported sha256 is that of the file on disk."""
+    with stand_ins():
+        path = write_checkpoint(tmp_path / "m.pkl", dqn_data(), plain_params(big=big), protocol=4)
+    if not kernel_copy:
+
+        def refuse(self: SourceFile, offset: int, length: int, out_fd: int) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(SourceFile, "copy_into", refuse)
+    outcome = convert_file(path, output=tmp_path / "m.zip")
+    written = outcome.output.read_bytes()
+    assert outcome.output_sha256 == hashlib.sha256(written).hexdigest()
+    assert outcome.source_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    resident, _ = read_legacy_file(path)
+    buffer = io.BytesIO()
+    write_sb2_zip(
+        buffer, resident.data, resident.params, date_time=zip_date_time(os.stat(path).st_mtime_ns)
+    )
+    assert written == buffer.getvalue()
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -474,6 +520,7 @@ def test_convert_file_refuses_a_source_changed_after_its_first_read(
         return real_write(dest, data, params, **options)
 
     monkeypatch.setattr(convert, "write_checked_sb2_zip", rewrite_then_write)
-    with pytest.raises(FileChangedError, match="changed since the file was first read"):
+    # Caught by the source's identity (its ctime moved) or, failing that, the CRC of the re-read.
+    with pytest.raises(FileChangedError, match=r"changed since (it|the file) was first read"):
         convert_file(path, original="delete")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]

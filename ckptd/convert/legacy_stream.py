@@ -1,8 +1,9 @@
 """The first pass of a low-memory legacy read: stream the file once, keep all but its big payloads.
 
 A legacy checkpoint is mostly parameter bytes (BINBYTES8 / BYTEARRAY8 payloads). ``scan_source``
-reads the file once, in bounded chunks, hashing every byte, and frames opcodes as it goes with a
-small length-aware scanner. Every byte except the payloads of large byte opcodes is copied into an
+reads the file once, in bounded chunks, hashing every byte (sha256 in a helper thread while the
+next chunk is read: ``ckptd.fs.digest``), and frames opcodes as it goes with a small length-aware
+scanner. Every byte except the payloads of large byte opcodes is copied into an
 anonymous private mapping at its own offset; the large payloads are left as untouched zero pages
 (which cost no memory) and recorded as ``Region``s with the CRC-32 of the bytes as read.
 
@@ -17,18 +18,18 @@ The input file is never mapped: a writer truncating it would SIGBUS the daemon.
 
 from __future__ import annotations
 
-import hashlib
+import collections
 import logging
 import mmap
 import os
 import stat
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from ckptd.errors import FileChangedError, FormatError
 from ckptd.fs import files as fsio
+from ckptd.fs.digest import THREADED_MIN_BYTES, BufferRing, Sha256Feed, crc32
 from ckptd.limits import DEFAULT_LIMITS
 
 # The opcode table is pickles.ops' own, so this framer and the parser agree by construction
@@ -105,6 +106,9 @@ class SourceFile:
                     path=self.name,
                 )
             filled += count
+
+    def copy_into(self, offset: int, length: int, out_fd: int) -> int:
+        return os.copy_file_range(self.fd, out_fd, length, offset)
 
     def check_unchanged(self) -> None:
         info = os.fstat(self.fd)
@@ -215,6 +219,24 @@ def _drop_pages(buffer: mmap.mmap, start: int, end: int) -> None:
         buffer.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
+def _drop_hashed(
+    buffer: mmap.mmap,
+    drops: collections.deque[tuple[int, int, int]],
+    hasher: Sha256Feed,
+    *,
+    wait: bool,
+) -> None:
+    """Free the payload pages of ``drops`` that the hasher is done with (all of them: ``wait``)."""
+    while drops:
+        start, end, ticket = drops[0]
+        if wait:
+            hasher.wait(ticket)
+        elif not hasher.done(ticket):
+            return
+        drops.popleft()
+        _drop_pages(buffer, start, end)
+
+
 def scan_source(
     source: SourceFile,
     *,
@@ -240,25 +262,29 @@ def scan_source(
     # MADV_DONTNEED really frees pages (it would not on a shared mapping).
     buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     view = memoryview(buffer)
-    scratch = memoryview(bytearray(min(READ_CHUNK, size)))
-    digest = hashlib.sha256()
     framer = _Framer(buffer, size, min_deferred, max_ops)
     regions: list[Region] = []
     pending: tuple[int, int, int] | None = None  # (offset, length, crc so far) of a region
+    # Payload pages already read into the buffer, freed once the hasher is past them.
+    drops: collections.deque[tuple[int, int, int]] = collections.deque()  # (start, end, ticket)
     filled = 0
     fd = source.fd
+    # sha256 in a helper thread, CRC-32 here: each byte is hashed once, while it is in hand.
+    hasher = Sha256Feed(threaded=size >= THREADED_MIN_BYTES)
     try:
+        ring = BufferRing(hasher, min(READ_CHUNK, size))
         while filled < size:
             if pending is not None:
-                # Inside a large payload: hash and CRC it through the scratch buffer only.
+                # Inside a large payload: hash and CRC it through the ring buffers only.
                 offset, length, crc = pending
-                want = min(scratch.nbytes, offset + length - filled)
-                count = os.readv(fd, [scratch[:want]])
+                slot, scratch = ring.take()
+                want = min(len(scratch), offset + length - filled)
+                count = os.readv(fd, [memoryview(scratch)[:want]])
                 if not count:
                     break
-                chunk = scratch[:count]
-                digest.update(chunk)
-                crc = zlib.crc32(chunk, crc)
+                chunk = memoryview(scratch)[:count]
+                ring.handed(slot, hasher.feed(chunk))
+                crc = crc32(chunk, crc)
                 filled += count
                 pending = (offset, length, crc)
                 if filled == offset + length:
@@ -268,22 +294,26 @@ def scan_source(
             count = os.readv(fd, [view[filled : min(size, filled + READ_CHUNK)]])
             if not count:
                 break
-            digest.update(view[filled : filled + count])
+            ticket = hasher.feed(view[filled : filled + count])
             filled += count
             while (found := framer.next_payload(filled)) is not None:
                 offset, length = found
                 # The read may have carried the payload's first bytes into the buffer.
                 kept_end = min(offset + length, filled)
-                crc = zlib.crc32(view[offset:kept_end])
-                _drop_pages(buffer, offset, kept_end)
+                crc = crc32(view[offset:kept_end])
+                drops.append((offset, kept_end, ticket))
                 if kept_end == offset + length:
                     regions.append(Region(offset, length, crc))
                 else:
                     pending = (offset, length, crc)
                     break
+            _drop_hashed(buffer, drops, hasher, wait=False)
         if filled != size or os.read(fd, 1):
             raise FileChangedError("file changed size while it was being read", path=source.name)
+        sha256 = hasher.hexdigest()
+        _drop_hashed(buffer, drops, hasher, wait=True)
     finally:
+        hasher.close()
         view.release()
     logger.debug(
         "scanned %s: %d bytes, %d payloads (%d bytes) left in the file",
@@ -292,4 +322,4 @@ def scan_source(
         len(regions),
         sum(region.length for region in regions),
     )
-    return SparseRead(buffer=buffer, regions=tuple(regions), sha256=digest.hexdigest(), size=size)
+    return SparseRead(buffer=buffer, regions=tuple(regions), sha256=sha256, size=size)

@@ -11,7 +11,7 @@ purpose: a file-backed parameter has no ``raw`` that could silently stand for by
 
 from __future__ import annotations
 
-import zlib
+import errno
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
@@ -19,6 +19,13 @@ from typing import Protocol, TypeAlias
 import numpy as np
 
 from ckptd.errors import FileChangedError
+from ckptd.fs.digest import crc32
+from ckptd.fs.files import write_all
+
+# copy_file_range's ways of saying "not here": fall back to reading and writing.
+_NO_KERNEL_COPY = frozenset(
+    {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
+)
 
 # A value SB2's data_to_json stores as plain JSON: None, bool, int, float (incl. nan/inf), str,
 # and lists / str-keyed dicts of these (tuples already turned into lists, as json.dumps would).
@@ -79,6 +86,12 @@ class PayloadReader(Protocol):
         """FileChangedError unless the file's identity (size, mtime, inode...) is as first read."""
         ...
 
+    def copy_into(self, offset: int, length: int, out_fd: int) -> int:
+        """Copy up to ``length`` bytes at ``offset`` to ``out_fd`` (at its position) inside the
+        kernel; the count copied, 0 at the end of the file. OSError where the kernel or the file
+        systems cannot (``FilePayload.copy_to`` then reads and writes)."""
+        ...
+
 
 @dataclass(frozen=True)
 class FilePayload:
@@ -114,7 +127,7 @@ class FilePayload:
             chunk = buffer[:count]
             self.reader.read_into(self.offset + done, chunk)
             if verify_crc:
-                crc = zlib.crc32(chunk, crc)
+                crc = crc32(chunk, crc)
             done += count
             yield chunk
         if verify_crc and crc != self.crc:
@@ -122,6 +135,37 @@ class FilePayload:
                 f"bytes at offset {self.offset} changed since the file was first read",
                 path=self.source,
             )
+        self.reader.check_unchanged()
+
+    def copy_to(self, out_fd: int, buffer: memoryview) -> None:
+        """Append the bytes to ``out_fd``: a kernel-side copy (``copy_file_range``: no pass
+        through this process, on ext4 about 4x faster than reading and writing), or through
+        ``buffer`` where the kernel cannot. No CRC here: for a writer whose output is then
+        compared with a CRC-checked re-read (``ckptd.formats.storedzip.compare_file_with_pieces``).
+        The file's identity is checked after the last byte; FileChangedError if it is shorter.
+        """
+        done = 0
+        in_kernel = True
+        while done < self.length:
+            want = self.length - done
+            if in_kernel:
+                try:
+                    count = self.reader.copy_into(self.offset + done, want, out_fd)
+                except OSError as err:
+                    if err.errno not in _NO_KERNEL_COPY:
+                        raise
+                    in_kernel = False  # e.g. across file systems on an older kernel
+                    continue
+                if not count:
+                    raise FileChangedError(
+                        f"ends before byte {self.offset + self.length} that it had when first read",
+                        path=self.source,
+                    )
+            else:
+                count = min(buffer.nbytes, want)
+                self.reader.read_into(self.offset + done, buffer[:count])
+                write_all(out_fd, buffer[:count])
+            done += count
         self.reader.check_unchanged()
 
 

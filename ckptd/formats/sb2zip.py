@@ -46,6 +46,7 @@ from ckptd.formats.storedzip import (
     ZipLayout,
     as_byte_view,
     compare_file_with_pieces,
+    copy_pieces,
     layout_stored_zip,
     write_pieces,
 )
@@ -199,9 +200,11 @@ def write_checked_sb2_zip(
 ) -> ZipWriteReport:
     """Write ``dest`` atomically and verify it before it gets its name.
 
-    After the temp file is written and fsynced it is re-read from disk and must be byte-identical
-    to the layout (headers, CRCs, every array byte: one streamed compare, no second CRC or hash
-    pass) and its central directory must list exactly the three members where the layout put them.
+    The temp file is written without any checksum; then, while it is fsynced, it is re-read and
+    must be byte-identical to the layout (headers, CRCs, every array byte, each file-backed array
+    re-read from its source and CRC-checked against the first read), and its sha256 is taken from
+    the bytes read back (``compare_file_with_pieces``: one CRC and one sha256 pass in all), and its
+    central directory must list exactly the three members where the layout put them.
     Every pickle written into ``data`` (each ``:serialized:`` entry) is then re-read through the
     same static reader and allowlist as an input (``check_emitted_pickles``): the emitter is
     trusted no more than a checkpoint. Only then is it renamed to ``dest``; on any mismatch
@@ -213,9 +216,11 @@ def write_checked_sb2_zip(
     stamp = as_stored(date_time or local_now())
     outer, npz, data_bytes, list_bytes = build_sb2_layout(data, params, date_time=stamp)
 
+    verified: list[WriteResult] = []
+
     def check(temp: Path) -> None:
-        # Also the last re-read of any file-backed array: its source checks its identity after it.
-        compare_file_with_pieces(temp, outer.pieces)
+        # Also the last re-read of any file-backed array: its source checks its CRC and identity.
+        verified.append(compare_file_with_pieces(temp, outer.pieces))
         with zipfile.ZipFile(temp) as archive:
             found = [(i.filename, i.header_offset, i.file_size, i.CRC) for i in archive.infolist()]
         expected = [(m.name, m.header_offset, m.size, m.crc) for m in outer.members]
@@ -225,8 +230,8 @@ def write_checked_sb2_zip(
         check_emitted_pickles(data_bytes, dest)
 
     with atomic_write(dest, mode=mode, attributes=attributes, before_replace=check) as handle:
-        written = write_pieces(handle, outer.pieces)
-    return _report(written, npz, data_bytes, list_bytes, params, stamp)
+        copy_pieces(handle, outer.pieces)
+    return _report(verified[0], npz, data_bytes, list_bytes, params, stamp)
 
 
 def check_emitted_pickles(data_bytes: bytes, dest: Path) -> None:

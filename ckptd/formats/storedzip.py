@@ -5,30 +5,33 @@ Why not ``zipfile``: it writes a placeholder local header and seeks back to patc
 zip (the ``parameters`` npz inside the outer zip) streamed in one pass with O(1) extra memory,
 a sha256 of exactly the bytes that reach the disk, and headers that carry real sizes (streaming
 readers such as Java's ZipInputStream refuse STORED members with data descriptors). Every CRC is
-known up front (one ``zlib.crc32`` pass over an array in memory, or taken while a file-backed
+known up front (one CRC-32 pass over an array in memory, or taken while a file-backed
 array's source was first read) and combined arithmetically (``crc32_combine``), so nothing is
 buffered and nothing is patched afterwards.
 
 The layout (``layout_stored_zip``) is pure: it returns the archive as a list of ``Piece``s (header
 bytes and zero-copy views of the payload) and ``StreamedPiece``s (payloads that stay in a source
 file, whose CRC is known from when that file was first read; they are re-read in bounded chunks).
-``write_pieces`` and ``compare_file_with_pieces`` are the only functions doing I/O. Records
-follow CPython's zipfile byte for byte (versions, attributes, zip64 rules of ``_write_end_record``),
-except that the local header carries the real CRC and sizes (no data descriptor).
+``write_pieces``, ``copy_pieces`` and ``compare_file_with_pieces`` are the only functions doing
+I/O. Records follow CPython's zipfile byte for byte (versions, attributes, zip64 rules of
+``_write_end_record``), except that the local header carries the real CRC and sizes (no data
+descriptor).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeAlias
 
 from ckptd.errors import VerifyError
+from ckptd.fs.digest import THREADED_MIN_BYTES, BufferRing, Sha256Feed, crc32
+from ckptd.fs.files import write_all
 
 # zipfile's limits and record formats (CPython Lib/zipfile.py).
 ZIP64_LIMIT = (1 << 31) - 1
@@ -43,6 +46,8 @@ _END_ARCHIVE = struct.Struct("<4s4H2LH")
 _END_ARCHIVE64 = struct.Struct("<4sQ2H2L4Q")
 _END_ARCHIVE64_LOCATOR = struct.Struct("<4sLQL")
 WRITE_CHUNK = 4 * 1024 * 1024  # bounded buffers: a few of these are all the writer holds
+# Re-reading: small enough that the compare and the CRC of a chunk find it still in the CPU cache.
+VERIFY_CHUNK = 1024 * 1024
 DOS_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 _CRC_POLY = 0xEDB88320
@@ -95,7 +100,7 @@ class Piece:
     @classmethod
     def of(cls, data: bytes | bytearray | memoryview) -> Piece:
         view = as_byte_view(data)
-        return cls(view, zlib.crc32(view))
+        return cls(view, crc32(view))
 
     @property
     def size(self) -> int:
@@ -114,6 +119,11 @@ class StreamedContent(Protocol):
     def chunks(self, buffer: memoryview, *, verify_crc: bool = True) -> Iterator[memoryview]:
         """The bytes in order, read into ``buffer``; raises (e.g. FileChangedError) after the last
         chunk if the source changed or (with ``verify_crc``) the bytes do not have ``crc``."""
+        ...
+
+    def copy_to(self, out_fd: int, buffer: memoryview) -> None:
+        """Append the bytes to ``out_fd`` (in the kernel where it can), unchecked by CRC; raises
+        after the last byte if the source changed."""
         ...
 
 
@@ -136,26 +146,27 @@ AnyPiece: TypeAlias = Piece | StreamedPiece
 
 
 class _Scratch:
-    """One WRITE_CHUNK buffer for streamed pieces, allocated on first use and then reused
-    (a fresh buffer per piece costs a page fault per 4 KiB)."""
+    """One buffer for streamed pieces, allocated on first use and then reused (a fresh buffer
+    per piece costs a page fault per 4 KiB)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = WRITE_CHUNK) -> None:
+        self.size = size
         self._buffer: memoryview | None = None
 
     def get(self) -> memoryview:
         if self._buffer is None:
-            self._buffer = memoryview(bytearray(WRITE_CHUNK))
+            self._buffer = memoryview(bytearray(self.size))
         return self._buffer
 
 
 def _chunks(piece: AnyPiece, scratch: _Scratch, *, verify_crc: bool = True) -> Iterator[memoryview]:
-    """A piece's bytes in slices of at most WRITE_CHUNK."""
+    """A piece's bytes in slices of at most ``scratch.size``."""
     if isinstance(piece, StreamedPiece):
         yield from piece.content.chunks(scratch.get(), verify_crc=verify_crc)
         return
     data = piece.data
-    for start in range(0, data.nbytes, WRITE_CHUNK):
-        yield data[start : start + WRITE_CHUNK]
+    for start in range(0, data.nbytes, scratch.size):
+        yield data[start : start + scratch.size]
 
 
 def as_byte_view(data: bytes | bytearray | memoryview) -> memoryview:
@@ -383,25 +394,49 @@ def _write_all(handle: BinaryIO, chunk: memoryview) -> None:
         remaining = remaining[count:]
 
 
-def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> int:
-    """Re-read ``path`` and require it byte-identical to ``pieces`` laid end to end; returns its size.
+def copy_pieces(handle: BinaryIO, pieces: Iterable[AnyPiece]) -> int:
+    """Write ``pieces`` in order, neither hashed nor CRC-checked; the number of bytes written.
+
+    Only for a writer that then checks the file with ``compare_file_with_pieces``, which does
+    both on the bytes as they are on disk (each checksum computed once). Streamed pieces go from
+    their source file to ``handle``'s file inside the kernel where it can (``copy_to``); the
+    handle's own buffer is flushed first and not used.
+    """
+    handle.flush()
+    fd = handle.fileno()
+    written = 0
+    scratch = _Scratch()
+    for piece in pieces:
+        if isinstance(piece, StreamedPiece):
+            piece.content.copy_to(fd, scratch.get())
+        else:
+            write_all(fd, piece.data)
+        written += piece.size
+    return written
+
+
+def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> WriteResult:
+    """Re-read ``path``, require it byte-identical to ``pieces`` laid end to end; its size and sha256.
 
     This is how a freshly written zip is verified before it is renamed into place: every header,
     CRC and array byte on disk must be exactly what the layout says (the layout itself is tested
-    against zipfile, numpy and stable-baselines' own loaders). Streamed in WRITE_CHUNK blocks;
-    a streamed piece is re-read from its source, which checks it is still what was first read.
+    against zipfile, numpy and stable-baselines' own loaders). A streamed piece is re-read from its
+    source and must still have the CRC-32 of the source's first read, and the source its first
+    identity (checked after the last chunk); the file's bytes are compared with it byte for byte.
+    The sha256 is that of the bytes read back from the file, computed in a helper thread while the
+    next chunk is read and compared (``ckptd.fs.digest``).
     """
-    full = bytearray(WRITE_CHUNK)
-    window = memoryview(full)
-    scratch = _Scratch()
+    scratch = _Scratch(VERIFY_CHUNK)
     offset = 0
-    with open(path, "rb", buffering=0) as handle:
+    with (
+        open(path, "rb", buffering=0) as handle,
+        Sha256Feed(threaded=os.fstat(handle.fileno()).st_size >= THREADED_MIN_BYTES) as hasher,
+    ):
+        ring = BufferRing(hasher, VERIFY_CHUNK)
         for piece in pieces:
-            # A streamed piece's bytes were CRC-checked against the first read as they were
-            # written; here they are compared byte for byte with the file, whose identity the
-            # source checks after this, the last re-read.
-            for expected in _chunks(piece, scratch, verify_crc=False):
-                got = _read_into(handle, window[: expected.nbytes])
+            for expected in _chunks(piece, scratch):
+                slot, full = ring.take()
+                got = _read_into(handle, memoryview(full)[: expected.nbytes])
                 if got != expected.nbytes:
                     raise VerifyError(
                         f"written file ends early at byte {offset + got}", path=str(path)
@@ -416,12 +451,13 @@ def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> int:
                         f"written bytes differ from the layout{source} near byte {offset}",
                         path=str(path),
                     )
+                ring.handed(slot, hasher.feed(memoryview(full)[:got]))
                 offset += got
         if handle.read(1):
             raise VerifyError(
                 f"written file is longer than its layout ({offset} bytes)", path=str(path)
             )
-    return offset
+        return WriteResult(offset, hasher.hexdigest())
 
 
 def _read_into(handle: io.RawIOBase, view: memoryview) -> int:

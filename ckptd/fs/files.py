@@ -8,6 +8,7 @@ import hashlib
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,9 +114,10 @@ def atomic_write(
     Readers see either the old file or the complete new one; ``kill -9`` at any point leaves at
     most a temp file (``.ckptd-tmp-*.tmp``) that no pattern matches, never a partial ``dest``.
     The file gets ``attributes`` (a converted checkpoint carries its original's), else ``mode``,
-    else what the process umask gives a new file. ``before_replace(temp_path)`` runs after the
-    data is durable and before the attributes are applied and the file renamed; if it raises
-    (e.g. verification failed), the temp file is removed and ``dest`` is untouched.
+    else what the process umask gives a new file. ``before_replace(temp_path)`` runs while the
+    data is made durable (an fsync in a helper thread; both must succeed) and before the
+    attributes are applied and the file renamed; if either fails (e.g. verification), the temp
+    file is removed and ``dest`` is untouched.
     """
     dest = Path(dest)
     tmp = temp_path_for(dest)
@@ -126,9 +128,13 @@ def atomic_write(
                 os.fchmod(handle.fileno(), created_mode() if mode is None else mode)
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
-            if before_replace is not None:
-                before_replace(tmp)
+            if before_replace is None:
+                os.fsync(handle.fileno())
+            else:
+                # The check reads the same page cache before and after the fsync, so the disk
+                # works while the check computes; both must succeed before the rename.
+                with _fsync_meanwhile(handle.fileno()):
+                    before_replace(tmp)
             if attributes is not None:
                 # After the check (reading the temp file may move its access time), and made
                 # durable with the data before the rename.
@@ -140,6 +146,33 @@ def atomic_write(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _fsync_meanwhile(fd: int) -> Iterator[None]:
+    """fsync ``fd`` in a helper thread while the block runs; its error is raised at the end."""
+    failed: list[OSError] = []
+
+    def sync() -> None:
+        try:
+            os.fsync(fd)
+        except OSError as err:
+            failed.append(err)
+
+    thread = threading.Thread(target=sync, name="ckptd-fsync", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
+def write_all(fd: int, data: memoryview) -> None:
+    """``os.write`` until every byte of ``data`` is written (one write may take fewer)."""
+    while data.nbytes:
+        data = data[os.write(fd, data) :]
 
 
 def write_bytes_atomic(dest: Path, data: bytes, *, mode: int | None = None) -> None:
