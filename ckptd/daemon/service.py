@@ -150,6 +150,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
+        # A writer opening a file while settling probes it (fs.files.open_for_writing) signals
+        # SIGIO, which would terminate us; the probe's lease is released at once anyway.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     def _start(self) -> None:
         config = self.config
@@ -300,7 +303,7 @@ class Daemon:
             self._enqueue_gone(event.root, event.path)
         elif event.kind in ("dir_created", "dir_moved"):
             for item in files_below(self.config, event.path):
-                self._settling.observe_stat(
+                self._settling.observe_in_new_directory(
                     event.root, item, now, closed=event.closed, expect_close=expect_close
                 )
         elif event.kind == "dir_deleted":

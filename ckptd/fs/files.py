@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
@@ -231,6 +232,33 @@ def open_regular_nofollow(path: Path) -> BinaryIO:
         os.close(fd)
         raise
     return os.fdopen(fd, "rb")
+
+
+def open_for_writing(path: Path) -> bool | None:
+    """Whether any process has ``path`` open for writing (or mapped writable), asked of the kernel.
+
+    Linux grants a read lease (``fcntl(F_SETLEASE, F_RDLCK)``) only while no process holds the
+    file open for writing; the lease is released at once. None where the kernel cannot tell us:
+    not the file's owner and no ``CAP_LEASE``, a file system without leases (NFS, FUSE), leases
+    disabled (``fs.leases-enable``), or not a regular file. A writer opening the file in the
+    microseconds the lease is held waits for its release, and the lease holder gets SIGIO, which
+    the daemon ignores (docs/architecture.md, "Watching": a new run directory's first files).
+    """
+    try:
+        fd = _open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as err:
+            return True if err.errno in (errno.EAGAIN, errno.EBUSY) else None
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def sha256_stream(handle: IO[bytes]) -> tuple[str, int]:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ckptd.fs.files import FoundFile
+from ckptd.fs.files import FoundFile, open_for_writing
 from ckptd.watch.stabilize import Stabilizer
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,21 @@ class SettlingFiles:
         )
         if accepted:
             self._observed[path] = (root, size, mtime_ns)
+
+    def observe_in_new_directory(
+        self, root: Path, item: FoundFile, now: float, *, closed: bool, expect_close: bool
+    ) -> None:
+        """A file found in a directory just created (or moved in) below an inotify root.
+
+        The watch on the new directory was added before its event reached us, so from now on every
+        write to the file comes with events. If nobody has it open for writing now
+        (``fs.files.open_for_writing``), no close event is still to come: it counts as closed, and
+        ``stable_for`` of quiet is enough (docs/architecture.md, "Watching"). Otherwise, or where
+        the kernel cannot tell, its close event is awaited (or ``unclosed_after`` of quiet).
+        """
+        if expect_close and not closed:
+            closed = open_for_writing(item.path) is False
+        self.observe_stat(root, item, now, closed=closed, expect_close=expect_close)
 
     def observe_found(self, found: Iterable[tuple[Path, FoundFile]], now: float) -> None:
         # Found by a scan: no close event will come for these, so none is expected.
