@@ -1,12 +1,13 @@
 """Convert one legacy stable-baselines pickle into the SB2 zip format, safely and verifiably.
 
 The order of operations is the safety argument:
-1. read the source once (no TOCTOU) and parse it statically — nothing is executed; large array
-   payloads are not kept in memory but re-read from the still-open source when written and
-   verified, each re-read checked against the CRC-32 of the first read and the file's identity
-   (``ckptd.convert.legacy.open_legacy_file``);
-2. write the zip to a temp file beside the target, fsync it;
-3. re-read the temp file and verify it (structure, CRCs, JSON, every array's bytes), give it the
+1. read the source once (no TOCTOU), hashing it, and parse it statically — nothing is executed;
+   large array payloads are not kept in memory but copied from the still-open source when
+   written (in the kernel where it can) and re-read when verified, that re-read checked against
+   the CRC-32 of the first read and the file's identity (``ckptd.convert.legacy.open_legacy_file``);
+2. write the zip to a temp file beside the target and fsync it, while
+3. the temp file is re-read and verified (byte for byte against the layout and the source's
+   re-read; structure, CRCs, JSON; its sha256 taken from the bytes read back); give it the
    original's mode, owner and times — only then rename it into place and fsync the directory;
 4. before an original is archived or deleted, verify the renamed zip completely, exactly as
    ``ckptd verify`` does (``ckptd.formats.verify``: CRCs, JSON, npy headers, every
