@@ -22,6 +22,9 @@ from ckptd.errors import UnsafePathError
 TEMP_PREFIX = ".ckptd-tmp-"
 TEMP_SUFFIX = ".tmp"
 CHUNK_SIZE = 4 * 1024 * 1024
+# From this size on, a written file is fsynced in a helper thread while it is checked; below it,
+# a thread costs more than the short fsync it would hide.
+_FSYNC_BESIDE_CHECK_MIN = 8 * 1024 * 1024
 
 
 def is_temp_name(name: str) -> bool:
@@ -115,10 +118,10 @@ def atomic_write(
     Readers see either the old file or the complete new one; ``kill -9`` at any point leaves at
     most a temp file (``.ckptd-tmp-*.tmp``) that no pattern matches, never a partial ``dest``.
     The file gets ``attributes`` (a converted checkpoint carries its original's), else ``mode``,
-    else what the process umask gives a new file. ``before_replace(temp_path)`` runs while the
-    data is made durable (an fsync in a helper thread; both must succeed) and before the
-    attributes are applied and the file renamed; if either fails (e.g. verification), the temp
-    file is removed and ``dest`` is untouched.
+    else what the process umask gives a new file. ``before_replace(temp_path)`` runs after the
+    data is durable (for a large file: while it is made durable, by an fsync in a helper thread;
+    both must succeed) and before the attributes are applied and the file renamed; if either
+    fails (e.g. verification), the temp file is removed and ``dest`` is untouched.
     """
     dest = Path(dest)
     tmp = temp_path_for(dest)
@@ -129,13 +132,16 @@ def atomic_write(
                 os.fchmod(handle.fileno(), created_mode() if mode is None else mode)
             yield handle
             handle.flush()
-            if before_replace is None:
+            if os.fstat(handle.fileno()).st_size < _FSYNC_BESIDE_CHECK_MIN:
                 os.fsync(handle.fileno())
+                if before_replace is not None:
+                    before_replace(tmp)
             else:
                 # The check reads the same page cache before and after the fsync, so the disk
                 # works while the check computes; both must succeed before the rename.
                 with _fsync_meanwhile(handle.fileno()):
-                    before_replace(tmp)
+                    if before_replace is not None:
+                        before_replace(tmp)
             if attributes is not None:
                 # After the check (reading the temp file may move its access time), and made
                 # durable with the data before the rename.
