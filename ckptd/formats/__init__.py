@@ -15,6 +15,14 @@ class Format(enum.StrEnum):
     JOBLIB = "joblib"  # joblib.dump output, possibly compressed
     TORCH_ZIP = "torch-zip"  # torch.save's zip format (.pt/.pth/.bin, Lightning .ckpt)
     TORCH_LEGACY = "torch-legacy"  # torch.save's pre-1.6 format (a magic-number pickle first)
+    SAFETENSORS = "safetensors"  # a safetensors file (JSON header, raw tensor bytes; no pickle)
+    # Directory checkpoints, one unit each (ckptd.formats.trainer_dirs), by the trainer that wrote
+    # them; DIRECTORY when no trainer's layout is recognized.
+    HF_TRAINER = "hf-trainer"
+    DEEPSPEED = "deepspeed"
+    ORBAX = "orbax"
+    TORCH_DCP = "torch-dcp"
+    DIRECTORY = "directory"
     UNKNOWN = "unknown"
 
 

@@ -1,0 +1,370 @@
+"""Write real checkpoint layouts with the real trainers (run inside the trainers env).
+
+    python tests/trainers/generate.py OUT_DIR
+
+run by ``tests/trainers/make_fixtures.py`` (committed fixtures) and by tests that need fresh
+output, under ``tests/trainers_env.py``'s interpreter (torch CPU, transformers, accelerate,
+Lightning, safetensors). Writes under OUT_DIR:
+
+* ``hf/checkpoint-<N>/``: transformers' ``Trainer`` on a tiny GPT-2 (save every 2 steps, evaluate
+  every 2 steps so ``trainer_state.json`` carries ``eval_loss`` in ``log_history``);
+* ``lightning/*.ckpt``: Lightning's ``Trainer.fit`` with ``ModelCheckpoint`` (every 2 steps, all
+  kept, ``last.ckpt``);
+* ``torch/``: ``torch.save`` of a state dict as ``.pt``, ``.pth``, ``.bin`` (zip format) and as
+  ``legacy.pt`` (``_use_new_zipfile_serialization=False``), an optimizer state;
+* ``dcp/step_<N>/``: ``torch.distributed.checkpoint.save`` in one process (no process group);
+* ``safetensors/``: ``safetensors.torch.save_file`` (with metadata) and ``safetensors.numpy``;
+* ``deepspeed/`` and ``deepspeed-zero2/``, ``orbax/``: REPRODUCED from the trainers' sources, as
+  neither installs on CPU in reasonable time (DeepSpeed builds against CUDA; Orbax needs jax and
+  tensorstore): the file names, the order of writes, the markers and the pickled dicts' keys
+  follow DeepSpeed's ``runtime/engine.py`` (commit 38327e07: ``save_checkpoint`` lines 3218-3305,
+  ``_save_checkpoint`` 3453-3493, ``_save_zero_checkpoint`` 3637-3645, names 2801-2842) and
+  ``runtime/zero/stage_1_and_2.py`` ``state_dict`` (2150-2180), and Orbax's
+  ``_src/path/atomicity.py`` (commit 3ff7b24a, lines 103-160 and 522-552) and
+  ``_src/metadata/step_metadata_serialization.py``; Orbax's array payloads (OCDBT files written
+  by tensorstore) are placeholder bytes under the real names.
+
+It also records, in ``OUT_DIR/order.json``, what each trainer had written at the moment it wrote
+its completion marker: the files of ``checkpoint-<N>`` (with sizes) when ``TrainerState.save_to_json``
+was entered, and of a DCP directory when ``FileSystemWriter.finish`` was entered, so the rules of
+``ckptd.formats.trainer_dirs`` are checked against the pinned releases, not only their source.
+Deterministic seeds; nothing here touches a network (HF_HUB_OFFLINE).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ORDER: dict[str, Any] = {}
+
+
+def _listing(directory: Path) -> dict[str, int]:
+    return {
+        str(path.relative_to(directory)): path.stat().st_size
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def write_hf(out: Path) -> None:
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+    from transformers.trainer_callback import TrainerState
+
+    original = TrainerState.save_to_json
+
+    def recording_save_to_json(self: Any, json_path: str) -> None:
+        directory = Path(json_path).parent
+        ORDER.setdefault("hf", {})[directory.name] = _listing(directory)
+        original(self, json_path)
+
+    TrainerState.save_to_json = recording_save_to_json  # type: ignore[method-assign]
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(config)
+    generator = torch.Generator().manual_seed(0)
+    samples = [
+        {"input_ids": ids, "labels": ids}
+        for ids in torch.randint(0, 16, (16, 8), generator=generator)
+    ]
+    args = TrainingArguments(
+        output_dir=str(out / "hf"),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=samples, eval_dataset=samples[:8])
+    trainer.train()
+    ORDER["versions"]["transformers"] = transformers.__version__
+
+
+def write_lightning(out: Path) -> None:
+    import lightning
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Tiny(LightningModule):  # type: ignore[misc]
+        def __init__(self, hidden: int = 8, lr: float = 0.01) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = _tiny_model()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            inputs, targets = batch
+            loss = torch.nn.functional.mse_loss(self.net(inputs), targets)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randn(16, 2))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    checkpoints = ModelCheckpoint(
+        dirpath=out / "lightning", every_n_train_steps=2, save_top_k=-1, save_last=True
+    )
+    trainer = Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[checkpoints],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out / "lightning-root",
+    )
+    trainer.fit(Tiny(), loader)
+    ORDER["versions"]["lightning"] = lightning.__version__
+
+
+def write_torch(out: Path) -> None:
+    directory = out / "torch"
+    directory.mkdir(parents=True, exist_ok=True)
+    model = _tiny_model()
+    state = model.state_dict()
+    torch.save(state, directory / "state_dict.pt")
+    torch.save(state, directory / "model.pth")
+    torch.save(state, directory / "pytorch_model.bin")
+    torch.save(state, directory / "legacy.pt", _use_new_zipfile_serialization=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.ones(3, 4)).sum().backward()
+    optimizer.step()
+    torch.save(
+        {"model": state, "optimizer": optimizer.state_dict(), "step": 3}, directory / "full.pt"
+    )
+
+
+def write_dcp(out: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import filesystem
+
+    original = filesystem.FileSystemWriter.finish
+
+    def recording_finish(self: Any, metadata: Any, results: Any) -> None:
+        directory = Path(self.path)
+        ORDER.setdefault("dcp", {})[directory.name] = _listing(directory)
+        original(self, metadata, results)
+
+    filesystem.FileSystemWriter.finish = recording_finish  # type: ignore[method-assign]
+    model = _tiny_model()
+    for step in (2, 4):
+        dcp.save(
+            {"model": model.state_dict(), "step": step}, checkpoint_id=out / "dcp" / f"step_{step}"
+        )
+
+
+def write_safetensors(out: Path) -> None:
+    import safetensors
+    import safetensors.numpy
+    import safetensors.torch
+
+    directory = out / "safetensors"
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.contiguous() for name, tensor in _tiny_model().state_dict().items()}
+    safetensors.torch.save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    arrays = {
+        "f16": np.arange(6, dtype=np.float16).reshape(2, 3),
+        "i64": np.arange(4, dtype=np.int64),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "scalar": np.array(1.5, dtype=np.float64),
+    }
+    safetensors.numpy.save_file(arrays, str(directory / "arrays.safetensors"))
+    ORDER["versions"]["safetensors"] = safetensors.__version__
+
+
+def _deepspeed_save(save_dir: Path, step: int, zero_stage: int, model: torch.nn.Module) -> None:
+    """One ``DeepSpeedEngine.save_checkpoint(save_dir)`` of a single-rank run, in its order."""
+    tag = f"global_step{step}"  # engine.py: tag = f"global_step{self.global_steps}"
+    (save_dir / tag).mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.ones(3, 4)).sum().backward()
+    optimizer.step()
+    ds_config = {"train_batch_size": 4, "zero_optimization": {"stage": zero_stage}}
+    if zero_stage:
+        ds_config["fp16"] = {"enabled": True}
+    # _save_checkpoint: the engine's state dict, keys as in engine.py (3469-3489).
+    state = dict(
+        module=model.state_dict(),
+        buffer_names=[],
+        optimizer=None if zero_stage else optimizer.state_dict(),
+        param_shapes=[{n: p.shape for n, p in model.named_parameters()}] if zero_stage else None,
+        frozen_param_shapes=None,
+        shared_params={} if zero_stage else None,
+        frozen_param_fragments=None,
+        lr_scheduler=None,
+        data_sampler=None,
+        random_ltd=None,
+        sparse_tensor_module_names=set(),
+        skipped_steps=0,
+        global_steps=step,
+        global_samples=step * 4,
+        dp_world_size=1,
+        mp_world_size=1,
+        ds_config=ds_config,
+        ds_version="0.16.4",
+    )
+    torch.save(state, save_dir / tag / "mp_rank_00_model_states.pt")
+    if zero_stage:
+        # _save_zero_checkpoint: the ZeRO optimizer's state_dict holds its loss scaler *object*
+        # (stage_1_and_2.py: state_dict[LOSS_SCALER] = self.loss_scaler).
+        scaler = sys.modules["deepspeed.runtime.fp16.loss_scaler"].DynamicLossScaler()
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        zero_sd = dict(
+            optimizer_state_dict={
+                "loss_scaler": scaler,
+                "dynamic_loss_scale": True,
+                "overflow": False,
+                "clip_grad": 0.0,
+                "base_optimizer_state": optimizer.state_dict()["state"],
+                "single_partition_of_fp32_groups": [flat],
+                "zero_stage": zero_stage,
+                "group_paddings": [0],
+                "partition_count": [1],
+                "ds_version": "0.16.4",
+                "param_slice_mappings": [{}],
+            },
+            ds_config=ds_config,
+            ds_version="0.16.4",
+        )
+        name = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+        torch.save(zero_sd, save_dir / tag / name)
+        # _copy_recovery_script: DeepSpeed copies its zero_to_fp32.py here (a stand-in text).
+        script = save_dir / "zero_to_fp32.py"
+        script.write_text("# stand-in for DeepSpeed's utils/zero_to_fp32.py (not copied)\n")
+        script.chmod(0o755)
+    # save_checkpoint: the tag goes into <save_dir>/latest last (engine.py 3300-3303).
+    (save_dir / "latest").write_text(tag)
+
+
+def write_deepspeed(out: Path) -> None:
+    import types
+
+    module = types.ModuleType("deepspeed.runtime.fp16.loss_scaler")
+
+    class DynamicLossScaler:  # the attributes DeepSpeed's class sets in __init__
+        def __init__(self) -> None:
+            self.cur_scale = 65536.0
+            self.cur_iter = 0
+            self.last_overflow_iter = -1
+            self.scale_factor = 2.0
+            self.scale_window = 1000
+            self.min_scale = 1.0
+            self.delayed_shift = 1
+            self.cur_hysteresis = 1
+            self.consecutive_hysteresis = False
+            self.raise_error_at_min_scale = True
+            self.dynamic = True
+
+    DynamicLossScaler.__module__ = module.__name__
+    DynamicLossScaler.__qualname__ = "DynamicLossScaler"
+    module.DynamicLossScaler = DynamicLossScaler  # type: ignore[attr-defined]
+    # pickle imports the module by name to check the class: register it and its parents.
+    for parent in ("deepspeed", "deepspeed.runtime", "deepspeed.runtime.fp16"):
+        sys.modules.setdefault(parent, types.ModuleType(parent))
+    sys.modules[module.__name__] = module
+    for step in (2, 4):
+        _deepspeed_save(out / "deepspeed", step, 0, _tiny_model())
+    _deepspeed_save(out / "deepspeed-zero2", 2, 2, _tiny_model())
+    # Gone again before transformers looks for an installed DeepSpeed.
+    for name in [name for name in sys.modules if name.split(".")[0] == "deepspeed"]:
+        del sys.modules[name]
+    # A save interrupted after the model states (no optimizer states, latest not moved).
+    partial = out / "deepspeed" / "global_step6"
+    partial.mkdir()
+    torch.save({"module": _tiny_model().state_dict()}, partial / "mp_rank_00_model_states.pt")
+
+
+def _orbax_step(directory: Path, name: str, step: int, *, committed: bool) -> None:
+    """An Orbax ``CheckpointManager`` step with one PyTree item ``default`` (atomic rename)."""
+    tmp = directory / f"{name}.orbax-checkpoint-tmp"
+    (tmp / "default" / "d").mkdir(parents=True)
+    init = 1_765_000_000_000_000_000 + step * 1_000_000_000
+    metadata = {
+        "item_handlers": {
+            "default": "orbax.checkpoint._src.handlers.pytree_checkpoint_handler."
+            "PyTreeCheckpointHandler"
+        },
+        "metrics": {"loss": 1.0 / step},
+        "performance_metrics": {},
+        "init_timestamp_nsecs": init,
+        "commit_timestamp_nsecs": None,
+        "custom_metadata": {},
+    }
+    # _create_tmp_directory writes the step metadata as soon as the directory exists.
+    (tmp / "_CHECKPOINT_METADATA").write_text(json.dumps(metadata))
+    tree = {
+        "tree_metadata": {
+            "('w',)": {
+                "key_metadata": [{"key": "w", "key_type": 2}],
+                "value_metadata": {
+                    "value_type": "jax.Array",
+                    "skip_deserialize": False,
+                    "write_shape": [8],
+                },
+            }
+        },
+        "use_zarr3": False,
+    }
+    (tmp / "default" / "_METADATA").write_text(json.dumps(tree))
+    (tmp / "default" / "_sharding").write_text(
+        json.dumps({"w": {"sharding_type": "SingleDeviceSharding"}})
+    )
+    (tmp / "default" / "manifest.ocdbt").write_bytes(b"OCDBT placeholder " + bytes(range(32)))
+    (tmp / "default" / "d" / f"{step:032x}").write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    if not committed:
+        return
+    # finalize: commit timestamp, commit_success.txt, then the rename (atomicity.py 522-552).
+    metadata["commit_timestamp_nsecs"] = init + 250_000_000
+    (tmp / "_CHECKPOINT_METADATA").write_text(json.dumps(metadata))
+    final = directory / name
+    (tmp / "commit_success.txt").write_text(f"Checkpoint commit was successful to {final}")
+    os.rename(tmp, final)
+
+
+def write_orbax(out: Path) -> None:
+    directory = out / "orbax"
+    for step in (2, 4):
+        _orbax_step(directory, str(step), step, committed=True)
+    _orbax_step(directory, "6", 6, committed=False)
+
+
+def main() -> None:
+    out = Path(sys.argv[1]).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)  # Lightning and the Trainer put stray logs in the working directory
+    ORDER["versions"] = {"torch": torch.__version__, "numpy": np.__version__}
+    write_torch(out)
+    write_deepspeed(out)
+    write_orbax(out)
+    write_safetensors(out)
+    write_dcp(out)
+    write_lightning(out)
+    write_hf(out)
+    (out / "order.json").write_text(json.dumps(ORDER, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
