@@ -36,7 +36,7 @@ def consume(path: str) -> dict[str, Any]:
             result["safetensors"] = {
                 "tensors": {
                     key: [str(handle.get_tensor(key).dtype), list(handle.get_tensor(key).shape)]
-                    for key in handle
+                    for key in handle.keys()  # noqa: SIM118 - safe_open is not iterable
                 },
                 "metadata": handle.metadata(),
             }
