@@ -127,13 +127,12 @@ def hash_files(fs: RunFS, reldir: str, listing: DirListing) -> dict[str, str]:
     changed, so the hashes would describe no state it was ever in.
     """
     hashes: dict[str, str] = {}
-    buffer = bytearray(CHUNK_SIZE)
     for item in listing.files:
         relpath = f"{reldir}/{item.path}" if reldir else item.path
         with fs.open_read(relpath) as handle:
             digest = hashlib.sha256()
-            while count := handle.readinto(buffer):
-                digest.update(memoryview(buffer)[:count])
+            while chunk := handle.read(CHUNK_SIZE):
+                digest.update(chunk)
             st = os.fstat(handle.fileno())
         if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
             raise FileChangedError("changed since the directory was listed", path=fs.show(relpath))
