@@ -65,6 +65,7 @@ def as_recorded(name: str, sizes: dict[str, int], parent_latest: str | None = No
         ("deepspeed/global_step4", Format.DEEPSPEED, True),  # latest names it
         ("deepspeed/global_step6", Format.DEEPSPEED, False),  # interrupted: latest not moved
         ("deepspeed-zero2/global_step2", Format.DEEPSPEED, True),
+        ("deepspeed-zero2/global_step6", Format.DEEPSPEED, False),
         ("orbax/2", Format.ORBAX, True),
         ("orbax/4", Format.ORBAX, True),
         ("orbax/6.orbax-checkpoint-tmp", Format.ORBAX, False),
@@ -88,6 +89,20 @@ def test_hf_is_incomplete_at_every_moment_before_its_state(directory: str) -> No
     for count in range(len(names) + 1):
         partial = {name: before[name] for name in names[:count]}
         assert not judge(as_recorded(directory, partial)).complete, partial
+
+
+@pytest.mark.parametrize("save_dir", sorted(ORDER["deepspeed"]))
+def test_deepspeed_tag_is_whole_before_latest_names_it(save_dir: str) -> None:
+    """When DeepSpeed opened ``latest``, the tag it names was already written in full."""
+    saves = ORDER["deepspeed"][save_dir]
+    assert len(saves) == 2  # global_step2 and global_step4; global_step6 never moved latest
+    for index, before in enumerate(saves):
+        tag = f"global_step{2 * (index + 1)}"
+        final = FIXTURES / save_dir / tag
+        assert before[tag] == {p.name: p.stat().st_size for p in final.iterdir()}
+        earlier = None if index == 0 else f"global_step{2 * index}"
+        assert not judge(as_recorded(tag, before[tag], earlier)).complete
+        assert judge(as_recorded(tag, before[tag], tag)).complete
 
 
 @pytest.mark.parametrize("directory", sorted(ORDER["dcp"]))

@@ -63,7 +63,7 @@ def test_recorded_consumers_refuse_what_they_should() -> None:
         "training_args.bin",  # a pickled TrainingArguments object
         "zero_pp_rank_0_mp_rank_00_optim_states.pt",  # DeepSpeed's loss scaler object
     }
-    assert len(_torch_files(CONSUMERS)) - len(refused) == 19
+    assert len(_torch_files(CONSUMERS)) - len(refused) == 21
 
 
 def test_ckptd_verdicts_agree_with_recorded_weights_only_loads() -> None:
@@ -122,3 +122,8 @@ def test_fresh_trainer_output_matches_the_committed_layouts(env: Path, tmp_path:
         assert fresh_order[trainer].keys() == ORDER[trainer].keys()
         for directory, before in fresh_order[trainer].items():
             assert set(before) == set(ORDER[trainer][directory]), directory
+    for save_dir, saves in fresh_order["deepspeed"].items():
+        assert [{tag: set(files) for tag, files in save.items()} for save in saves] == [
+            {tag: set(files) for tag, files in save.items()}
+            for save in ORDER["deepspeed"][save_dir]
+        ]

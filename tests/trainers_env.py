@@ -1,7 +1,8 @@
 """The real trainers for the directory-checkpoint and torch/safetensors fixtures and consumers.
 
 CPU-only torch (from PyTorch's own CPU index when it answers, else the package index), Hugging Face
-transformers with accelerate (its Trainer needs it), Lightning and safetensors, pinned, in a venv of
+transformers with accelerate (its Trainer needs it), Lightning, safetensors and DeepSpeed (its
+Python part only, ``DS_BUILD_OPS=0``: it runs on CPU with ``DS_ACCELERATOR=cpu``), pinned, in a venv of
 the interpreter running the tests. Like ``tests/sb2tf_env.py`` it lives outside the checkout, in
 ``${CKPTD_TEST_CACHE:-~/.cache/ckptd-tests}/trainers-<hash of the pins>``, is built in a temporary
 sibling directory and renamed into place only once complete, so a killed build is never mistaken for
@@ -26,6 +27,8 @@ PINS = (
     "lightning==2.6.6",
     "safetensors==0.8.0",
 )
+# Built from its source distribution against the torch above (hence no build isolation).
+DEEPSPEED_PIN = "deepspeed==0.19.8"
 COMPLETE = ".ckptd-complete"
 
 
@@ -47,7 +50,7 @@ def env_key(python: str) -> str:
         check=True,
         timeout=30,
     ).stdout.strip()
-    text = "\n".join([version, TORCH_PIN, *PINS])
+    text = "\n".join([version, TORCH_PIN, *PINS, DEEPSPEED_PIN])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -88,7 +91,14 @@ def trainers_env() -> Path:
         origin = _install_torch(pip)
         # torch is pinned again so that no later requirement can replace the CPU wheel.
         subprocess.run([*pip, "install", TORCH_PIN, *PINS], check=True, timeout=1500)
-        (build / COMPLETE).write_text("\n".join([f"{TORCH_PIN} from {origin}", *PINS]) + "\n")
+        subprocess.run(
+            [*pip, "install", "--no-build-isolation", TORCH_PIN, DEEPSPEED_PIN],
+            check=True,
+            timeout=1500,
+            env={**os.environ, "DS_BUILD_OPS": "0"},
+        )
+        record = [f"{TORCH_PIN} from {origin}", *PINS, DEEPSPEED_PIN]
+        (build / COMPLETE).write_text("\n".join(record) + "\n")
         if (target / COMPLETE).exists():  # another run finished first: keep the one in use
             shutil.rmtree(build, ignore_errors=True)
             return target

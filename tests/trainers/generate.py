@@ -14,19 +14,17 @@ Lightning, safetensors). Writes under OUT_DIR:
   ``legacy.pt`` (``_use_new_zipfile_serialization=False``), an optimizer state;
 * ``dcp/step_<N>/``: ``torch.distributed.checkpoint.save`` in one process (no process group);
 * ``safetensors/``: ``safetensors.torch.save_file`` (with metadata) and ``safetensors.numpy``;
-* ``deepspeed/`` and ``deepspeed-zero2/``, ``orbax/``: REPRODUCED from the trainers' sources, as
-  neither installs on CPU in reasonable time (DeepSpeed builds against CUDA; Orbax needs jax and
-  tensorstore): the file names, the order of writes, the markers and the pickled dicts' keys
-  follow DeepSpeed's ``runtime/engine.py`` (commit 38327e07: ``save_checkpoint`` lines 3218-3305,
-  ``_save_checkpoint`` 3453-3493, ``_save_zero_checkpoint`` 3637-3645, names 2801-2842) and
-  ``runtime/zero/stage_1_and_2.py`` ``state_dict`` (2150-2180), and Orbax's
-  ``_src/path/atomicity.py`` (commit 3ff7b24a, lines 103-160 and 522-552) and
-  ``_src/metadata/step_metadata_serialization.py``; Orbax's array payloads (OCDBT files written
-  by tensorstore) are placeholder bytes under the real names.
+* ``deepspeed/``, ``deepspeed-zero2/``: DeepSpeed's ``engine.save_checkpoint`` on CPU
+  (``deepspeed_save.py``, ZeRO stage 0 and 2; ``global_step6`` saved with ``save_latest=False``);
+* ``orbax/``: REPRODUCED from Orbax's source, which needs jax and tensorstore: the names, the
+  order of writes and the markers follow ``_src/path/atomicity.py`` (commit 3ff7b24a, lines
+  103-160 and 522-552) and ``_src/metadata/step_metadata_serialization.py``; the array payloads
+  (OCDBT files written by tensorstore) are placeholder bytes under the real names.
 
 It also records, in ``OUT_DIR/order.json``, what each trainer had written at the moment it wrote
 its completion marker: the files of ``checkpoint-<N>`` (with sizes) when ``TrainerState.save_to_json``
-was entered, and of a DCP directory when ``FileSystemWriter.finish`` was entered, so the rules of
+was entered, of a DCP directory when ``FileSystemWriter.finish`` was entered, and of DeepSpeed's
+tag directories when ``latest`` was opened, so the rules of
 ``ckptd.formats.trainer_dirs`` are checked against the pinned releases, not only their source.
 Deterministic seeds; nothing here touches a network (HF_HUB_OFFLINE).
 """
@@ -35,6 +33,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+HERE = Path(__file__).resolve().parent
 ORDER: dict[str, Any] = {}
 
 
@@ -195,106 +196,35 @@ def write_safetensors(out: Path) -> None:
     ORDER["versions"]["safetensors"] = safetensors.__version__
 
 
-def _deepspeed_save(save_dir: Path, step: int, zero_stage: int, model: torch.nn.Module) -> None:
-    """One ``DeepSpeedEngine.save_checkpoint(save_dir)`` of a single-rank run, in its order."""
-    tag = f"global_step{step}"  # engine.py: tag = f"global_step{self.global_steps}"
-    (save_dir / tag).mkdir(parents=True, exist_ok=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model(torch.ones(3, 4)).sum().backward()
-    optimizer.step()
-    ds_config = {"train_batch_size": 4, "zero_optimization": {"stage": zero_stage}}
-    if zero_stage:
-        ds_config["fp16"] = {"enabled": True}
-    # _save_checkpoint: the engine's state dict, keys as in engine.py (3469-3489).
-    state = dict(
-        module=model.state_dict(),
-        buffer_names=[],
-        optimizer=None if zero_stage else optimizer.state_dict(),
-        param_shapes=[{n: p.shape for n, p in model.named_parameters()}] if zero_stage else None,
-        frozen_param_shapes=None,
-        shared_params={} if zero_stage else None,
-        frozen_param_fragments=None,
-        lr_scheduler=None,
-        data_sampler=None,
-        random_ltd=None,
-        sparse_tensor_module_names=set(),
-        skipped_steps=0,
-        global_steps=step,
-        global_samples=step * 4,
-        dp_world_size=1,
-        mp_world_size=1,
-        ds_config=ds_config,
-        ds_version="0.16.4",
-    )
-    torch.save(state, save_dir / tag / "mp_rank_00_model_states.pt")
-    if zero_stage:
-        # _save_zero_checkpoint: the ZeRO optimizer's state_dict holds its loss scaler *object*
-        # (stage_1_and_2.py: state_dict[LOSS_SCALER] = self.loss_scaler).
-        scaler = sys.modules["deepspeed.runtime.fp16.loss_scaler"].DynamicLossScaler()
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        zero_sd = dict(
-            optimizer_state_dict={
-                "loss_scaler": scaler,
-                "dynamic_loss_scale": True,
-                "overflow": False,
-                "clip_grad": 0.0,
-                "base_optimizer_state": optimizer.state_dict()["state"],
-                "single_partition_of_fp32_groups": [flat],
-                "zero_stage": zero_stage,
-                "group_paddings": [0],
-                "partition_count": [1],
-                "ds_version": "0.16.4",
-                "param_slice_mappings": [{}],
-            },
-            ds_config=ds_config,
-            ds_version="0.16.4",
-        )
-        name = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
-        torch.save(zero_sd, save_dir / tag / name)
-        # _copy_recovery_script: DeepSpeed copies its zero_to_fp32.py here (a stand-in text).
-        script = save_dir / "zero_to_fp32.py"
-        script.write_text("# stand-in for DeepSpeed's utils/zero_to_fp32.py (not copied)\n")
-        script.chmod(0o755)
-    # save_checkpoint: the tag goes into <save_dir>/latest last (engine.py 3300-3303).
-    (save_dir / "latest").write_text(tag)
-
-
 def write_deepspeed(out: Path) -> None:
-    import types
-
-    module = types.ModuleType("deepspeed.runtime.fp16.loss_scaler")
-
-    class DynamicLossScaler:  # the attributes DeepSpeed's class sets in __init__
-        def __init__(self) -> None:
-            self.cur_scale = 65536.0
-            self.cur_iter = 0
-            self.last_overflow_iter = -1
-            self.scale_factor = 2.0
-            self.scale_window = 1000
-            self.min_scale = 1.0
-            self.delayed_shift = 1
-            self.cur_hysteresis = 1
-            self.consecutive_hysteresis = False
-            self.raise_error_at_min_scale = True
-            self.dynamic = True
-
-    DynamicLossScaler.__module__ = module.__name__
-    DynamicLossScaler.__qualname__ = "DynamicLossScaler"
-    module.DynamicLossScaler = DynamicLossScaler  # type: ignore[attr-defined]
-    # pickle imports the module by name to check the class: register it and its parents.
-    for parent in ("deepspeed", "deepspeed.runtime", "deepspeed.runtime.fp16"):
-        sys.modules.setdefault(parent, types.ModuleType(parent))
-    sys.modules[module.__name__] = module
-    for step in (2, 4):
-        _deepspeed_save(out / "deepspeed", step, 0, _tiny_model())
-    _deepspeed_save(out / "deepspeed-zero2", 2, 2, _tiny_model())
-    # Gone again before transformers looks for an installed DeepSpeed.
-    for name in [name for name in sys.modules if name.split(".")[0] == "deepspeed"]:
-        del sys.modules[name]
-    # A save interrupted after the model states (no optimizer states, latest not moved).
-    partial = out / "deepspeed" / "global_step6"
-    partial.mkdir()
-    torch.save({"module": _tiny_model().state_dict()}, partial / "mp_rank_00_model_states.pt")
+    """DeepSpeed itself, on CPU, in a process of its own (ZeRO stage 0, and 2 in fp32)."""
+    for stage, name in ((0, "deepspeed"), (2, "deepspeed-zero2")):
+        with socket.socket() as probe:  # a free port for the one-process gloo group
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        order = out / f".deepspeed-order-{stage}.json"
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "deepspeed_save.py"),
+                str(out / name),
+                str(stage),
+                port,
+                str(order),
+            ],
+            check=True,
+            timeout=600,
+            env={**os.environ, "DS_ACCELERATOR": "cpu"},
+            cwd=out,
+        )
+        recorded = json.loads(order.read_text())
+        order.unlink()
+        ORDER["versions"]["deepspeed"] = recorded.pop("deepspeed")
+        ORDER.setdefault("deepspeed", {})[name] = recorded[f"stage{stage}"]
+        # DeepSpeed copies its recovery scripts beside the tags; the fixtures carry one-line
+        # stand-ins under the same names instead of DeepSpeed's code.
+        for script in sorted((out / name).glob("zero_to_*.py")):
+            script.write_text(f"# stand-in for DeepSpeed's {script.name} (not copied)\n")
 
 
 def _orbax_step(directory: Path, name: str, step: int, *, committed: bool) -> None:

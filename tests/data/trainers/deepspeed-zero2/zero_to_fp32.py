@@ -1,1 +1,1 @@
-# stand-in for DeepSpeed's utils/zero_to_fp32.py (not copied)
+# stand-in for DeepSpeed's zero_to_fp32.py (not copied)

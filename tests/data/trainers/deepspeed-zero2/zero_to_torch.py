@@ -1,0 +1,1 @@
+# stand-in for DeepSpeed's zero_to_torch.py (not copied)
