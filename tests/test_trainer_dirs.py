@@ -111,6 +111,19 @@ def test_dcp_is_incomplete_before_its_metadata(directory: str) -> None:
     assert (verdict.format, verdict.complete) == (Format.TORCH_DCP, False)
 
 
+def test_orbax_in_progress_is_incomplete_under_either_name(tmp_path: Path) -> None:
+    """The real temporary directory as finalize began: incomplete as it is, and still incomplete
+    under the final name (CommitFileTemporaryPath writes there) without a commit marker."""
+    recorded = ORDER["orbax"]["4.orbax-checkpoint-tmp"]
+    in_progress = FIXTURES / "orbax" / "6.orbax-checkpoint-tmp"
+    assert {item.path: item.size for item in listing_of(in_progress).files} == recorded
+    assert not judge(listing_of(in_progress)).complete
+    renamed = tmp_path / "6"
+    shutil.copytree(in_progress, renamed)
+    verdict = judge(listing_of(renamed))
+    assert (verdict.format, verdict.complete) == (Format.ORBAX, False), verdict.reason
+
+
 def _copy(relative: str, tmp_path: Path) -> Path:
     target = tmp_path / relative
     shutil.copytree(FIXTURES / relative, target)

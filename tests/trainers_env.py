@@ -1,8 +1,9 @@
 """The real trainers for the directory-checkpoint and torch/safetensors fixtures and consumers.
 
 CPU-only torch (from PyTorch's own CPU index when it answers, else the package index), Hugging Face
-transformers with accelerate (its Trainer needs it), Lightning, safetensors and DeepSpeed (its
-Python part only, ``DS_BUILD_OPS=0``: it runs on CPU with ``DS_ACCELERATOR=cpu``), pinned, in a venv of
+transformers with accelerate (its Trainer needs it), Lightning, safetensors, Orbax with CPU jax,
+and DeepSpeed (its Python part only, ``DS_BUILD_OPS=0``: it runs on CPU with
+``DS_ACCELERATOR=cpu``), pinned, in a venv of
 the interpreter running the tests. Like ``tests/sb2tf_env.py`` it lives outside the checkout, in
 ``${CKPTD_TEST_CACHE:-~/.cache/ckptd-tests}/trainers-<hash of the pins>``, is built in a temporary
 sibling directory and renamed into place only once complete, so a killed build is never mistaken for
@@ -26,6 +27,8 @@ PINS = (
     "accelerate==1.16.0",
     "lightning==2.6.6",
     "safetensors==0.8.0",
+    "orbax-checkpoint==0.12.8",
+    "jax==0.10.2",
 )
 # Built from its source distribution against the torch above (hence no build isolation).
 DEEPSPEED_PIN = "deepspeed==0.19.8"
@@ -126,6 +129,8 @@ def trainers_environ() -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         PYTHONHASHSEED="0",
         OMP_NUM_THREADS="1",
+        JAX_PLATFORMS="cpu",
+        DS_ACCELERATOR="cpu",
     )
     return environ
 

@@ -16,15 +16,15 @@ Lightning, safetensors). Writes under OUT_DIR:
 * ``safetensors/``: ``safetensors.torch.save_file`` (with metadata) and ``safetensors.numpy``;
 * ``deepspeed/``, ``deepspeed-zero2/``: DeepSpeed's ``engine.save_checkpoint`` on CPU
   (``deepspeed_save.py``, ZeRO stage 0 and 2; ``global_step6`` saved with ``save_latest=False``);
-* ``orbax/``: REPRODUCED from Orbax's source, which needs jax and tensorstore: the names, the
-  order of writes and the markers follow ``_src/path/atomicity.py`` (commit 3ff7b24a, lines
-  103-160 and 522-552) and ``_src/metadata/step_metadata_serialization.py``; the array payloads
-  (OCDBT files written by tensorstore) are placeholder bytes under the real names.
+* ``orbax/``: Orbax's ``CheckpointManager`` on CPU jax (``orbax_save.py``): steps 2 and 4
+  committed, and ``6.orbax-checkpoint-tmp`` a copy of step 4's temporary directory taken as its
+  finalize began (a save in progress, before any commit marker).
 
 It also records, in ``OUT_DIR/order.json``, what each trainer had written at the moment it wrote
 its completion marker: the files of ``checkpoint-<N>`` (with sizes) when ``TrainerState.save_to_json``
-was entered, of a DCP directory when ``FileSystemWriter.finish`` was entered, and of DeepSpeed's
-tag directories when ``latest`` was opened, so the rules of
+was entered, of a DCP directory when ``FileSystemWriter.finish`` was entered, of DeepSpeed's
+tag directories when ``latest`` was opened, and of Orbax's temporary directories when
+``AtomicRenameTemporaryPath.finalize`` began, so the rules of
 ``ckptd.formats.trainer_dirs`` are checked against the pinned releases, not only their source.
 Deterministic seeds; nothing here touches a network (HF_HUB_OFFLINE).
 """
@@ -227,58 +227,20 @@ def write_deepspeed(out: Path) -> None:
             script.write_text(f"# stand-in for DeepSpeed's {script.name} (not copied)\n")
 
 
-def _orbax_step(directory: Path, name: str, step: int, *, committed: bool) -> None:
-    """An Orbax ``CheckpointManager`` step with one PyTree item ``default`` (atomic rename)."""
-    tmp = directory / f"{name}.orbax-checkpoint-tmp"
-    (tmp / "default" / "d").mkdir(parents=True)
-    init = 1_765_000_000_000_000_000 + step * 1_000_000_000
-    metadata = {
-        "item_handlers": {
-            "default": "orbax.checkpoint._src.handlers.pytree_checkpoint_handler."
-            "PyTreeCheckpointHandler"
-        },
-        "metrics": {"loss": 1.0 / step},
-        "performance_metrics": {},
-        "init_timestamp_nsecs": init,
-        "commit_timestamp_nsecs": None,
-        "custom_metadata": {},
-    }
-    # _create_tmp_directory writes the step metadata as soon as the directory exists.
-    (tmp / "_CHECKPOINT_METADATA").write_text(json.dumps(metadata))
-    tree = {
-        "tree_metadata": {
-            "('w',)": {
-                "key_metadata": [{"key": "w", "key_type": 2}],
-                "value_metadata": {
-                    "value_type": "jax.Array",
-                    "skip_deserialize": False,
-                    "write_shape": [8],
-                },
-            }
-        },
-        "use_zarr3": False,
-    }
-    (tmp / "default" / "_METADATA").write_text(json.dumps(tree))
-    (tmp / "default" / "_sharding").write_text(
-        json.dumps({"w": {"sharding_type": "SingleDeviceSharding"}})
-    )
-    (tmp / "default" / "manifest.ocdbt").write_bytes(b"OCDBT placeholder " + bytes(range(32)))
-    (tmp / "default" / "d" / f"{step:032x}").write_bytes(np.arange(8, dtype=np.float32).tobytes())
-    if not committed:
-        return
-    # finalize: commit timestamp, commit_success.txt, then the rename (atomicity.py 522-552).
-    metadata["commit_timestamp_nsecs"] = init + 250_000_000
-    (tmp / "_CHECKPOINT_METADATA").write_text(json.dumps(metadata))
-    final = directory / name
-    (tmp / "commit_success.txt").write_text(f"Checkpoint commit was successful to {final}")
-    os.rename(tmp, final)
-
-
 def write_orbax(out: Path) -> None:
-    directory = out / "orbax"
-    for step in (2, 4):
-        _orbax_step(directory, str(step), step, committed=True)
-    _orbax_step(directory, "6", 6, committed=False)
+    """Orbax's CheckpointManager on CPU jax, in a process of its own (``orbax_save.py``)."""
+    order = out / ".orbax-order.json"
+    subprocess.run(
+        [sys.executable, str(HERE / "orbax_save.py"), str(out / "orbax"), str(order)],
+        check=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=out,
+    )
+    recorded = json.loads(order.read_text())
+    order.unlink()
+    ORDER["versions"]["orbax"] = recorded["orbax"]
+    ORDER["orbax"] = recorded["finalize"]
 
 
 def main() -> None:
