@@ -8,28 +8,31 @@ quiet period alone. Each rule below follows the order in which the trainer write
 read in the trainer's own source (docs/formats.md, "Directory checkpoints"):
 
 * **Hugging Face Trainer** (``checkpoint-<step>/``): ``Trainer._save_checkpoint`` (transformers
-  5.25.0, ``trainer.py``) saves the model, then the optimizer and scheduler, the grad scaler and the
-  RNG states, and only then ``trainer_state.json`` (``TrainerState.save_to_json``). Complete when
-  ``trainer_state.json`` is there and parses as a JSON object (it is written in place, not
-  renamed, so a half-written one does not parse).
+  5.25.0, ``trainer.py`` lines 3407-3461) saves the model (``save_pretrained``: ``config.json``
+  first, then the weights), then the optimizer and scheduler, the grad scaler and the RNG states,
+  and only then ``trainer_state.json`` (``TrainerState.save_to_json``, ``trainer_callback.py``
+  143-147). Complete when ``trainer_state.json`` is there and parses as a JSON object (it is
+  written in place, not renamed, so a half-written one does not parse).
 * **DeepSpeed** (``global_step<N>/`` with ``mp_rank_NN_model_states.pt`` or
-  ``*_optim_states.pt``): ``DeepSpeedEngine.save_checkpoint`` (DeepSpeed ``runtime/engine.py``,
-  commit 38327e07, lines 3258-3303) writes every rank's files into ``<save_dir>/<tag>/``, then the
-  recovery script, and last writes ``<save_dir>/latest`` holding the tag. Complete when the parent's
-  ``latest`` names this directory, or names a tag with a larger step (a later save finished, so
-  this one had). A directory holding its own ``latest`` that names a subdirectory with DeepSpeed
-  files (Lightning's DeepSpeed strategy saves ``<name>.ckpt/checkpoint/`` this way) is complete.
-* **Orbax** (``<step>/``): ``AtomicRenameTemporaryPath`` (orbax ``_src/path/atomicity.py``,
-  commit 3ff7b24a, lines 522-552) writes into ``<name>.orbax-checkpoint-tmp``, records
-  ``commit_timestamp_nsecs`` in ``_CHECKPOINT_METADATA``, writes ``commit_success.txt`` and renames
-  the directory to ``<name>``; ``CommitFileTemporaryPath`` (lines 656-681) writes under the final
-  name and marks completion with ``commit_success.txt`` alone. A name holding
+  ``*_optim_states.pt``): ``DeepSpeedEngine.save_checkpoint`` (DeepSpeed 0.19.8,
+  ``runtime/engine.py`` lines 4869-4964) writes every rank's files into ``<save_dir>/<tag>/``,
+  then the recovery scripts beside the tags, and last writes ``<save_dir>/latest`` holding the
+  tag (unless ``save_latest=False``). Complete when the parent's ``latest`` names this directory,
+  or names a tag with a larger step (a later save finished, so this one had). A directory holding
+  its own ``latest`` that names a subdirectory with DeepSpeed files (Lightning's DeepSpeed
+  strategy saves ``<name>.ckpt/checkpoint/`` this way) is complete.
+* **Orbax** (``<step>/``): ``AtomicRenameTemporaryPath.finalize`` (orbax-checkpoint 0.12.8,
+  ``_src/path/atomicity.py`` lines 522-552) finishes a save written into
+  ``<name>.orbax-checkpoint-tmp`` by recording ``commit_timestamp_nsecs`` in
+  ``_CHECKPOINT_METADATA``, writing ``commit_success.txt`` and renaming the directory to
+  ``<name>``; ``CommitFileTemporaryPath.finalize`` (lines 656-681) writes under the final name and
+  marks completion with the same two markers, without a rename. A name holding
   ``.orbax-checkpoint-tmp`` is never complete; otherwise ``commit_success.txt``, or a
   ``commit_timestamp_nsecs`` in ``_CHECKPOINT_METADATA``, says it is. An Orbax whose metadata
   records no timestamps at all marked completion by the rename alone.
 * **torch distributed checkpoint** (``*.distcp`` files): ``FileSystemWriter.finish`` (torch 2.13,
-  ``distributed/checkpoint/filesystem.py``) writes ``.metadata`` after every rank's data files.
-  Complete when ``.metadata`` is there.
+  ``distributed/checkpoint/filesystem.py`` lines 758-790) writes ``.metadata.tmp`` after every
+  rank's data files and renames it to ``.metadata``. Complete when ``.metadata`` is there.
 
 An empty directory is never complete: a trainer creates the directory before its first file.
 """
