@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.dir_listing import hash_files, list_directory
 from ckptd.errors import FileChangedError, UnsafePathError
 from ckptd.formats import Format
 from ckptd.formats.trainer_dirs import judge
-from ckptd.runfs import RunFS
+from ckptd.fs.runfs import RunFS
+from ckptd.runs.dir_listing import hash_files, list_directory
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "trainers"
 

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptd.fsio import open_regular_nofollow
+from ckptd.fs.files import open_regular_nofollow
 
 MAX_HEADER = 100_000_000  # tensor.rs: MAX_HEADER_SIZE
 LENGTH_BYTES = 8

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptd.errors import CkptdError
-from ckptd.formats.pickle_graph import Const, Global, TupleNode
-from ckptd.formats.pickle_ops import parse_ops
-from ckptd.formats.pickle_stream import GraphBuilder, PersistentId
 from ckptd.formats.verdict_files import MAX_PICKLE_BYTES
 from ckptd.formats.zipread import ZIP_READ_ERRORS, check_structure, read_small_member
-from ckptd.fsio import open_regular_nofollow
+from ckptd.fs.files import open_regular_nofollow
 from ckptd.limits import DEFAULT_LIMITS, Limits
+from ckptd.pickles.graph import Const, Global, TupleNode
+from ckptd.pickles.ops import parse_ops
+from ckptd.pickles.stream import GraphBuilder, PersistentId
 
 # Element sizes of the typed storages torch's weights-only loader allows (torch.<Name>Storage),
 # and UntypedStorage (bytes).

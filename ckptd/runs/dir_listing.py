@@ -25,8 +25,8 @@ from ckptd.formats.trainer_dirs import (
     DirFile,
     DirListing,
 )
-from ckptd.fsio import CHUNK_SIZE
-from ckptd.runfs import RunFS
+from ckptd.fs.files import CHUNK_SIZE
+from ckptd.fs.runfs import RunFS
 
 MAX_FILES = 1_000_000  # a directory checkpoint with more entries is not listed (one-line error)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
