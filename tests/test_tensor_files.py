@@ -16,13 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from ckptd.formats import Format
 from ckptd.formats.safetensors import (
     MAX_HEADER,
     check_header,
     header_length_of,
     read_safetensors,
 )
+from ckptd.formats.sniff import identify
 from ckptd.formats.torch_zip import storage_problems, storage_refs, torch_zip_problems
+from tests.hostile_helpers import ckptd
 from tests.trainers.refresh import consume
 from tests.trainers_env import trainers_env
 
@@ -179,6 +182,49 @@ def test_damaged_torch_zips_are_reported(tmp_path: Path) -> None:
     assert "bytes, data.pkl declares" in torch_zip_problems(damaged["short storage"])[0]
     assert "missing" in torch_zip_problems(damaged["missing storage"])[0]
     assert storage_problems("p", (), {}) == []
+
+
+def test_identified_by_content_whatever_the_name(tmp_path: Path) -> None:
+    for source in (MODEL, ARRAYS, FIXTURES / "hf" / "checkpoint-2" / "model.safetensors"):
+        renamed = tmp_path / f"{source.parent.name}-{source.stem}.bin"
+        renamed.write_bytes(source.read_bytes())
+        found = identify(renamed)
+        assert (found.format, found.verdict) == (Format.SAFETENSORS, None), found.note
+    for name, path in _damaged_safetensors(tmp_path).items():
+        if name not in ("header past the end", "too short"):
+            assert identify(path).format is Format.SAFETENSORS, name  # verify says what is wrong
+    assert identify(STATE_DICT).format is Format.TORCH_ZIP
+
+
+def test_cli_verify(tmp_path: Path) -> None:
+    """``ckptd verify``: real files pass; each damaged copy fails with one line naming it."""
+    sound = [MODEL, ARRAYS, STATE_DICT, FIXTURES / "torch" / "pytorch_model.bin"]
+    done = ckptd("verify", *sound)
+    assert done.returncode == 0, done.stdout + done.stderr
+    damaged = {
+        **{name: path for name, path in _damaged_safetensors(tmp_path).items()},
+        **_damaged_torch(tmp_path),
+    }
+    for name, path in damaged.items():
+        done = ckptd("verify", path)
+        assert done.returncode == 1, (name, done.stdout, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert lines and all(str(path) in line for line in lines), (name, done.stderr)
+    before = {path: path.read_bytes() for path in damaged.values()}
+    ckptd("verify", *damaged.values())
+    assert before == {path: path.read_bytes() for path in damaged.values()}
+
+
+def test_cli_inspect_lists_tensors_and_says_what_is_broken(tmp_path: Path) -> None:
+    done = ckptd("inspect", "--json", ARRAYS)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["format"], report["verdict"]) == ("safetensors", "safe")
+    assert {row["name"] for row in report["params"]["arrays"]} == {"f16", "i64", "empty", "scalar"}
+    broken = _damaged_safetensors(tmp_path)["truncated"]
+    done = ckptd("inspect", broken)
+    assert done.returncode == 1
+    assert "tensors cover" in done.stderr and str(broken) in done.stderr
 
 
 @pytest.fixture(scope="module")

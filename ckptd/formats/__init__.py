@@ -30,3 +30,8 @@ class Format(enum.StrEnum):
 VERDICT_FORMATS = frozenset(
     {Format.PICKLE, Format.JOBLIB, Format.TORCH_ZIP, Format.TORCH_LEGACY, Format.SB3_ZIP}
 )
+
+# Formats of directory checkpoints (never a single file's label).
+DIRECTORY_FORMATS = frozenset(
+    {Format.HF_TRAINER, Format.DEEPSPEED, Format.ORBAX, Format.TORCH_DCP, Format.DIRECTORY}
+)

@@ -144,7 +144,8 @@ def _tensor(name: str, info: object) -> tuple[Tensor | None, str | None]:
     if bits % 8:
         return None, f"tensor {name!r}: {bits} bits is not a whole number of bytes"
     if end < begin or end - begin != bits // 8:
-        return None, f"tensor {name!r}: offsets [{begin}, {end}] hold not {bits // 8} bytes"
+        held = f"[{begin}, {end}] hold {end - begin} bytes" if end >= begin else f"[{begin}, {end}]"
+        return None, f"tensor {name!r}: offsets {held}, its dtype and shape need {bits // 8}"
     return Tensor(name, dtype, tuple(shape), begin, end), None
 
 

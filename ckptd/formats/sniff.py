@@ -21,6 +21,9 @@ Rules (docs/formats.md, "Identification"):
   -> ``joblib`` (an lz4 stream stays ``unknown`` with a note: the stdlib cannot decompress it);
   a protocol 0/1 pickle (no magic) when a static parse of the whole file ends in STOP, or when it
   references a global before failing -> ``pickle``.
+* an 8-byte little-endian length N that fits the file and safetensors' limit, followed by ``{``
+  -> ``safetensors`` (checked first: no pickle, zip or compressed stream can start so); its header
+  and offsets are checked by ``verify`` (``ckptd.formats.safetensors``).
 * everything else (empty, random, text) -> ``unknown``.
 
 Identification is a label. ``identify`` and ``identify_checked`` add the verdict on files of the
@@ -45,6 +48,7 @@ from typing import BinaryIO, Literal
 
 from ckptd.errors import FormatError
 from ckptd.formats import VERDICT_FORMATS, Format
+from ckptd.formats.safetensors import header_length_of
 from ckptd.formats.verdict_files import (
     TORCH_LEGACY_MAGIC,
     NoVerdict,
@@ -160,6 +164,10 @@ def _label(path: Path, first_sb2_reference_is_enough: bool) -> Identification:
         head = handle.read(min(size, SNIFF_BYTES) or SNIFF_BYTES)
         if not head:
             return Identification(Format.UNKNOWN, "high", "empty file", size)
+        header = header_length_of(head, size)
+        if header is not None:
+            note = f"a {header}-byte JSON header, then the tensors"
+            return Identification(Format.SAFETENSORS, "high", note, size)
         if head.startswith(ZIP_MAGIC):
             # A file read whole is parsed from memory: zipfile's seeks and reads cost syscalls.
             whole = len(head) == size

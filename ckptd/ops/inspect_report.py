@@ -95,7 +95,7 @@ class DataKey:
 @dataclass(frozen=True)
 class ParamRow:
     name: str
-    dtype: str  # numpy descr with byte order, e.g. "<f4"
+    dtype: str  # numpy descr with byte order, e.g. "<f4"; safetensors' own name, e.g. "F32"
     shape: tuple[int, ...]
     nbytes: int
 

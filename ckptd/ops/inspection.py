@@ -14,6 +14,7 @@ from pathlib import Path
 from ckptd.convert.legacy import read_file_bytes
 from ckptd.errors import CkptdError, unexpected_text
 from ckptd.formats import VERDICT_FORMATS, Format
+from ckptd.formats.safetensors import read_safetensors
 from ckptd.formats.sb2meta import guess_algorithm, guess_sb2_version
 from ckptd.formats.sb3zip import parse_system_info
 from ckptd.formats.sniff import ZIP_MAGIC, Identification, identify
@@ -50,6 +51,8 @@ def inspect_path(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> InspectRepor
         verdict = identification.verdict
         if verdict is not None and identification.format is not Format.SB3_ZIP:
             return _judged(source, identification, verdict)
+        if identification.format is Format.SAFETENSORS:
+            return _safetensors(path, identification)
         magic = _leading_bytes(path, len(ZIP_MAGIC))
         if magic == ZIP_MAGIC:
             return inspect_zip(path, identification, limits=limits)
@@ -99,6 +102,25 @@ def _judged(source: str, found: Identification, verdict: PickleVerdict) -> Inspe
         globals=tuple(GlobalRef(name, allowed_in(policy, name)) for name in verdict.globals),
         members=(),
         pickle_verdict=verdict,
+    )
+
+
+def _safetensors(path: Path, found: Identification) -> InspectReport:
+    """A safetensors file holds no pickle: it is safe when its header checks out, else broken."""
+    report = read_safetensors(path)
+    source = str(path)
+    return InspectReport(
+        source,
+        found.size,
+        found.format,
+        found.note,
+        "safe" if report.ok else "broken",
+        error=f"{source}: {report.problems[0]}" if report.problems else None,
+        problems=report.problems,
+        params=tuple(
+            ParamRow(tensor.name, tensor.dtype, tensor.shape, tensor.nbytes)
+            for tensor in report.tensors
+        ),
     )
 
 

@@ -3,10 +3,12 @@
 Zips (SB2 and SB3) get ``verify_zip``: structure, a streaming CRC of every member, ``data`` JSON and
 the static check of each ``:serialized:`` entry, npy headers against member sizes, ``parameter_list``
 against ``parameters``. Plain pickles, joblib dumps, torch files and SB3 zips are also judged by
-their verdict (docs/security.md, "Verdicts"): not safe is ``refused``, truncated is ``damaged``. Legacy pickles get the full static parse of the safe legacy reader
-(structure, allowlist, every array's size), through ``inspect_pickle_bytes`` so an SB2 <= 2.5.1
-file (parameters saved as an unnamed list) verifies without its parameter names. Nothing is ever
-unpickled or executed.
+their verdict (docs/security.md, "Verdicts"): not safe is ``refused``, truncated is ``damaged``;
+a torch zip's storages must be the members its ``data.pkl`` declares, whole, and a safetensors
+file's header and offsets must cover it exactly (docs/formats.md, "safetensors"). Legacy pickles
+get the full static parse of the safe legacy reader (structure, allowlist, every array's size),
+through ``inspect_pickle_bytes`` so an SB2 <= 2.5.1 file (parameters saved as an unnamed list)
+verifies without its parameter names. Nothing is ever unpickled or executed.
 
 A directory stands for every checkpoint-looking file below it, judged by content: SB2 pickles,
 SB2/SB3 zips, and zips whose central directory is unreadable (a truncated checkpoint must not be
@@ -28,7 +30,9 @@ from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.legacy import read_file_bytes
 from ckptd.errors import CkptdError, unexpected_text
 from ckptd.formats import VERDICT_FORMATS, Format
+from ckptd.formats.safetensors import read_safetensors
 from ckptd.formats.sniff import ZIP_MAGIC, Identification, identify
+from ckptd.formats.torch_zip import torch_zip_problems
 from ckptd.formats.verify import verify_zip
 from ckptd.formats.zipread import check_structure, stream_crc
 from ckptd.fs import files as fsio
@@ -41,7 +45,13 @@ from ckptd.ops.inspection import PICKLE_MAGIC
 logger = logging.getLogger(__name__)
 
 Status = Literal["ok", "damaged", "refused", "not-a-checkpoint", "unreadable"]
-_CHECKPOINT_FORMATS = (Format.SB2_PICKLE, Format.SB2_ZIP, Format.SB3_ZIP, *VERDICT_FORMATS)
+_CHECKPOINT_FORMATS = (
+    Format.SB2_PICKLE,
+    Format.SB2_ZIP,
+    Format.SB3_ZIP,
+    Format.SAFETENSORS,
+    *VERDICT_FORMATS,
+)
 _PICKLE_STATUS: dict[Verdict, Status] = {
     "safe": "ok",
     "unchecked": "ok",
@@ -75,6 +85,8 @@ def verify_file(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> FileVerdict:
         found = identify(path)
         if found.verdict is not None:
             return _verify_judged(path, found, limits)
+        if found.format is Format.SAFETENSORS:
+            return _verify_safetensors(path)
         with fsio.open_regular_nofollow(path) as handle:
             magic = handle.read(len(ZIP_MAGIC))
         if magic == ZIP_MAGIC:
@@ -129,9 +141,24 @@ def _verify_judged(path: Path, found: Identification, limits: Limits) -> FileVer
         return FileVerdict(path, found.format, status, (verdict.reason,))
     if found.format is Format.TORCH_ZIP:
         problems = _zip_member_problems(path)
+        # Only a zip whose members are sound is worth pairing with what data.pkl declares.
+        problems = problems or torch_zip_problems(path, limits=limits)
         if problems:
             return FileVerdict(path, found.format, "damaged", problems)
     return FileVerdict(path, found.format, "ok")
+
+
+def _verify_safetensors(path: Path) -> FileVerdict:
+    report = read_safetensors(path)
+    status: Status = "ok" if report.ok else "damaged"
+    return FileVerdict(
+        path,
+        Format.SAFETENSORS,
+        status,
+        report.problems,
+        params_count=len(report.tensors),
+        params_bytes=report.tensor_bytes,
+    )
 
 
 def _zip_member_problems(path: Path) -> tuple[str, ...]:
