@@ -114,7 +114,8 @@ def verify_structure(path: Path, fmt: Format, limits: Limits = DEFAULT_LIMITS) -
     if fmt in (Format.SB2_ZIP, Format.SB3_ZIP):
         report = verify_zip(path, limits=limits)
         return () if report.ok else report.problems or ("does not verify",)
-    if fmt is Format.SB2_PICKLE:
+    if fmt in (Format.SB2_PICKLE, Format.TORCH_ZIP, Format.SAFETENSORS):
+        # torch zips: CRCs and storages against data.pkl; safetensors: header and offsets.
         verdict = verify_file(path, limits=limits)
         return () if verdict.ok else verdict.problems or (verdict.status,)
     return ()  # unknown content: ckptd never claimed to understand it, the hash is the check
