@@ -590,6 +590,7 @@ def test_shipped_config_validates_and_round_trips(path: Path) -> None:
 
 def test_examples_exist() -> None:
     assert [path.name for path in EXAMPLES] == [
+        "lightning.yaml",
         "long-run-nfs.yaml",
         "rl-lab-sb2.yaml",
         "shared-disk-budget.yaml",
