@@ -22,7 +22,7 @@ from ckptd.formats.verdict_files import MAX_PICKLE_BYTES
 from ckptd.formats.zipread import ZIP_READ_ERRORS, check_structure, read_small_member
 from ckptd.fs.files import open_regular_nofollow
 from ckptd.limits import DEFAULT_LIMITS, Limits
-from ckptd.pickles.graph import Const, Global, TupleNode
+from ckptd.pickles.nodes import Const, Global, TupleNode
 from ckptd.pickles.ops import parse_ops
 from ckptd.pickles.stream import GraphBuilder, PersistentId
 
