@@ -149,3 +149,19 @@ def unexpected_text(err: BaseException) -> str:
     detail = str(err).splitlines()[0][:200] if str(err) else ""
     text = f"unexpected {type(err).__name__}" + (f": {detail}" if detail else "")
     return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+class CoordinationError(CkptdError):
+    """Daemons cannot agree on who serves what: the coordination backend is unusable or misused."""
+
+
+class RootBusyError(CoordinationError):
+    """Another daemon serves this root (``coordination.backend: local`` allows one per root)."""
+
+
+class FencedError(CoordinationError):
+    """This daemon no longer owns the run (its lease was lost or taken over): it must not act on it."""
+
+
+class StoreUnavailable(CoordinationError):
+    """The coordination database cannot be reached; shared runs wait until it is back."""

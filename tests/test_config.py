@@ -602,7 +602,7 @@ def test_config_to_mapping_formats_values(tmp_path: Path) -> None:
     mapping = config_to_mapping(parse_config(text, source=tmp_path / "c.yaml"))
     assert list(mapping) == [
         "version", "roots", "checkpoints", "convert", "policies", "delete", "schedule",
-        "scrub", "monitor", "manifest", "state_dir", "log", "metrics", "limits",
+        "scrub", "monitor", "manifest", "state_dir", "log", "metrics", "limits", "coordination",
     ]  # fmt: skip
     assert mapping["limits"] == {
         "max_opcodes": 1000000,

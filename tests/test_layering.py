@@ -27,6 +27,7 @@ PACKAGE_ORDER = (
     "convert",
     "manifest",
     "runs",
+    "coordination",
     "watch",
     "pipeline",
     "retention",
@@ -73,6 +74,7 @@ EDGES = {
     },
     "socket": {"daemon/notify.py"},
     "prometheus_client": {"daemon/metrics.py"},
+    "psycopg": {"coordination/pgstore.py"},
     "cloudpickle": set(),  # only tests may import it: ckptd never unpickles a checkpoint
     "pickle": set(),  # the default path never unpickles (re-emitting uses our own emitter)
 }
@@ -82,7 +84,8 @@ MAX_MODULE_LINES = 500
 
 # Outside libraries a function may import when it is called rather than at module load, because
 # most processes never need them (the one place this list lives).
-DEFERRED_LIBRARIES = frozenset({"numpy", "zipfile"})
+# psycopg: an optional extra, needed only by ``coordination.backend: postgres``.
+DEFERRED_LIBRARIES = frozenset({"numpy", "zipfile", "psycopg"})
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ckptd.cli.config_path import add_config_option, resolve_config
+from ckptd.cli.exits import ExitStatus
 from ckptd.daemon.service import Daemon
+from ckptd.errors import RootBusyError
+from ckptd.textsafe import shown
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -24,5 +28,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-
-    return Daemon(resolve_config(args.config)).run()
+    try:
+        return Daemon(resolve_config(args.config)).run()
+    except RootBusyError as err:
+        # Another daemon serves a root of this config: a usage problem, not a failed input.
+        print(f"ckptd: {shown(err)}", file=sys.stderr)
+        return ExitStatus.USAGE

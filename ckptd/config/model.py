@@ -23,6 +23,7 @@ UnsafeMode = Literal["quarantine", "leave"]
 DeleteMode = Literal["trash", "unlink"]
 BestMode = Literal["max", "min"]
 LogFormat = Literal["text", "json"]
+CoordinationBackend = Literal["local", "postgres"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class CoordinationConfig:
+    """How several daemons share roots (README, "Several daemons on one root").
+
+    ``local``: one daemon per root, enforced by a lock in the root's state directory.
+    ``postgres``: per-run leases in PostgreSQL; ``dsn`` may come from ``$CKPTD_DSN`` instead.
+    """
+
+    backend: CoordinationBackend = "local"
+    dsn: str | None = None
+    node: str | None = None  # None: the host name
+    lease: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
 class Config:
     roots: tuple[RootConfig, ...]
     version: int = 1
@@ -165,6 +180,7 @@ class Config:
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: Limits = DEFAULT_LIMITS
+    coordination: CoordinationConfig = CoordinationConfig()
     source: Path | None = None  # the file it was loaded from, for messages
 
     def policy_for(self, root: RootConfig) -> Policy:

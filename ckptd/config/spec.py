@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any, Final
 
 from ckptd import units
+from ckptd.config.coordination import COORDINATION_KEY
 from ckptd.config.model import (
     CheckpointsConfig,
     Config,
@@ -437,6 +438,7 @@ CONFIG = Section(
             ),
             "Per-file budgets: a checkpoint over any of them is refused, naming the budget.",
         ),
+        "coordination": COORDINATION_KEY,
     },
     parse_first=("policies",),
 )

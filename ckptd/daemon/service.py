@@ -42,6 +42,7 @@ from types import FrameType
 
 from ckptd.config.load import load_config
 from ckptd.config.model import Config, RootConfig
+from ckptd.coordination.local import RootLocks, new_holder
 from ckptd.daemon import notify
 from ckptd.daemon.health import HEALTH_EVERY_SECONDS, HealthMonitor
 from ckptd.daemon.jobs import (
@@ -65,7 +66,7 @@ from ckptd.daemon.run_queue import (
 )
 from ckptd.daemon.scheduling import JobCallback, JobScheduler
 from ckptd.daemon.workers import WorkerPool
-from ckptd.errors import CkptdError, ConfigError
+from ckptd.errors import CkptdError, ConfigError, RootBusyError
 from ckptd.isolation.supervisor import Isolation
 from ckptd.pipeline.discovery import files_below, run_of
 from ckptd.pipeline.types import PipelineDeps
@@ -112,12 +113,19 @@ class Daemon:
         self._last_prune: datetime | None = None
         self._next_health = 0.0
         self._next_status = 0.0
+        self._exit_status = 0
+        # coordination.backend local: one daemon per root (ckptd.coordination.local).
+        self._root_locks = RootLocks(
+            self.config.state_dir, new_holder(self.config.coordination.node)
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
         configure_logging(self.config.log)
+        # Before anything starts: a root another daemon serves ends this one with RootBusyError.
+        self._lock_roots(self.config)
         self._install_signal_handlers()
         try:
             self._start()
@@ -137,7 +145,12 @@ class Daemon:
             logger.info("received %s; stopping", self._stop_signal)
         finally:
             self._shutdown()
-        return 0
+            self._root_locks.release_all()
+        return self._exit_status
+
+    def _lock_roots(self, config: Config) -> None:
+        if config.coordination.backend == "local":
+            self._root_locks.acquire(root.path for root in config.roots)
 
     def _install_signal_handlers(self) -> None:
         # Handlers only set flags: the main loop acts on them within one tick.
@@ -410,7 +423,22 @@ class Daemon:
 
     def _health(self, now: float) -> None:
         assert self._watchset is not None and self._scheduler is not None
+        self._lock_late_roots()
         self._health_monitor.check(self._watchset, self._scheduler, self._pool)
+
+    def _lock_late_roots(self) -> None:
+        """A root that did not exist at start is locked when it appears; if another daemon got
+        there first, this one stops (exit 2), as it would have at start."""
+        try:
+            self._lock_roots(self.config)
+        except RootBusyError as err:
+            logger.error("stopping: %s", err)
+            self._exit_status = 2
+            self._stop_signal = "a root served by another daemon"
+        except CkptdError as err:
+            logger.error("cannot lock a root: %s", err)
+        except OSError as err:
+            logger.error("cannot lock a root: %s", err)
 
     def _ping_watchdog(self, now: float) -> None:
         self._health_monitor.ping_watchdog(now)
@@ -437,6 +465,7 @@ class Daemon:
             assert self._scheduler is not None and self._watchset is not None
             # Checks every schedule before changing any: on error the old jobs stay.
             self._scheduler.set_jobs(job_specs(new), self._job_callbacks())
+            self._lock_roots(new)  # a new root another daemon serves rejects the reload
         except ConfigError as err:
             for line in err.lines():
                 logger.error("reload rejected, keeping the running config: %s", line)
@@ -447,6 +476,9 @@ class Daemon:
             notify.ready(self._status_text())
             return
         old = self.config
+        self._root_locks.keep_only(
+            root.path for root in new.roots if new.coordination.backend == "local"
+        )
         configure_logging(new.log)
         if new.metrics.listen != old.metrics.listen:
             self._metrics_server.stop()

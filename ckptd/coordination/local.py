@@ -1,0 +1,277 @@
+"""``coordination.backend: local``: one daemon per root, enforced by a lock the daemon holds for life.
+
+The lock is ``flock(2)`` on ``<root>/<state_dir>/daemon.lock`` (README, "Several daemons on one
+root"). The file also says who holds it (pid, node, since) for the message a second daemon prints.
+
+Why flock on a file in the root, not a pid file or a lock in /run:
+
+* The kernel drops a flock when its holder dies, ``kill -9`` included: there is no stale lock to
+  detect and no pid to check (a pid means nothing on another machine, and gets reused).
+* The lock lives with the data, so two daemons on two machines that mount the same NFS export
+  exclude each other: Linux's NFS client turns flock into an NFS byte-range lock held by the
+  server. A dead machine's lock is released when the server's lease for it lapses (NFSv4: about
+  90 s), so a replacement on another node may have to wait that long. A mount with ``nolock``
+  keeps locks on the client: it cannot see the other machine's daemon, and nothing in a file can
+  fix that (use ``backend: postgres`` there). A filesystem that refuses locks (``ENOLCK``,
+  ``EOPNOTSUPP``) gets one warning and the daemon serves anyway: the lock guards against a
+  mistake; refusing to run would turn a missing lock manager into an outage.
+
+The root's state directory is in a tree other people write: the directory and the lock file are
+opened relative to the root without following links, and a lock file that is not a regular file
+is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ckptd.errors import RootBusyError, UnsafePathError
+from ckptd.timefmt import format_utc, parse_utc
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "daemon.lock"
+_MAX_HOLDER_BYTES = 4096
+_NOLOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS})
+_BUSY_TRIES = 5
+_BUSY_PAUSE_SECONDS = 0.05
+
+
+def node_name(configured: str | None) -> str:
+    """``coordination.node``, or the host name when it is not set."""
+    return configured or os.uname().nodename or "localhost"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a root: written into the lock file by its holder."""
+
+    pid: int
+    node: str
+    since: datetime
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.node}, since {format_utc(self.since)}"
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"pid": self.pid, "node": self.node, "since": format_utc(self.since)}
+        ).encode()
+
+    @staticmethod
+    def from_json(data: bytes) -> Holder | None:
+        """The holder a lock file names; None for an empty, half-written or foreign file."""
+        try:
+            obj = json.loads(data)
+            pid, node, since = obj["pid"], obj["node"], parse_utc(obj["since"])
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(node, str):
+            return None
+        return Holder(pid=pid, node=node, since=since)
+
+
+def _open_nofollow(name: str, flags: int, dir_fd: int, mode: int = 0o644) -> int:
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+
+
+def _open_state_dir(root: Path, state_dir: str, *, create: bool) -> int:
+    """A descriptor of ``<root>/<state_dir>``, created when asked; never through a link."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(state_dir, 0o755, dir_fd=root_fd)
+        try:
+            return _open_nofollow(state_dir, os.O_RDONLY | os.O_DIRECTORY, root_fd)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(
+                    "is not a directory (a link or a file): refusing to keep the daemon lock there",
+                    path=str(root / state_dir),
+                ) from err
+            raise
+    finally:
+        os.close(root_fd)
+
+
+class RootLock:
+    """The lock on one root; :meth:`acquire` raises :class:`RootBusyError` naming the holder."""
+
+    def __init__(self, root: Path, state_dir: str) -> None:
+        self.root = root
+        self.state_dir = state_dir
+        self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.state_dir / LOCK_NAME
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, holder: Holder) -> None:
+        """Take the lock for this process's life (released by :meth:`release` or by its death)."""
+        if self._fd is not None:
+            return
+        dir_fd = _open_state_dir(self.root, self.state_dir, create=True)
+        try:
+            fd = _open_nofollow(LOCK_NAME, os.O_RDWR | os.O_CREAT, dir_fd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UnsafePathError("is a symbolic link", path=str(self.path)) from err
+            raise
+        finally:
+            os.close(dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePathError("is not a regular file", path=str(self.path))
+            self._lock(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.to_json(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _lock(self, fd: int) -> None:
+        # ``ckptd status`` takes a shared lock for an instant to see whether anyone holds the root:
+        # a few tries tell that instant from a daemon, which holds it for good.
+        for attempt in range(_BUSY_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as err:
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    if attempt + 1 < _BUSY_TRIES:
+                        time.sleep(_BUSY_PAUSE_SECONDS)
+                        continue
+                    raise RootBusyError(self._busy_message(fd), path=str(self.root)) from err
+                if err.errno not in _NOLOCK_ERRNOS:
+                    raise
+                logger.warning(
+                    "%s: the filesystem refuses locks (%s): another daemon on this root would"
+                    " not be noticed",
+                    self.path,
+                    os.strerror(err.errno),
+                )
+                return
+
+    def release(self) -> None:
+        """Let go (closing the descriptor drops the flock); the file stays for the next holder."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # a reader between now and the next holder sees "nobody"
+        os.close(fd)
+
+    def _busy_message(self, fd: int) -> str:
+        holder = Holder.from_json(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+        who = holder.describe() if holder is not None else "a process that has not said who it is"
+        return (
+            f"served by another ckptd daemon ({who}; lock {self.path}); coordination.backend:"
+            " local allows one daemon per root"
+        )
+
+
+def read_holder(root: Path, state_dir: str) -> Holder | None:
+    """Who holds ``root`` now, for ``ckptd status``: None when nobody does."""
+    try:
+        dir_fd = _open_state_dir(root, state_dir, create=False)
+    except (OSError, UnsafePathError):
+        return None
+    try:
+        fd = _open_nofollow(LOCK_NAME, os.O_RDONLY, dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            # A shared lock we can take means no daemon holds the exclusive one.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return Holder.from_json(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+            return None
+        return None
+    finally:
+        os.close(fd)
+
+
+class RootLocks:
+    """The locks of every root a daemon serves; roots that do not exist yet are taken when they appear."""
+
+    def __init__(self, state_dir: str, holder: Holder) -> None:
+        self.state_dir = state_dir
+        self.holder = holder
+        self._locks: dict[Path, RootLock] = {}
+        self._unlockable: set[Path] = set()
+
+    def acquire(self, roots: Iterable[Path]) -> None:
+        """Lock every existing root in ``roots``; on a busy one, release what this call took and raise."""
+        taken: list[RootLock] = []
+        try:
+            for root in roots:
+                if root in self._locks or root in self._unlockable or not root.is_dir():
+                    continue
+                lock = RootLock(root, self.state_dir)
+                try:
+                    lock.acquire(self.holder)
+                except (OSError, UnsafePathError) as err:
+                    # A root the daemon cannot write (read-only, a planted link): it is still
+                    # served, unguarded; said once, not at every retry.
+                    self._unlockable.add(root)
+                    logger.warning(
+                        "%s: cannot take the daemon lock, so another daemon on this root would"
+                        " not be noticed: %s",
+                        root,
+                        err.strerror if isinstance(err, OSError) else err,
+                    )
+                    continue
+                self._locks[root] = lock
+                taken.append(lock)
+        except BaseException:
+            for lock in taken:
+                lock.release()
+                del self._locks[lock.root]
+            raise
+
+    def keep_only(self, roots: Iterable[Path]) -> None:
+        """Release the roots no longer served (after a reload)."""
+        wanted = set(roots)
+        for root in [root for root in self._locks if root not in wanted]:
+            self._locks.pop(root).release()
+
+    def missing(self, roots: Iterable[Path]) -> list[Path]:
+        """Roots of ``roots`` not locked yet (they did not exist when last tried)."""
+        return [root for root in roots if root not in self._locks]
+
+    def release_all(self) -> None:
+        for lock in self._locks.values():
+            lock.release()
+        self._locks.clear()
+
+
+def new_holder(configured_node: str | None) -> Holder:
+    """This process, as a lock file names it."""
+    return Holder(
+        pid=os.getpid(),
+        node=node_name(configured_node),
+        since=datetime.now(UTC).replace(microsecond=0),
+    )
