@@ -16,9 +16,18 @@ import pytest
 
 from tests.daemon_harness import NotifySocket
 from tests.open_audit import opened
+from tests.pg_harness import pg_dsn, pg_server
 from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
 
-__all__ = ["legacy_bytes", "no_thread_leaks", "notify_socket", "opened", "sb2_stand_ins"]
+__all__ = [
+    "legacy_bytes",
+    "no_thread_leaks",
+    "notify_socket",
+    "opened",
+    "pg_dsn",
+    "pg_server",
+    "sb2_stand_ins",
+]
 
 # A stopped observer, scheduler or pool has been told to end; its threads take a moment to do so.
 THREAD_END_SECONDS = 5.0

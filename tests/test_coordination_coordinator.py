@@ -1,0 +1,132 @@
+"""Coordinators (one per daemon) against a real PostgreSQL server: spread, takeover, fencing, outage."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from ckptd.coordination.coordinator import Coordinator
+from ckptd.coordination.leases import Identity, RunId
+from ckptd.coordination.pgstore import PostgresLeaseStore
+from ckptd.errors import FencedError, StoreUnavailable
+from tests.daemon_harness import wait_until
+from tests.pg_harness import PgServer
+
+LEASE = timedelta(seconds=1.5)
+ROOT = "/shared"
+RUNS = [RunId(ROOT, f"run-{i:02d}") for i in range(30)]
+
+
+def coordinator(dsn: str, node: str, **options: object) -> Coordinator:
+    me = Identity(node=node, instance=uuid.uuid4().hex, pid=1)
+    return Coordinator(PostgresLeaseStore(dsn, node), me, LEASE, [ROOT], **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def three(pg_dsn: str) -> Iterator[list[Coordinator]]:
+    nodes = [coordinator(pg_dsn, name) for name in ("a", "b", "c")]
+    nodes[0].register(RUNS)
+    for node in nodes:
+        node.start()
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def owners(nodes: list[Coordinator]) -> dict[RunId, list[str]]:
+    found: dict[RunId, list[str]] = {run: [] for run in RUNS}
+    for node in nodes:
+        for run in node.owned():
+            found[run].append(node.me.node)
+    return found
+
+
+def covered_once(nodes: list[Coordinator]) -> bool:
+    return all(len(names) == 1 for names in owners(nodes).values())
+
+
+def balanced(nodes: list[Coordinator]) -> bool:
+    return covered_once(nodes) and all(len(node.owned()) >= 4 for node in nodes)
+
+
+def test_runs_are_spread_and_each_has_one_owner(three: list[Coordinator]) -> None:
+    # "a" starts first and claims everything; the others' arrival makes it hand runs over.
+    wait_until(lambda: balanced(three), 20, "every run owned by one node, each node some")
+    for node in three:
+        for run in node.owned():
+            assert node.fence(run).token > 0
+
+
+def test_a_dead_nodes_runs_are_taken_over_within_the_lease(three: list[Coordinator]) -> None:
+    wait_until(lambda: balanced(three), 20, "every run owned by one node, each node some")
+    dead = three[2]
+    lost = dead.owned()
+    assert lost
+    dead.stop(release=False)  # like kill -9: nothing handed back
+    survivors = three[:2]
+    wait_until(
+        lambda: all(len(owners(survivors)[run]) == 1 for run in RUNS),
+        LEASE.total_seconds() * 3 + 5,
+        "the dead node's runs taken over",
+    )
+    # The dead node's object, were it to wake up, may not act: its local bound has passed too.
+    for run in lost:
+        with pytest.raises(FencedError):
+            dead.fence(run)
+
+
+def test_a_paused_node_cannot_act_on_runs_it_lost(pg_dsn: str) -> None:
+    # The paused node's clock stands still (as if its whole process had been stopped and the
+    # monotonic clock did not show it): only the database can tell it the token moved on.
+    frozen = [0.0]
+    paused = coordinator(pg_dsn, "paused", clock=lambda: frozen[0])
+    other = coordinator(pg_dsn, "other")
+    paused.register(RUNS[:4])
+    paused.round()
+    taken = paused.owned()
+    assert taken == RUNS[:4]  # alone: it claims them all
+    token = paused.fence(taken[0]).token
+    # "paused" renews no more; after its lease the other node takes the runs over.
+    other.start()
+    try:
+        wait_until(lambda: set(taken) <= set(other.owned()), 15, "takeover")
+        for run in taken:
+            with pytest.raises(FencedError, match="no longer current"):
+                paused.fence(run)
+        assert other.fence(taken[0]).token > token
+    finally:
+        other.stop()
+        paused.stop(release=False)
+
+
+def test_database_outage_stops_every_act_is_said_once_and_passes(
+    pg_server: PgServer, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = coordinator(pg_dsn, "solo")
+    node.register(RUNS[:3])
+    node.round()
+    run = node.owned()[0]
+    node.fence(run)
+    caplog.set_level(logging.INFO, logger="ckptd.coordination.coordinator")
+    pg_server.stop("immediate")
+    try:
+        node.round()
+        node.round()
+        state = node.state()
+        assert not state.available and state.problem is not None
+        assert not node.owns(run)
+        with pytest.raises(StoreUnavailable):
+            node.fence(run)
+    finally:
+        pg_server.start()
+    node.round()
+    assert node.state().available
+    assert node.fence(run).token > 0  # the lease outlived a short outage
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("coordination unavailable" in m for m in messages) == 1, messages
+    assert sum("coordination available again" in m for m in messages) == 1, messages
+    node.stop()
