@@ -1,10 +1,15 @@
-"""The pure plan of which runs a node claims and hands back (ckptd.coordination.leases)."""
+"""The pure parts of coordination: which runs a node claims and hands back, the status view."""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
+
+from ckptd.config import parse_config
+from ckptd.coordination.backend import postgres_dsn
 from ckptd.coordination.leases import (
     HANDOFF_PER_ROUND,
     Identity,
@@ -15,6 +20,8 @@ from ckptd.coordination.leases import (
     plan_round,
     preferred_node,
 )
+from ckptd.coordination.view import cluster_view
+from ckptd.errors import ConfigError
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -106,3 +113,31 @@ def test_rendezvous_moves_only_the_runs_of_the_node_that_left() -> None:
     moved = [run for run in runs if before[run] != after[run]]
     assert all(before[run] == "c" for run in moved)
     assert Counter(before.values())["c"] == len(moved)
+
+
+def test_status_view_shows_owners_lease_ages_and_stale_nodes() -> None:
+    snapshot = Snapshot(
+        NOW,
+        (node("a"), node("b", seen_ago=90)),
+        (held("r1", "a"), held("r2", "b", expires_in=-60), free("r3")),
+    )
+    view = cluster_view(snapshot)
+    assert [(n.node, n.alive, n.runs) for n in view.nodes] == [("a", True, 1), ("b", False, 0)]
+    assert [n.node for n in view.stale_nodes] == ["b"]
+    assert [(r.run.run, r.owner) for r in view.runs] == [("r1", "a"), ("r2", None), ("r3", None)]
+    assert view.runs[0].expires_in_seconds == 20.0
+    assert view.runs[1].expires_in_seconds == -60.0  # lapsed, waiting for a taker
+    obj = view.to_json_obj()
+    assert obj["nodes"][1] == {
+        "node": "b", "pid": 1, "alive": False, "last_seen_seconds": 90.0,
+        "started": "2026-12-07T11:00:00Z", "runs": 0, "roots": ["/shared"],
+    }  # fmt: skip
+
+
+def test_postgres_needs_a_dsn_from_the_config_or_the_environment(tmp_path: Path) -> None:
+    config = parse_config(
+        "roots: [{path: runs}]\ncoordination: {backend: postgres}", source=tmp_path / "c.yaml"
+    )
+    with pytest.raises(ConfigError, match=r"coordination.dsn: backend: postgres needs a database"):
+        postgres_dsn(config, {})
+    assert postgres_dsn(config, {"CKPTD_DSN": "host=db"}) == "host=db"
