@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import parse_config
+from ckptd.config.load import parse_config
 from ckptd.coordination.backend import postgres_dsn
 from ckptd.coordination.leases import (
     HANDOFF_PER_ROUND,

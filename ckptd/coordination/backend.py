@@ -1,7 +1,7 @@
 """Open what ``coordination.backend`` names: the DSN from the config or ``$CKPTD_DSN``, the store.
 
-psycopg is an optional dependency (the ``postgres`` extra): it is imported only when a postgres
-store is opened, so a daemon on the default ``local`` backend never needs it.
+psycopg is an optional dependency (the ``postgres`` extra): ``ckptd.coordination.pgstore`` imports
+it only when a postgres store is opened, so a daemon on the default ``local`` backend never needs it.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import os
 import uuid
 from collections.abc import Mapping
 
-from ckptd.config import Config
+from ckptd.config.model import Config
 from ckptd.coordination.leases import Identity, LeaseStore
 from ckptd.coordination.local import node_name
-from ckptd.errors import ConfigError, ConfigIssue, CoordinationError
+from ckptd.coordination.pgstore import PostgresLeaseStore
+from ckptd.errors import ConfigError, ConfigIssue
 
 DSN_VARIABLE = "CKPTD_DSN"
 
@@ -44,12 +45,6 @@ def identity(config: Config) -> Identity:
 
 
 def open_store(dsn: str, node: str) -> LeaseStore:
-    """The PostgreSQL lease store (not connected yet: the first call connects and migrates)."""
-    try:
-        # Deferred: psycopg is an optional dependency, needed only by this backend.
-        from ckptd.coordination.pgstore import PostgresLeaseStore
-    except ImportError as err:
-        raise CoordinationError(
-            f"coordination.backend: postgres needs psycopg ({err}): pip install 'ckptd[postgres]'"
-        ) from err
+    """The PostgreSQL lease store (not connected yet: the first call connects and migrates);
+    CoordinationError when psycopg is not installed."""
     return PostgresLeaseStore(dsn, node)

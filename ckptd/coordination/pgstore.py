@@ -17,10 +17,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
-
-import psycopg
-from psycopg.conninfo import make_conninfo
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ckptd.config.coordination import redact_dsn
 from ckptd.coordination import pgschema
@@ -35,6 +33,9 @@ from ckptd.coordination.leases import (
 )
 from ckptd.errors import CoordinationError, StoreUnavailable
 
+if TYPE_CHECKING:
+    import psycopg
+
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS: Final = 5
@@ -43,6 +44,18 @@ STATEMENT_TIMEOUT_MS: Final = 10_000
 HINT_TTL: Final = timedelta(days=1)
 
 T = TypeVar("T")
+
+
+def _driver() -> ModuleType:
+    """psycopg, imported when a postgres store is first used: it is an optional dependency (the
+    ``postgres`` extra), and a daemon on the default ``local`` backend never loads it."""
+    try:
+        import psycopg
+    except ImportError as err:
+        raise CoordinationError(
+            f"coordination.backend: postgres needs psycopg ({err}): pip install 'ckptd[postgres]'"
+        ) from err
+    return psycopg
 
 
 def _connection_options(node: str) -> dict[str, Any]:
@@ -62,7 +75,8 @@ class PostgresLeaseStore:
     """:class:`ckptd.coordination.leases.LeaseStore` on PostgreSQL; creates its schema on connect."""
 
     def __init__(self, dsn: str, node: str) -> None:
-        self._conninfo = make_conninfo(dsn, **_connection_options(node))
+        self._psycopg = _driver()
+        self._conninfo: str = self._psycopg.conninfo.make_conninfo(dsn, **_connection_options(node))
         self._shown = redact_dsn(dsn)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
@@ -75,7 +89,7 @@ class PostgresLeaseStore:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self._conninfo, autocommit=True)
+            conn: psycopg.Connection[Any] = self._psycopg.connect(self._conninfo, autocommit=True)
             try:
                 self._migrate(conn)
             except BaseException:
@@ -88,12 +102,12 @@ class PostgresLeaseStore:
         with self._lock:
             try:
                 return operation(self._connection())
-            except psycopg.OperationalError as err:
+            except self._psycopg.OperationalError as err:
                 self._drop()
                 raise StoreUnavailable(
                     f"coordination database unreachable ({self._shown}): {_first_line(err)}"
                 ) from err
-            except psycopg.Error as err:
+            except self._psycopg.Error as err:
                 self._drop()
                 raise CoordinationError(
                     f"coordination database error ({self._shown}): {_first_line(err)}"
