@@ -130,3 +130,23 @@ def test_database_outage_stops_every_act_is_said_once_and_passes(
     assert sum("coordination unavailable" in m for m in messages) == 1, messages
     assert sum("coordination available again" in m for m in messages) == 1, messages
     node.stop()
+
+
+def test_a_node_whose_own_clock_says_the_lease_may_have_lapsed_stops_acting(pg_dsn: str) -> None:
+    # Nobody else is there and the database still shows the lease: the monotonic clock alone
+    # (as after SIGSTOP, a stall or swapping) stops the node until its next renewal.
+    now = [100.0]
+    node = coordinator(pg_dsn, "solo", clock=lambda: now[0])
+    node.register(RUNS[:2])
+    node.round()
+    run = node.owned()[0]
+    assert node.owns(run)
+    node.fence(run)
+    now[0] += LEASE.total_seconds() * 2 / 3 + 0.01  # less than lease/3 left by its own count
+    assert not node.owns(run)
+    with pytest.raises(FencedError, match="may have lapsed"):
+        node.fence(run)
+    node.round()  # renewed: trusted again
+    assert node.owns(run)
+    node.fence(run)
+    node.stop()

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from ckptd.coordination import pgschema
-from ckptd.coordination.leases import Identity, RunId
+from ckptd.coordination.leases import Hint, Identity, RunId
 from ckptd.coordination.pgstore import PostgresLeaseStore
 from ckptd.errors import CoordinationError, StoreUnavailable
 from tests.pg_harness import PgServer
@@ -158,9 +158,9 @@ def test_hints_reach_the_owner_once(stores: list[PostgresLeaseStore]) -> None:
     run, free = RunId("/shared", "td3-1"), RunId("/shared", "free")
     stores[0].register_runs([run, free])
     assert stores[0].claim(run, owner, LEASE) is not None
-    stores[1].hint(run, "rl_model_5_steps.pkl", other.node)
-    stores[1].hint(run, "rl_model_5_steps.pkl", other.node)  # the same path twice: one hint
-    stores[1].hint(free, "x.pkl", other.node)  # nobody owns it: kept for a future owner
+    stores[1].hint([Hint(run, "rl_model_5_steps.pkl", other.node)])
+    # The same path twice: one hint; a run nobody owns keeps its hint for a future owner.
+    stores[1].hint([Hint(run, "rl_model_5_steps.pkl", other.node), Hint(free, "x.pkl", other.node)])
     hints = stores[0].take_hints(owner)
     assert [(h.run, h.path, h.from_node) for h in hints] == [(run, "rl_model_5_steps.pkl", "other")]
     assert stores[0].take_hints(owner) == []

@@ -12,7 +12,9 @@ absolute)::
                          "trash": {"files", "bytes"}, "quarantine": {"files", "bytes"},
                          "pins": [{"path", "reason", "pinned_at"}],
                          "last_scrub": {"at", "checked", "bytes", "corrupt"}|null,
-                         "unrecorded", "problems": [str]}]}
+                         "unrecorded", "problems": [str]}],
+               "coordination": {"backend", "error", local: "roots": [{"root", "served_by"}],
+                                postgres: "nodes": [...], "runs": [...]}}
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from ckptd.cli.config_path import resolve_config
+from ckptd.cli.coordination_out import print_coordination
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
     ago,
@@ -37,6 +40,7 @@ from ckptd.cli.ops_options import (
 )
 from ckptd.cli.output import lit, print_json
 from ckptd.config.load import load_config
+from ckptd.ops.coordination import coordination_status
 from ckptd.ops.status import status_all
 from ckptd.units import format_size_human
 
@@ -57,12 +61,14 @@ def run_status(args: argparse.Namespace) -> int:
 
     config = load_config(resolve_config(args.config))
     report = status_all(config, now=now_utc())
+    served = coordination_status(config)
     if args.json:
-        print_json(report.to_json_obj())
+        print_json({**report.to_json_obj(), "coordination": served.to_json_obj()})
     else:
         _print_status(report, new_console())
+        print_coordination(served, new_console())
     print_errors(list(report.errors))
-    return ExitStatus.FAILED if report.errors else ExitStatus.OK
+    return ExitStatus.FAILED if report.errors or served.error else ExitStatus.OK
 
 
 def _print_status(report: Any, console: Console) -> None:

@@ -46,6 +46,8 @@ from ckptd.errors import CoordinationError, FencedError, StoreUnavailable
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+# Hints waiting for the next round beyond this are dropped (the owner's rescan finds the files).
+MAX_PENDING_HINTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Coordinator:
         roots: Iterable[str],
         *,
         busy: Callable[[], frozenset[RunId]] = frozenset,
+        discover: Callable[[], Iterable[RunId]] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.store = store
@@ -84,7 +87,11 @@ class Coordinator:
         self.lease = lease
         self.roots = frozenset(roots)
         self._busy = busy
+        self._discover = discover
         self._clock = clock
+        self._registered: set[RunId] = set()
+        self._hints_out: list[Hint] = []
+        self._gained = False
         self._lock = threading.Lock()
         self._held: dict[RunId, Held] = {}
         self._hints: list[Hint] = []
@@ -159,14 +166,20 @@ class Coordinator:
                 lease.run: Held(lease, sent + self.lease.total_seconds()) for lease in kept
             }
         hints = self.store.take_hints(self.me)
+        if self._discover is not None:
+            self.register(self._discover())
         with self._lock:
-            pending, self._to_register = self._to_register, set()
+            pending, self._to_register = self._to_register - self._registered, set()
+            outgoing, self._hints_out = self._hints_out, []
         try:
             self.store.register_runs(pending)
+            self.store.hint(outgoing)
         except BaseException:
             with self._lock:
                 self._to_register |= pending
+                self._hints_out[:0] = outgoing
             raise
+        self._registered |= pending
         snapshot = self.store.snapshot()
         plan = plan_round(self.me, self.roots, snapshot, self.lease, busy=self._busy())
         for run in plan.release:
@@ -180,6 +193,7 @@ class Coordinator:
             if lease is not None:
                 with self._lock:
                     self._held[run] = Held(lease, sent + self.lease.total_seconds())
+                    self._gained = True
         with self._lock:
             self._hints.extend(hints)
             self._last_snapshot = snapshot
@@ -232,11 +246,17 @@ class Coordinator:
             self._to_register.update(runs)
 
     def hint(self, run: RunId, path: str) -> None:
-        """Tell ``run``'s owner about ``path`` (best effort: the owner's rescan finds it anyway)."""
-        try:
-            self.store.hint(run, path, self.me.node)
-        except CoordinationError as err:
-            logger.debug("hint for %s not passed: %s", run, err)
+        """Tell ``run``'s owner about ``path`` at the next round (best effort: the owner's own
+        watching and rescans find it anyway). Never blocks on the database."""
+        with self._lock:
+            if len(self._hints_out) < MAX_PENDING_HINTS:
+                self._hints_out.append(Hint(run, path, self.me.node))
+
+    def take_gained(self) -> bool:
+        """Whether runs were claimed since the last call (their files need a look)."""
+        with self._lock:
+            gained, self._gained = self._gained, False
+        return gained
 
     def take_hints(self) -> list[Hint]:
         with self._lock:

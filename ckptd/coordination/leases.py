@@ -148,8 +148,8 @@ class LeaseStore(Protocol):
     def snapshot(self) -> Snapshot:
         """Nodes and runs, for planning and status."""
 
-    def hint(self, run: RunId, path: str, node: str) -> None:
-        """Tell ``run``'s owner about ``path``."""
+    def hint(self, hints: Sequence[Hint]) -> None:
+        """Pass ``hints`` on to the owners of their runs (a path already hinted counts once)."""
 
     def take_hints(self, me: Identity) -> list[Hint]:
         """Remove and return the hints for runs ``me`` holds."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -271,13 +271,17 @@ class PostgresLeaseStore:
 
         return self._call(op)
 
-    def hint(self, run: RunId, path: str, node: str) -> None:
+    def hint(self, hints: Sequence[Hint]) -> None:
+        if not hints:
+            return
+
         def op(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(
-                """INSERT INTO ckptd.hints (root, run, path, from_node) VALUES (%s, %s, %s, %s)
-                   ON CONFLICT (root, run, path) DO NOTHING""",
-                (run.root, run.run, path, node),
-            )
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    """INSERT INTO ckptd.hints (root, run, path, from_node)
+                       VALUES (%s, %s, %s, %s) ON CONFLICT (root, run, path) DO NOTHING""",
+                    [(h.run.root, h.run.run, h.path, h.from_node) for h in hints],
+                )
 
         self._call(op)
 

@@ -23,6 +23,7 @@ from ckptd.pipeline.batch import process_batch
 from ckptd.pipeline.discovery import find_work
 from ckptd.pipeline.types import BatchResult, PipelineDeps
 from ckptd.retention.manifest_pass import write_manifests
+from ckptd.retention.passes import PassOptions
 from ckptd.retention.prune import prune_all
 from ckptd.runs.roots import RunRef, find_runs
 
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 # A ckptd temp file untouched for this long belongs to a killed writer (a live one keeps writing).
 STALE_TEMP_SECONDS = 30.0
 JOB_NAMES = ("prune", "manifest", "rescan", "scrub")
+# Passes of a daemon alone on its roots (coordination.backend local): every run, nothing fenced.
+ONE_DAEMON = PassOptions()
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def execute(
     metrics: Metrics,
     stopping: threading.Event,
     structure: StructureCheck | None = None,
+    options: PassOptions = ONE_DAEMON,
 ) -> WorkResult:
     """Run one work item (on a worker thread); a file's problem is in the result, never raised."""
     if isinstance(item, RunBatch):
@@ -131,7 +135,7 @@ def execute(
             gone=item.gone,
         )
         return BatchDone(item, result)
-    return run_job(item, metrics=metrics, stopping=stopping, structure=structure)
+    return run_job(item, metrics=metrics, stopping=stopping, structure=structure, options=options)
 
 
 def run_job(
@@ -140,6 +144,7 @@ def run_job(
     metrics: Metrics,
     stopping: threading.Event,
     structure: StructureCheck | None = None,
+    options: PassOptions = ONE_DAEMON,
 ) -> JobDone:
     """Run one periodic job over every root of its config (on a worker thread); the scrub
     re-verifies structure with ``structure`` (the daemon's isolated parser) when given."""
@@ -149,7 +154,7 @@ def run_job(
         logger.info("rescan: %d runs, %d files to look at", runs, len(found))
         return JobDone("rescan", tuple(found), runs)
     if job.name == "prune":
-        report = prune_all(job.config, now=now, dry_run=False)
+        report = prune_all(job.config, now=now, dry_run=False, options=options)
         freed = sum(run.bytes_freed for run in report.runs)
         deleted = sum(len(run.deleted) for run in report.runs)
         logger.info(
@@ -162,10 +167,15 @@ def run_job(
         pruned = tuple((run.run, run.bytes_freed) for run in report.runs if run.error is None)
         return JobDone("prune", pruned=pruned)
     if job.name == "manifest":
-        report = write_manifests(job.config, now=now)
+        report = write_manifests(job.config, now=now, options=options)
         written = sum(1 for run in report.runs if run.manifest_written)
         logger.debug("manifest pass: %d of %d manifests rewritten", written, len(report.runs))
         return JobDone("manifest")
+    if job.name == "scrub" and options.select is not None:
+        # A scrub records its results in every run's manifest, and it has no per-run lease check
+        # yet: in a cluster it is run by hand (``ckptd scrub``), not by every node at once.
+        logger.warning("scrub: not scheduled with coordination.backend postgres; run ckptd scrub")
+        return JobDone("scrub")
     if job.name == "scrub":
         # Rate-limited and long: it holds one worker; SIGTERM interrupts it between reads.
         scheduled_scrub(

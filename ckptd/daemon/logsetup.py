@@ -94,7 +94,12 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, run, file (exc when there is one)."""
+    """One JSON object per line: ts, level, logger, msg, run, file, and for an event on a file
+    ``event`` and ``node`` (the daemon's ``coordination.node``); exc when there is one."""
+
+    def __init__(self, node: str | None = None) -> None:
+        super().__init__()
+        self.node = node
 
     def format(self, record: logging.LogRecord) -> str:
         obj: dict[str, object] = {
@@ -105,6 +110,10 @@ class JsonFormatter(logging.Formatter):
             "run": getattr(record, "run", None),
             "file": getattr(record, "file", None),
         }
+        event = getattr(record, "event", None)
+        if event is not None:
+            obj["event"] = event
+            obj["node"] = self.node
         exc = _exc_info(record)
         if exc is not None:
             obj["exc"] = exception_summary(exc)
@@ -130,7 +139,9 @@ def parse_level(name: str) -> int:
     return _LEVELS.get(name.lower(), logging.INFO)
 
 
-def configure_logging(config: LogConfig, *, stream: TextIO | None = None) -> None:
+def configure_logging(
+    config: LogConfig, *, stream: TextIO | None = None, node: str | None = None
+) -> None:
     """(Re)configure the root logger: one stderr handler with the configured format and level.
 
     Safe to call again on reload: the previous ckptd handler is replaced, others are left alone.
@@ -138,7 +149,7 @@ def configure_logging(config: LogConfig, *, stream: TextIO | None = None) -> Non
     level = parse_level(config.level)
     formatter: logging.Formatter
     if config.format == "json":
-        formatter = JsonFormatter()
+        formatter = JsonFormatter(node)
     else:
         formatter = TextFormatter(full_tracebacks=level <= logging.DEBUG)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)

@@ -99,6 +99,18 @@ class Metrics:
             "Checkpoints whose hash or structure did not verify in the last completed scrub",
             registry=registry,
         )
+        self._coordination_up = Gauge(
+            "ckptd_coordination_up",
+            "1 while the coordination database answers (coordination.backend postgres; always 1"
+            " with the local backend); 0: nothing is converted or deleted in shared runs",
+            registry=registry,
+        )
+        self._coordination_up.set(1)
+        self._runs_owned = Gauge(
+            "ckptd_runs_owned",
+            "Runs this daemon holds the lease of (backend postgres)",
+            registry=registry,
+        )
         Info("ckptd_build", "ckptd version", registry=registry).info({"version": __version__})
 
     def record_seen(self, count: int = 1) -> None:
@@ -133,6 +145,10 @@ class Metrics:
 
     def record_observer_restart(self) -> None:
         self._observer_restarts.inc()
+
+    def set_coordination(self, *, available: bool, owned: int) -> None:
+        self._coordination_up.set(1 if available else 0)
+        self._runs_owned.set(owned)
 
     def set_scrub_corrupt(self, count: int) -> None:
         self._scrub_corrupt.set(count)

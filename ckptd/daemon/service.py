@@ -42,8 +42,8 @@ from types import FrameType
 
 from ckptd.config.load import load_config
 from ckptd.config.model import Config, RootConfig
-from ckptd.coordination.local import RootLocks, new_holder
 from ckptd.daemon import notify
+from ckptd.daemon.cluster import Coordination
 from ckptd.daemon.health import HEALTH_EVERY_SECONDS, HealthMonitor
 from ckptd.daemon.jobs import (
     JOB_NAMES,
@@ -66,7 +66,7 @@ from ckptd.daemon.run_queue import (
 )
 from ckptd.daemon.scheduling import JobCallback, JobScheduler
 from ckptd.daemon.workers import WorkerPool
-from ckptd.errors import CkptdError, ConfigError, RootBusyError
+from ckptd.errors import CkptdError, ConfigError
 from ckptd.isolation.supervisor import Isolation
 from ckptd.pipeline.discovery import files_below, run_of
 from ckptd.pipeline.types import PipelineDeps
@@ -114,20 +114,20 @@ class Daemon:
         self._next_health = 0.0
         self._next_status = 0.0
         self._exit_status = 0
-        # coordination.backend local: one daemon per root (ckptd.coordination.local).
-        self._root_locks = RootLocks(
-            self.config.state_dir, new_holder(self.config.coordination.node)
-        )
+        # Root locks (backend local) or per-run leases (postgres): ckptd.daemon.cluster.
+        self._coordination = Coordination(self.config)
+        self.deps = self._coordination.deps(self.deps)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
-        configure_logging(self.config.log)
+        configure_logging(self.config.log, node=self._coordination.node)
         # Before anything starts: a root another daemon serves ends this one with RootBusyError.
-        self._lock_roots(self.config)
+        self._coordination.lock(self.config)
         self._install_signal_handlers()
         try:
+            self._coordination.start()
             self._start()
             next_tick = time.monotonic()
             while self._stop_signal is None:
@@ -145,12 +145,8 @@ class Daemon:
             logger.info("received %s; stopping", self._stop_signal)
         finally:
             self._shutdown()
-            self._root_locks.release_all()
+            self._coordination.stop()
         return self._exit_status
-
-    def _lock_roots(self, config: Config) -> None:
-        if config.coordination.backend == "local":
-            self._root_locks.acquire(root.path for root in config.roots)
 
     def _install_signal_handlers(self) -> None:
         # Handlers only set flags: the main loop acts on them within one tick.
@@ -232,6 +228,7 @@ class Daemon:
             metrics=self.metrics,
             stopping=self._stopping,
             structure=isolation.structure if isolation is not None else None,
+            options=self._coordination.pass_options(),
         )
         if (
             isinstance(result, BatchDone)
@@ -284,6 +281,7 @@ class Daemon:
         for path in self._settling.ready(now):
             self._enqueue_ready(path)
         self._collect_results(now)
+        self._coordination.tick(self._runs, self._settling, self._jobs_wanted, now)
         self._dispatch(now)
         if now >= self._next_health:
             self._next_health = now + HEALTH_EVERY_SECONDS
@@ -423,22 +421,12 @@ class Daemon:
 
     def _health(self, now: float) -> None:
         assert self._watchset is not None and self._scheduler is not None
-        self._lock_late_roots()
-        self._health_monitor.check(self._watchset, self._scheduler, self._pool)
-
-    def _lock_late_roots(self) -> None:
-        """A root that did not exist at start is locked when it appears; if another daemon got
-        there first, this one stops (exit 2), as it would have at start."""
-        try:
-            self._lock_roots(self.config)
-        except RootBusyError as err:
-            logger.error("stopping: %s", err)
+        # A root that appeared since start is locked now; one another daemon serves stops this
+        # one (exit 2), as it would have at start.
+        if self._coordination.lock_late_roots(self.config) is not None:
             self._exit_status = 2
             self._stop_signal = "a root served by another daemon"
-        except CkptdError as err:
-            logger.error("cannot lock a root: %s", err)
-        except OSError as err:
-            logger.error("cannot lock a root: %s", err)
+        self._health_monitor.check(self._watchset, self._scheduler, self._pool)
 
     def _ping_watchdog(self, now: float) -> None:
         self._health_monitor.ping_watchdog(now)
@@ -450,7 +438,7 @@ class Daemon:
             f"watching {len(self.config.roots)} roots, {self._run_count} runs; "
             f"{settling} settling, {queued} queued; last prune {last}"
         )
-        return self._health_monitor.with_problems(text)
+        return self._health_monitor.with_problems(self._coordination.status(text, self.metrics))
 
     def _send_status(self) -> None:
         self._health_monitor.send_status(self._status_text())
@@ -465,7 +453,7 @@ class Daemon:
             assert self._scheduler is not None and self._watchset is not None
             # Checks every schedule before changing any: on error the old jobs stay.
             self._scheduler.set_jobs(job_specs(new), self._job_callbacks())
-            self._lock_roots(new)  # a new root another daemon serves rejects the reload
+            self._coordination.check_reload(self.config, new)
         except ConfigError as err:
             for line in err.lines():
                 logger.error("reload rejected, keeping the running config: %s", line)
@@ -476,10 +464,10 @@ class Daemon:
             notify.ready(self._status_text())
             return
         old = self.config
-        self._root_locks.keep_only(
+        self._coordination.locks.keep_only(
             root.path for root in new.roots if new.coordination.backend == "local"
         )
-        configure_logging(new.log)
+        configure_logging(new.log, node=self._coordination.node)
         if new.metrics.listen != old.metrics.listen:
             self._metrics_server.stop()
             try:

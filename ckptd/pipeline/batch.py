@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ckptd.config.model import Config, RootConfig
-from ckptd.errors import CkptdError, RunLockedError
+from ckptd.errors import CkptdError, CoordinationError, RunLockedError
 from ckptd.manifest.model import Manifest
 from ckptd.manifest.store import write_manifest_if_changed
 from ckptd.pipeline.discovery import (
@@ -96,6 +96,7 @@ def process_batch(
     written = False
     try:
         with run_lock(layout, timeout=lock_timeout):
+            deps.fence(run)  # another daemon's run (coordination.backend postgres): touch nothing
             previous = load_run_manifest(manifest_path)
             manifest = previous or Manifest(
                 run=run.relpath, generated_at=deps.clock(), policy=root.policy
@@ -115,13 +116,16 @@ def process_batch(
                 outcomes.append(outcome)
                 # Files moved: record it now, so a crash cannot leave the move unrecorded.
                 moved = outcome.action in MOVING_ACTIONS
-                if moved and write_manifest_if_changed(
-                    manifest_path, manifest, previous, deps.clock()
-                ):
+                if moved and _record(manifest_path, manifest, previous, deps, run):
                     written, previous = True, manifest
-            now = deps.clock()
-            if work.changed and write_manifest_if_changed(manifest_path, manifest, previous, now):
+            if work.changed and _record(manifest_path, manifest, previous, deps, run):
                 written = True
+    except CoordinationError as err:
+        # The run's lease is gone or cannot be checked: hand the paths back; the daemon keeps
+        # them while the database is away, or leaves them to the run's new owner.
+        logger.info("not acting on the run: %s", err, extra={"run": run.relpath})
+        unfinished = tuple(paths[len(outcomes) :])
+        return BatchResult(run, tuple(outcomes), unfinished, False, str(err), True)
     except (CkptdError, OSError) as err:
         message = f"cannot process run: {err}"
         logger.error("%s", message, extra={"run": run.relpath})
@@ -145,3 +149,13 @@ def process_path(
     if result.error is not None:
         return PathOutcome(path, "failed", result.error)
     return result.outcomes[0]
+
+
+def _record(
+    path: Path, manifest: Manifest, previous: Manifest | None, deps: PipelineDeps, run: RunRef
+) -> bool:
+    """Write the run's manifest if its content changed, checking the run's lease first."""
+    if manifest.same_content(previous):
+        return False
+    deps.fence(run)
+    return write_manifest_if_changed(path, manifest, previous, deps.clock())

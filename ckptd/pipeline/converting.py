@@ -38,6 +38,7 @@ def convert_legacy(
     work: BatchContext, path: Path, relpath: str, identity: FileIdentity, manifest: Manifest
 ) -> tuple[Manifest, PathOutcome]:
     convert = work.config.convert
+    work.deps.fence(work.run)  # another daemon's run now (coordination.backend postgres): stop
     try:
         outcome = work.deps.convert(
             path,
@@ -63,7 +64,14 @@ def convert_legacy(
         return not_converted(work, path, relpath, identity, manifest, err.message)
     except FormatError as err:
         sha256 = hash_unchanged(path, identity)
-        work.log(logger, logging.WARNING, relpath, "broken legacy pickle: %s", err.message)
+        work.log(
+            logger,
+            logging.WARNING,
+            relpath,
+            "broken legacy pickle: %s",
+            err.message,
+            event="broken",
+        )
         entry = work.entry(
             relpath, identity, Format.SB2_PICKLE, "broken", sha256, error=err.message
         )
@@ -165,7 +173,9 @@ def record_conversion(
         f"{outcome.params_count} params, original {outcome.original})"
         + "".join(f"; note: {note}" for note in outcome.notes)
     )
-    work.log(logger, logging.INFO, relpath, "%s", message)
+    # A zip found already written (a rerun after a crash) is recorded, not converted again.
+    event = "converted" if outcome.status == "converted" else None
+    work.log(logger, logging.INFO, relpath, "%s", message, event=event)
     return manifest, PathOutcome(path, "converted", message)
 
 

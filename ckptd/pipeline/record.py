@@ -56,10 +56,19 @@ class BatchContext:
         self.changed = False
 
     def log(
-        self, log: logging.Logger, level: int, relpath: str, message: str, *args: object
+        self,
+        log: logging.Logger,
+        level: int,
+        relpath: str,
+        message: str,
+        *args: object,
+        event: str | None = None,
     ) -> None:
-        """Log under ``log`` (the calling stage's logger) with the run and file as fields."""
-        log.log(level, message, *args, extra={"run": self.run.relpath, "file": relpath})
+        """Log under ``log`` (the calling stage's logger) with the run and file as fields, and
+        ``event`` naming what happened to the file (JSON logs; README, "Several daemons on one
+        root": operators and tests count conversions per node from it)."""
+        extra = {"run": self.run.relpath, "file": relpath, "event": event}
+        log.log(level, message, *args, extra=extra)
 
     def record(self, manifest: Manifest, entry: ManifestEntry) -> Manifest:
         self.changed = True

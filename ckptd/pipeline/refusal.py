@@ -54,12 +54,15 @@ def refuse(
     sha256 = hash_unchanged(path, identity)
     extra: dict[str, Any] = {}
     if work.config.convert.on_unsafe == "quarantine":
+        work.deps.fence(work.run)
         destination = quarantine(path, work.layout, identity, sha256, refusal, work.deps.clock())
         extra[QUARANTINE_KEY] = work.relpath(destination)
         message = f"{refusal}; quarantined as {extra[QUARANTINE_KEY]}"
+        event = "quarantined"
     else:
         message = f"{refusal}; left in place"
-    work.log(logger, logging.WARNING, relpath, "%s", message)
+        event = "refused"
+    work.log(logger, logging.WARNING, relpath, "%s", message, event=event)
     entry = work.entry(
         relpath, identity, fmt, "refused", sha256, refusal=refusal, verdict=verdict, extra=extra
     )

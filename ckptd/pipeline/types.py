@@ -64,6 +64,10 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _unfenced(run: RunRef) -> None:
+    """One daemon per root (coordination.backend local): nothing to check."""
+
+
 @dataclass(frozen=True)
 class PipelineDeps:
     """The pieces that read, convert and verify files, and the clock (fault tests swap them)."""
@@ -72,6 +76,9 @@ class PipelineDeps:
     convert: Converter = convert_file
     verify: Verifier = verify_zip
     clock: Callable[[], datetime] = _utc_now
+    # Raises (ckptd.errors.CoordinationError) unless this daemon may still act on the run: called
+    # before every move and manifest write (coordination.backend postgres; local: never raises).
+    fence: Callable[[RunRef], None] = _unfenced
 
 
 @dataclass(frozen=True)

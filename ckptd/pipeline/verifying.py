@@ -48,7 +48,7 @@ def verify_checkpoint(
     sha256 = hash_unchanged(path, identity)
     if not report.ok:
         text = "; ".join(report.problems) or "does not verify"
-        work.log(logger, logging.WARNING, relpath, "broken %s: %s", fmt, text)
+        work.log(logger, logging.WARNING, relpath, "broken %s: %s", fmt, text, event="broken")
         entry = work.entry(relpath, identity, fmt, "broken", sha256, error=text)
         return work.record(manifest, entry), PathOutcome(path, "broken", text)
     previous = manifest.by_path().get(relpath)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ckptd.errors import (
     CkptdError,
+    CoordinationError,
     FileChangedError,
     UnsafeCheckpoint,
     UnsafePathError,
@@ -71,6 +72,8 @@ class BatchWork(BatchContext):
                 logger, logging.INFO, relpath, "changed while being processed; will look again"
             )
             return manifest, PathOutcome(path, "changed", err.message)
+        except CoordinationError:
+            raise  # the run's lease, not this file: the batch stops (ckptd.pipeline.batch)
         except (OSError, CkptdError) as err:
             # Whatever else goes wrong with one file is that file's problem, never the batch's.
             text = error_text(err)
@@ -85,7 +88,7 @@ class BatchWork(BatchContext):
         """Record the file ``broken`` with the exception's type; the traceback only at debug."""
         text = unexpected_text(err)
         logger.debug("unexpected error processing %s", path, exc_info=True)
-        self.log(logger, logging.WARNING, relpath, "broken: %s", text)
+        self.log(logger, logging.WARNING, relpath, "broken: %s", text, event="broken")
         try:
             identity = FileIdentity.of(os.lstat(path))
         except OSError:
@@ -123,7 +126,15 @@ class BatchWork(BatchContext):
         verdict = identification.verdict
         if verdict is not None and verdict.broken:
             sha256 = hash_unchanged(path, identity)
-            self.log(logger, logging.WARNING, relpath, "broken %s: %s", fmt, verdict.reason)
+            self.log(
+                logger,
+                logging.WARNING,
+                relpath,
+                "broken %s: %s",
+                fmt,
+                verdict.reason,
+                event="broken",
+            )
             entry = self.entry(
                 relpath, identity, fmt, "broken", sha256, error=verdict.reason, verdict=verdict
             )

@@ -86,6 +86,11 @@ class PassOptions:
     deleter: Deleter = delete_checkpoints
     # >1 spreads runs over forked processes (ckptd.retention.fanout): for the CLI only, never the daemon.
     workers: int = 1
+    # Several daemons on one root (coordination.backend postgres): the runs this one owns, and the
+    # check before every deletion and manifest write that it still does. With ``select`` set the
+    # root index is left alone: no daemon sees every run's fresh state.
+    select: Callable[[RunRef], bool] | None = None
+    fence: Callable[[RunRef], None] | None = None
 
 
 DEFAULT_OPTIONS = PassOptions()
@@ -154,14 +159,16 @@ def pass_over_root(
         logger.error("%s: %s", root.path, message)
         return RootOutcome([], [RootProblem(root.path, message)], 0)
     problems = [RootProblem(root.path / relpath, message) for relpath, message in scan.errors]
+    select = options.select
+    runs = scan.runs if select is None else tuple(run for run in scan.runs if select(run))
 
     def one_run(run: RunRef) -> _RunOutcome[Rendered]:
         report = guarded(config, root, run, now=now, dry_run=dry_run, step=step, options=options)
         entry = None if dry_run else _index_entry(config, report)
         return _RunOutcome(render(report), entry, report.error is not None)
 
-    outcomes = map_in_order(one_run, scan.runs, workers=options.workers)
-    if not dry_run:
+    outcomes = map_in_order(one_run, runs, workers=options.workers)
+    if not dry_run and select is None:
         entries = [outcome.index_entry for outcome in outcomes if outcome.index_entry is not None]
         try:
             _write_root_index(root, entries, now)
@@ -252,4 +259,7 @@ def _matcher(checkpoints: CheckpointsConfig, manifest_filename: str) -> Checkpoi
 def write_if_changed(opened: OpenRun, manifest: Manifest) -> bool:
     """Write the run's manifest unless it says what the previous one said."""
     path = opened.run.run_dir / opened.config.manifest.filename
+    fence = opened.options.fence
+    if fence is not None and not manifest.same_content(opened.previous):
+        fence(opened.run)
     return write_manifest_if_changed(path, manifest, opened.previous)

@@ -152,9 +152,23 @@ def prune_step(opened: OpenRun) -> RunReport:
             logger.info("run %s: pins changed during the pass; planning again", run.run_dir)
             plan = _plan(options.planner, inventory, fresh_pins, policy, config, now, evaluations)
         doomed = _doomed(inventory, plan)
-        deleted = options.deleter(layout, doomed, mode=config.delete.mode, now=now)
+        deleted = _delete(opened, doomed)
     outcomes = dict(zip((c.path for c in doomed), deleted, strict=True))
+    if options.fence is not None:
+        options.fence(run)  # the trash purge that follows (the manifest write checks again)
     return _apply(opened, plan, outcomes)
+
+
+def _delete(opened: OpenRun, doomed: Sequence[Checkpoint]) -> list[DeleteOutcome]:
+    """The deletions, each one checked against the run's lease first when there is one."""
+    options, mode, now = opened.options, opened.config.delete.mode, opened.now
+    if options.fence is None:
+        return list(options.deleter(opened.layout, doomed, mode=mode, now=now))
+    outcomes: list[DeleteOutcome] = []
+    for checkpoint in doomed:
+        options.fence(opened.run)
+        outcomes.extend(options.deleter(opened.layout, [checkpoint], mode=mode, now=now))
+    return outcomes
 
 
 def _evaluations(run_dir: Path, policy: Policy) -> list[Evaluation] | None:

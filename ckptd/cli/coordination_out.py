@@ -1,0 +1,63 @@
+"""``ckptd status``'s coordination part as tables (ckptd.ops.coordination has the data)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ckptd.cli.output import lit
+from ckptd.ops.coordination import CoordinationStatus
+from ckptd.timefmt import format_utc
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}s"
+
+
+def print_coordination(status: CoordinationStatus, console: Console) -> None:
+    if status.backend == "local":
+        for root, holder in status.holders:
+            who = (
+                "no daemon"
+                if holder is None
+                else (f"pid {holder.pid} on {lit(holder.node)}, since {format_utc(holder.since)}")
+            )
+            console.print(f"{lit(root)}: served by {who}")
+        return
+    if status.error is not None:
+        console.print(f"coordination: {lit(status.error)}", style="bold red")
+        return
+    view = status.cluster
+    assert view is not None
+    nodes = Table(title="nodes", title_justify="left")
+    for column in ("node", "pid", "state", "last renewal", "runs", "since"):
+        nodes.add_column(column, overflow="fold")
+    for node in view.nodes:
+        nodes.add_row(
+            lit(node.node),
+            str(node.pid),
+            "live" if node.alive else "stopped renewing",
+            f"{node.last_seen_seconds:.0f}s ago",
+            str(node.runs),
+            node.started,
+            style="" if node.alive else "bold red",
+        )
+    console.print(nodes)
+    runs = Table(title="leases", title_justify="left")
+    for column in ("run", "owner", "token", "held for", "renewed", "expires in"):
+        runs.add_column(column, overflow="fold")
+    for run in view.runs:
+        runs.add_row(
+            lit(str(run.run)),
+            lit(run.owner) if run.owner else "-",
+            str(run.token),
+            _seconds(run.held_seconds),
+            "-" if run.renewed_seconds is None else f"{run.renewed_seconds:.0f}s ago",
+            _seconds(run.expires_in_seconds),
+            style="" if run.owner else "yellow",
+        )
+    console.print(runs)
+    console.print(
+        f"{len(view.nodes)} nodes ({len(view.stale_nodes)} stopped renewing),"
+        f" {len(view.runs)} runs ({len(view.unowned)} without an owner)"
+    )
