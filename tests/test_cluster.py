@@ -1,0 +1,226 @@
+"""Three ``ckptd run`` processes on one root, coordinated through a real PostgreSQL server.
+
+Who did what is read from the nodes' JSON logs (``event``, ``run``, ``file``, ``node``): every
+legacy checkpoint of a burst is converted exactly once across the nodes, a node killed with
+``kill -9`` has its runs taken over within the lease, a node paused past its lease does not act on
+the runs it lost, and a database restart in the middle of a burst loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ckptd.manifest.store import load_manifest
+from tests.cluster_harness import Cluster, write_burst
+from tests.daemon_harness import REPO, wait_until
+from tests.pg_harness import PgServer
+from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+RUNS = 6
+
+
+@pytest.fixture
+def legacy(tmp_path: Path) -> bytes:
+    with stand_ins():
+        return make_ppo2_checkpoint(tmp_path / "template.pkl").read_bytes()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_dsn: str) -> Iterator[Cluster]:
+    root = tmp_path / "shared"
+    root.mkdir()
+    for index in range(RUNS):
+        (root / f"run-{index:02d}").mkdir()
+    nodes = Cluster(workdir=tmp_path, root=root, dsn=pg_dsn)
+    yield nodes
+    nodes.stop_all()
+
+
+def converted_files(cluster: Cluster) -> Counter[tuple[str, str]]:
+    """(run, original file) of every conversion that wrote a zip, counted over all nodes."""
+    return Counter((event["run"], event["file"]) for event in cluster.events("converted"))
+
+
+def all_converted(root: Path, written: list[Path]) -> bool:
+    return all(path.with_suffix(".zip").exists() and not path.exists() for path in written)
+
+
+def manifests_consistent(root: Path, written: list[Path]) -> bool:
+    by_run: dict[Path, set[str]] = {}
+    for path in written:
+        by_run.setdefault(path.parent, set()).add(path.stem)
+    for run, stems in by_run.items():
+        try:
+            entries = load_manifest(run / "ckptd-manifest.json").by_path()
+        except (OSError, ValueError):
+            return False
+        for stem in stems:
+            kept = entries.get(f"{stem}.zip")
+            if kept is None or kept.state != "kept" or kept.converted_from != f"{stem}.pkl":
+                return False
+    return True
+
+
+def write_more(root: Path, legacy: bytes, *, first: int, count: int) -> list[Path]:
+    """``count`` more checkpoints over the runs, steps from ``first`` * 100 on."""
+    written = []
+    for index in range(count):
+        target = root / f"run-{index % RUNS:02d}" / f"rl_model_{(first + index) * 100}_steps.pkl"
+        temp = target.with_name(target.name + ".tmp")
+        temp.write_bytes(legacy)
+        temp.rename(target)
+        written.append(target)
+    return written
+
+
+def start_three(cluster: Cluster) -> None:
+    for name in ("n1", "n2", "n3"):
+        cluster.start(name)
+
+
+def owners_per_node(cluster: Cluster) -> Counter[str]:
+    return Counter(event["node"] for event in cluster.events("converted"))
+
+
+def test_a_burst_is_converted_exactly_once_across_three_nodes(
+    cluster: Cluster, legacy: bytes
+) -> None:
+    start_three(cluster)
+    written = write_burst(cluster.root, legacy, RUNS, 120)
+    wait_until(lambda: all_converted(cluster.root, written), 120, "every file converted")
+    wait_until(lambda: manifests_consistent(cluster.root, written), 30, "manifests")
+    counts = converted_files(cluster)
+    expected = {(path.parent.name, path.name) for path in written}
+    assert set(counts) == expected
+    assert max(counts.values()) == 1, [item for item, n in counts.items() if n > 1]
+    # The work was spread: more than one node converted something, and each event names its node.
+    assert len(owners_per_node(cluster)) >= 2, owners_per_node(cluster)
+    assert not [obj for obj in cluster.log_objects() if "vanished" in str(obj.get("msg"))]
+
+
+def test_a_killed_node_s_runs_are_taken_over_within_the_lease(
+    cluster: Cluster, legacy: bytes
+) -> None:
+    start_three(cluster)
+    first = write_burst(cluster.root, legacy, RUNS, 30)
+    wait_until(lambda: all_converted(cluster.root, first), 120, "first burst converted")
+    cluster.kill("n3")
+    killed_at = time.monotonic()
+    # A second burst after the kill: n3's runs must be served by n1 and n2.
+    later = write_more(cluster.root, legacy, first=1000, count=RUNS * 3)
+    wait_until(lambda: all_converted(cluster.root, later), 60, "files of every run converted")
+    took = time.monotonic() - killed_at
+    assert took < 3 * 3 + 20, took  # lease 3 s: a takeover plus the conversions themselves
+    counts = converted_files(cluster)
+    assert max(counts.values()) == 1
+    after = {(p.parent.name, p.name) for p in later}
+    assert {
+        event["node"]
+        for event in cluster.events("converted")
+        if (event["run"], event["file"]) in after
+    } <= {"n1", "n2"}
+    wait_until(lambda: manifests_consistent(cluster.root, [*first, *later]), 30, "manifests")
+
+    # ckptd status shows the dead node as one that stopped renewing, its runs with new owners.
+    config = cluster.nodes["n1"].config
+
+    def shown() -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "-m", "ckptd", "status", "--json", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert result.returncode == 0, result.stderr
+        coordination: dict[str, Any] = json.loads(result.stdout)["coordination"]
+        return coordination
+
+    wait_until(lambda: not {n["node"]: n for n in shown()["nodes"]}["n3"]["alive"], 20, "n3 stale")
+    status = shown()
+    assert status["backend"] == "postgres" and status["error"] is None
+    assert {n["node"]: n["alive"] for n in status["nodes"]} == {"n1": True, "n2": True, "n3": False}
+    assert {run["owner"] for run in status["runs"]} <= {"n1", "n2"}
+    assert len(status["runs"]) == RUNS
+    assert all(run["expires_in_seconds"] > 0 for run in status["runs"])
+
+
+def test_a_paused_node_does_not_act_on_runs_it_lost(cluster: Cluster, legacy: bytes) -> None:
+    start_three(cluster)
+    time.sleep(3)  # the runs spread over the three nodes
+    # Every node sees the burst and starts waiting for the files to settle (stable_for 1 s);
+    # n2 is stopped before they do, with the files of its runs still in hand.
+    written = write_burst(cluster.root, legacy, RUNS, 36)
+    time.sleep(0.3)
+    cluster.kill("n2", signal.SIGSTOP)
+    try:
+        # Well past its 3 s lease: n1 and n3 take its runs over and convert everything.
+        wait_until(lambda: all_converted(cluster.root, written), 120, "converted by n1 and n3")
+        time.sleep(3)
+    finally:
+        cluster.kill("n2", signal.SIGCONT)
+    # Awake again with files it had been about to convert, n2 finds its leases gone and acts
+    # on nothing it lost; later files are still served by somebody, exactly once.
+    time.sleep(4)
+    later = write_more(cluster.root, legacy, first=3000, count=RUNS * 2)
+    wait_until(lambda: all_converted(cluster.root, later), 60, "later files converted")
+    counts = converted_files(cluster)
+    assert max(counts.values()) == 1
+    before = {(path.parent.name, path.name) for path in written}
+    assert not [
+        event
+        for event in cluster.events()
+        if event["node"] == "n2" and (event["run"], event["file"]) in before
+    ]
+    assert cluster.process("n2").proc.poll() is None  # it serves on
+    wait_until(lambda: manifests_consistent(cluster.root, [*written, *later]), 30, "manifests")
+
+
+def test_a_database_restart_mid_burst_loses_and_duplicates_nothing(
+    cluster: Cluster, pg_server: PgServer, legacy: bytes
+) -> None:
+    start_three(cluster)
+    first = write_burst(cluster.root, legacy, RUNS, 30)
+    pg_server.stop("fast")
+    try:
+        stopped = time.monotonic()
+        outage = write_more(cluster.root, legacy, first=2000, count=RUNS * 3)
+        time.sleep(5)
+        # Nothing is converted or deleted in shared runs while the database is away.
+        assert all(path.exists() for path in outage)
+        for name in ("n1", "n2", "n3"):
+            cluster.nodes[name].notify.collect()
+        said = [
+            obj
+            for obj in cluster.log_objects()
+            if "coordination unavailable" in str(obj.get("msg"))
+        ]
+        assert 1 <= len(said) <= 3, said  # once per node, not once per event
+        wait_until(
+            lambda: any(
+                "coordination unavailable" in line for line in cluster.nodes["n1"].notify.lines()
+            ),
+            15,
+            "STATUS= saying so",
+        )
+        assert time.monotonic() - stopped < 60
+    finally:
+        pg_server.start()
+    everything = [*first, *outage]
+    wait_until(lambda: all_converted(cluster.root, everything), 120, "converted after the outage")
+    wait_until(lambda: manifests_consistent(cluster.root, everything), 30, "manifests")
+    counts = converted_files(cluster)
+    assert set(counts) == {(p.parent.name, p.name) for p in everything}
+    assert max(counts.values()) == 1
