@@ -162,7 +162,13 @@ def _delete_group(
         if trash_name is not None:
             companion = Path(moved[0]).name if index and moved[0] else None
             records.append(TrashRecord(trash_name, target.relpath, now, target.sha256, companion))
-        logger.info("deleted %s (%s)", run_dir / target.relpath, moved[-1] or "unlinked")
+        event = "trashed" if trash_name is not None else "deleted"  # JSON logs' event field
+        logger.info(
+            "deleted %s (%s)",
+            run_dir / target.relpath,
+            moved[-1] or "unlinked",
+            extra={"event": event, "file": target.relpath},
+        )
     return Deleted(
         path=targets[0].relpath,
         trash=moved[0],
