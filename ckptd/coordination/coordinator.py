@@ -92,6 +92,9 @@ class Coordinator:
         self._registered: set[RunId] = set()
         self._hints_out: list[Hint] = []
         self._gained = False
+        # When each run was last fenced: a batch dispatched after the daemon's last busy snapshot
+        # shows here, so a run is never handed back while work on it may be under way.
+        self._last_fenced: dict[RunId, float] = {}
         self._lock = threading.Lock()
         self._held: dict[RunId, Held] = {}
         self._hints: list[Hint] = []
@@ -181,7 +184,12 @@ class Coordinator:
             raise
         self._registered |= pending
         snapshot = self.store.snapshot()
-        plan = plan_round(self.me, self.roots, snapshot, self.lease, busy=self._busy())
+        recent = self._clock() - 2 * self.interval
+        with self._lock:
+            fenced = frozenset(run for run, at in self._last_fenced.items() if at >= recent)
+            self._last_fenced = {run: at for run, at in self._last_fenced.items() if at >= recent}
+        busy = self._busy() | fenced
+        plan = plan_round(self.me, self.roots, snapshot, self.lease, busy=busy)
         for run in plan.release:
             with self._lock:
                 held = self._held.pop(run, None)
@@ -225,6 +233,7 @@ class Coordinator:
         with self._lock:
             problem = self._problem
             held = self._held.get(run)
+            self._last_fenced[run] = self._clock()
         if problem is not None:
             raise StoreUnavailable(problem)
         if held is None:
