@@ -167,7 +167,7 @@ def _delete_group(
             "deleted %s (%s)",
             run_dir / target.relpath,
             moved[-1] or "unlinked",
-            extra={"event": event, "file": target.relpath},
+            extra={"event": event},  # no file= field: the text line names the path already
         )
     return Deleted(
         path=targets[0].relpath,
