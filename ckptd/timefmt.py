@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 def format_utc(moment: datetime) -> str:
@@ -12,6 +12,17 @@ def format_utc(moment: datetime) -> str:
     moment = moment.astimezone(UTC)
     spec = "microseconds" if moment.microsecond else "seconds"
     return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+_EPOCH = datetime(1970, 1, 1)  # naive on purpose: only used to build UTC text
+
+
+def format_utc_ns(nanoseconds: int) -> str:
+    """``format_utc(from_ns(nanoseconds))`` at a third of the cost (prune --json: once per decision)."""
+    seconds, remainder = divmod(nanoseconds, 1_000_000_000)
+    micro = remainder // 1000
+    text = (_EPOCH + timedelta(seconds=seconds)).isoformat()
+    return f"{text}.{micro:06d}Z" if micro else f"{text}Z"
 
 
 def parse_utc(text: str) -> datetime:

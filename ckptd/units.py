@@ -103,7 +103,8 @@ def format_duration(duration: timedelta) -> str:
 def parse_size(value: str | int) -> int:
     """``"50GiB"``, ``"200MiB"``, ``"512KiB"``, ``"1TiB"``, ``"123B"``, ``"123"`` or ``123`` -> bytes.
 
-    Only binary units: ``50GB`` is refused rather than guessed at.
+    Only binary units: ``50GB`` is refused rather than guessed at (it could mean 50·10⁹ or
+    50·2³⁰ bytes), with the binary spelling suggested (``did you mean 50GiB?``).
     """
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"expected {SIZE_HINT}, got {describe(value)}")
@@ -115,9 +116,27 @@ def parse_size(value: str | int) -> int:
     if match is None:
         raise ValueError(
             f"expected {SIZE_HINT} (units B, KiB, MiB, GiB, TiB), got {describe(value)}"
+            + _size_suggestion(value)
         )
     amount, unit = match.groups()
     return int(amount) * _SIZE_FACTORS[unit or "B"]
+
+
+_NEAR_SIZE_RE: Final = re.compile(r"([0-9]+)\s*([kKmMgGtT])(?:i?[bB])?")
+
+
+def _size_suggestion(text: str) -> str:
+    """``; did you mean 50GiB? (ckptd takes binary units only)`` for ``50GB``, ``50 gib``, ``50G``."""
+    near = _NEAR_SIZE_RE.fullmatch(text.strip())
+    if near is None:
+        return ""
+    amount, letter = near.groups()
+    return f"; did you mean {amount}{letter.upper()}iB? (binary units only: 1GiB = 1024MiB)"
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``1 run``, ``2 runs``; ``many`` for irregular plurals (``1 policy``, ``2 policies``)."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def format_size(size: int) -> str:

@@ -28,7 +28,7 @@ def ops_document(root: Path, **sections: Any) -> dict[str, Any]:
     document: dict[str, Any] = {
         "roots": [{"path": str(root), "run_depth": 1, "observer": "polling"}],
         "checkpoints": {"stable_for": "0s"},
-        "policies": {"default": {"keep_last": 1}},
+        "policies": {"default": {"keep_last": 1, "min_age": "0s"}},
         "delete": {"mode": "trash", "max_fraction": 1.0},
     }
     document.update(sections)
@@ -41,7 +41,9 @@ def ops_config(root: Path, **sections: Any) -> Config:
 
 
 def write_ops_config(directory: Path, root: Path, **sections: Any) -> Path:
-    """``ops_document`` written to ``directory/ckptd.yaml``, for the CLI."""
+    """``ops_document`` written to ``directory/ckptd.yaml``, for the CLI; ``root`` is created (a
+    missing root is a config error)."""
+    root.mkdir(parents=True, exist_ok=True)
     path = directory / "ckptd.yaml"
     path.write_text(yaml.safe_dump(ops_document(root, **sections)))
     return path

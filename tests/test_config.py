@@ -148,7 +148,8 @@ BAD_CONFIGS = [
     ),
     (
         "policies:\n  default: {keep_last: 1, max_run_size: 50GB}\n",
-        'policies.default.max_run_size (line 5): expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "50GB"',
+        'policies.default.max_run_size (line 5): expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "50GB"; '
+        "did you mean 50GiB? (binary units only: 1GiB = 1024MiB)",
     ),
     (
         "policies:\n  default: {keep_last: 1, max_run_size: 0}\n",
@@ -390,7 +391,7 @@ def test_relative_root_resolves_against_config_directory(
     monkeypatch.chdir(elsewhere)
     path = tmp_path / "etc" / "ckptd.yaml"
     path.write_text("version: 1\nroots:\n  - path: ../runs\n  - path: ./more/\n  - path: /abs/x\n")
-    config = load_config(path)
+    config = load_config(path, check_roots=False)
     assert [root.path for root in config.roots] == [
         tmp_path / "runs",
         tmp_path / "etc" / "more",
@@ -406,7 +407,7 @@ def test_relative_source_and_no_source_resolve_against_cwd(
     assert parse_config(BASE).roots[0].path == tmp_path / "runs"
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "c.yaml").write_text(BASE)
-    config = load_config(Path("conf/c.yaml"))
+    config = load_config(Path("conf/c.yaml"), check_roots=False)
     assert config.roots[0].path == tmp_path / "conf" / "runs"
     assert config.source == tmp_path / "conf" / "c.yaml"
 
@@ -416,11 +417,31 @@ def test_home_in_root_path_is_expanded(tmp_path: Path, monkeypatch: pytest.Monke
     assert parse_config("version: 1\nroots: [{path: ~/runs}]\n").roots[0].path == tmp_path / "runs"
 
 
-def test_user_policy_omitted_rules_are_off() -> None:
+def test_user_policy_omitted_rules_are_off_but_the_safety_nets_stay() -> None:
+    """protect and min_age are overrides, not keep rules: a policy that does not set them keeps
+    the default policy's (issue: a written policy silently lost them)."""
     config = parse_config(BASE + "policies:\n  default: {keep_daily: 2}\n")
     assert config.policies == {"default": Policy(name="default", keep_daily=2)}
+    policy = config.policies["default"]
+    assert (policy.keep_last, policy.keep_within, policy.keep_weekly) == (0, None, 0)
+    assert policy.protect == DEFAULT_POLICY.protect == ("best_model.zip",)
+    assert policy.min_age == DEFAULT_POLICY.min_age == timedelta(minutes=10)
+
+
+def test_a_policy_can_turn_the_safety_nets_off() -> None:
+    config = parse_config(
+        BASE + "policies:\n  default: {keep_daily: 2, protect: [], min_age: 0s}\n"
+    )
     assert config.policies["default"].protect == ()
     assert config.policies["default"].min_age == timedelta(0)
+
+
+def test_config_show_prints_the_safety_nets_of_a_written_policy(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + "    policy: mine\npolicies:\n  mine: {keep_last: 5}\n")
+    shown = config_to_mapping(load_config(path, check_roots=False))["policies"]["mine"]
+    assert shown["protect"] == ["best_model.zip"]
+    assert shown["min_age"] == "10m"
 
 
 def test_full_policy_values() -> None:
@@ -581,7 +602,7 @@ def test_default_config_lists_every_key() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
 def test_shipped_config_validates_and_round_trips(path: Path) -> None:
-    config = load_config(path)
+    config = load_config(path, check_roots=False)
     mapping = config_to_mapping(config)
     assert parse_config(mapping, source=path) == config
     # Through YAML text too, as `ckptd config show` prints it.
@@ -618,6 +639,7 @@ def test_config_to_mapping_formats_values(tmp_path: Path) -> None:
             "observer": "auto",
             "poll_interval": "10s",
             "policy": "default",
+            "optional": False,
         }
     ]
     policy = mapping["policies"]["default"]
@@ -643,7 +665,7 @@ def _validator() -> jsonschema.Draft202012Validator:
 def test_schema_accepts_shipped_configs_and_their_effective_form(path: Path) -> None:
     validator = _validator()
     validator.validate(yaml.safe_load(path.read_text()))
-    validator.validate(config_to_mapping(load_config(path)))
+    validator.validate(config_to_mapping(load_config(path, check_roots=False)))
 
 
 @pytest.mark.parametrize(

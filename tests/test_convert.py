@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -296,6 +296,90 @@ def test_cli_mixed_inputs_exit_1_but_convert_the_good_ones(
     assert main(["convert", *map(str, sorted(run_dir.glob("*.pkl")))]) == 1
     assert len(list(run_dir.glob("*.zip"))) == 3
     assert "broken_5_steps.pkl" in capsys.readouterr().err
+
+
+def test_cli_convert_of_a_converted_directory_exits_0_with_a_summary(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (run_dir / "notes.txt").write_text("not a checkpoint")
+    assert main(["convert", str(run_dir), "--original", "archive"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("3 converted, 0 already converted, 1 skipped; ") and last.endswith("s")
+    assert main(["convert", str(run_dir)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.startswith("0 converted, 3 already converted, 1 skipped; 0B in ")
+    assert main(["convert", str(run_dir), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert (summary["converted"], summary["already_converted"], summary["skipped"]) == (0, 3, 1)
+
+
+def test_cli_summary_counts_refused_and_broken(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile_checkpoint(run_dir / "evil_100_steps.pkl", tmp_path / "pwned")
+    (run_dir / "broken_5_steps.pkl").write_bytes(b"\x80\x04\x95garbage")
+    assert main(["convert", *map(str, sorted(run_dir.glob("*.pkl")))]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("3 converted, 0 already converted, 1 refused, 1 broken, 0 skipped; ")
+
+
+def test_cli_help_states_the_default_original(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "keep it (the default)" in text and "default archive" in text
+
+
+@pytest.fixture
+def read_only_run(tmp_path: Path) -> Iterator[Path]:
+    """A run on a real read-only mount (tmpfs remounted ro): needs root and mount rights."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a read-only file system needs root")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=False
+    )
+    if made.returncode != 0:
+        pytest.skip("this environment does not allow mounting a tmpfs")
+    try:
+        run = mount / "run"
+        run.mkdir()
+        shutil.copy(SB2_ERA / "ppo2.pkl", run / "rl_model_1000_steps.pkl")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield run
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_cli_convert_on_a_read_only_run_says_the_original_was_kept(
+    read_only_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = read_only_run / "rl_model_1000_steps.pkl"
+    before = sha256_file(source)
+    output = tmp_path / "elsewhere" / "x.zip"
+    output.parent.mkdir()
+    args = ["convert", str(source), "-o", str(output), "--original", "archive"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{source} -> {output}: converted" in out
+    assert "note: original kept, not archived: its directory is read-only here" in out
+    assert "Read-only file system" in out and out.splitlines()[-1].startswith("1 converted")
+    assert sha256_file(source) == before and verify_zip(output).ok
+    assert main(args) == 0  # a rerun: the zip is this file's conversion, the original stays
+    out = capsys.readouterr().out
+    assert ": already-converted" in out and "original kept, not archived" in out
+
+
+def test_status_flags_a_run_on_a_read_only_file_system(
+    read_only_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = read_only_run.parent.parent / "ckptd.yaml"
+    config.write_text(f"version: 1\nroots: [{{path: {read_only_run.parent}}}]\n")
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert any(p.startswith("read-only file system") for p in run["problems"]), run["problems"]
 
 
 def test_kill_9_during_conversion_never_leaves_a_partial_zip(tmp_path: Path) -> None:

@@ -72,8 +72,8 @@ def test_training_run_is_converted_pruned_and_reloaded(
     try:
         daemon.wait_ready()
         ready = next(m for m in notify_socket.collect() if "READY=1" in m)
-        assert "1 runs" in ready  # READY only after the first reconciliation found the run
-        assert "ready: 1 runs, 1 files to look at" in daemon.log_text()
+        assert "1 run;" in ready  # READY only after the first reconciliation found the run
+        assert "ready: 1 run, 1 file to look at" in daemon.log_text()
 
         # Training writes three checkpoints slowly (in parallel) and one by rename-into-place.
         writers = [

@@ -34,7 +34,7 @@ from ckptd.retention.plan import _CALENDAR_RULES, Candidate, plan_run
 from ckptd.retention.prune import prune_all, prune_all_rendered
 from ckptd.retention.report import PathDecision
 from ckptd.runs.checkpoints import Checkpoint, utc_from_ns
-from ckptd.timefmt import from_ns
+from ckptd.timefmt import format_utc, format_utc_ns, from_ns
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -158,6 +158,15 @@ def test_utc_from_ns_equals_timefmt_from_ns() -> None:
     samples += [rng.randrange(-(10**18), 10**19) for _ in range(2000)]
     for ns in samples:
         assert utc_from_ns(ns) == from_ns(ns) and utc_from_ns(ns).utcoffset() == timedelta(0)
+
+
+def test_format_utc_ns_equals_format_utc_of_from_ns() -> None:
+    rng = random.Random(6)
+    samples = [0, 1, 999, 1000, -1, -1001, 1_772_362_800_123_456_789, 253_402_300_799_999_999_000]
+    samples += [rng.randrange(-(10**18), 10**19) for _ in range(2000)]
+    samples += [rng.randrange(0, 10**9) * 1_000_000_000 for _ in range(200)]  # whole seconds
+    for ns in samples:
+        assert format_utc_ns(ns) == format_utc(from_ns(ns)), ns
 
 
 def _reference_period(rule: str, moment: datetime) -> object:
@@ -296,7 +305,7 @@ def test_cli_json_output_equals_the_report_json(
 ) -> None:
     config = tmp_path / "ckptd.yaml"
     config.write_text(
-        "version: 1\nroots:\n  - path: ./runs\n  - path: ./missing\n"
+        "version: 1\nroots:\n  - path: ./runs\n  - {path: ./missing, optional: true}\n"
         "policies:\n  default:\n    keep_last: 2\ndelete:\n  max_fraction: 1.0\n"
     )
     status = main(["prune", "-c", str(config), "--dry-run", "--json"])

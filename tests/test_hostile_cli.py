@@ -296,7 +296,13 @@ def test_a_planted_converted_from_never_makes_prune_delete_another_file(
     config_file = write_ops_config(
         tmp_path,
         tmp_path / "runs",
-        policies={"default": {"keep_last": 1, "protect": ["best_model.zip", "*_500_steps.pkl"]}},
+        policies={
+            "default": {
+                "keep_last": 1,
+                "protect": ["best_model.zip", "*_500_steps.pkl"],
+                "min_age": "0s",
+            }
+        },
     )
     run = planted_manifest_run(load_config(config_file), tmp_path)
     manifest_path = run / "ckptd-manifest.json"
@@ -323,6 +329,10 @@ def test_a_planted_converted_from_never_makes_prune_delete_another_file(
         "path": "rl_model_1000_steps.zip",
         "action": "delete",
         "reasons": ["no rule keeps it"],
+        "step": 1000,
+        "size": by_path["rl_model_1000_steps.zip"]["size"],
+        "mtime": by_path["rl_model_1000_steps.zip"]["mtime"],
+        "format": "sb2-zip",
         "original": ".ckptd/legacy/rl_model_1000_steps.pkl",
     }
     moved = {d["path"] for d in dry_decisions if d["action"] == "delete"} | {

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ckptd.cli.exits import ExitStatus
+from ckptd.cli.main import main
 from ckptd.config.model import Config, Policy
 from ckptd.errors import CkptdError, UnsafePathError
 from ckptd.retention.passes import PassOptions
@@ -80,6 +82,19 @@ def test_pin_without_reason_and_repin_replaces(run: Path) -> None:
     assert first.pin is not None and first.pin.reason == "pinned by operator"
     assert second.previous == first.pin
     assert read_pins(StateLayout(run))[OLD].reason == "keep"
+
+
+def test_repin_without_a_reason_keeps_the_existing_reason(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = pin(run / OLD, reason="paper figure 3", now=NOW)
+    again = pin(run / OLD, reason=None, now=NOW)
+
+    assert again.pin == again.previous == first.pin
+    assert read_pins(StateLayout(run))[OLD].reason == "paper figure 3"
+    assert main(["pin", str(run / OLD)]) == ExitStatus.OK
+    assert capsys.readouterr().out == f"already pinned {run / OLD} (paper figure 3)\n"
+    assert read_pins(StateLayout(run))[OLD].reason == "paper figure 3"
 
 
 def test_pin_an_archived_original_keeps_its_checkpoint(config: Config, run: Path) -> None:

@@ -97,6 +97,17 @@ def test_legacy_pickle_is_converted_archived_and_recorded(config: Config, runs: 
     assert process_path(config, config.roots[0], zip_path).action == "unchanged"
 
 
+def test_a_conversion_is_logged_once_with_its_run_and_file(
+    config: Config, runs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = legacy(runs / "ppo-1" / "rl_model_5000_steps.pkl")
+    with caplog.at_level("INFO", logger="ckptd"):
+        assert process_path(config, config.roots[0], source).action == "converted"
+    converted = [r for r in caplog.records if "converted" in r.getMessage()]
+    assert len(converted) == 1, [r.getMessage() for r in caplog.records]
+    assert converted[0].__dict__["file"] == "rl_model_5000_steps.pkl"
+
+
 def test_a_pickle_in_a_run_subfolder_is_archived_where_inventory_finds_it(
     config: Config, runs: Path
 ) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.main import main
+from ckptd.timefmt import format_utc, from_ns
 
 # Checkpoints are dated relative to the real clock: the CLI reads it (only the CLI and daemon do).
 NOW = datetime.now(UTC)
@@ -67,13 +68,19 @@ def test_prune_json_dry_run_prints_the_contract_shape_and_changes_nothing(
     for run in document["runs"]:
         assert len(run["decisions"]) == 6
         for decision in run["decisions"]:
-            assert set(decision) == {"path", "action", "reasons"}
+            # The contract's three keys, and what each decision was made on.
+            assert set(decision) == {"path", "action", "reasons", "step", "size", "mtime", "format"}
             assert decision["action"] in ("keep", "delete", "skip") and decision["reasons"]
     alpha = {d["path"]: d for d in document["runs"][0]["decisions"]}
+    newest = tmp_path / "runs" / "alpha" / "rl_model_5000_steps.zip"
     assert alpha["rl_model_5000_steps.zip"] == {
         "path": "rl_model_5000_steps.zip",
         "action": "keep",
         "reasons": ["keep_last #1", "newest"],
+        "step": 5000,
+        "size": newest.stat().st_size,
+        "mtime": format_utc(from_ns(newest.stat().st_mtime_ns)),
+        "format": "sb2-zip",
     }
     assert alpha["rl_model_0_steps.zip"]["action"] == "delete"
 
@@ -152,3 +159,85 @@ def test_prune_dry_run_json_as_a_real_process(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["runs"]) == 2
+
+
+def test_rows_and_decisions_come_in_step_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "runs" / "ppo"
+    steps = (1000, 10000, 100000, 2000, 20000)
+    for index, step in enumerate(steps):
+        make_zip(run / f"rl_model_{step}_steps.zip", timedelta(hours=10 - index))
+    config = tmp_path / "ckptd.yaml"
+    config.write_text("version: 1\nroots: [{path: ./runs}]\npolicies: {default: {keep_last: 5}}\n")
+    assert main(["prune", "-c", str(config), "--dry-run", "--json"]) == ExitStatus.OK
+    (document,) = json.loads(capsys.readouterr().out)["runs"]
+    assert [d["step"] for d in document["decisions"]] == sorted(steps)
+    assert main(["prune", "-c", str(config), "--dry-run"]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    positions = [out.index(f"rl_model_{step}_steps.zip ") for step in sorted(steps)]
+    assert positions == sorted(positions)
+
+
+def guarded_tree(tmp_path: Path) -> Path:
+    """An imported run of 20 checkpoints of which keep_last 2 keeps 2 (the guard, 0.5, trips)
+    and a small run the guard lets through."""
+    for i in range(20):
+        make_zip(
+            tmp_path / "runs" / "imported" / f"rl_model_{i}_steps.zip", timedelta(hours=40 - i)
+        )
+    for i in range(3):
+        make_zip(tmp_path / "runs" / "fresh" / f"rl_model_{i}_steps.zip", timedelta(hours=3 - i))
+    config = tmp_path / "ckptd.yaml"
+    config.write_text("version: 1\nroots: [{path: ./runs}]\npolicies: {default: {keep_last: 2}}\n")
+    return config
+
+
+def test_a_guarded_run_says_so_once_with_the_command_that_lets_it_through(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = guarded_tree(tmp_path)
+    assert main(["prune", "-c", str(config), "--dry-run"]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    guard = "guard: max_fraction 0.5 (would delete 18 of 20)"
+    assert out.count(guard) == 1
+    assert "kept 2, would delete 0, held back by the guard 18, skipped 0" in out
+    assert out.count(" guarded ") == 18
+    assert f"ckptd prune -c {config} --run imported --max-fraction 0.9 --dry-run" in out
+    # The JSON keeps the contract's reason on every spared decision.
+    assert main(["prune", "-c", str(config), "--dry-run", "--json"]) == ExitStatus.OK
+    imported = json.loads(capsys.readouterr().out)["runs"][1]
+    assert imported["guard"] == guard
+    assert sum(1 for d in imported["decisions"] if d["reasons"][0] == guard) == 18
+
+
+def test_prune_run_glob_and_a_one_off_max_fraction_get_past_the_guard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = guarded_tree(tmp_path)
+    before = snapshot(tmp_path / "runs" / "fresh")
+    args = ["prune", "-c", str(config), "--run", "imp*", "--max-fraction", "0.9", "--json"]
+    assert main(args) == ExitStatus.OK
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert run["run"] == "imported" and run["guard"] is None
+    assert sum(1 for d in run["decisions"] if d["action"] == "delete") == 18
+    assert sorted(p.name for p in (tmp_path / "runs" / "imported").glob("*.zip")) == [
+        "rl_model_18_steps.zip",
+        "rl_model_19_steps.zip",
+    ]
+    assert snapshot(tmp_path / "runs" / "fresh") == before  # another run: not touched
+    # The config's guard is back for the next pass; the guard of 0.89 still holds 18 of 20.
+    assert main(["prune", "-c", str(config), "--dry-run", "--max-fraction", "0.89"]) == 0
+    assert "max_fraction 0.89" not in capsys.readouterr().out  # nothing left to guard
+
+
+def test_prune_run_glob_matching_nothing_and_a_bad_fraction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = guarded_tree(tmp_path)
+    assert main(["prune", "-c", str(config), "--run", "nope*", "--dry-run"]) == ExitStatus.OK
+    assert "no run matches --run nope*" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["prune", "-c", str(config), "--max-fraction", "1.5"])
+    assert exited.value.code == ExitStatus.USAGE
+    assert "expected a number from 0 to 1, got '1.5'" in capsys.readouterr().err

@@ -68,8 +68,13 @@ def test_every_ckptd_line_of_the_readme_parses(line: str) -> None:
 
 def synopsis_rows() -> list[tuple[str, str]]:
     assert SYNOPSIS is not None
-    rows = []
+    rows: list[tuple[str, str]] = []
     for line in SYNOPSIS.group(1).splitlines():
+        if line[:1].isspace() and rows:
+            # A long row goes on, indented, on the next line: `ckptd prune ...` and its description.
+            command, row = rows[-1]
+            rows[-1] = (command, f"{row} {line.strip()}")
+            continue
         # Several commands may share a row: `ckptd pin ... | ckptd unpin PATH`.
         for piece in re.split(r"\|\s*(?=ckptd )", line):
             words = piece.split()

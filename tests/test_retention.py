@@ -44,9 +44,33 @@ def plan(
         candidates, policy, now=now, evaluations=evaluations, max_fraction=max_fraction
     )
     assert sorted(d.path for d in result.decisions) == sorted(c.path for c in candidates)
-    assert [d.path for d in result.decisions] == sorted(d.path for d in result.decisions)
+    assert [d.path for d in result.decisions] == report_order(candidates)
     assert all(d.reasons for d in result.decisions)
     return result
+
+
+def report_order(candidates: list[Candidate]) -> list[str]:
+    """Step, then mtime, then path; checkpoints without a step last (not by name: 10000 < 100000)."""
+    ordered = sorted(candidates, key=lambda c: (c.step is None, c.step or 0, c.mtime, c.path))
+    return [c.path for c in ordered]
+
+
+def test_decisions_come_in_step_order_not_name_order() -> None:
+    candidates = [
+        ck("rl_model_100000_steps.zip", 100000, "2024-01-05T00:00"),
+        ck("rl_model_10000_steps.zip", 10000, "2024-01-02T00:00"),
+        ck("best_model.zip", None, "2024-01-01T00:00"),
+        ck("rl_model_20000_steps.zip", 20000, "2024-01-03T00:00"),
+        ck("rl_model_20000_steps.pkl", 20000, "2024-01-02T12:00", complete=False),
+    ]
+    result = plan_run(candidates, Policy(name="t", keep_last=1), now=NOW)
+    assert [d.path for d in result.decisions] == [
+        "rl_model_10000_steps.zip",
+        "rl_model_20000_steps.pkl",
+        "rl_model_20000_steps.zip",
+        "rl_model_100000_steps.zip",
+        "best_model.zip",
+    ]
 
 
 def by_path(result: RunPlan) -> dict[str, Decision]:

@@ -128,7 +128,8 @@ def test_every_candidate_once_with_a_reason_and_skips_untouched(
         candidates, policy, now=now, evaluations=evaluations, max_fraction=max_fraction
     )
     paths = [d.path for d in result.decisions]
-    assert paths == sorted(c.path for c in candidates)
+    ordered = sorted(candidates, key=lambda c: (c.step is None, c.step or 0, c.mtime, c.path))
+    assert paths == [c.path for c in ordered]
     assert all(d.reasons for d in result.decisions)
     by_path = actions(result)
     for candidate in candidates:

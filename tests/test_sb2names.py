@@ -307,10 +307,13 @@ def test_the_daemon_records_a_held_file_and_keeps_it(
     assert result.returncode == 0, result.stderr
     (pruned,) = json.loads(result.stdout)["runs"]
     decisions = {d["path"]: d for d in pruned["decisions"]}
-    assert decisions["rl_model_100_steps.pkl"] == {
+    held = decisions["rl_model_100_steps.pkl"]
+    assert {key: held[key] for key in ("path", "action", "reasons", "step", "format")} == {
         "path": "rl_model_100_steps.pkl",
         "action": "delete",
         "reasons": ["no rule keeps it"],
+        "step": 100,
+        "format": "sb2-pickle",
     }
     # The way out (docs/param-names.md): convert it with its names, in place, daemon running.
     names = tmp_path / "names.txt"

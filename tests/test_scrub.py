@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -281,3 +284,40 @@ def test_scheduled_scrub_sets_the_corrupt_gauge(config: Config, run: Path) -> No
     gauge: list[int] = []
     report = scheduled_scrub(config, now=now(), set_corrupt_gauge=gauge.append)
     assert gauge == [1] and report.corrupt_count == 1
+
+
+def test_cli_scrub_says_each_finding_once_and_counts_in_words(
+    config: Config, run: Path, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "ckptd.yaml"
+    root = config.roots[0].path
+    config_file.write_text(
+        f"version: 1\nroots: [{{path: {root}}}]\npolicies: {{default: {{keep_last: 3}}}}\n"
+    )
+    scrub_all(config, None, now(), UNLIMITED)
+    flip_byte(run / OLD, (run / OLD).stat().st_size // 2)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckptd", "scrub", "-c", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    both = result.stdout + result.stderr
+    assert both.count("sha256 mismatch") == 1, both
+    assert both.count("Bad CRC-32") <= 1, both
+    assert "in 1 run," in result.stdout and ": 1 mismatch\n" in result.stdout
+
+
+def test_the_daemon_scrub_logs_each_finding_once(
+    config: Config, run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    scrub_all(config, None, now(), UNLIMITED)
+    flip_byte(run / OLD, (run / OLD).stat().st_size // 2)
+    with caplog.at_level(logging.INFO, logger="ckptd"):
+        report = scheduled_scrub(config, now=now())
+    assert report.corrupt_count == 1
+    lines = [record.getMessage() for record in caplog.records]
+    assert sum("sha256 mismatch" in line for line in lines) == 1, lines
+    assert any(line.startswith("scrub: 1 run, ") for line in lines), lines

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from ckptd.cli.main import main
 from ckptd.config.model import Config
 from ckptd.formats import Format
 from ckptd.manifest.model import Manifest, ManifestEntry, RemovedEntry
@@ -16,6 +18,7 @@ from ckptd.retention.pins import pin
 from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import Pin
 from tests.ops_helpers import converted_run, flip_byte, ops_config, prune_now
+from tests.test_cli_output import make_zip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -169,3 +172,23 @@ def test_status_flags_unrecorded_files_and_scrub_corruption(tmp_path: Path) -> N
     assert "1 corrupt (scrub found a mismatch)" in status.problems
     assert any(p.startswith("manifest is behind: 1 complete") for p in status.problems)
     assert status.last_scrub is not None and status.last_scrub["corrupt"] == 1
+
+
+def test_status_warns_when_run_depth_merges_two_series(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seed in ("seed1", "seed2"):
+        for step in (1000, 2000):
+            make_zip(tmp_path / "runs" / "ppo" / seed / f"rl_model_{step}_steps.zip", timedelta(1))
+    make_zip(tmp_path / "runs" / "sac" / "rl_model_1000_steps.zip", timedelta(1))
+    config = tmp_path / "ckptd.yaml"
+    config.write_text("version: 1\nroots: [{path: runs}]\n")
+    assert main(["manifest", "-c", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    runs = {run["run"]: run["problems"] for run in json.loads(capsys.readouterr().out)["runs"]}
+    assert runs["ppo"] == [
+        "checkpoints with a step in 2 directories (seed1/, seed2/) are pruned as one series:"
+        " is run_depth 1 too shallow?"
+    ]
+    assert runs["sac"] == []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptd.cli.main import main
 from ckptd.config.model import Config
 from ckptd.errors import CkptdError
 from ckptd.retention.deletion import read_trash_index
@@ -166,6 +167,23 @@ def test_purge_removes_only_entries_older_than_asked(
     assert list_trash(handle) == []
     assert read_trash_index(StateLayout(run)) == {}
     assert (run / "rl_model_3000_steps.zip").exists()
+
+
+def test_purge_dry_run_names_what_would_go_and_changes_nothing(
+    pruned: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _ = pruned
+    trash = run / ".ckptd" / "trash"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in trash.iterdir())
+    later = datetime.now(UTC) + timedelta(hours=2)
+    outcome = purge(locate_run_dir(run), older_than=timedelta(hours=1), now=later, dry_run=True)
+    assert len(outcome.removed) == 4 and outcome.bytes > 0
+    assert main(["trash", "purge", "--run", str(run), "--older-than", "0s", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(out[:-1]) == sorted(f"would purge {trash / name}" for name in outcome.removed)
+    assert out[-1].startswith(f"{run}: would purge 4 files (")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in trash.iterdir()) == before
+    assert len(list_trash(locate_run_dir(run))) == 4
 
 
 def test_purge_of_a_run_without_trash_does_nothing(config: Config) -> None:

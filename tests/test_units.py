@@ -78,11 +78,24 @@ def test_parse_size_accepts(text: str | int, expected: int) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("50GB", 'expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "50GB"'),
+        (
+            "50GB",
+            'expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "50GB"; '
+            "did you mean 50GiB? (binary units only: 1GiB = 1024MiB)",
+        ),
+        (
+            "200 mb",
+            'expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "200 mb"; '
+            "did you mean 200MiB? (binary units only: 1GiB = 1024MiB)",
+        ),
         ("1.5GiB", 'expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "1.5GiB"'),
         ("lots", 'expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "lots"'),
         ("-1", 'expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "-1"'),
-        ("50gib", 'expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "50gib"'),
+        (
+            "50gib",
+            'expected a size like 200MiB (units B, KiB, MiB, GiB, TiB), got "50gib"; '
+            "did you mean 50GiB? (binary units only: 1GiB = 1024MiB)",
+        ),
         (-1, "expected a size like 200MiB, got -1 (negative)"),
         (2.5, "expected a size like 200MiB, got 2.5"),
         (False, "expected a size like 200MiB, got false"),
@@ -179,3 +192,10 @@ def test_size_pattern_agrees_with_parser(text: str) -> None:
 )
 def test_format_size_human(size: int, text: str) -> None:
     assert units.format_size_human(size) == text
+
+
+def test_plural() -> None:
+    assert units.plural(1, "root") == "1 root"
+    assert units.plural(0, "run") == "0 runs"
+    assert units.plural(1, "mismatch", "mismatches") == "1 mismatch"
+    assert units.plural(2, "mismatch", "mismatches") == "2 mismatches"

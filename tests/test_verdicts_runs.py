@@ -94,10 +94,13 @@ def test_passes_refuse_unsafe_files_and_status_never_calls_them_newest(
     assert decisions["rl_model_6000_steps.pkl"]["action"] == "skip"
     assert decisions["rl_model_6000_steps.pkl"]["reasons"] == ["skip: refused"]
     assert decisions["rl_model_7000_steps.pt"]["reasons"] == ["skip: refused"]
-    assert decisions["rl_model_2000_steps.pt"] == {
+    newest = decisions["rl_model_2000_steps.pt"]
+    assert {key: newest[key] for key in ("path", "action", "reasons", "step", "format")} == {
         "path": "rl_model_2000_steps.pt",
         "action": "keep",
         "reasons": ["keep_last #1", "newest"],
+        "step": 2000,
+        "format": "torch-zip",
     }
     assert decisions["rl_model_1000_steps.pkl"]["action"] == "delete"
 

@@ -112,6 +112,7 @@ def test_flipped_byte_in_each_member_is_a_crc_problem(tmp_path: Path, member: st
     report = verify_zip(path)
     assert not report.ok
     assert any(p.startswith(f"{member}: ") and "CRC" in p for p in report.problems), report.problems
+    assert len(set(report.problems)) == len(report.problems), report.problems  # each said once
 
 
 def test_flipped_array_byte_names_the_npy_member(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from ckptd.cli.output import say
 from ckptd.cli.systemd_dropin import render_dropin
 from ckptd.config.load import load_config
 from ckptd.config.spec import config_schema, config_to_mapping
+from ckptd.runs.series_dirs import layout_warnings
 from ckptd.textsafe import shown
+from ckptd.units import plural
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -71,29 +73,21 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, nargs="?", metavar="CONFIG", help=HELP)
 
 
-def _plural(count: int, one: str, many: str) -> str:
-    return f"{count} {one if count == 1 else many}"
-
-
 def _validate(args: argparse.Namespace) -> int:
     # A ConfigError propagates: cli.main prints one line per issue and exits 2.
     args.config = resolve_config(args.config)
     config = load_config(args.config)
-    roots = _plural(len(config.roots), "root", "roots")
-    policies = _plural(len(config.policies), "policy", "policies")
+    roots = plural(len(config.roots), "root")
+    policies = plural(len(config.policies), "policy", "policies")
     say(f"{args.config}: ok ({roots}, {policies})")
-    for root in config.roots:
-        # Not an error: the config may be checked before the roots exist (the daemon reports it).
-        if not root.path.is_dir():
-            print(
-                shown(f"{args.config}: note: root {root.path} is not a directory (yet)"),
-                file=sys.stderr,
-            )
+    for warning in layout_warnings(config):
+        print(shown(f"{args.config}: {warning}"), file=sys.stderr)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    config = load_config(resolve_config(args.config))
+    # show what is there, even a root that does not exist
+    config = load_config(resolve_config(args.config), check_roots=False)
     mapping = config_to_mapping(config)
     if args.json:
         print(json.dumps(mapping, indent=2))

@@ -7,12 +7,15 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import error_line, lit, print_json, progress_bar, stdout_console
+from ckptd.cli.output import say as say_line
 from ckptd.config.load import load_config
 from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.conversion import convert_file
@@ -23,6 +26,7 @@ from ckptd.fs import files as fsio
 from ckptd.fs.walk import walk_entries
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.textsafe import shown
+from ckptd.units import format_size_human
 
 if TYPE_CHECKING:
     from ckptd.convert.conversion import ConversionOutcome
@@ -53,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--original",
         choices=("keep", "archive", "delete"),
         default="keep",
-        help=f"what to do with a converted original: keep it, move it under {DEFAULT_STATE_DIR}/legacy/, or delete it",
+        help=f"what to do with a converted original: keep it (the default), move it under "
+        f"{DEFAULT_STATE_DIR}/legacy/ beside it (what the daemon does: convert.original, default "
+        "archive), or delete it; an original in a read-only directory is kept, and the output says so",
     )
     convert.add_argument(
         "--no-code",
@@ -72,8 +78,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     convert.set_defaults(handler=run_convert)
 
 
-def _legacy_files_below(directory: Path, unreadable: list[tuple[Path, str]]) -> Iterator[Path]:
-    """Legacy pickles below ``directory``, by content; never follows links, skips ckptd state.
+def _files_below(
+    directory: Path, unreadable: list[tuple[Path, str]]
+) -> Iterator[tuple[Path, Format]]:
+    """Regular files below ``directory`` and their format by content; never follows links, skips
+    ckptd state.
 
     A file or directory that cannot be read is added to ``unreadable`` (with the one-line reason)
     rather than skipped: it may well be a checkpoint, and the user must hear it was not converted.
@@ -95,8 +104,7 @@ def _legacy_files_below(directory: Path, unreadable: list[tuple[Path, str]]) -> 
             # Links are never followed, and opening a FIFO to read it would block forever.
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 continue
-            if identify(path).format is Format.SB2_PICKLE:
-                yield path
+            yield path, identify(path).format
         except FileNotFoundError:
             continue  # gone since the listing
         except OSError as err:
@@ -105,12 +113,65 @@ def _legacy_files_below(directory: Path, unreadable: list[tuple[Path, str]]) -> 
             continue  # not a regular file: never a checkpoint to convert
 
 
-def _expand(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The files to convert, and the files or directories below a directory that could not be read."""
+@dataclass
+class _Tally:
+    """The summary line of one ``ckptd convert`` (README: converted / already converted /
+    refused / broken / skipped, bytes, seconds)."""
+
+    converted: int = 0
+    already: int = 0
+    refused: int = 0
+    broken: int = 0
+    held: int = 0
+    failed: int = 0  # unreadable, or an error that is none of the above
+    skipped: int = 0  # files below a directory that are not legacy checkpoints or SB2 zips
+    bytes: int = 0  # of the originals converted
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        counts = [f"{self.converted} converted", f"{self.already} already converted"]
+        for count, what in (
+            (self.refused, "refused"),
+            (self.broken, "broken"),
+            (self.held, "held"),
+            (self.failed, "failed"),
+        ):
+            if count:
+                counts.append(f"{count} {what}")
+        counts.append(f"{self.skipped} skipped")
+        seconds = time.monotonic() - self.started
+        return f"{', '.join(counts)}; {format_size_human(self.bytes)} in {seconds:.1f}s"
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "converted": self.converted,
+            "already_converted": self.already,
+            "refused": self.refused,
+            "broken": self.broken,
+            "held": self.held,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "bytes": self.bytes,
+            "seconds": round(time.monotonic() - self.started, 3),
+        }
+
+
+def _expand(paths: Sequence[Path], tally: _Tally) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files to convert (a directory: its legacy pickles; its SB2 zips are counted as already
+    converted, anything else as skipped), and the files or directories that could not be read."""
     files: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
     for path in paths:
-        files.extend(_legacy_files_below(path, unreadable) if path.is_dir() else [path])
+        if not path.is_dir():
+            files.append(path)
+            continue
+        for found, fmt in _files_below(path, unreadable):
+            if fmt is Format.SB2_PICKLE:
+                files.append(found)
+            elif fmt is Format.SB2_ZIP:
+                tally.already += 1
+            else:
+                tally.skipped += 1
     return files, unreadable
 
 
@@ -144,7 +205,8 @@ def _outcome_json(outcome: ConversionOutcome) -> dict[str, Any]:
 
 def run_convert(args: argparse.Namespace) -> int:
 
-    files, unreadable = _expand(args.paths)
+    tally = _Tally()
+    files, unreadable = _expand(args.paths, tally)
     if args.output is not None and (len(args.paths) != 1 or args.paths[0].is_dir()):
         error_line("-o/--output names the output of a single input file")
         return ExitStatus.USAGE
@@ -154,7 +216,7 @@ def run_convert(args: argparse.Namespace) -> int:
         {"source": str(path), "status": "error", "error": f"{path}: {reason}"}
         for path, reason in unreadable
     ]
-    failed = len(unreadable)
+    failed = tally.failed = len(unreadable)
     for path, reason in unreadable:
         error_line(f"{path}: {reason}")
     sizes = {path: _size_or_zero(path) for path in files}
@@ -173,9 +235,11 @@ def run_convert(args: argparse.Namespace) -> int:
                     allow_code=not args.no_code,
                     param_names=param_names,
                     limits=limits,
+                    keep_if_unwritable=True,
                 )
             except Exception as err:  # one file's problem is one line, never a traceback
                 failed += 1
+                _count_failure(tally, _status_of(err))
                 message = _error_message(path, err)
                 if progress.disable:
                     error_line(message)
@@ -189,15 +253,34 @@ def run_convert(args: argparse.Namespace) -> int:
                 results.append(result)
             else:
                 results.append(_outcome_json(outcome))
+                if outcome.status == "converted":
+                    tally.converted += 1
+                    tally.bytes += sizes[path]
+                else:
+                    tally.already += 1
                 if not args.json:
                     say(shown(_describe_outcome(outcome)), markup=False, highlight=False)
             progress.advance(task, sizes[path])
     if args.json:
-        print_json({"results": results})
-    if not files and not unreadable:
+        print_json({"results": results, "summary": tally.to_json_obj()})
+    else:
+        say_line(tally.line())
+    if not files and not unreadable and not tally.already:
+        # Not one checkpoint: most likely the wrong directory.
         error_line("no legacy checkpoints found in " + ", ".join(str(p) for p in args.paths))
         return ExitStatus.FAILED
     return ExitStatus.FAILED if failed else ExitStatus.OK
+
+
+def _count_failure(tally: _Tally, status: str) -> None:
+    if status == "refused":
+        tally.refused += 1
+    elif status == "broken":
+        tally.broken += 1
+    elif status == "held":
+        tally.held += 1
+    else:
+        tally.failed += 1
 
 
 def limits_option(parser: argparse.ArgumentParser) -> None:
@@ -214,7 +297,7 @@ def limits_of(args: argparse.Namespace) -> Limits:
     if args.config is None:
         return DEFAULT_LIMITS
 
-    return load_config(args.config).limits
+    return load_config(args.config, check_roots=False).limits  # only its limits: section
 
 
 def _error_message(path: Path, err: Exception) -> str:

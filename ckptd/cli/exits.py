@@ -12,3 +12,4 @@ class ExitStatus(enum.IntEnum):
     FAILED = 1
     USAGE = 2
     INTERRUPTED = 130  # 128 + SIGINT
+    PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `... | head` cutting a writer off

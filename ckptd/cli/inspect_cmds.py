@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 
 from ckptd.cli.convert_cmds import limits_of, limits_option
 from ckptd.cli.exits import ExitStatus
-from ckptd.cli.output import error_line, lit, print_json, stdout_console
+from ckptd.cli.output import Column, error_line, lit, print_json, print_table, stdout_console
 from ckptd.ops.inspection import inspect_path
 from ckptd.ops.verification import expand_paths, verify_file
 from ckptd.textsafe import shown
@@ -93,11 +92,11 @@ def render_report(report: InspectReport, console: Console) -> None:
         for key, value in report.system_info:
             console.print(f"  {lit(key)}: {lit(value)}")
     if report.data:
-        console.print(_data_table(report))
+        _data_table(report, console)
     if report.params:
-        console.print(_params_table(report))
+        _params_table(report, console)
     if report.members:
-        console.print(_members_table(report))
+        _members_table(report, console)
     if report.globals:
         allowed = {True: "", False: " [red](not allowed)[/red]", None: ""}
         names = [f"{lit(ref.name)}{allowed[ref.allowed]}" for ref in report.globals]
@@ -124,45 +123,47 @@ def _render_verdict(report: InspectReport, console: Console) -> None:
         console.print(f"  pickles: {lit(judged.reason)}")
 
 
-def _data_table(report: InspectReport) -> Table:
-    table = Table(title=f"data ({len(report.data)} keys)", title_justify="left")
-    for column in ("key", "kind", "type", "code", "safety"):
-        table.add_column(column)
-    for entry in report.data:
-        table.add_row(
-            lit(entry.key),
+def _data_table(report: InspectReport, console: Console) -> None:
+    columns = [Column("key"), Column("kind"), Column("type"), Column("code")]
+    rows = [
+        (
+            entry.key,
             entry.kind,
-            lit(entry.type_name or ""),
+            entry.type_name or "",
             "yes" if entry.carries_code else "",
-            lit(entry.safety),
+            entry.safety,
         )
-    return table
+        for entry in report.data
+    ]
+    columns.append(Column("safety", wrap=True))
+    print_table(f"data ({len(report.data)} keys)", columns, rows, console=console)
 
 
-def _params_table(report: InspectReport) -> Table:
+def _params_table(report: InspectReport, console: Console) -> None:
     params = report.params
     title = f"parameters ({len(params)} arrays, {report.params_bytes} bytes"
     title += ", saved as a list)" if report.params_were_list else ")"
-    table = Table(title=title, title_justify="left")
-    for column in ("name", "dtype", "shape", "bytes"):
-        table.add_column(column, justify="right" if column == "bytes" else "left")
-    for param in params[:MAX_ROWS]:
-        table.add_row(lit(param.name), lit(param.dtype), str(param.shape), str(param.nbytes))
+    columns = [Column("name"), Column("dtype"), Column("shape"), Column("bytes", justify="right")]
+    rows = [
+        (param.name, param.dtype, str(param.shape), str(param.nbytes))
+        for param in params[:MAX_ROWS]
+    ]
     if len(params) > MAX_ROWS:
-        table.add_row(f"... and {len(params) - MAX_ROWS} more", "", "", "")
-    return table
+        rows.append((f"... and {len(params) - MAX_ROWS} more", "", "", ""))
+    print_table(title, columns, rows, console=console)
 
 
-def _members_table(report: InspectReport) -> Table:
+def _members_table(report: InspectReport, console: Console) -> None:
     members = report.members
-    table = Table(title=f"members ({len(members)})", title_justify="left")
-    for column in ("name", "size", "compressed"):
-        table.add_column(column, justify="left" if column == "name" else "right")
-    for member in members[:MAX_ROWS]:
-        table.add_row(lit(member.name), str(member.size), str(member.compressed_size))
+    columns = [Column("name"), Column("size", justify="right")]
+    columns.append(Column("compressed", justify="right"))
+    rows = [
+        (member.name, str(member.size), str(member.compressed_size))
+        for member in members[:MAX_ROWS]
+    ]
     if len(members) > MAX_ROWS:
-        table.add_row(f"... and {len(members) - MAX_ROWS} more", "", "")
-    return table
+        rows.append((f"... and {len(members) - MAX_ROWS} more", "", ""))
+    print_table(f"members ({len(members)})", columns, rows, console=console)
 
 
 # --- verify ----------------------------------------------------------------------------------

@@ -7,12 +7,10 @@ or else the run given by ``--run DIR`` (default: the current directory).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from ckptd import units
 from ckptd.cli.config_path import add_config_option
@@ -47,14 +45,6 @@ def path_options(parser: argparse.ArgumentParser) -> None:
     """A command that acts on one PATH: its run is found from the path; ``-c CONFIG`` optional."""
     config_option(parser, required=False)
     json_option(parser)
-
-
-def folded_table(title: str, columns: Iterable[str]) -> Table:
-    """A table titled on the left whose columns fold long paths instead of cutting them."""
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
 
 
 def run_option(parser: argparse.ArgumentParser) -> None:

@@ -51,7 +51,10 @@ def run_pin(args: argparse.Namespace) -> int:
         print_json(result.to_json_obj())
     else:
         reason = result.pin.reason if result.pin else ""
-        say(f"pinned {result.run_dir / result.path} ({reason})")
+        already = result.previous is not None and result.previous == result.pin
+        say(
+            f"{'already pinned' if already else 'pinned'} {result.run_dir / result.path} ({reason})"
+        )
         if result.note:
             say(f"note: {result.note}")
     return ExitStatus.OK

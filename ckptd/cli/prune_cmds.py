@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
+import math
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,17 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from ckptd.cli.config_path import add_config_option, resolve_config
 from ckptd.cli.exits import ExitStatus
-from ckptd.cli.output import error_line, lit, say
+from ckptd.cli.output import Column, cell, error_line, print_table, say, stdout_console
 from ckptd.config.load import load_config
 from ckptd.config.model import Config
 from ckptd.retention.manifest_pass import write_manifests
 from ckptd.retention.passes import PassOptions
 from ckptd.retention.prune import RenderedPass, prune_all, prune_all_rendered
 from ckptd.retention.report import PruneReport, RunReport
+from ckptd.textsafe import shown
+from ckptd.units import plural
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -38,6 +43,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     prune.add_argument(
         "--dry-run", action="store_true", help="decide and report; change nothing on disk"
     )
+    prune.add_argument(
+        "--run",
+        metavar="GLOB",
+        help="only runs whose path (relative to its root, or absolute) matches GLOB",
+    )
+    prune.add_argument(
+        "--max-fraction",
+        type=_fraction,
+        metavar="F",
+        help="the guard for this pass only (0-1): a run whose deletions would exceed this share "
+        "of its series deletes nothing (default: delete.max_fraction from the config)",
+    )
     prune.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     prune.set_defaults(handler=run_prune)
     manifest = subparsers.add_parser(
@@ -49,11 +66,27 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     manifest.set_defaults(handler=run_manifest)
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
 def run_prune(args: argparse.Namespace) -> int:
     config = load_config(resolve_config(args.config))
     now = datetime.now(UTC)
+    options = dataclasses.replace(
+        cli_pass_options(), run_glob=args.run, max_fraction=args.max_fraction
+    )
     with cyclic_gc_paused():
-        return _prune_and_report(config, now, dry_run=args.dry_run, as_json=args.json)
+        code = _prune_and_report(
+            config, now, dry_run=args.dry_run, as_json=args.json, options=options
+        )
+    return code
 
 
 @contextlib.contextmanager
@@ -74,17 +107,23 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _prune_and_report(config: Config, now: datetime, *, dry_run: bool, as_json: bool) -> int:
+def _prune_and_report(
+    config: Config, now: datetime, *, dry_run: bool, as_json: bool, options: PassOptions
+) -> int:
     if as_json:
         rendered = prune_all_rendered(
-            config, now=now, dry_run=dry_run, render=run_json, options=cli_pass_options()
+            config, now=now, dry_run=dry_run, render=run_json, options=options
         )
         for chunk in prune_json_chunks(rendered):
             sys.stdout.write(chunk)
         sys.stdout.write("\n")
+        if not rendered.runs and options.run_glob is not None:
+            error_line(f"no run matches --run {options.run_glob}")
         return ExitStatus.OK if rendered.ok else ExitStatus.FAILED
-    report = prune_all(config, now=now, dry_run=dry_run, options=cli_pass_options())
-    print_prune_report(report, Console(stderr=False, soft_wrap=False))
+    report = prune_all(config, now=now, dry_run=dry_run, options=options)
+    print_prune_report(report, stdout_console(), config=config.source)
+    if not report.runs and options.run_glob is not None:
+        error_line(f"no run matches --run {options.run_glob}")
     return ExitStatus.OK if report.ok else ExitStatus.FAILED
 
 
@@ -132,7 +171,7 @@ def manifest_summary(root: Path, report: PruneReport) -> str:
     written = sum(1 for run in runs if run.manifest_written)
     failed = sum(1 for run in runs if run.error is not None)
     return (
-        f"{root}: {len(runs)} runs, {checkpoints} checkpoints, {human_size(size)}, "
+        f"{root}: {plural(len(runs), 'run')}, {plural(checkpoints, 'checkpoint')}, {human_size(size)}, "
         f"{written} manifests written ({len(manifests) - written} unchanged), {failed} failed"
     )
 
@@ -147,47 +186,83 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def print_prune_report(report: PruneReport, console: Console) -> None:
-    """A table per run (path, action, reasons) and a one-line summary under it."""
+def print_prune_report(
+    report: PruneReport, console: Console, *, config: Path | None = None
+) -> None:
+    """A table per run (path, action, reasons) and a summary under it; a guarded run says so
+    once, with the command that lets this pass through, instead of on every row."""
     for run in report.runs:
-        console.print(_run_table(run, report.dry_run))
-        console.print(_run_summary(run, report.dry_run), highlight=False)
+        _print_run_table(run, report.dry_run, console)
+        console.print(Text(_run_summary(run, report.dry_run)))
+        if run.guard is not None:
+            console.print(Text("  " + _guard_line(run, report.dry_run, config)))
     for problem in report.problems:
-        console.print(
-            f"[red]error[/red] {lit(problem.root)}: {lit(problem.message)}", highlight=False
-        )
+        console.print(Text("error", style="red") + cell(f" {problem.root}: {problem.message}"))
 
 
-_ACTION_STYLE = {"keep": "green", "delete": "red", "skip": "yellow"}
+_ACTION_STYLE = {"keep": "green", "delete": "red", "skip": "yellow", "guarded": "yellow"}
 
 
-def _run_table(run: RunReport, dry_run: bool) -> Table:
+def _print_run_table(run: RunReport, dry_run: bool, console: Console) -> None:
     title = f"{run.root}/{run.run}" if run.run != "." else str(run.root)
-    table = Table(title=f"{lit(title)}{' (dry run)' if dry_run else ''}", title_justify="left")
-    table.add_column("checkpoint", overflow="fold")
-    table.add_column("action")
-    table.add_column("reasons", overflow="fold")
+    rows = []
     for decision in run.decisions:
-        action = decision.action if not dry_run or decision.action != "delete" else "would delete"
-        style = _ACTION_STYLE.get(decision.action, "")
-        # Paths and reasons (a pin's reason is text from the run directory) are shown literally;
-        # a zip's legacy original goes with it, so the dry run names every file that would move.
-        shown = (
-            decision.path
-            if decision.original is None
-            else f"{decision.path} (with {decision.original})"
+        reasons = decision.reasons
+        action = decision.action
+        if decision.guarded:
+            # The guard's text is said once under the table: here, what the rules alone decided.
+            action, reasons = "guarded", reasons[1:]
+        shown_action = "would delete" if dry_run and action == "delete" else action
+        # A zip's legacy original goes with it, so the dry run names every file that would move.
+        path = decision.path
+        if decision.original is not None:
+            path += f" (with {decision.original})"
+        rows.append(
+            (
+                cell(path),
+                cell(shown_action, style=_ACTION_STYLE.get(action, "")),
+                cell("; ".join(reasons)),
+            )
         )
-        table.add_row(lit(shown), f"[{style}]{action}[/{style}]", lit("; ".join(decision.reasons)))
-    return table
+    print_table(
+        f"{title}{' (dry run)' if dry_run else ''}",
+        (Column("checkpoint"), Column("action"), Column("reasons", wrap=True)),
+        rows,
+        console=console,
+    )
+
+
+def _guard_line(run: RunReport, dry_run: bool, config: Path | None) -> str:
+    """``guard: ...: this run is left as it is; to delete them once: ckptd prune ... --run RUN
+    --max-fraction F`` (F: the smallest guard, in hundredths, that lets this pass through)."""
+    held = sum(1 for decision in run.decisions if decision.guarded)
+    series = _guard_series(run.guard or "")
+    needed = -(-held * 100 // series) / 100 if series else 1.0  # integer ceil: 17/20 is 0.85
+    target = shlex.quote(run.run if run.run != "." else str(run.root))
+    where = f" -c {shlex.quote(str(config))}" if config is not None else ""
+    dry = " --dry-run" if dry_run else ""
+    return shown(
+        f"{run.guard}: this run is left as it is; to delete them once: "
+        f"ckptd prune{where} --run {target} --max-fraction {needed:g}{dry}"
+    )
+
+
+def _guard_series(guard: str) -> int:
+    """The series length from ``guard: max_fraction 0.5 (would delete 16 of 20)``."""
+    _, _, tail = guard.rpartition(" of ")
+    return int(tail.rstrip(")")) if tail.rstrip(")").isdigit() else 0
 
 
 def _run_summary(run: RunReport, dry_run: bool) -> str:
     if run.error is not None:
-        return f"  error: {lit(run.error)}"
+        return f"  error: {shown(run.error)}"
+    guarded = sum(1 for decision in run.decisions if decision.guarded)
     parts = [
-        f"kept {run.count('keep')}",
+        f"kept {run.count('keep') - guarded}",
         f"{'would delete' if dry_run else 'deleted'} {run.count('delete')}",
     ]
+    if guarded:
+        parts.append(f"held back by the guard {guarded}")
     parts.append(f"skipped {run.count('skip')}")
     if not dry_run:
         parts.append(f"freed {human_size(run.bytes_freed)}")
@@ -196,5 +271,5 @@ def _run_summary(run: RunReport, dry_run: bool) -> str:
         if run.purged:
             parts.append(f"purged {len(run.purged)} from trash ({human_size(run.bytes_purged)})")
     lines = ["  " + ", ".join(parts)]
-    lines.extend(f"  {lit(line)}" for line in (run.guard, *run.notes) if line)
+    lines.extend(f"  {shown(line)}" for line in run.notes if line)
     return "\n".join(lines)

@@ -23,17 +23,16 @@ from ckptd.cli.ops_options import (
     SUBCOMMAND,
     ago,
     config_or_none,
-    folded_table,
     listing_options,
-    new_console,
     now_utc,
     path_options,
     print_errors,
     run_handles,
 )
-from ckptd.cli.output import lit, print_json, say
+from ckptd.cli.output import Column, print_json, print_table, say
 from ckptd.ops.quarantine import list_quarantine, release, show
 from ckptd.timefmt import format_utc
+from ckptd.units import plural
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -77,16 +76,22 @@ def run_quarantine_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"items": [item.to_json_obj() for item in items], "errors": errors})
     else:
-        table = folded_table("ckptd quarantine", ("run", "file", "from", "refused because", "when"))
-        for item in items:
-            table.add_row(
-                lit(item.run_dir.name),
-                lit(item.path),
-                lit(item.original or "?"),
-                lit(_reason(item.refusal) or item.problem or "?"),
+        rows = [
+            (
+                item.run_dir.name,
+                item.path,
+                item.original or "?",
+                _reason(item.refusal) or item.problem or "?",
                 "?" if item.quarantined_at is None else ago(now_utc() - item.quarantined_at),
             )
-        new_console().print(table)
+            for item in items
+        ]
+        if rows:
+            columns = [Column("run"), Column("file"), Column("from")]
+            columns += [Column("refused because", wrap=True), Column("when")]
+            print_table("ckptd quarantine", columns, rows)
+        else:
+            say(f"nothing is quarantined ({plural(len(handles), 'run')} looked at)")
     print_errors(errors)
     return ExitStatus.FAILED if errors else ExitStatus.OK
 

@@ -32,7 +32,7 @@ from ckptd.cli.output import lit, print_json, progress_bar
 from ckptd.config.load import load_config
 from ckptd.ops.ratelimit import RateLimiter
 from ckptd.ops.scrub import scrub_all
-from ckptd.units import format_size_human
+from ckptd.units import format_size_human, plural
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -66,7 +66,9 @@ class _BarProgress:
         self.task = progress.add_task("scrub", total=None, current="")
 
     def start(self, total_bytes: int, files: int) -> None:
-        self.progress.update(self.task, total=total_bytes, description=f"scrub {files} files")
+        self.progress.update(
+            self.task, total=total_bytes, description=f"scrub {plural(files, 'file')}"
+        )
 
     def advance(self, nbytes: int) -> None:
         self.progress.advance(self.task, nbytes)
@@ -97,9 +99,10 @@ def run_scrub(args: argparse.Namespace) -> int:
                 console.print(f"[bold red]error[/] {lit(str(run.run_dir))}: {lit(run.error)}")
         rate_text = format_size_human(int(report.bytes / report.seconds)) if report.seconds else "-"
         console.print(
-            f"scrubbed {sum(r.checked for r in report.runs)} files in {len(report.runs)} runs, "
+            f"scrubbed {plural(sum(r.checked for r in report.runs), 'file')} in "
+            f"{plural(len(report.runs), 'run')}, "
             f"{format_size_human(report.bytes)} in {report.seconds:.1f}s ({rate_text}/s): "
-            f"{report.corrupt_count} mismatches"
+            f"{plural(report.corrupt_count, 'mismatch', 'mismatches')}"
         )
     print_errors(list(report.errors))
     return ExitStatus.OK if report.ok else ExitStatus.FAILED

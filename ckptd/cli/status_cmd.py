@@ -32,17 +32,16 @@ from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
     ago,
     config_option,
-    folded_table,
     json_option,
     new_console,
     now_utc,
     print_errors,
 )
-from ckptd.cli.output import lit, print_json
+from ckptd.cli.output import Column, cell, print_json, print_table
 from ckptd.config.load import load_config
 from ckptd.ops.coordination import coordination_status
 from ckptd.ops.status import status_all
-from ckptd.units import format_size_human
+from ckptd.units import format_size_human, plural
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -76,19 +75,18 @@ def _print_status(report: Any, console: Console) -> None:
     roots: dict[Path, list[Any]] = {}
     for run in report.runs:
         roots.setdefault(run.root, []).append(run)
+    columns = [Column(name) for name in ("run", "kept", "size", "newest", "last prune")]
+    columns += [Column("trash"), Column("quar."), Column("pins"), Column("problems", wrap=True)]
     for root, runs in roots.items():
-        table = folded_table(
-            f"ckptd status: {lit(str(root))}",
-            ("run", "kept", "size", "newest", "last prune", "trash", "quar.", "pins"),
+        print_table(
+            f"ckptd status: {root}",
+            columns,
+            [_status_row(run, report.generated_at) for run in runs],
+            console=console,
+            row_styles=["bold red" if run.problems else "" for run in runs],
         )
-        table.add_column("problems", overflow="fold", ratio=2)
-        for run in runs:
-            table.add_row(
-                *_status_row(run, report.generated_at), style="bold red" if run.problems else ""
-            )
-        console.print(table)
     flagged = sum(1 for run in report.runs if run.problems)
-    console.print(f"{len(report.runs)} runs, {flagged} with problems")
+    console.print(cell(f"{plural(len(report.runs), 'run')}, {flagged} with problems"))
 
 
 def _status_row(run: Any, now: datetime) -> list[str]:
@@ -96,9 +94,9 @@ def _status_row(run: Any, now: datetime) -> list[str]:
     prune = "-"
     if run.last_prune is not None:
         freed = "?" if run.last_prune.bytes is None else format_size_human(run.last_prune.bytes)
-        prune = f"{ago(now - run.last_prune.at)}: {run.last_prune.removed} files, {freed}"
+        prune = f"{ago(now - run.last_prune.at)}: {plural(run.last_prune.removed, 'file')}, {freed}"
     return [
-        lit(run.run),
+        run.run,
         str(run.kept),
         format_size_human(run.bytes),
         newest,
@@ -106,5 +104,5 @@ def _status_row(run: Any, now: datetime) -> list[str]:
         f"{run.trash.files} ({format_size_human(run.trash.bytes)})",
         str(run.quarantine.files),
         str(len(run.pins)),
-        lit("; ".join(run.problems)) or "ok",
+        "; ".join(run.problems) or "ok",
     ]

@@ -8,7 +8,7 @@ absolute)::
     trash list:    {"items": [{"run", "name", "trash_path", "original", "trashed_at", "expires_at",
                                "size", "sha256", "companion_of"}], "errors": [str]}
     trash restore: {"run", "restored": [{"from", "to"}], "pinned", "manifest_updated"}
-    trash purge:   {"runs": [{"run", "purged": [name], "bytes"}], "errors": [str]}
+    trash purge:   {"dry_run", "runs": [{"run", "purged": [name], "bytes"}], "errors": [str]}
 """
 
 from __future__ import annotations
@@ -23,19 +23,17 @@ from ckptd.cli.ops_options import (
     ago,
     config_or_none,
     duration_arg,
-    folded_table,
     listing_options,
-    new_console,
     now_utc,
     path_options,
     print_errors,
     run_handles,
 )
-from ckptd.cli.output import lit, print_json, say
+from ckptd.cli.output import Column, print_json, print_table, say
 from ckptd.config.model import DeleteConfig
 from ckptd.errors import CkptdError
 from ckptd.retention.trash import list_trash, purge, restore
-from ckptd.units import format_duration, format_size_human
+from ckptd.units import format_duration, format_size_human, plural
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -61,7 +59,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     restore.add_argument("path", type=Path, metavar="PATH")
     path_options(restore)
     restore.set_defaults(handler=run_trash_restore)
-    purge = actions.add_parser("purge", help="delete trash entries for good")
+    purge = actions.add_parser(
+        "purge",
+        help="delete trash entries for good",
+        description="Delete trash entries for good (they cannot be restored afterwards); "
+        "--dry-run lists what would go.",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="list what would be purged; delete nothing"
+    )
     purge.add_argument(
         "--older-than",
         type=duration_arg,
@@ -85,22 +91,26 @@ def run_trash_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"items": [item.to_json_obj() for item in items], "errors": errors})
     else:
-        table = folded_table(
-            "ckptd trash", ("run", "trash file", "deleted from", "trashed", "size")
-        )
         now = now_utc()
+        rows = []
         for item in items:
             original = item.original or "?"
             if item.companion_of:
                 original += f" (with {item.companion_of})"
-            table.add_row(
-                lit(item.run_dir.name),
-                lit(item.trash_path),
-                lit(original),
-                ago(now - item.trashed_at),
-                format_size_human(item.size),
+            rows.append(
+                (
+                    item.run_dir.name,
+                    original,
+                    item.name,
+                    ago(now - item.trashed_at),
+                    format_size_human(item.size),
+                )
             )
-        new_console().print(table)
+        if rows:
+            titles = ("run", "deleted from", "name in the trash", "trashed", "size")
+            print_table("ckptd trash", [Column(title) for title in titles], rows)
+        else:
+            say(f"the trash is empty ({plural(len(handles), 'run')} looked at)")
     print_errors(errors)
     return ExitStatus.FAILED if errors else ExitStatus.OK
 
@@ -125,17 +135,24 @@ def run_trash_purge(args: argparse.Namespace) -> int:
         older_than = (config.delete if config is not None else DeleteConfig()).trash_ttl
     outcomes = []
     now = now_utc()
+    trash_dirs = {}
     for handle in handles:
+        trash_dirs[handle.run_dir] = handle.layout.trash
         try:
-            outcomes.append(purge(handle, older_than=older_than, now=now))
+            outcomes.append(purge(handle, older_than=older_than, now=now, dry_run=args.dry_run))
         except CkptdError as err:
             errors.append(str(err))
     if args.json:
-        print_json({"runs": [o.to_json_obj() for o in outcomes], "errors": errors})
+        document = {"runs": [o.to_json_obj() for o in outcomes], "errors": errors}
+        print_json({"dry_run": args.dry_run, **document})
     else:
+        verb = "would purge" if args.dry_run else "purged"
         for outcome in outcomes:
+            if args.dry_run:
+                for name in outcome.removed:
+                    say(f"would purge {trash_dirs[outcome.run_dir] / name}")
             say(
-                f"{outcome.run_dir}: purged {len(outcome.removed)} files "
+                f"{outcome.run_dir}: {verb} {plural(len(outcome.removed), 'file')} "
                 f"({format_size_human(outcome.bytes)}) trashed over {format_duration(older_than)} ago"
             )
     print_errors(errors)

@@ -73,11 +73,15 @@ def _represent(mapping: Mapping[str, Any], label: str | None) -> yaml.Node:
     return node
 
 
-def parse_config(data: str | Mapping[str, Any], *, source: Path | None = None) -> Config:
+def parse_config(
+    data: str | Mapping[str, Any], *, source: Path | None = None, check_roots: bool = False
+) -> Config:
     """Validate YAML text or an already-loaded mapping; raise ConfigError listing every issue.
 
     ``source`` is the file the text came from: it names the file in messages, and relative root
-    paths resolve against its directory (against the current directory when it is None).
+    paths resolve against its directory (against the current directory when it is None). With
+    ``check_roots`` (what :func:`load_config` does), a root that is not a directory is an issue
+    unless it is marked ``optional``; the validation itself does no I/O.
     """
     label = str(source) if source is not None else None
     absolute_source = source.absolute() if source is not None else None
@@ -86,6 +90,8 @@ def parse_config(data: str | Mapping[str, Any], *, source: Path | None = None) -
     walk = Walk(base_dir)
     walk.visit("", root)
     config = CONFIG.parse_with(root, walk, "", {"source": absolute_source})
+    if check_roots and isinstance(config, Config):
+        _check_roots_exist(config, walk)
     if walk.issues:
         # File order reads best; the walk visits policies first (roots refer to them).
         raise ConfigError(label, sorted(walk.issues, key=lambda issue: issue.line))
@@ -100,8 +106,30 @@ def parse_config(data: str | Mapping[str, Any], *, source: Path | None = None) -
     return config
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a config file; any problem (unreadable, not UTF-8, not YAML) is a ConfigError."""
+def _check_roots_exist(config: Config, walk: Walk) -> None:
+    for index, root in enumerate(config.roots):
+        if root.optional:
+            continue
+        try:
+            is_dir = root.path.is_dir()
+        except OSError as err:
+            walk.report(f"roots[{index}].path", f"cannot check {root.path}: {err.strerror or err}")
+            continue
+        if not is_dir:
+            what = "is not a directory" if root.path.exists() else "does not exist"
+            walk.report(
+                f"roots[{index}].path",
+                f"{root.path} {what} (fix the path, or set optional: true on this root for a mount"
+                " that comes later)",
+            )
+
+
+def load_config(path: Path, *, check_roots: bool = True) -> Config:
+    """Read and validate a config file; any problem (unreadable, not UTF-8, not YAML) is a ConfigError.
+
+    A missing root that is not ``optional`` is one too, unless ``check_roots`` is False (commands
+    that only read other sections, or print the config).
+    """
     label = str(path)
     try:
         raw = path.read_bytes()
@@ -115,4 +143,4 @@ def load_config(path: Path) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise _file_error(label, f"not UTF-8 text (bad byte at offset {err.start})") from None
-    return parse_config(text, source=path)
+    return parse_config(text, source=path, check_roots=check_roots)

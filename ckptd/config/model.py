@@ -46,6 +46,9 @@ class RootConfig:
     observer: ObserverKind = "auto"
     poll_interval: timedelta = timedelta(seconds=10)
     policy: str = "default"
+    # A root that may be missing when the config is loaded (a mount that comes later): the daemon
+    # waits for it. Any other missing root is a config error (a typo would otherwise serve 0 runs).
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,13 @@ class KeepBest:
 
 @dataclass(frozen=True)
 class Policy:
-    """A retention policy; every omitted rule is off (0 / None / empty)."""
+    """A retention policy; every omitted rule is off (0 / None / empty).
+
+    ``protect`` and ``min_age`` are not keep rules but safety nets applied over them (README,
+    "Configuration"): a policy that does not set them keeps the default policy's values, so
+    writing your own policy never silently drops them. Set ``protect: []`` / ``min_age: 0s`` to
+    turn them off.
+    """
 
     name: str
     keep_last: int = 0
@@ -86,8 +95,8 @@ class Policy:
     keep_yearly: int = 0
     keep_every_steps: int = 0
     keep_best: KeepBest | None = None
-    protect: tuple[str, ...] = ()
-    min_age: timedelta = timedelta(0)
+    protect: tuple[str, ...] = ("best_model.zip",)
+    min_age: timedelta = timedelta(minutes=10)
     max_run_size: int | None = None  # bytes
     timezone: str = "UTC"
 
@@ -98,8 +107,6 @@ DEFAULT_POLICY = Policy(
     keep_within=timedelta(hours=6),
     keep_daily=7,
     keep_weekly=4,
-    protect=("best_model.zip",),
-    min_age=timedelta(minutes=10),
 )
 
 

@@ -189,6 +189,11 @@ ROOT = Section(
         "policy": Key(
             Text("a policy name"), "Name of the retention policy (under policies) for its runs."
         ),
+        "optional": Key(
+            Boolean(),
+            "May be missing when ckptd starts (a mount that comes later); otherwise a root that"
+            " does not exist is a config error.",
+        ),
     },
     check=_check_root,
 )
@@ -232,7 +237,7 @@ POLICY = Section(
         ),
         "protect": Key(
             ListOf(Text("a glob relative to the run", _check_relative_glob)),
-            "Globs (relative to the run) of files that are always kept.",
+            "Globs (relative to the run) of files that are always kept ([]: none).",
         ),
         "min_age": Key(Duration(0), "Never delete a checkpoint whose mtime is younger than this."),
         "max_run_size": Key(
@@ -305,7 +310,8 @@ CONFIG = Section(
         ),
         "policies": Key(
             PolicyMap(POLICY),
-            "Retention policies by name; omitted rules are off. Absent: the built-in default.",
+            "Retention policies by name; omitted rules are off (protect and min_age keep their defaults)."
+            " Absent: the built-in default.",
         ),
         "delete": Key(
             Section(

@@ -26,6 +26,7 @@ from the original's mtime, so converting the same file twice gives the same byte
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -91,6 +92,7 @@ def convert_file(
     archive_path: Path | None = None,
     archive_base: Path | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    keep_if_unwritable: bool = False,
 ) -> ConversionOutcome:
     """Convert ``source`` (a legacy SB2 pickle) to an SB2 zip; an existing valid SB2 zip is verified.
 
@@ -104,6 +106,10 @@ def convert_file(
     FormatError (broken or not a stable-baselines checkpoint), ConversionError, VerifyError or
     FileChangedError; in every such case the source is left byte-for-byte untouched. A file over
     ``limits`` is refused (BudgetExceeded, an UnsafeCheckpoint) before any value is walked.
+
+    With ``keep_if_unwritable`` (``ckptd convert``), an original that cannot be archived or deleted
+    because its directory is read-only or not ours to change is kept, and a note says so: the
+    conversion itself succeeded (e.g. ``-o`` wrote the zip elsewhere).
     """
     source = Path(source)
     identification = identify(source)
@@ -148,7 +154,20 @@ def convert_file(
     if original == "archive" and archive_path is None:
         archive_path = source.parent / state_dir / "legacy" / source.name
     base = source.parent if archive_base is None else Path(archive_base)
-    outcome_original, archived_to = _dispose_original(source, before, original, archive_path, base)
+    notes = checkpoint.notes
+    try:
+        outcome_original, archived_to = _dispose_original(
+            source, before, original, archive_path, base
+        )
+    except OSError as err:
+        if not keep_if_unwritable or err.errno not in _UNWRITABLE:
+            raise
+        outcome_original, archived_to = "kept", None
+        verb = "archived" if original == "archive" else "deleted"
+        notes = (
+            *notes,
+            f"original kept, not {verb}: its directory is read-only here ({err.strerror or err})",
+        )
     policy = _policy_global(checkpoint)
     algorithm = guess_algorithm(list(checkpoint.data), policy)
     version = guess_sb2_version(
@@ -158,7 +177,8 @@ def convert_file(
         referenced_globals=checkpoint.globals,
         algorithm=algorithm,
     )
-    logger.info("converted %s -> %s (%s)", source, target, status)
+    # Debug only: the daemon pipeline logs each conversion with its run and file, the CLI prints it.
+    logger.debug("converted %s -> %s (%s)", source, target, status)
     return ConversionOutcome(
         source=source,
         status=status,
@@ -174,8 +194,12 @@ def convert_file(
         original=outcome_original,
         archived_to=archived_to,
         globals=checkpoint.globals,
-        notes=checkpoint.notes,
+        notes=notes,
     )
+
+
+# Why an original cannot be moved or deleted that no retry will fix (convert_file's keep_if_unwritable).
+_UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def _write_or_match(

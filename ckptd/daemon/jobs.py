@@ -26,6 +26,7 @@ from ckptd.retention.manifest_pass import write_manifests
 from ckptd.retention.passes import PassOptions
 from ckptd.retention.prune import prune_all
 from ckptd.runs.roots import RunRef, find_runs
+from ckptd.units import plural
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +152,16 @@ def run_job(
     now = datetime.now(UTC)
     if job.name == "rescan":
         found, runs = scan_roots(job.config, job.config.roots, stale_temp_age=STALE_TEMP_SECONDS)
-        logger.info("rescan: %d runs, %d files to look at", runs, len(found))
+        logger.info("rescan: %s, %s to look at", plural(runs, "run"), plural(len(found), "file"))
         return JobDone("rescan", tuple(found), runs)
     if job.name == "prune":
         report = prune_all(job.config, now=now, dry_run=False, options=options)
         freed = sum(run.bytes_freed for run in report.runs)
         deleted = sum(len(run.deleted) for run in report.runs)
         logger.info(
-            "prune: %d runs, %d checkpoints deleted, %d bytes freed%s",
-            len(report.runs),
-            deleted,
+            "prune: %s, %s deleted, %d bytes freed%s",
+            plural(len(report.runs), "run"),
+            plural(deleted, "checkpoint"),
             freed,
             "" if report.ok else " (some runs failed; see above)",
         )
@@ -202,7 +203,7 @@ def job_specs(config: Config) -> dict[str, ScheduleSpec | None]:
 
 def describe(item: WorkItem) -> str:
     if isinstance(item, RunBatch):
-        return f"run {item.run.run_dir} ({len(item.paths)} files)"
+        return f"run {item.run.run_dir} ({plural(len(item.paths), 'file')})"
     return f"job {item.name}"
 
 

@@ -72,6 +72,7 @@ from ckptd.pipeline.discovery import files_below, run_of
 from ckptd.pipeline.types import PipelineDeps
 from ckptd.runs.roots import RunRef
 from ckptd.timefmt import format_utc
+from ckptd.units import plural
 from ckptd.watch.events import NameFilter, WatchEvent
 from ckptd.watch.settling import SettlingFiles
 from ckptd.watch.watcher import WatchRoot, WatchSet
@@ -186,7 +187,7 @@ class Daemon:
         self._settling.observe_found(found, time.monotonic())
         self._health(time.monotonic())
         notify.ready(self._status_text())
-        logger.info("ready: %d runs, %d files to look at", runs, len(found))
+        logger.info("ready: %s, %s to look at", plural(runs, "run"), plural(len(found), "file"))
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -435,7 +436,7 @@ class Daemon:
         last = format_utc(self._last_prune.replace(microsecond=0)) if self._last_prune else "never"
         settling, queued = self._settling.pending(), self._runs.queued_paths()
         text = (
-            f"watching {len(self.config.roots)} roots, {self._run_count} runs; "
+            f"watching {plural(len(self.config.roots), 'root')}, {plural(self._run_count, 'run')}; "
             f"{settling} settling, {queued} queued; last prune {last}"
         )
         return self._health_monitor.with_problems(self._coordination.status(text, self.metrics))

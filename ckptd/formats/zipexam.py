@@ -174,7 +174,8 @@ class _Examiner:
             params=params,
             sb3_version=sb3_version,
             system_info=system_info,
-            problems=tuple(self.problems),
+            # A damaged member's CRC error comes back when it is read again (data's JSON): once.
+            problems=tuple(dict.fromkeys(self.problems)),
         )
 
     def _read(

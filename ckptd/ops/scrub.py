@@ -17,7 +17,6 @@ token bucket (``ckptd.ops.ratelimit``, ``scrub.max_rate``) so a scrub does not s
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import logging
 import time
 from collections.abc import Callable
@@ -54,17 +53,9 @@ from ckptd.runs.access import (
 )
 from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import run_lock
+from ckptd.units import plural
 
 logger = logging.getLogger(__name__)
-
-
-def run_matches(run: RunRef, run_glob: str | None) -> bool:
-    """``--run GLOB`` against the run's path relative to its root, or its absolute path."""
-    if run_glob is None:
-        return True
-    return fnmatch.fnmatchcase(run.relpath, run_glob) or fnmatch.fnmatchcase(
-        str(run.run_dir), run_glob
-    )
 
 
 # ---- one run, all runs (I/O edges) ---------------------------------------------------------------
@@ -119,7 +110,6 @@ def _scrub_planned(
 ) -> RunScrub:
     base = RunScrub(planned.root.path, planned.run.relpath, planned.run.run_dir)
     if planned.error is not None:
-        logger.error("scrub: %s", planned.error)
         return dataclasses.replace(base, error=planned.error)
     if planned.manifest is None:
         return base  # ckptd has recorded nothing here yet: nothing to check against
@@ -156,7 +146,6 @@ def _scrub_planned(
             written = save_manifest(planned.handle, applied.manifest, fresh, now)
     except (CkptdError, OSError) as err:
         message = f"cannot record scrub results: {err}"
-        logger.error("scrub: run %s: %s", planned.run.run_dir, message)
         findings = tuple(
             Finding(c.entry.path, role(c.entry), c.problems, c.entry.sha256, c.actual_sha256)
             for c in checks
@@ -164,10 +153,6 @@ def _scrub_planned(
         )
         return dataclasses.replace(
             base, checked=len(checks), bytes=total, corrupt=findings, error=message
-        )
-    for finding in applied.corrupt:
-        logger.error(
-            "scrub: %s: %s", planned.run.run_dir / finding.path, "; ".join(finding.problems)
         )
     return RunScrub(
         planned.root.path,
@@ -197,7 +182,7 @@ def scrub_all(
     """Scrub every run of every root (those matching ``run_glob``, when given)."""
     started = time.monotonic()
     found, errors = runs_of_all_roots(config)
-    planned = [_plan_run(config, root, run) for root, run in found if run_matches(run, run_glob)]
+    planned = [_plan_run(config, root, run) for root, run in found if run.matches(run_glob)]
     if progress is not None:
         progress.start(
             sum(entry.size for plan in planned for entry in plan.targets),
@@ -231,10 +216,16 @@ def scheduled_scrub(
     )
     if set_corrupt_gauge is not None and not report.interrupted:
         set_corrupt_gauge(report.corrupt_count)
+    # Logged here, for the daemon; `ckptd scrub` prints the same report itself (once).
+    for run in report.runs:
+        if run.error is not None:
+            logger.error("scrub: run %s: %s", run.run_dir, run.error)
+        for finding in run.corrupt:
+            logger.error("scrub: %s: %s", run.run_dir / finding.path, "; ".join(finding.problems))
     logger.info(
-        "scrub: %d runs, %d files, %d bytes in %.1fs, %d corrupt%s",
-        len(report.runs),
-        sum(run.checked for run in report.runs),
+        "scrub: %s, %s, %d bytes in %.1fs, %d corrupt%s",
+        plural(len(report.runs), "run"),
+        plural(sum(run.checked for run in report.runs), "file"),
         report.bytes,
         report.seconds,
         report.corrupt_count,

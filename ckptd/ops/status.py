@@ -38,9 +38,10 @@ from ckptd.pipeline.quarantine import REASON_SUFFIX
 from ckptd.retention.deletion import TRASH_INDEX
 from ckptd.runs.access import runs_of_all_roots
 from ckptd.runs.roots import RunRef
+from ckptd.runs.series_dirs import merged_series_warning, series_directories
 from ckptd.runs.statedir import Pin, StateLayout, read_pins
 from ckptd.timefmt import format_utc
-from ckptd.units import format_duration
+from ckptd.units import format_duration, plural
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +236,8 @@ def summarize(
         if manifest_state == "invalid":
             problems.insert(0, "manifest is invalid (the next manifest pass rebuilds it)")
         elif facts.unrecorded:
-            problems.insert(0, f"no manifest yet, {facts.unrecorded} checkpoint files unrecorded")
+            unrecorded = plural(facts.unrecorded, "checkpoint file")
+            problems.insert(0, f"no manifest yet, {unrecorded} unrecorded")
         return dataclasses.replace(base, problems=tuple(problems))
     entries = manifest.checkpoints
     checkpoints = [entry for entry in entries if entry.state != "converted"]
@@ -291,7 +293,7 @@ def summarize(
         )
     if facts.unrecorded:
         problems.append(
-            f"manifest is behind: {facts.unrecorded} complete checkpoint files not recorded "
+            f"manifest is behind: {plural(facts.unrecorded, 'complete checkpoint file')} not recorded "
             f"for over {format_duration(record_lag(config))} (is the daemon running?)"
         )
     last_scrub = manifest.extra.get(LAST_SCRUB_KEY)
@@ -398,6 +400,13 @@ def run_status(config: Config, root: RootConfig, run: RunRef, *, now: datetime) 
     last = last_prune_of(manifest.removed) if manifest and manifest.last_prune is None else None
     if last is not None and recorded_bytes(last[1]) is not None:
         last = None
+    if manifest is not None:
+        live = [(e.path, e.step) for e in manifest.checkpoints if e.state != "converted"]
+        directories = series_directories(live)
+        if directories:
+            problems.append(merged_series_warning(directories, root.run_depth))
+    if _read_only(run.run_dir):
+        problems.append("read-only file system: ckptd can convert, record and prune nothing here")
     try:
         state_ok = layout.check()  # never measure (list) through a planted link
     except UnsafePathError as err:
@@ -412,6 +421,14 @@ def run_status(config: Config, root: RootConfig, run: RunRef, *, now: datetime) 
         problems=tuple(problems),
     )
     return summarize(run, manifest, facts, config, now=now, manifest_state=manifest_state)
+
+
+def _read_only(run_dir: Path) -> bool:
+    """Mounted read-only (for every user: unlike permissions, not a matter of who asks)."""
+    try:
+        return bool(os.statvfs(run_dir).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False  # an unlistable run says so on its own
 
 
 def status_all(config: Config, *, now: datetime) -> StatusReport:

@@ -307,8 +307,11 @@ def _append_trash_records(layout: StateLayout, records: Sequence[TrashRecord]) -
     write_trash_index(layout, index)
 
 
-def purge_trash(layout: StateLayout, ttl: timedelta, now: datetime) -> PurgeResult:
-    """Unlink trash entries trashed at least ``ttl`` before ``now``; hold the run lock.
+def purge_trash(
+    layout: StateLayout, ttl: timedelta, now: datetime, *, dry_run: bool = False
+) -> PurgeResult:
+    """Unlink trash entries trashed at least ``ttl`` before ``now``; hold the run lock (a shared
+    one is enough for a ``dry_run``, which only lists what it would unlink).
 
     Entries missing from the index use their ctime (set by the move). Symlinks found in the trash
     are removed as links (never followed); directories are left alone.
@@ -330,9 +333,12 @@ def purge_trash(layout: StateLayout, ttl: timedelta, now: datetime) -> PurgeResu
             record = index.get(name)
             trashed_at = record.trashed_at if record else datetime.fromtimestamp(st.st_ctime, UTC)
             if now - trashed_at >= ttl:
-                os.unlink(name, dir_fd=trash_fd)
+                if not dry_run:
+                    os.unlink(name, dir_fd=trash_fd)
                 removed.append(name)
                 freed += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        if dry_run:
+            return PurgeResult(tuple(removed), freed)
         if removed:
             os.fsync(trash_fd)
     remaining = {

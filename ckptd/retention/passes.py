@@ -91,6 +91,10 @@ class PassOptions:
     # root index is left alone: no daemon sees every run's fresh state.
     select: Callable[[RunRef], bool] | None = None
     fence: Callable[[RunRef], None] | None = None
+    # ``prune --run GLOB``: only runs whose path matches (RunRef.matches); None: every run.
+    run_glob: str | None = None
+    # ``prune --max-fraction F``: this pass's guard instead of delete.max_fraction.
+    max_fraction: float | None = None
 
 
 DEFAULT_OPTIONS = PassOptions()
@@ -160,7 +164,11 @@ def pass_over_root(
         return RootOutcome([], [RootProblem(root.path, message)], 0)
     problems = [RootProblem(root.path / relpath, message) for relpath, message in scan.errors]
     select = options.select
-    runs = scan.runs if select is None else tuple(run for run in scan.runs if select(run))
+    runs = [
+        run
+        for run in scan.runs
+        if run.matches(options.run_glob) and (select is None or select(run))
+    ]
 
     def one_run(run: RunRef) -> _RunOutcome[Rendered]:
         report = guarded(config, root, run, now=now, dry_run=dry_run, step=step, options=options)
@@ -168,7 +176,8 @@ def pass_over_root(
         return _RunOutcome(render(report), entry, report.error is not None)
 
     outcomes = map_in_order(one_run, runs, workers=options.workers)
-    if not dry_run and select is None:
+    # The index lists every run: only a full pass over a root this daemon alone serves writes it.
+    if not dry_run and select is None and options.run_glob is None:
         entries = [outcome.index_entry for outcome in outcomes if outcome.index_entry is not None]
         try:
             _write_root_index(root, entries, now)

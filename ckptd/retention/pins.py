@@ -128,18 +128,22 @@ def set_pin(
     pin: Pin,
     *,
     require_file: bool = False,
+    keep_existing: bool = False,
     timeout: float = PINS_LOCK_TIMEOUT,
 ) -> Pin | None:
     """Add or replace the pin on ``relpath`` (under the pins lock); returns the pin it replaced.
 
     With ``require_file``, FileNotFoundError (nothing written) when the file is gone by the time
-    the lock is held: a prune that held the lock deleted it.
+    the lock is held: a prune that held the lock deleted it. With ``keep_existing``, a pin already
+    there stays as it is (decided under the lock, so a concurrent pin's reason is not lost).
     """
     with pins_lock(layout, timeout=timeout):
         if require_file and not layout.fs.exists(relpath):
             raise FileNotFoundError(errno.ENOENT, "no such file", str(layout.run_dir / relpath))
         pins = read_pins(layout)
         previous = pins.get(relpath)
+        if keep_existing and previous is not None:
+            return previous
         pins[relpath] = pin
         write_pins(layout, pins)
     return previous
@@ -171,7 +175,8 @@ def pin(
     handle, relpath = locate(path, config)
     _check_pinnable(handle, relpath)
     layout = handle.layout
-    new_pin = Pin(reason=(reason or "").strip() or DEFAULT_REASON, pinned_at=now)
+    given = (reason or "").strip()
+    new_pin = Pin(reason=given or DEFAULT_REASON, pinned_at=now)
     try:
         # A prune deleting in this run holds the pins lock: wait for it as long as for a run lock.
         previous = set_pin(
@@ -179,6 +184,8 @@ def pin(
             relpath,
             new_pin,
             require_file=True,
+            # Re-pinning without a reason must not replace "paper figure 3" with the default.
+            keep_existing=not given,
             timeout=max(PINS_LOCK_TIMEOUT, lock_timeout),
         )
     except FileNotFoundError:
@@ -187,7 +194,11 @@ def pin(
             f"was deleted (by a prune, while the pin waited for it) and is not pinned; {hint}",
             path=str(handle.run_dir / relpath),
         ) from None
-    logger.info("pinned %s (%s)", handle.run_dir / relpath, new_pin.reason)
+    if not given and previous is not None:
+        new_pin = previous
+        logger.info("%s was already pinned (%s)", handle.run_dir / relpath, new_pin.reason)
+    else:
+        logger.info("pinned %s (%s)", handle.run_dir / relpath, new_pin.reason)
     updated, note = _record_in_manifest(handle, relpath, new_pin, now, lock_timeout)
     return PinResult(handle.run_dir, relpath, new_pin, previous, updated, note)
 

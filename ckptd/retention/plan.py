@@ -3,7 +3,9 @@
 Pure: no I/O, no clock, no hidden state. The semantics are the contract in README ("Configuration",
 retention); where that text leaves a choice open, the choice made here is:
 
-* **Decision order**: decisions are sorted by ``path``.
+* **Decision order**: decisions are sorted by step, then mtime, then path (``rl_model_10000`` before
+  ``rl_model_100000``, whatever the names sort as); checkpoints without a step come after those
+  with one, by mtime.
 * **Reason order** (a checkpoint lists every reason that applies, always in this order):
   ``skip: ...`` | ``guard: ...`` | ``budget: ...`` | ``no rule keeps it`` | ``no step`` |
   the one time/count rule (``keep_within``, ``keep_last #k``, ``keep_hourly #k`` ...
@@ -104,7 +106,8 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
-    """Every candidate exactly once, sorted by path; ``guard`` is set when max_fraction tripped."""
+    """Every candidate exactly once, in report order (step, mtime, path); ``guard`` is set when
+    max_fraction tripped."""
 
     decisions: tuple[Decision, ...]
     guard: str | None = None
@@ -194,7 +197,8 @@ def plan_run(
             for d in series_decisions
         ]
     decisions += series_decisions
-    decisions.sort(key=_path_of)
+    rank = {c.path: index for index, c in enumerate(sorted(candidates, key=_report_order))}
+    decisions.sort(key=lambda decision: rank[decision.path])
 
     deleted = {d.path for d in series_decisions if d.action == "delete"}
     kept_bytes = sum(c.size for c in candidates if c.path not in deleted)
@@ -229,7 +233,13 @@ def _split(
 
 
 # C-level sort keys: a plan sorts every run's checkpoints two or three times.
-_path_of = attrgetter("path")
+
+
+def _report_order(candidate: Candidate) -> tuple[bool, int, datetime, str]:
+    step = candidate.step
+    return (step is None, step or 0, candidate.mtime, candidate.path)
+
+
 _step_order = attrgetter("step", "mtime", "path")
 _time_order = attrgetter("mtime", "path")
 

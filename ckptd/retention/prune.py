@@ -31,7 +31,6 @@ from ckptd.retention.passes import (
     DeleteOutcome,
     OpenRun,
     PassOptions,
-    Planner,
     Rendered,
     guarded,
     pass_over_root,
@@ -142,7 +141,7 @@ def prune_step(opened: OpenRun) -> RunReport:
     policy = config.policy_for(root)
     evaluations = _evaluations(run.run_dir, policy)
     pins = read_pins(layout)
-    plan = _plan(options.planner, inventory, pins, policy, config, now, evaluations)
+    plan = _plan(options, inventory, pins, policy, config, now, evaluations)
     if opened.dry_run:
         return _report(root.path, run.relpath, plan, inventory)
     # Held from the re-read through the last deletion: a pin cannot land in between unseen.
@@ -150,7 +149,7 @@ def prune_step(opened: OpenRun) -> RunReport:
         fresh_pins = read_pins(layout)  # the user may have pinned something while we judged
         if fresh_pins != pins:
             logger.info("run %s: pins changed during the pass; planning again", run.run_dir)
-            plan = _plan(options.planner, inventory, fresh_pins, policy, config, now, evaluations)
+            plan = _plan(options, inventory, fresh_pins, policy, config, now, evaluations)
         doomed = _doomed(inventory, plan)
         deleted = _delete(opened, doomed)
     outcomes = dict(zip((c.path for c in doomed), deleted, strict=True))
@@ -216,7 +215,7 @@ def _in_place_companion(checkpoint: Checkpoint) -> tuple[str, ...]:
 
 
 def _plan(
-    planner: Planner,
+    options: PassOptions,
     inventory: RunInventory,
     pins: Mapping[str, Pin],
     policy: Policy,
@@ -224,37 +223,48 @@ def _plan(
     now: datetime,
     evaluations: Sequence[Evaluation] | None,
 ) -> RunPlan:
-    return planner(
+    max_fraction = options.max_fraction
+    return options.planner(
         candidates_of(inventory, pins),
         policy,
         now=now,
         evaluations=evaluations,
-        max_fraction=config.delete.max_fraction,
+        max_fraction=config.delete.max_fraction if max_fraction is None else max_fraction,
     )
 
 
 def _report(root: Path, run: str, plan: RunPlan, inventory: RunInventory) -> RunReport:
-    # One PathDecision per checkpoint of every run: built without the frozen per-field __init__.
-    companions = _companions(inventory)
+    by_path = {checkpoint.path: checkpoint for checkpoint in inventory.checkpoints}
     decisions = tuple(
-        build_frozen(
-            PathDecision,
-            {
-                "path": d.path,
-                "action": d.action,
-                "reasons": d.reasons,
-                "original": companions.get(d.path),
-            },
-        )
+        _decision(by_path[d.path], d.action, d.reasons, _original(by_path[d.path]))
         for d in plan.decisions
     )
     return RunReport(root, run, decisions, plan.guard, plan.notes)
 
 
-def _companions(inventory: RunInventory) -> dict[str, str]:
-    """zip path -> the legacy original that is kept or deleted with it (shown in every report,
-    so a dry run names every file the real pass would move)."""
-    return {c.path: c.legacy.path for c in inventory.checkpoints if c.legacy is not None}
+def _decision(
+    checkpoint: Checkpoint, action: str, reasons: tuple[str, ...], original: str | None
+) -> PathDecision:
+    # One PathDecision per checkpoint of every run: built without the frozen per-field __init__.
+    return build_frozen(
+        PathDecision,
+        {
+            "path": checkpoint.path,
+            "action": action,
+            "reasons": reasons,
+            "original": original,
+            "step": checkpoint.step,
+            "size": checkpoint.size,
+            "mtime_ns": checkpoint.identity.mtime_ns,
+            "format": str(checkpoint.format),
+        },
+    )
+
+
+def _original(checkpoint: Checkpoint) -> str | None:
+    """The legacy original kept or deleted with a zip (shown in every report, so a dry run
+    names every file the real pass would move)."""
+    return checkpoint.legacy.path if checkpoint.legacy is not None else None
 
 
 def _skip_reason(err: BaseException) -> str:
@@ -277,28 +287,22 @@ def _apply(opened: OpenRun, plan: RunPlan, outcomes: Mapping[str, DeleteOutcome]
     config, root, run = opened.config, opened.root, opened.run
     inventory, now = opened.inventory, opened.now
     by_path = {checkpoint.path: checkpoint for checkpoint in inventory.checkpoints}
-    companions = _companions(inventory)
     decisions = []
     deleted: list[Deleted] = []
     removed: list[RemovedEntry] = []
     for decision in plan.decisions:
         outcome = outcomes.get(decision.path)
-        original = companions.get(decision.path)
+        checkpoint = by_path[decision.path]
         if isinstance(outcome, Deleted):
             deleted.append(outcome)
-            removed.append(_removed_entry(by_path[decision.path], outcome, decision.reasons, now))
-            decisions.append(
-                PathDecision(decision.path, "delete", decision.reasons, outcome.legacy_path)
-            )
+            removed.append(_removed_entry(checkpoint, outcome, decision.reasons, now))
+            decisions.append(_decision(checkpoint, "delete", decision.reasons, outcome.legacy_path))
         elif outcome is not None:
-            decisions.append(
-                PathDecision(
-                    decision.path, "skip", (_skip_reason(outcome), *decision.reasons), original
-                )
-            )
+            reasons = (_skip_reason(outcome), *decision.reasons)
+            decisions.append(_decision(checkpoint, "skip", reasons, _original(checkpoint)))
         else:
             decisions.append(
-                PathDecision(decision.path, decision.action, decision.reasons, original)
+                _decision(checkpoint, decision.action, decision.reasons, _original(checkpoint))
             )
     purge = purge_trash(opened.layout, config.delete.trash_ttl, now)
     gone = {d.path for d in deleted} | {d.legacy_path for d in deleted if d.legacy_path}

@@ -9,6 +9,7 @@ from typing import Any
 
 from ckptd.manifest.model import Manifest
 from ckptd.retention.deletion import Deleted
+from ckptd.timefmt import format_utc_ns
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,16 @@ class PathDecision:
     reasons: tuple[str, ...]
     # The legacy original that goes (or stays) with this zip: a dry run names every file moved.
     original: str | None = None
+    # What the decision was made on (the manifest's fields of the same names).
+    step: int | None = None
+    size: int | None = None  # bytes of the checkpoint itself (its original not counted)
+    mtime_ns: int | None = None
+    format: str | None = None
+
+    @property
+    def guarded(self) -> bool:
+        """Kept only because the run's guard held back its deletions (retention, "Guard")."""
+        return self.action == "keep" and bool(self.reasons) and self.reasons[0].startswith("guard:")
 
     def to_json_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -27,6 +38,11 @@ class PathDecision:
             "action": self.action,
             "reasons": list(self.reasons),
         }
+        if self.mtime_ns is not None:
+            obj["step"] = self.step
+            obj["size"] = self.size
+            obj["mtime"] = format_utc_ns(self.mtime_ns)
+            obj["format"] = self.format
         if self.original is not None:
             obj["original"] = self.original
         return obj

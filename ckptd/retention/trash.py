@@ -394,11 +394,13 @@ def purge(
     *,
     older_than: timedelta,
     now: datetime,
+    dry_run: bool = False,
     lock_timeout: float = OPS_LOCK_TIMEOUT,
 ) -> PurgeOutcome:
-    """Delete for good every trash entry of the run trashed at least ``older_than`` ago."""
+    """Delete for good every trash entry of the run trashed at least ``older_than`` ago (with
+    ``dry_run``, only say which: nothing is unlinked or rewritten)."""
     if not handle.layout.fs.is_real_dir(handle.layout.rel(TRASH_DIR)):
         return PurgeOutcome(handle.run_dir, (), 0)  # nothing was ever deleted here
-    with run_lock(handle.layout, timeout=lock_timeout):
-        result: PurgeResult = purge_trash(handle.layout, older_than, now)
+    with run_lock(handle.layout, timeout=lock_timeout, shared=dry_run, create=not dry_run):
+        result: PurgeResult = purge_trash(handle.layout, older_than, now, dry_run=dry_run)
     return PurgeOutcome(handle.run_dir, result.removed, result.bytes)

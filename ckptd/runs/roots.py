@@ -6,6 +6,7 @@ root is seen (README, "Configuration").
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,14 @@ class RunRef:
     root: Path
     run_dir: Path
     relpath: str  # posix, relative to the root; "." when run_depth is 0
+
+    def matches(self, run_glob: str | None) -> bool:
+        """``--run GLOB`` against the run's path relative to its root, or its absolute path."""
+        if run_glob is None:
+            return True
+        return fnmatch.fnmatchcase(self.relpath, run_glob) or fnmatch.fnmatchcase(
+            str(self.run_dir), run_glob
+        )
 
 
 @dataclass(frozen=True)
