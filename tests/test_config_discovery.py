@@ -122,3 +122,45 @@ def test_the_system_config_is_the_last_resort(
     )
     assert main(["config", "validate"]) == 0
     assert capsys.readouterr().out == f"{no_system_config}: ok (1 root, 1 policy)\n"
+
+
+def test_pin_of_a_run_not_seen_yet_uses_the_config_named_by_the_variable(
+    config_file: Path, no_system_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A state dir other than the default: the pin lands there only if the config was read.
+    config_file.write_text(
+        yaml.safe_dump({"version": 1, "roots": [{"path": "runs"}], "state_dir": ".lab-state"})
+    )
+    checkpoint = config_file.parent / "runs" / "ppo" / "rl_model_10_steps.pkl"
+    monkeypatch.setenv(ENV_VAR, str(config_file))
+    assert main(["pin", str(checkpoint), "--reason", "paper figure 3"]) == 0
+    pins = json.loads((checkpoint.parent / ".lab-state" / "pins.json").read_text())
+    assert pins["pins"]["rl_model_10_steps.pkl"]["reason"] == "paper figure 3"
+    assert not (checkpoint.parent / ".ckptd").exists()
+
+
+def test_quarantine_and_trash_lists_cover_the_roots_of_the_config_named_by_the_variable(
+    config_file: Path,
+    no_system_config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not in a run: only the config can name the runs
+    monkeypatch.setenv(ENV_VAR, str(config_file))
+    for argv in (["quarantine", "list", "--json"], ["trash", "list", "--json"]):
+        assert main(argv) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out) is not None
+    monkeypatch.delenv(ENV_VAR)
+    assert main(["quarantine", "list", "--json"]) == 1  # no config and not in a run: says so
+    assert "run" in capsys.readouterr().err
+
+
+def test_a_variable_naming_a_missing_file_stops_pin_too(
+    config_file: Path, no_system_config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere.yaml"))
+    checkpoint = config_file.parent / "runs" / "ppo" / "rl_model_10_steps.pkl"
+    assert main(["pin", str(checkpoint)]) == 2

@@ -50,3 +50,11 @@ def resolve_config(
         return system_config
     looked = f"no config given, ${ENV_VAR} is not set, and {system_config} does not exist"
     raise ConfigError(None, [ConfigIssue("", f"{looked}: name one with -c CONFIG")])
+
+
+def resolve_optional_config(given: Path | None) -> Path | None:
+    """Like :func:`resolve_config` for commands that can also work from a run directory alone
+    (pin, unpin, trash, quarantine): None when no config is given, named or installed."""
+    if given is None and not os.environ.get(ENV_VAR, "") and not SYSTEM_CONFIG.exists():
+        return None
+    return resolve_config(given)

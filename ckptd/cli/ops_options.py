@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ckptd import units
-from ckptd.cli.config_path import add_config_option
+from ckptd.cli.config_path import add_config_option, resolve_optional_config
 from ckptd.cli.output import error_line
 from ckptd.config.load import load_config
 from ckptd.config.model import Config
@@ -23,27 +23,20 @@ from ckptd.units import format_duration
 SUBCOMMAND = "ops_command"
 
 
-def config_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    if required:
-        add_config_option(parser)  # resolved at run time (ckptd/cli/config_path.py)
-        return
-    parser.add_argument("-c", "--config", type=Path, help="the ckptd YAML config")
-
-
 def json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
 def listing_options(parser: argparse.ArgumentParser) -> None:
     """A command that lists: every run of ``-c CONFIG``, or the run of ``--run DIR``; ``--json``."""
-    config_option(parser, required=False)
+    add_config_option(parser)
     run_option(parser)
     json_option(parser)
 
 
 def path_options(parser: argparse.ArgumentParser) -> None:
     """A command that acts on one PATH: its run is found from the path; ``-c CONFIG`` optional."""
-    config_option(parser, required=False)
+    add_config_option(parser)
     json_option(parser)
 
 
@@ -75,7 +68,10 @@ def now_utc() -> datetime:
 
 
 def config_or_none(args: argparse.Namespace) -> Config | None:
-    return load_config(args.config) if args.config is not None else None
+    """The config from -c, $CKPTD_CONFIG or the system config; None when there is none (the
+    command then works from the run directory alone, with the default state dir)."""
+    path = resolve_optional_config(args.config)
+    return load_config(path) if path is not None else None
 
 
 def run_handles(args: argparse.Namespace) -> tuple[list[RunHandle], list[str], Config | None]:

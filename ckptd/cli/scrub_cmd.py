@@ -18,10 +18,9 @@ from typing import Any
 
 from rich.progress import Progress
 
-from ckptd.cli.config_path import resolve_config
+from ckptd.cli.config_path import add_config_option, resolve_config
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
-    config_option,
     json_option,
     new_console,
     now_utc,
@@ -46,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "mismatch. Nothing is deleted or rewritten."
         ),
     )
-    config_option(parser, required=True)
+    add_config_option(parser)
     parser.add_argument("--run", metavar="GLOB", help="only runs whose path matches GLOB")
     parser.add_argument(
         "--max-rate",

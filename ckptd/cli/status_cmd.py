@@ -26,12 +26,11 @@ from typing import Any
 
 from rich.console import Console
 
-from ckptd.cli.config_path import resolve_config
+from ckptd.cli.config_path import add_config_option, resolve_config
 from ckptd.cli.coordination_out import print_coordination
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
     ago,
-    config_option,
     json_option,
     new_console,
     now_utc,
@@ -51,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="per run: kept, bytes, newest age, last prune, problems",
         description="Show every run's state from its manifest and state dir (no daemon needed).",
     )
-    config_option(parser, required=True)
+    add_config_option(parser)
     json_option(parser)
     parser.set_defaults(handler=run_status)
 
