@@ -16,9 +16,9 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from tests.cached_env import build_once
 from tests.legacy_env import find_python37
 
 PINS = (
@@ -37,12 +37,6 @@ PINS = (
 )
 MPI_PIN = "mpi4py==3.1.6"
 CONSUMER_RELEASES = ("2.10.2",)
-COMPLETE = ".ckptd-complete"
-
-
-def cache_root() -> Path:
-    configured = os.environ.get("CKPTD_TEST_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "ckptd-tests"
 
 
 def has_openmpi() -> bool:
@@ -67,13 +61,8 @@ def sb2tf_env(releases: tuple[str, ...] = CONSUMER_RELEASES) -> Path:
     if python37 is None:
         raise LookupError("no Python 3.7 interpreter on this machine (set CKPTD_PYTHON37 to one)")
     mpi = has_openmpi()
-    root = cache_root()
-    target = root / f"sb2tf-{env_key(python37, releases, mpi)}"
-    if (target / COMPLETE).exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".sb2tf-build-", dir=root))
-    try:
+
+    def populate(build: Path) -> list[str]:
         subprocess.run([python37, "-m", "venv", str(build)], check=True, timeout=300)
         pip = [str(build / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
         pins = [*PINS, MPI_PIN] if mpi else list(PINS)
@@ -92,16 +81,9 @@ def sb2tf_env(releases: tuple[str, ...] = CONSUMER_RELEASES) -> Path:
                 check=True,
                 timeout=600,
             )
-        (build / COMPLETE).write_text("\n".join([*pins, *releases]) + "\n")
-        if (target / COMPLETE).exists():  # another run finished first: keep the one in use
-            shutil.rmtree(build, ignore_errors=True)
-            return target
-        shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover without the marker
-        os.rename(build, target)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return target
+        return [*pins, *releases]
+
+    return build_once(f"sb2tf-{env_key(python37, releases, mpi)}", populate)
 
 
 def sb2_environ(env: Path, release: str) -> dict[str, str]:

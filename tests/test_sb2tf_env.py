@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import sb2tf_env
+from tests.cached_env import COMPLETE
 
 FAKE_PYTHON = """#!/bin/sh
 # Stands in for python3.7: reports a version, makes a venv whose python always fails (so the
@@ -41,5 +42,5 @@ def test_an_incomplete_leftover_is_rebuilt_not_used(fake_python: Path, tmp_path:
     with pytest.raises(subprocess.CalledProcessError):
         sb2tf_env.sb2tf_env()
     # The leftover without the completion marker was never returned; a complete one is.
-    (leftover / sb2tf_env.COMPLETE).write_text("done\n")
+    (leftover / COMPLETE).write_text("done\n")
     assert sb2tf_env.sb2tf_env() == leftover

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from tests.cached_env import build_once
 
 TORCH_PIN = "torch==2.13.0"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -32,12 +32,6 @@ PINS = (
 )
 # Built from its source distribution against the torch above (hence no build isolation).
 DEEPSPEED_PIN = "deepspeed==0.19.8"
-COMPLETE = ".ckptd-complete"
-
-
-def cache_root() -> Path:
-    configured = os.environ.get("CKPTD_TEST_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "ckptd-tests"
 
 
 def base_python() -> str:
@@ -82,13 +76,8 @@ def _install_torch(pip: list[str]) -> str:
 def trainers_env() -> Path:
     """The environment's directory, building it on first use."""
     python = base_python()
-    root = cache_root()
-    target = root / f"trainers-{env_key(python)}"
-    if (target / COMPLETE).exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".trainers-build-", dir=root))
-    try:
+
+    def populate(build: Path) -> list[str]:
         subprocess.run([python, "-m", "venv", str(build)], check=True, timeout=300)
         pip = [str(build / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
         origin = _install_torch(pip)
@@ -100,17 +89,9 @@ def trainers_env() -> Path:
             timeout=1500,
             env={**os.environ, "DS_BUILD_OPS": "0"},
         )
-        record = [f"{TORCH_PIN} from {origin}", *PINS, DEEPSPEED_PIN]
-        (build / COMPLETE).write_text("\n".join(record) + "\n")
-        if (target / COMPLETE).exists():  # another run finished first: keep the one in use
-            shutil.rmtree(build, ignore_errors=True)
-            return target
-        shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover without the marker
-        os.rename(build, target)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return target
+        return [f"{TORCH_PIN} from {origin}", *PINS, DEEPSPEED_PIN]
+
+    return build_once(f"trainers-{env_key(python)}", populate)
 
 
 def trainers_python() -> Path:
