@@ -55,6 +55,10 @@ class RootConfig:
 class CheckpointsConfig:
     patterns: tuple[str, ...] = ("*.zip", "*.pkl")
     ignore: tuple[str, ...] = ("*.tmp", "*.part", "tmp-*")
+    # Globs of directory names that are one checkpoint each (a Hugging Face ``checkpoint-500/``, a
+    # DeepSpeed ``global_step500/``): one unit in inventory, manifest, retention, trash and scrub
+    # (docs/formats.md, "Directory checkpoints").
+    directories: tuple[str, ...] = ()
     step_pattern: str = r"_(\d+)_steps"
     stable_for: timedelta = timedelta(seconds=5)
 

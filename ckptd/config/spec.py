@@ -272,6 +272,11 @@ CONFIG = Section(
                         ListOf(_GLOB, min_items=1), "Globs of file names that are checkpoints."
                     ),
                     "ignore": Key(ListOf(_GLOB), "Globs of file names never touched (temp files)."),
+                    "directories": Key(
+                        ListOf(_GLOB),
+                        "Globs of directory names that are one checkpoint each"
+                        " (checkpoint-*, global_step*).",
+                    ),
                     "step_pattern": Key(
                         Text("a regular expression", _check_step_pattern, {"format": "regex"}),
                         "Regex whose first group is the training step in a checkpoint's name.",
