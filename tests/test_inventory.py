@@ -157,6 +157,24 @@ def test_step_comes_from_the_first_group_of_step_pattern(tmp_path: Path) -> None
     )
 
 
+def test_directory_globs_name_checkpoint_directories_and_steps_come_from_their_names() -> None:
+    matcher = CheckpointMatcher(
+        CheckpointsConfig(
+            directories=("checkpoint-*", "global_step*"),
+            ignore=("*.tmp",),
+            step_pattern=r"(?:_|-|global_step)(\d+)",
+        ),
+        "m.json",
+    )
+    assert matcher.matches_directory("checkpoint-500")
+    assert matcher.matches_directory("global_step12")
+    assert not matcher.matches_directory("checkpoint-500.tmp")  # ignore applies to directories
+    assert not matcher.matches_directory("logs")
+    assert not matcher.matches("checkpoint-500")  # file patterns are separate
+    assert (matcher.step_of("checkpoint-500"), matcher.step_of("global_step12")) == (500, 12)
+    assert not CheckpointMatcher(CheckpointsConfig(), "m.json").matches_directory("checkpoint-1")
+
+
 def test_unidentified_content_is_listed_with_status_unknown(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()

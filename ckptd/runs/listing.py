@@ -44,6 +44,7 @@ class CheckpointMatcher:
     def __init__(self, checkpoints: CheckpointsConfig, manifest_filename: str) -> None:
         self._include = _compile_globs(checkpoints.patterns)
         self._ignore = _compile_globs(checkpoints.ignore)
+        self._directories = _compile_globs(checkpoints.directories)
         self._own = frozenset({manifest_filename, INDEX_FILENAME})
         self._step = re.compile(checkpoints.step_pattern)
 
@@ -51,6 +52,12 @@ class CheckpointMatcher:
         if name in self._own or is_temp_name(name):
             return False
         return bool(self._include.match(name)) and not self._ignore.match(name)
+
+    def matches_directory(self, name: str) -> bool:
+        """Whether a directory named ``name`` is one checkpoint (``checkpoints.directories``)."""
+        if is_temp_name(name):
+            return False
+        return bool(self._directories.match(name)) and not self._ignore.match(name)
 
     def step_of(self, name: str) -> int | None:
         match = self._step.search(name)
