@@ -2,9 +2,9 @@
 
 Real files: the committed ones in tests/data/verdicts/ were made by torch, joblib and
 stable-baselines3 themselves (PROVENANCE.md there); plain pickles are made here by the stdlib
-pickler; payloads come from tests/test_hostile_pickles.py, put into every container. Where torch
-or joblib is installed (neither is a test dependency), files are also made fresh and the clean
-ones are checked to load with ``torch.load(weights_only=True)`` too.
+pickler; payloads come from tests/test_hostile_pickles.py, put into every container. torch files
+are also made fresh by torch itself in the trainers env (tests/trainers_env.py), and ckptd's
+verdicts are checked against ``torch.load(weights_only=True)`` on them and on the clean fixtures.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ckptd.pickles.verdict import Verdict, judge_stream
 from ckptd.pickles.verdict_policy import Policy
 from ckptd.textsafe import shown
 from tests.test_hostile_pickles import HOSTILE, Asm, Hostile, _Reduce, _touch
+from tests.trainers_env import trainers_environ, trainers_python
 
 FIXTURES = Path(__file__).parent / "data" / "verdicts"
 CLEAN = sorted(p for p in (FIXTURES / "clean").iterdir())
@@ -302,50 +303,98 @@ def test_manifest_round_trips_the_verdict() -> None:
         manifest_from_json(broken, source="m.json")
 
 
-# --- with the real producers, where installed ----------------------------------------------------
+# --- with the real producers -------------------------------------------------------------------
+
+# Run by the trainers env's interpreter (torch CPU, tests/trainers_env.py): writes each object with
+# torch.save and records torch's own verdict, ``torch.load(weights_only=True)``, as JSON.
+_TORCH_PRODUCER = """
+import json, os, pickle, sys
+import torch
+
+class Reduce:
+    def __init__(self, *call):
+        self.call = call
+    def __reduce__(self):
+        return self.call
+
+out = sys.argv[1]
+model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+model(torch.ones(2, 3)).sum().backward()
+optimizer.step()
+objects = {
+    "state_dict.pt": model.state_dict(),
+    "optimizer.pth": optimizer.state_dict(),
+    "mixed.bin": {"w": torch.zeros(2, 2, dtype=torch.float16), "n": 3, "s": torch.Size([2])},
+    "ckpt.ckpt": {"state_dict": model.state_dict(), "epoch": 1, "params": torch.nn.Parameter(torch.ones(2))},
+    "module.pt": model,
+    "evil.pt": {"x": Reduce(os.system, ("true",))},
+}
+loads = {}
+for name, obj in objects.items():
+    path = os.path.join(out, name)
+    torch.save(obj, path)
+    try:
+        torch.load(path, weights_only=True)
+        loads[name] = "ok"
+    except pickle.UnpicklingError as err:
+        loads[name] = "refused: " + str(err).splitlines()[0]
+for path in sys.argv[2:]:
+    try:
+        torch.load(path, weights_only=True)
+        loads[path] = "ok"
+    except pickle.UnpicklingError as err:
+        loads[path] = "refused: " + str(err).splitlines()[0]
+print(json.dumps(loads))
+"""
 
 
-def _torch() -> Any:
-    return pytest.importorskip(
-        "torch", reason="torch is not installed (its CPU wheel is ~190 MB, not a test dependency)"
+@pytest.fixture(scope="module")
+def torch_python() -> Path:
+    try:
+        return trainers_python()
+    except (subprocess.SubprocessError, OSError) as err:
+        pytest.skip(f"the trainers env (torch CPU) cannot be built: {err}")
+
+
+def _torch_loads(python: Path, out: Path, *paths: Path) -> dict[str, str]:
+    done = subprocess.run(
+        [str(python), "-c", _TORCH_PRODUCER, str(out), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=trainers_environ(),
+        check=False,
     )
+    assert done.returncode == 0, done.stderr[-2000:]
+    loads: dict[str, str] = json.loads(done.stdout.splitlines()[-1])
+    return loads
 
 
-def test_fresh_torch_files_agree_with_weights_only(tmp_path: Path) -> None:
-    torch_ = _torch()
-    model = torch_.nn.Sequential(torch_.nn.Linear(3, 4), torch_.nn.ReLU(), torch_.nn.Linear(4, 1))
-    optimizer = torch_.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch_.ones(2, 3)).sum().backward()
-    optimizer.step()
-    clean = {
-        "state_dict.pt": model.state_dict(),
-        "optimizer.pth": optimizer.state_dict(),
-        "mixed.bin": {"w": torch_.zeros(2, 2, dtype=torch_.float16), "n": 3, "s": torch_.Size([2])},
-        "ckpt.ckpt": {
-            "state_dict": model.state_dict(),
-            "epoch": 1,
-            "params": torch_.nn.Parameter(torch_.ones(2)),
-        },
-    }
-    for name, obj in clean.items():
-        path = tmp_path / name
-        torch_.save(obj, path)
-        torch_.load(path, weights_only=True)  # torch's own verdict: loads
-        found = identify(path)
-        assert found.format is Format.TORCH_ZIP
-        assert found.verdict is not None and found.verdict.safe, found.verdict
-    for name, obj in {"module.pt": model, "evil.pt": {"x": _Reduce(os.system, "true")}}.items():
-        path = tmp_path / name
-        torch_.save(obj, path)
-        with pytest.raises(pickle.UnpicklingError):
-            torch_.load(path, weights_only=True)
-        found = identify(path)
-        assert found.verdict is not None and not found.verdict.safe
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_fresh_torch_files_agree_with_weights_only(torch_python: Path, tmp_path: Path) -> None:
+    loads = _torch_loads(torch_python, tmp_path)
+    clean = {"state_dict.pt", "optimizer.pth", "mixed.bin", "ckpt.ckpt"}
+    assert {name for name, answer in loads.items() if answer == "ok"} == clean, loads
+    for name in loads:
+        found = identify(tmp_path / name)
+        assert found.format is Format.TORCH_ZIP, name
+        assert found.verdict is not None and found.verdict.safe == (name in clean), (
+            name,
+            found.verdict,
+        )
 
 
-@pytest.mark.parametrize("path", [p for p in CLEAN if p.suffix in (".pt", ".bin", ".ckpt")])
-def test_clean_torch_fixtures_load_with_weights_only(path: Path) -> None:
-    _torch().load(path, weights_only=True)
+TORCH_CLEAN = [p for p in CLEAN if p.suffix in (".pt", ".bin", ".ckpt")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_clean_torch_fixtures_load_with_weights_only(torch_python: Path, tmp_path: Path) -> None:
+    loads = _torch_loads(torch_python, tmp_path, *TORCH_CLEAN)
+    assert len(TORCH_CLEAN) >= 3
+    assert {path: loads[str(path)] for path in TORCH_CLEAN} == {p: "ok" for p in TORCH_CLEAN}
 
 
 def test_fresh_joblib_dumps(tmp_path: Path) -> None:
