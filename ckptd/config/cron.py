@@ -8,9 +8,11 @@ numbers from Monday and ANDs them, hence the translation here.
 
 from __future__ import annotations
 
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.base import BaseTrigger
+    from apscheduler.triggers.cron import CronTrigger
 
 _CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering, 0 = Sunday
 _APS_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # APScheduler's order
@@ -65,6 +67,10 @@ def cron_trigger(expression: str, timezone: str = "UTC") -> BaseTrigger:
         raise ValueError(f"expected 5 fields (minute hour day month weekday), got {len(fields)}")
     minute, hour, day, month, weekday = fields
     weekdays = crontab_weekdays(weekday)
+    # APScheduler (and the asyncio it imports) only when a cron expression is built: a config
+    # without one, and every command but the daemon, never needs them.
+    from apscheduler.triggers.combining import OrTrigger
+    from apscheduler.triggers.cron import CronTrigger
 
     def build(day_field: str, weekday_field: str) -> CronTrigger:
         return CronTrigger(

@@ -25,8 +25,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from ckptd.errors import FormatError, UnsafeCheckpoint
 from ckptd.pickles import allowlist
 from ckptd.pickles.allowlist import Layer, Rule
@@ -406,6 +404,9 @@ def joblib_raw_length(wrapper: NewObj, data: memoryview, at: int) -> int:
         for item in shape_node.items
         if isinstance(item, Const) and isinstance(item.value, int)
     )
+    # numpy only here: most processes (``ckptd prune``) never judge a joblib array.
+    import numpy as np
+
     length = count * np.dtype(descr.value).itemsize
     if "numpy_array_alignment_bytes" in fields:
         if at >= len(data):

@@ -23,15 +23,16 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from ckptd.config.model import KeepBest
 from ckptd.errors import FormatError
 from ckptd.formats.zipread import ZIP_READ_ERRORS
 from ckptd.fs.files import open_regular_nofollow
 from ckptd.retention.plan import Evaluation
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ def _read_npz(handle: BinaryIO, source: Path, metric: str) -> EvaluationSeries:
                     path=str(source),
                 )
         handle.seek(0)
+        # numpy only for a keep_best policy reading an npz: a prune without one never loads it.
+        import numpy as np
+
         with np.load(handle, allow_pickle=False) as npz:
             names = set(npz.files)
             array_name = NPZ_METRIC_ARRAYS.get(metric, metric)
@@ -117,6 +121,8 @@ def _read_npz(handle: BinaryIO, source: Path, metric: str) -> EvaluationSeries:
 def _evaluations_from_arrays(
     timesteps: np.ndarray, values: np.ndarray, source: Path, array_name: str
 ) -> tuple[Evaluation, ...]:
+    import numpy as np
+
     # EvalCallback writes int64 timesteps; integral floats are accepted too (hand-made files).
     integral = np.issubdtype(timesteps.dtype, np.integer) or (
         np.issubdtype(timesteps.dtype, np.floating)

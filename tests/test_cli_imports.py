@@ -1,0 +1,112 @@
+"""The CLI loads only the typed command's module: ``ckptd prune`` never imports the daemon, the
+converter, watchdog, APScheduler or numpy (docs/architecture.md, "Performance targets")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckptd.cli.main import COMMAND_MODULES, build_parser
+
+# Never needed by a prune or manifest pass without keep_best and without a cron schedule.
+NOT_FOR_PRUNE = (
+    "numpy",
+    "apscheduler",
+    "asyncio",
+    "watchdog",
+    "prometheus_client",
+    "ckptd.daemon",
+    "ckptd.convert.conversion",
+    "ckptd.pipeline",
+    "ckptd.watch",
+    "ckptd.isolation",
+    "ckptd.ops",
+)
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+def test_the_command_table_names_every_command_and_the_module_that_registers_it() -> None:
+    full = _commands(build_parser())
+    assert list(full) == list(COMMAND_MODULES)
+    for command in COMMAND_MODULES:
+        alone = _commands(build_parser(command))
+        assert command in alone
+        assert alone[command].format_help() == full[command].format_help()
+
+
+def test_an_unknown_command_is_refused_with_every_choice_listed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser("prnue").parse_args(["prnue"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'prnue'" in err and "'quarantine'" in err
+
+
+def _modules_after(argv: list[str], cwd: Path) -> list[str]:
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from ckptd.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    code = main({argv!r})\n"
+        "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["code"] == 0, out.stderr
+    modules: list[str] = result["modules"]
+    return modules
+
+
+def _loaded(modules: list[str], names: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if any(m == n or m.startswith(n + ".") for n in names)]
+
+
+def test_prune_and_manifest_import_only_what_a_pass_needs(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    (run / "rl_model_1_steps.zip").write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    config = tmp_path / "ckptd.yaml"
+    config.write_text(
+        f"version: 1\nroots:\n  - path: {tmp_path / 'runs'}\n"
+        "policies:\n  default:\n    keep_last: 2\n"
+    )
+    for argv in (
+        ["prune", "-c", str(config), "--dry-run", "--json"],
+        ["prune", "-c", str(config), "--dry-run"],
+        ["manifest", "-c", str(config)],
+    ):
+        modules = _modules_after(argv, tmp_path)
+        assert "ckptd.retention.prune" in modules  # the probe does see what is imported
+        assert _loaded(modules, NOT_FOR_PRUNE) == [], argv
+
+
+def test_a_keep_best_policy_still_loads_numpy_when_it_reads_evaluations(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    for step in (1, 2, 3):
+        (run / f"rl_model_{step}_steps.zip").write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    np.savez(run / "evaluations.npz", timesteps=np.array([1, 2, 3]), results=np.ones((3, 2)))
+    config = tmp_path / "ckptd.yaml"
+    config.write_text(
+        f"version: 1\nroots:\n  - path: {tmp_path / 'runs'}\n"
+        "policies:\n  default:\n    keep_last: 1\n"
+        "    keep_best: {metric: mean_reward, count: 1}\n"
+    )
+    modules = _modules_after(["prune", "-c", str(config), "--dry-run", "--json"], tmp_path)
+    assert "numpy" in modules
