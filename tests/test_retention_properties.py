@@ -236,3 +236,23 @@ def test_a_budget_only_ever_adds_deletions_and_meets_itself_when_it_can(
         assert deleted(limited) == deleted(unlimited)  # unreachable: nothing evicted
     else:
         assert limited.kept_bytes <= budget
+
+
+@PROPERTY_SETTINGS
+@given(runs(), policies(), evaluation_lists, nows, fractions)
+def test_decisions_come_in_report_order(
+    candidates: list[Candidate],
+    policy: Policy,
+    evaluations: list[Evaluation],
+    now: datetime,
+    max_fraction: float,
+) -> None:
+    """Step, then mtime, then path; checkpoints without a step last (the plan skips its final
+    sort when the series is every checkpoint: this holds either way)."""
+    plan = plan_run(candidates, policy, now=now, evaluations=evaluations, max_fraction=max_fraction)
+    by_path = {c.path: c for c in candidates}
+    keys = [
+        (c.step is None, c.step or 0, c.mtime, c.path)
+        for c in (by_path[d.path] for d in plan.decisions)
+    ]
+    assert keys == sorted(keys)

@@ -197,8 +197,11 @@ def plan_run(
             for d in series_decisions
         ]
     decisions += series_decisions
-    rank = {c.path: index for index, c in enumerate(sorted(candidates, key=_report_order))}
-    decisions.sort(key=lambda decision: rank[decision.path])
+    if skipped or unstepped:
+        # Only then can the series order differ from the report order: a series alone is in it
+        # already, by (step, mtime, path), or by (mtime, path) when no checkpoint has a step.
+        rank = {c.path: index for index, c in enumerate(sorted(candidates, key=_report_order))}
+        decisions.sort(key=lambda decision: rank[decision.path])
 
     deleted = {d.path for d in series_decisions if d.action == "delete"}
     kept_bytes = sum(c.size for c in candidates if c.path not in deleted)
@@ -388,17 +391,24 @@ class _Overrides:
         self._young_after = now - policy.min_age if policy.min_age > timedelta(0) else None
 
     def reasons(self, candidate: Candidate, *, is_newest: bool) -> tuple[str, ...]:
-        reasons = [NEWEST_REASON] if is_newest else []
+        # Once per checkpoint of every plan, and most have no override: nothing is built for them.
+        reasons = [NEWEST_REASON] if is_newest else None
         if self._globs:
-            paths = (candidate.path, *candidate.companions)
+            path = candidate.path
+            paths = (path, *candidate.companions) if candidate.companions else None
             for glob, match, whole_path in self._globs:
-                if any(match(path if whole_path else path.rpartition("/")[2]) for path in paths):
-                    reasons.append(f"protect: {glob}")
-        if candidate.pinned is not None:
-            reasons.append(f"pinned: {candidate.pinned}" if candidate.pinned else "pinned")
+                if (
+                    match(path if whole_path else path.rpartition("/")[2])
+                    if paths is None
+                    else any(match(p if whole_path else p.rpartition("/")[2]) for p in paths)
+                ):
+                    reasons = (reasons or []) + [f"protect: {glob}"]
+        pinned = candidate.pinned
+        if pinned is not None:
+            reasons = (reasons or []) + [f"pinned: {pinned}" if pinned else "pinned"]
         if self._young_after is not None and candidate.mtime > self._young_after:
-            reasons.append(MIN_AGE_REASON)
-        return tuple(reasons)
+            reasons = (reasons or []) + [MIN_AGE_REASON]
+        return tuple(reasons) if reasons else ()
 
 
 @functools.lru_cache(maxsize=256)
@@ -452,7 +462,12 @@ def _eviction_order(judged: _Judged) -> tuple[int, int]:
 
 def _series_decision(judged: _Judged, overrides: tuple[str, ...], policy: Policy) -> Decision:
     path = judged.candidate.path
-    rules = judged.rule_reasons()
+    # judged.rule_reasons(), without a call and a list per checkpoint in the common cases
+    time_reason = judged.time_reason
+    if judged.every_steps_reason is None and judged.best_reason is None:
+        rules = [] if time_reason is None else [time_reason]
+    else:
+        rules = judged.rule_reasons()
     if judged.evicted:
         assert policy.max_run_size is not None  # only a budget evicts
         budget = f"budget: max_run_size {format_size(policy.max_run_size)}"
