@@ -15,8 +15,8 @@ from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity, hash_if_unchanged, temp_path_for
 from ckptd.manifest.model import ManifestEntry
 from ckptd.runs.checkpoints import InventoryOptions
-from ckptd.runs.inventory import default_identifier, inventory_run
-from ckptd.runs.listing import CheckpointMatcher
+from ckptd.runs.inventory import _checkpoint, default_identifier, inventory_run
+from ckptd.runs.listing import CheckpointMatcher, walk_files
 from ckptd.runs.roots import RunRef, find_runs
 from ckptd.runs.statedir import StateLayout
 
@@ -322,3 +322,60 @@ def _entry(checkpoint: object) -> ManifestEntry:
         state="kept",
         mtime_ns=checkpoint.identity.mtime_ns,
     )
+
+
+# ---- the warm fast path builds what the general path builds ---------------------------------------
+
+
+@pytest.mark.parametrize("state", ["kept", "converted", "held", "refused", "broken", "pending"])
+@pytest.mark.parametrize("fmt", [Format.SB2_ZIP, Format.UNKNOWN])
+@pytest.mark.parametrize("sha256", ["ab" * 32, None])
+@pytest.mark.parametrize("hash_files", [True, False])
+def test_an_unchanged_file_gets_the_checkpoint_the_general_path_builds(
+    tmp_path: Path, state: str, fmt: Format, sha256: str | None, hash_files: bool
+) -> None:
+    run = tmp_path / "run"
+    make_zip(run / "rl_model_7_steps.zip")
+    ref = RunRef(tmp_path, run, "run")
+    (cold,) = inventory_run(ref, options(), now=NOW, previous={}).checkpoints
+    cached = dataclasses.replace(
+        _entry(cold),
+        state=state,  # type: ignore[arg-type]
+        format=fmt,
+        sha256=sha256,
+        converted_from="rl_model_7_steps.pkl",
+    )
+    opts = options(CountingIdentifier(), hash_files=hash_files)
+    (warm,) = inventory_run(ref, opts, now=NOW, previous={cached.path: cached}).checkpoints
+    (found,) = walk_files(str(run), "", lambda name: False, opts.matcher.matches)
+    now_ns = int(NOW.timestamp()) * 1_000_000_000
+    general = _checkpoint(found, options(hash_files=hash_files), now_ns, cached)
+    assert general is not None
+    # Linking then drops a converted_from no archived original confirms: compare before that.
+    assert dataclasses.replace(warm, converted_from=None) == dataclasses.replace(
+        general, converted_from=None
+    )
+
+
+def test_a_file_rewritten_in_place_with_its_old_size_is_read_again(tmp_path: Path) -> None:
+    """Same name, same size, same inode, new bytes and mtime (torch.save over last.ckpt): the
+    cache key (size, mtime_ns) no longer matches, so the file is identified and hashed again."""
+    run = tmp_path / "run"
+    path = make_zip(run / "rl_model_1_steps.zip", payload=b"a")
+    ref = RunRef(tmp_path, run, "run")
+    (cold,) = inventory_run(ref, options(), now=NOW, previous={}).checkpoints
+    inode = path.stat().st_ino
+    data = path.read_bytes()
+    changed = data.replace(b"parametersa", b"parametersb")
+    assert changed != data and len(changed) == len(data)
+    with open(path, "r+b") as handle:  # in place: the directory's mtime does not move
+        handle.write(changed)
+    set_mtime(path, NOW - timedelta(minutes=30))
+    assert path.stat().st_ino == inode
+    identify = CountingIdentifier()
+    (warm,) = inventory_run(
+        ref, options(identify), now=NOW, previous={cold.path: _entry(cold)}
+    ).checkpoints
+    assert identify.calls == [path]
+    assert warm.cached is None and warm.sha256 == hash_if_unchanged(path, warm.identity)
+    assert warm.sha256 != cold.sha256

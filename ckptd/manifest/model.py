@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Literal, get_args
 
 from ckptd import __version__
@@ -172,7 +173,7 @@ class Manifest:
 
     def __post_init__(self) -> None:
         # One canonical order, so equal content compares equal however it was assembled.
-        ordered = tuple(sorted(self.checkpoints, key=entry_key))
+        ordered = tuple(sorted(self.checkpoints, key=_by_path))
         if ordered != self.checkpoints:
             object.__setattr__(self, "checkpoints", ordered)
 
@@ -208,6 +209,9 @@ class Manifest:
 
 def entry_key(entry: ManifestEntry) -> str:
     return entry.path
+
+
+_by_path = attrgetter("path")  # entry_key in C: every manifest loaded is put in this order
 
 
 def quarantined_as(entry: ManifestEntry) -> str | None:

@@ -192,7 +192,7 @@ def _pin_for(checkpoint: Checkpoint, pins: Mapping[str, Pin]) -> str | None:
 def candidates_of(inventory: RunInventory, pins: Mapping[str, Pin]) -> list[Candidate]:
     """Retention's view of a run's checkpoints (an archived original's size counts toward its zip)."""
     # Positional arguments and the mtime computed here, not through Checkpoint.mtime: this runs
-    # once per checkpoint of every pass.
+    # once per checkpoint of every pass, and most have no legacy original (no companion).
     return [
         Candidate(
             checkpoint.path,
@@ -202,7 +202,7 @@ def candidates_of(inventory: RunInventory, pins: Mapping[str, Pin]) -> list[Cand
             checkpoint.complete,
             checkpoint.status,
             _pin_for(checkpoint, pins) if pins else None,
-            _in_place_companion(checkpoint),
+            () if checkpoint.legacy is None else _in_place_companion(checkpoint),
         )
         for checkpoint in inventory.checkpoints
     ]

@@ -49,9 +49,14 @@ class CheckpointMatcher:
         self._step = re.compile(checkpoints.step_pattern)
 
     def matches(self, name: str) -> bool:
-        if name in self._own or is_temp_name(name):
-            return False
-        return bool(self._include.match(name)) and not self._ignore.match(name)
+        # Once per file of every pass: the pattern first (it rules out most other files), then
+        # ignore, temp names and ckptd's own files.
+        return (
+            self._include.match(name) is not None
+            and self._ignore.match(name) is None
+            and name not in self._own
+            and not is_temp_name(name)
+        )
 
     def matches_directory(self, name: str) -> bool:
         """Whether a directory named ``name`` is one checkpoint (``checkpoints.directories``)."""
@@ -89,7 +94,17 @@ def walk_files(
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # vanished between listing and stat
-            yield Found(prefix + entry.path[cut:], name, entry.path, identity_of(st))
+            # identity_of(st), inlined: once per file of every pass
+            identity = build_frozen(
+                FileIdentity,
+                {
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "inode": st.st_ino,
+                    "device": st.st_dev,
+                },
+            )
+            yield Found(prefix + entry.path[cut:], name, entry.path, identity)
 
 
 def _not_inventoried(directory: str, err: OSError) -> None:
