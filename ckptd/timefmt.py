@@ -17,12 +17,27 @@ def format_utc(moment: datetime) -> str:
 _EPOCH = datetime(1970, 1, 1)  # naive on purpose: only used to build UTC text
 
 
+# The date text of each day seen (checkpoints of a pass share a few hundred days at most).
+_DAYS: dict[int, str] = {}
+_MAX_DAYS = 4096
+
+
 def format_utc_ns(nanoseconds: int) -> str:
-    """``format_utc(from_ns(nanoseconds))`` at a third of the cost (prune --json: once per decision)."""
+    """``format_utc(from_ns(nanoseconds))`` at a fifth of the cost (prune --json: once per
+    decision): the date text is made once per day, the time of day from integers."""
     seconds, remainder = divmod(nanoseconds, 1_000_000_000)
+    day, second = divmod(seconds, 86_400)
+    date = _DAYS.get(day)
+    if date is None:
+        if len(_DAYS) >= _MAX_DAYS:
+            _DAYS.clear()
+        date = _DAYS[day] = (_EPOCH + timedelta(days=day)).date().isoformat()
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
     micro = remainder // 1000
-    text = (_EPOCH + timedelta(seconds=seconds)).isoformat()
-    return f"{text}.{micro:06d}Z" if micro else f"{text}Z"
+    if micro:
+        return f"{date}T{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}Z"
+    return f"{date}T{hour:02d}:{minute:02d}:{second:02d}Z"
 
 
 def parse_utc(text: str) -> datetime:
