@@ -9,7 +9,8 @@ survive a rewrite. Validating parsing lives in ``ckptd.manifest.parse``; pure.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -44,6 +45,40 @@ class ParamsSummary:
 
 
 @dataclass(frozen=True)
+class FileRecord:
+    """One file of a directory checkpoint (docs/architecture.md, "Manifest and index")."""
+
+    path: str  # relative to the checkpoint directory, posix separators
+    size: int
+    sha256: str | None
+    verdict: Verdict | None = None  # pickle-bearing files only
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys a newer ckptd wrote
+
+    def to_json_obj(self) -> JsonDict:
+        obj: JsonDict = {"path": self.path, "size": self.size, "sha256": self.sha256}
+        if self.verdict is not None:
+            obj["verdict"] = self.verdict.to_json_obj()
+        obj.update(sorted(self.extra.items()))
+        return obj
+
+
+def directory_digest(files: Iterable[tuple[str, str]]) -> str:
+    """A directory checkpoint's ``sha256``: over its files' (path, sha256) pairs, sorted by path.
+
+    The digest of the text ``sha256sum`` prints for the files, one ``<hex>  <path>\n`` line each
+    in byte order of the paths (docs/architecture.md, "Manifest and index").
+    """
+    digest = hashlib.sha256()
+    for path, sha256 in sorted(files, key=lambda pair: _path_bytes(pair[0])):
+        digest.update(f"{sha256}  ".encode() + _path_bytes(path) + b"\n")
+    return digest.hexdigest()
+
+
+def _path_bytes(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
 class ManifestEntry:
     """One checkpoint file of a run (paths relative to the run dir, posix separators)."""
 
@@ -65,7 +100,15 @@ class ManifestEntry:
     note: str | None = None  # what a held checkpoint needs
     # Pickle-bearing files (docs/security.md, "Verdicts"): may loading it run code, and why.
     verdict: Verdict | None = None
+    # A directory checkpoint (``path`` ends in ``/``): its files, and the signature of the listing
+    # they were hashed from (every file's path, size and mtime), the warm pass's cache key.
+    files: tuple[FileRecord, ...] | None = None
+    signature: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_directory(self) -> bool:
+        return self.path.endswith("/")
 
     def to_json_obj(self) -> JsonDict:
         obj: JsonDict = {
@@ -88,6 +131,8 @@ class ManifestEntry:
             "note": self.note,
             "mtime_ns": self.mtime_ns,
             "verdict": None if self.verdict is None else self.verdict.to_json_obj(),
+            "signature": self.signature,
+            "files": None if self.files is None else [item.to_json_obj() for item in self.files],
         }
         obj.update((key, value) for key, value in optional.items() if value is not None)
         obj.update(sorted(self.extra.items()))

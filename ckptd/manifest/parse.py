@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import cast
 
-from ckptd.formats import Format
+from ckptd.formats import DIRECTORY_FORMATS, Format
 from ckptd.frozen_build import build_frozen
 from ckptd.fs.runfs import relpath_problem
 from ckptd.manifest.jsonio import JsonChecker, JsonDict, json_extras, load_json_object
 from ckptd.manifest.model import (
     MANIFEST_SCHEMA,
     MANIFEST_STATES,
+    FileRecord,
     Manifest,
     ManifestEntry,
     ManifestState,
@@ -35,7 +36,9 @@ MANIFEST_KEYS = frozenset(
 _ENTRY_KEYS = frozenset(
     {"path", "step", "size", "mtime", "sha256", "format", "state", "reasons", "converted_from"}
     | {"algorithm", "params", "carries_code", "error", "refusal", "mtime_ns", "note", "verdict"}
+    | {"files", "signature"}
 )
+_FILE_KEYS = frozenset({"path", "size", "sha256", "verdict"})
 _REMOVED_KEYS = frozenset(
     {"path", "sha256", "removed_at", "reasons", "trash", "size"}
     | {"converted_from", "converted_from_sha256", "converted_from_trash", "converted_from_size"}
@@ -107,6 +110,8 @@ def _entry_fast(obj: object) -> ManifestEntry | None:
             "mtime_ns": mtime_ns,
             "note": None,
             "verdict": None,
+            "files": None,
+            "signature": None,
             "extra": {},
         },
     )
@@ -141,11 +146,17 @@ def _relpath(check: JsonChecker, value: str | None, where: str, key: str) -> str
 
 def _entry_checked(obj: object, where: str, check: JsonChecker) -> ManifestEntry:
     path = check.text(obj, "path", where)
-    _relpath(check, path, where, "path")
+    # A directory checkpoint's path ends in one "/" (docs/formats.md, "Directory checkpoints").
+    _relpath(check, path[:-1] if path.endswith("/") else path, where, "path")
     where = f"{where} ({path})"
     format_text = check.text(obj, "format", where)
     if format_text not in _FORMATS:
         raise check.fail(f"{where}.format", f"unknown format {format_text!r}")
+    if path.endswith("/") != (_FORMATS[format_text] in DIRECTORY_FORMATS):
+        raise check.fail(
+            f"{where}.path",
+            f"a path ending in '/' goes with a directory format, not {format_text!r}",
+        )
     state = check.text(obj, "state", where)
     if state not in MANIFEST_STATES:
         raise check.fail(f"{where}.state", f"unknown state {state!r}")
@@ -176,8 +187,33 @@ def _entry_checked(obj: object, where: str, check: JsonChecker) -> ManifestEntry
         mtime_ns=check.integer(obj, "mtime_ns", where, nullable=True),
         note=check.optional_text(obj, "note", where),
         verdict=_verdict(obj, where, check),
+        files=_files(obj, where, check),
+        signature=check.optional_text(obj, "signature", where),
         extra=json_extras(cast(JsonDict, obj), _ENTRY_KEYS),
     )
+
+
+def _files(obj: object, where: str, check: JsonChecker) -> tuple[FileRecord, ...] | None:
+    items = check.get(obj, "files", where, False)
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        raise check.fail(f"{where}.files", "must be a list")
+    records = []
+    for i, item in enumerate(items):
+        at = f"{where}.files[{i}]"
+        path = check.text(item, "path", at)
+        _relpath(check, path, at, "path")
+        records.append(
+            FileRecord(
+                path=path,
+                size=cast(int, check.integer(item, "size", at)),
+                sha256=check.optional_text(item, "sha256", at),
+                verdict=_verdict(item, at, check),
+                extra=json_extras(cast(JsonDict, item), _FILE_KEYS),
+            )
+        )
+    return tuple(records)
 
 
 def _verdict(obj: object, where: str, check: JsonChecker) -> Verdict | None:
@@ -198,6 +234,9 @@ def _verdict(obj: object, where: str, check: JsonChecker) -> Verdict | None:
 def removed_from_json(obj: object, where: str, check: JsonChecker) -> RemovedEntry:
     def path_of(key: str, *, required: bool = False) -> str | None:
         value = check.text(obj, key, where) if required else check.optional_text(obj, key, where)
+        if key == "path" and value is not None and value.endswith("/"):
+            _relpath(check, value[:-1], where, key)  # a directory checkpoint
+            return value
         return _relpath(check, value, where, key)
 
     return RemovedEntry(
