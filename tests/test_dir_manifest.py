@@ -106,9 +106,7 @@ def test_directory_digest_is_the_digest_of_sha256sum_output(tmp_path: Path) -> N
     shutil.copytree(HF, directory)
     (directory / "sub").mkdir()
     (directory / "sub" / "B").write_bytes(b"upper case sorts first in byte order")
-    files = sorted(
-        p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()
-    )
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
     listing = subprocess.run(
         ["sha256sum", "--", *files],
         cwd=directory,

@@ -139,12 +139,26 @@ def _identify(path: Path, *, first_sb2_reference_is_enough: bool, judge: bool) -
     if not judge or found.format not in VERDICT_FORMATS:
         return found
     with open_regular_nofollow(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        try:
-            verdict = _judge(found.format, handle, size, str(path))
-        except NoVerdict as err:
-            note = f"{found.format} whose pickles ckptd cannot check: {err}"
-            return dataclasses.replace(found, format=Format.UNKNOWN, note=note)
+        return _with_verdict(found, handle, str(path))
+
+
+def identify_open(handle: BinaryIO, source: str) -> Identification:
+    """:func:`identify_checked` of a regular file the caller opened (a directory checkpoint's
+    files are opened no-follow from the run's descriptor, ``ckptd.fs.runfs``)."""
+    found = _label_open(handle, first_sb2_reference_is_enough=True)
+    if found.format not in VERDICT_FORMATS:
+        return found
+    handle.seek(0)
+    return _with_verdict(found, handle, source)
+
+
+def _with_verdict(found: Identification, handle: BinaryIO, source: str) -> Identification:
+    size = os.fstat(handle.fileno()).st_size
+    try:
+        verdict = _judge(found.format, handle, size, source)
+    except NoVerdict as err:
+        note = f"{found.format} whose pickles ckptd cannot check: {err}"
+        return dataclasses.replace(found, format=Format.UNKNOWN, note=note)
     return dataclasses.replace(found, verdict=verdict)
 
 
@@ -158,29 +172,33 @@ def _judge(fmt: Format, handle: BinaryIO, size: int, source: str) -> Verdict:
 
 def _label(path: Path, first_sb2_reference_is_enough: bool) -> Identification:
     with open_regular_nofollow(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        # Ask for no more than the file holds: read(n) allocates n bytes up front, and a 4 MiB
-        # allocation per small file costs more than reading it (size 0: a file that may not say).
-        head = handle.read(min(size, SNIFF_BYTES) or SNIFF_BYTES)
-        if not head:
-            return Identification(Format.UNKNOWN, "high", "empty file", size)
-        header = header_length_of(head, size)
-        if header is not None:
-            note = f"a {header}-byte JSON header, then the tensors"
-            return Identification(Format.SAFETENSORS, "high", note, size)
-        if head.startswith(ZIP_MAGIC):
-            # A file read whole is parsed from memory: zipfile's seeks and reads cost syscalls.
-            whole = len(head) == size
-            return _identify_zip(io.BytesIO(head) if whole else handle, size)
-        if head[0] == 0x80 and len(head) >= 2:
-            return _identify_pickle(handle, head, size, first_sb2_reference_is_enough)
-        method = compression_of(head)
-        if method is not None:
-            return _identify_compressed(head, size, method)
-        if head[0] in _TEXT_PICKLE_STARTS and len(head) == size:
-            text = _identify_text_pickle(head, size)
-            if text is not None:
-                return text
+        return _label_open(handle, first_sb2_reference_is_enough)
+
+
+def _label_open(handle: BinaryIO, first_sb2_reference_is_enough: bool) -> Identification:
+    size = os.fstat(handle.fileno()).st_size
+    # Ask for no more than the file holds: read(n) allocates n bytes up front, and a 4 MiB
+    # allocation per small file costs more than reading it (size 0: a file that may not say).
+    head = handle.read(min(size, SNIFF_BYTES) or SNIFF_BYTES)
+    if not head:
+        return Identification(Format.UNKNOWN, "high", "empty file", size)
+    header = header_length_of(head, size)
+    if header is not None:
+        note = f"a {header}-byte JSON header, then the tensors"
+        return Identification(Format.SAFETENSORS, "high", note, size)
+    if head.startswith(ZIP_MAGIC):
+        # A file read whole is parsed from memory: zipfile's seeks and reads cost syscalls.
+        whole = len(head) == size
+        return _identify_zip(io.BytesIO(head) if whole else handle, size)
+    if head[0] == 0x80 and len(head) >= 2:
+        return _identify_pickle(handle, head, size, first_sb2_reference_is_enough)
+    method = compression_of(head)
+    if method is not None:
+        return _identify_compressed(head, size, method)
+    if head[0] in _TEXT_PICKLE_STARTS and len(head) == size:
+        text = _identify_text_pickle(head, size)
+        if text is not None:
+            return text
     return Identification(
         Format.UNKNOWN, "high", f"neither a zip nor a pickle (starts with {head[:4].hex()})", size
     )

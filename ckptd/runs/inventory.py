@@ -50,6 +50,7 @@ from ckptd.runs.checkpoints import (
     cannot_read,
     is_final_verdict,
 )
+from ckptd.runs.dir_checkpoints import DirectoryFinder, directory_checkpoints
 from ckptd.runs.linking import link_originals
 from ckptd.runs.listing import Found, walk_files
 from ckptd.runs.roots import RunRef, skipped_dir
@@ -81,7 +82,12 @@ def inventory_run(
     layout.check()  # a planted symlink/FIFO/file state dir: refuse the run, list nothing through it
     now_ns = _to_ns(now)
     skip = _dir_skipper(options.state_dir)
-    found = list(walk_files(str(run.run_dir), "", skip, options.matcher.matches))
+    # Directory checkpoints (checkpoints.directories) are found by the same walk, never entered.
+    finder = DirectoryFinder.for_run(run.run_dir, options.matcher)
+    visit = None if finder is None else finder.visit
+    if finder is not None:
+        skip = finder.skipper(skip)
+    found = list(walk_files(str(run.run_dir), "", skip, options.matcher.matches, visit_dir=visit))
     archived = _archived_originals(layout, options, now_ns, previous)
     archived_by_path = {original.path: original for original in archived}
     checkpoints = []
@@ -104,6 +110,10 @@ def inventory_run(
             checkpoints.append(checkpoint)
     if archived_by_path or any(c.converted_from is not None for c in checkpoints):
         checkpoints = link_originals(checkpoints, archived_by_path, layout, options)
+    if finder is not None:
+        checkpoints.extend(
+            directory_checkpoints(run.run_dir, finder.found, options, now_ns, previous)
+        )
     checkpoints.sort(key=_by_path)
     return RunInventory(run, tuple(checkpoints), tuple(archived), _quarantined_files(layout))
 

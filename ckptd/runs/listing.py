@@ -45,6 +45,7 @@ class CheckpointMatcher:
         self._include = _compile_globs(checkpoints.patterns)
         self._ignore = _compile_globs(checkpoints.ignore)
         self._directories = _compile_globs(checkpoints.directories)
+        self._has_directories = bool(checkpoints.directories)
         self._own = frozenset({manifest_filename, INDEX_FILENAME})
         self._step = re.compile(checkpoints.step_pattern)
 
@@ -57,6 +58,11 @@ class CheckpointMatcher:
             and name not in self._own
             and not is_temp_name(name)
         )
+
+    @property
+    def has_directories(self) -> bool:
+        """Whether any directory can be one checkpoint (``checkpoints.directories`` not empty)."""
+        return self._has_directories
 
     def matches_directory(self, name: str) -> bool:
         """Whether a directory named ``name`` is one checkpoint (``checkpoints.directories``)."""
@@ -81,13 +87,19 @@ def _compile_globs(globs: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def walk_files(
-    directory: str, relpath: str, skip_dir: Callable[[str], bool], wanted: Callable[[str], bool]
+    directory: str,
+    relpath: str,
+    skip_dir: Callable[[str], bool],
+    wanted: Callable[[str], bool],
+    *,
+    visit_dir: Callable[[str], None] | None = None,
 ) -> Iterator[Found]:
     """Regular files below ``directory`` whose name is ``wanted`` (never through symlinks), their
-    paths relative to the run given ``directory``'s own ``relpath`` there ("" for the run)."""
+    paths relative to the run given ``directory``'s own ``relpath`` there ("" for the run).
+    ``visit_dir`` is called with each directory's path before ``skip_dir`` judges its entries."""
     cut = len(directory) + 1
     prefix = f"{relpath}/" if relpath else ""
-    for entry in walk_entries(directory, skip_dir, _not_inventoried):
+    for entry in walk_entries(directory, skip_dir, _not_inventoried, visit_dir=visit_dir):
         name = entry.name
         if wanted(name) and entry.is_file(follow_symlinks=False):
             try:

@@ -36,6 +36,7 @@ from ckptd.runs.checkpoints import (
     RunInventory,
     is_final_verdict,
 )
+from ckptd.runs.dir_checkpoints import DirCheckpoint, directory_entry
 from ckptd.timefmt import from_ns
 
 
@@ -60,7 +61,7 @@ def build_manifest(
     record) replaces the previous one, which is kept otherwise.
     """
     entries = [
-        _checkpoint_entry(checkpoint, reasons.get(checkpoint.path) if reasons is not None else None)
+        _entry(checkpoint, reasons.get(checkpoint.path) if reasons is not None else None)
         for checkpoint in inventory.checkpoints
         if checkpoint.path not in gone
     ]
@@ -90,6 +91,12 @@ def build_manifest(
         last_prune=last_prune or base.last_prune,
     )
     return add_removed(manifest, removed) if removed else manifest
+
+
+def _entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -> ManifestEntry:
+    if isinstance(checkpoint, DirCheckpoint):
+        return directory_entry(checkpoint, reasons)
+    return _checkpoint_entry(checkpoint, reasons)
 
 
 def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -> ManifestEntry:

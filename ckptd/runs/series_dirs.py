@@ -22,7 +22,10 @@ from ckptd.runs.roots import RunRef, find_runs
 def series_directories(checkpoints: Iterable[tuple[str, int | None]]) -> tuple[str, ...]:
     """The run-relative directories (``.`` for the run itself) that hold checkpoints with a step
     (``(path, step)`` pairs), when there is more than one; else ``()``."""
-    found = {posixpath.dirname(path) or "." for path, step in checkpoints if step is not None}
+    # A directory checkpoint ("global_step5/") lies in the directory holding it.
+    found = {
+        posixpath.dirname(path.rstrip("/")) or "." for path, step in checkpoints if step is not None
+    }
     return tuple(sorted(found)) if len(found) > 1 else ()
 
 
@@ -44,7 +47,8 @@ def named_checkpoints(
     listed."""
 
     def skip_dir(name: str) -> bool:
-        return name.startswith(".") or name == state_dir
+        # A directory checkpoint's files are not checkpoints of their own (checkpoints.directories).
+        return name.startswith(".") or name == state_dir or matcher.matches_directory(name)
 
     def unlisted(directory: str, err: OSError) -> None:
         pass  # a subdirectory that cannot be listed: the inventory reports it, not this hint
