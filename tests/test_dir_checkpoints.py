@@ -132,10 +132,15 @@ def test_written_in_the_trainers_order_it_is_complete_only_after_its_marker(
 ) -> None:
     """A Hugging Face save replayed file by file in the order the Trainer wrote them (order.json),
     trainer_state.json last: pending at every step before the marker, and until stable_for."""
-    config = trainer_config(tmp_path / "root", checkpoints={
-        "directories": ["checkpoint-*"], "patterns": ["*.pt"], "stable_for": "1s",
-        "step_pattern": r"-(\d+)",
-    })  # fmt: skip
+    config = trainer_config(
+        tmp_path / "root",
+        checkpoints={
+            "directories": ["checkpoint-*"],
+            "patterns": ["*.pt"],
+            "stable_for": "1s",
+            "step_pattern": r"-(\d+)",
+        },
+    )
     run = tmp_path / "root" / "gpt"
     target = run / "checkpoint-2"
     target.mkdir(parents=True)

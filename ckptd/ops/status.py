@@ -36,6 +36,7 @@ from ckptd.ops.scrub_results import CORRUPT_KEY, LAST_SCRUB_KEY
 from ckptd.pipeline.discovery import find_work
 from ckptd.pipeline.quarantine import REASON_SUFFIX
 from ckptd.retention.deletion import TRASH_INDEX
+from ckptd.retention.dir_trash import tree_size_at
 from ckptd.runs.access import runs_of_all_roots
 from ckptd.runs.roots import RunRef
 from ckptd.runs.series_dirs import merged_series_warning, series_directories
@@ -349,7 +350,21 @@ def _usage(directory: Path, skip: frozenset[str], skip_suffix: str | None = None
         if stat.S_ISREG(st.st_mode):
             files += 1
             size += st.st_size
+        elif stat.S_ISDIR(st.st_mode):  # a directory checkpoint in the trash: one, its files' bytes
+            files += 1
+            size += _tree_size(directory, name)
     return Usage(files, size)
+
+
+def _tree_size(directory: Path, name: str) -> int:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return tree_size_at(fd, name)
+    finally:
+        os.close(fd)
 
 
 def _removed_bytes(run_dir: Path, entries: Sequence[RemovedEntry]) -> int | None:

@@ -33,8 +33,10 @@ from typing import Literal
 from ckptd.errors import FileChangedError, StateError, UnsafePathError
 from ckptd.fs.files import FileIdentity, is_temp_name
 from ckptd.fs.runfs import move_unique_at, relpath_problem
+from ckptd.retention.dir_trash import move_directory, remove_tree_at, tree_size_at
 from ckptd.runs.access import RunHandle
 from ckptd.runs.checkpoints import Checkpoint
+from ckptd.runs.dir_checkpoints import DirCheckpoint
 from ckptd.runs.statedir import MAX_STATE_FILE_BYTES, TRASH_DIR, StateLayout
 from ckptd.timefmt import format_utc, parse_utc
 
@@ -130,6 +132,13 @@ def delete_checkpoints(
     if mode == "trash" and checkpoints:
         layout.ensure()
     for checkpoint in checkpoints:
+        if isinstance(checkpoint, DirCheckpoint):
+            try:
+                outcomes.append(_delete_directory(layout, checkpoint, mode, now, records))
+            except (FileChangedError, UnsafePathError, OSError) as err:
+                logger.warning("not deleting %s: %s", checkpoint.path, err)
+                outcomes.append(err)
+            continue
         targets = [_Target(checkpoint.path, checkpoint.identity, checkpoint.sha256)]
         if checkpoint.legacy is not None:
             legacy = checkpoint.legacy
@@ -176,6 +185,27 @@ def _delete_group(
         legacy_trash=moved[1] if len(moved) > 1 else None,
         bytes=sum(target.identity.size for target in targets),
     )
+
+
+def _delete_directory(
+    layout: StateLayout,
+    checkpoint: DirCheckpoint,
+    mode: DeleteMode,
+    now: datetime,
+    records: list[TrashRecord],
+) -> Deleted:
+    """A directory checkpoint, whole (``ckptd.retention.dir_trash``)."""
+    trash_name = move_directory(layout, checkpoint, unlink=mode == "unlink")
+    trash = None if trash_name is None else f"{layout.state_dir_name}/{TRASH_DIR}/{trash_name}"
+    if trash_name is not None:
+        records.append(TrashRecord(trash_name, checkpoint.reldir, now, checkpoint.sha256))
+    logger.info(
+        "deleted %s (%s)",
+        layout.run_dir / checkpoint.path,
+        trash or "unlinked",
+        extra={"event": "trashed" if trash else "deleted"},
+    )
+    return Deleted(checkpoint.path, trash, None, None, checkpoint.size)
 
 
 def _remove_one(layout: StateLayout, target: _Target, mode: DeleteMode) -> str | None:
@@ -314,7 +344,8 @@ def purge_trash(
     one is enough for a ``dry_run``, which only lists what it would unlink).
 
     Entries missing from the index use their ctime (set by the move). Symlinks found in the trash
-    are removed as links (never followed); directories are left alone.
+    are removed as links (never followed); a directory is removed whole (no link below it
+    followed) when the index records it (a directory checkpoint), else left alone.
     """
     if not layout.fs.is_real_dir(layout.rel(TRASH_DIR)):
         return PurgeResult((), 0)
@@ -327,16 +358,21 @@ def purge_trash(
             if name == TRASH_INDEX or is_temp_name(name):
                 continue
             st = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                continue
-            present.add(name)
             record = index.get(name)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if is_dir and record is None:
+                continue  # only directory checkpoints ckptd moved here are removed
+            present.add(name)
             trashed_at = record.trashed_at if record else datetime.fromtimestamp(st.st_ctime, UTC)
             if now - trashed_at >= ttl:
+                size = tree_size_at(trash_fd, name) if is_dir else st.st_size
                 if not dry_run:
-                    os.unlink(name, dir_fd=trash_fd)
+                    if is_dir:
+                        remove_tree_at(trash_fd, name)
+                    else:
+                        os.unlink(name, dir_fd=trash_fd)
                 removed.append(name)
-                freed += st.st_size if stat.S_ISREG(st.st_mode) else 0
+                freed += size if is_dir or stat.S_ISREG(st.st_mode) else 0
         if dry_run:
             return PurgeResult(tuple(removed), freed)
         if removed:

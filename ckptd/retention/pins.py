@@ -33,6 +33,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from ckptd.runs.access import (
     require_plain_relpath,
     save_manifest,
 )
+from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.statedir import (
     LEGACY_DIR,
     Pin,
@@ -138,7 +140,7 @@ def set_pin(
     there stays as it is (decided under the lock, so a concurrent pin's reason is not lost).
     """
     with pins_lock(layout, timeout=timeout):
-        if require_file and not layout.fs.exists(relpath):
+        if require_file and not layout.fs.exists(relpath.rstrip("/")):
             raise FileNotFoundError(errno.ENOENT, "no such file", str(layout.run_dir / relpath))
         pins = read_pins(layout)
         previous = pins.get(relpath)
@@ -173,7 +175,7 @@ def pin(
     file (naming the trash entry when a prune moved it there) or one a racing prune deleted.
     """
     handle, relpath = locate(path, config)
-    _check_pinnable(handle, relpath)
+    relpath = _check_pinnable(handle, relpath)
     layout = handle.layout
     given = (reason or "").strip()
     new_pin = Pin(reason=given or DEFAULT_REASON, pinned_at=now)
@@ -214,6 +216,9 @@ def unpin(
     handle, relpath = locate(path, config)
     require_plain_relpath(handle, relpath)
     previous = clear_pin(handle.layout, relpath)
+    if previous is None and not relpath.endswith("/"):
+        relpath += "/"  # a directory checkpoint's pin is on "checkpoint-500/"
+        previous = clear_pin(handle.layout, relpath)
     if previous is None:
         raise CkptdError("is not pinned", path=str(handle.run_dir / relpath))
     logger.info("unpinned %s (was: %s)", handle.run_dir / relpath, previous.reason)
@@ -221,7 +226,9 @@ def unpin(
     return PinResult(handle.run_dir, relpath, None, previous, updated, note)
 
 
-def _check_pinnable(handle: RunHandle, relpath: str) -> None:
+def _check_pinnable(handle: RunHandle, relpath: str) -> str:
+    """The key the pin is stored under: ``relpath``, or ``relpath/`` for a directory checkpoint
+    (its manifest path, docs/formats.md "Directory checkpoints")."""
     require_plain_relpath(handle, relpath)
     shown = str(handle.run_dir / relpath)
     legacy_prefix = handle.state_relpath(LEGACY_DIR) + "/"
@@ -231,10 +238,19 @@ def _check_pinnable(handle: RunHandle, relpath: str) -> None:
             "(use `ckptd trash restore` for a file in the trash)",
             path=shown,
         )
-    try:
-        handle.layout.fs.regular(relpath)
-    except FileNotFoundError:
-        raise CkptdError(_missing_text(handle, relpath), path=shown) from None
+    st = handle.layout.fs.lstat(relpath)
+    if st is None:
+        raise CkptdError(_missing_text(handle, relpath), path=shown)
+    if stat.S_ISDIR(st.st_mode):
+        matcher = CheckpointMatcher(handle.checkpoints, handle.manifest_filename)
+        if not matcher.matches_directory(relpath.rpartition("/")[2]):
+            raise CkptdError(
+                "is a directory that checkpoints.directories does not name a checkpoint",
+                path=shown,
+            )
+        return relpath + "/"
+    handle.layout.fs.regular(relpath)
+    return relpath
 
 
 def _missing_text(handle: RunHandle, relpath: str) -> str:
@@ -243,8 +259,7 @@ def _missing_text(handle: RunHandle, relpath: str) -> str:
 
 
 def _trash_hint(handle: RunHandle, relpath: str) -> str | None:
-
-    entries = trash_entries_for(handle, relpath)
+    entries = trash_entries_for(handle, relpath.rstrip("/"))
     if not entries:
         return None
     return (
@@ -259,7 +274,7 @@ def _record_in_manifest(
     """Under the run lock: make sure a pinned file survived, then show the pin in the manifest."""
     try:
         with run_lock(handle.layout, timeout=timeout):
-            if new_pin is not None and not handle.layout.fs.exists(relpath):
+            if new_pin is not None and not handle.layout.fs.exists(relpath.rstrip("/")):
                 hint = _trash_hint(handle, relpath) or "it is not in the trash"
                 raise CkptdError(
                     "was deleted by a prune that was already deleting when the pin landed "

@@ -27,7 +27,8 @@ retention); where that text leaves a choice open, the choice made here is:
 * **keep_best** ranks best first; ties go to the newer checkpoint; an evaluation with a NaN value
   leaves the checkpoint unranked. When several evaluations share a step, the last given wins.
 * **protect** globs containing ``/`` match the whole run-relative path; globs without one match
-  the file name in any directory (``best_model.zip`` protects ``best/best_model.zip``).
+  the file name in any directory (``best_model.zip`` protects ``best/best_model.zip``); a
+  directory checkpoint's name is its last component (``checkpoint-*`` protects ``checkpoint-500/``).
 * **Budget**: the run's size is every file not deleted (kept, unstepped and skipped ones too, as
   all of them occupy the disk). If what can never be evicted already exceeds ``max_run_size``,
   nothing is evicted and a note says so. Within the keep_within and keep_every_steps tiers the
@@ -383,6 +384,15 @@ def _apply_keep_best(
 # ---------------------------------------------------------------- overrides
 
 
+def _protects(match: Callable[[str], object], path: str, whole_path: bool) -> bool:
+    # A directory checkpoint's path ends in "/": its name is the last component before it, and a
+    # whole-path glob may be written with or without the slash.
+    bare = path.rstrip("/")
+    if whole_path:
+        return bool(match(path) or (bare != path and match(bare)))
+    return bool(match(bare.rpartition("/")[2]))
+
+
 class _Overrides:
     """newest, protect globs, pins and min_age: kept whatever the rules said, never evicted."""
 
@@ -398,9 +408,9 @@ class _Overrides:
             paths = (path, *candidate.companions) if candidate.companions else None
             for glob, match, whole_path in self._globs:
                 if (
-                    match(path if whole_path else path.rpartition("/")[2])
+                    _protects(match, path, whole_path)
                     if paths is None
-                    else any(match(p if whole_path else p.rpartition("/")[2]) for p in paths)
+                    else any(_protects(match, p, whole_path) for p in paths)
                 ):
                     reasons = (reasons or []) + [f"protect: {glob}"]
         pinned = candidate.pinned

@@ -183,6 +183,8 @@ def _pin_for(checkpoint: Checkpoint, pins: Mapping[str, Pin]) -> str | None:
         checkpoint.path,
         checkpoint.converted_from,
         checkpoint.legacy and checkpoint.legacy.path,
+        # A directory checkpoint ("checkpoint-500/") pinned by its name without the slash.
+        checkpoint.path[:-1] if checkpoint.path.endswith("/") else None,
     ):
         if path and path in pins:
             return pins[path].reason

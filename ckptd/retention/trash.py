@@ -47,6 +47,7 @@ from ckptd.retention.deletion import (
     trash_entries_for,
     write_trash_index,
 )
+from ckptd.retention.dir_trash import digest_of, restored_entry, tree_size_at
 from ckptd.retention.pins import PIN_KEY, set_pin
 from ckptd.runs.access import (
     OPS_LOCK_TIMEOUT,
@@ -134,9 +135,15 @@ def list_trash(handle: RunHandle, *, ttl: timedelta | None = None) -> list[Trash
         if name == TRASH_INDEX or is_temp_name(name):
             continue
         st = layout.fs.lstat(layout.rel(TRASH_DIR, name))
-        if st is None or not stat.S_ISREG(st.st_mode):
-            continue
         record = index.get(name)
+        if st is None:
+            continue
+        size = st.st_size
+        if stat.S_ISDIR(st.st_mode) and record is not None:  # a directory checkpoint, whole
+            with layout.fs.directory(layout.rel(TRASH_DIR)) as trash_fd:
+                size = tree_size_at(trash_fd, name)
+        elif not stat.S_ISREG(st.st_mode):
+            continue
         trashed_at = record.trashed_at if record else datetime.fromtimestamp(st.st_ctime, UTC)
         items.append(
             TrashItem(
@@ -145,7 +152,7 @@ def list_trash(handle: RunHandle, *, ttl: timedelta | None = None) -> list[Trash
                 trash_path=handle.state_relpath(TRASH_DIR, name),
                 original=record.original if record else None,
                 trashed_at=trashed_at,
-                size=st.st_size,
+                size=size,
                 sha256=record.sha256 if record else None,
                 companion_of=record.companion_of if record else None,
                 expires_at=None if ttl is None else trashed_at + ttl,
@@ -164,6 +171,7 @@ class _Member:
     name: str  # in the trash
     original: str  # run-relative destination
     sha256: str | None
+    directory: bool = False  # a directory checkpoint, restored whole
 
 
 def restore(
@@ -210,7 +218,8 @@ def restore(
         remaining = {name: r for name, r in index.items() if name not in {m.name for m in group}}
         write_trash_index(layout, remaining)
         reason = f"restored from trash {format_utc(now)}"
-        set_pin(layout, group[0].original, Pin(reason=reason, pinned_at=now))
+        pinned = group[0].original + ("/" if group[0].directory else "")
+        set_pin(layout, pinned, Pin(reason=reason, pinned_at=now))
         updated = False
         if manifest is not None:
             new = _record_restore(handle, manifest, group, now, reason)
@@ -249,7 +258,9 @@ def _group(
             "manifest removal names it); move it back by hand",
             path=str(handle.layout.trash / name),
         )
-    members = [_Member(name, original, record.sha256 if record else None)]
+    trash_st = handle.layout.fs.lstat(handle.state_relpath(TRASH_DIR, name))
+    is_dir = trash_st is not None and stat.S_ISDIR(trash_st.st_mode) and record is not None
+    members = [_Member(name, original, record.sha256 if record else None, is_dir)]
     members.extend(
         _Member(other.name, other.original, other.sha256)
         for other in sorted(index.values(), key=lambda r: r.name)
@@ -287,9 +298,12 @@ def _check_member(handle: RunHandle, member: _Member) -> None:
         )
     source_rel = handle.state_relpath(TRASH_DIR, member.name)
     source = handle.run_dir / source_rel
-    fs.regular(source_rel)
+    if not member.directory:
+        fs.regular(source_rel)
     if member.sha256 is not None:
-        digest = sha256_in_run(handle, source_rel)
+        digest = (
+            digest_of(fs, source_rel) if member.directory else sha256_in_run(handle, source_rel)
+        )
         if digest != member.sha256:
             raise CkptdError(
                 f"sha256 {digest} differs from {member.sha256} recorded when it was deleted; "
@@ -309,7 +323,17 @@ def _record_restore(
     main, companions = group[0], group[1:]
     archived = next((m for m in companions if m.original.startswith(legacy_prefix)), None)
     converted_from = archived.original[len(legacy_prefix) :] if archived else None
-    updated = set_entry(manifest, _checkpoint_entry(handle, main, converted_from, reason, now))
+    if main.directory:
+        matcher = CheckpointMatcher(handle.checkpoints, handle.manifest_filename)
+        entry = restored_entry(
+            handle.layout.fs, main.original, matcher, handle.state_dir_name, (f"pinned: {reason}",)
+        )
+        pin = {PIN_KEY: {"reason": reason, "pinned_at": format_utc(now)}}
+        updated = manifest
+        if entry is not None:
+            updated = set_entry(manifest, dataclasses.replace(entry, extra={**entry.extra, **pin}))
+    else:
+        updated = set_entry(manifest, _checkpoint_entry(handle, main, converted_from, reason, now))
     for member in companions:
         updated = set_entry(updated, _original_entry(handle, member))
     trash_paths = {handle.state_relpath(TRASH_DIR, m.name) for m in group}

@@ -143,9 +143,16 @@ def directory_checkpoint(
     except OSError as err:
         logger.info("%s: cannot list (%s); will retry", fs.show(reldir), err)
         return DirCheckpoint(
-            path, step, FileIdentity(0, 0, 0, 0), judge(DirListing(reldir, ())).format, None,
-            True, UNREADABLE, cached=cached, error=cannot_read(err),
-        )  # fmt: skip
+            path,
+            step,
+            FileIdentity(0, 0, 0, 0),
+            judge(DirListing(reldir, ())).format,
+            None,
+            True,
+            UNREADABLE,
+            cached=cached,
+            error=cannot_read(err),
+        )
     if st is None:
         return None
     listing = walked.listing
@@ -154,9 +161,18 @@ def directory_checkpoint(
     identity = FileIdentity(listing.size, listing.newest_mtime_ns, st.st_ino, st.st_dev)
     valid = cached if cached is not None and cached.signature == signature else None
     base = DirCheckpoint(
-        path, step, identity, completion.format, None, False, INCOMPLETE, cached=valid,
-        signature=signature, completion=completion.reason, irregular=walked.irregular,
-    )  # fmt: skip
+        path,
+        step,
+        identity,
+        completion.format,
+        None,
+        False,
+        INCOMPLETE,
+        cached=valid,
+        signature=signature,
+        completion=completion.reason,
+        irregular=walked.irregular,
+    )
     quiet = (now_ns - listing.newest_mtime_ns) >= options.stable_for_ns
     if not (completion.complete and quiet):
         return base  # never read a directory that may still be written

@@ -172,7 +172,9 @@ def _pins_from_document(document: object, path: Path) -> dict[str, Pin]:
         raise StateError('pins file must be {"pins": {"<path>": {"reason": ...}}}', path=str(path))
     pins: dict[str, Pin] = {}
     for relpath, body in document["pins"].items():
-        problem = relpath_problem(relpath)
+        # A directory checkpoint's pin is on its manifest path, "checkpoint-500/".
+        bare = relpath[:-1] if isinstance(relpath, str) and relpath.endswith("/") else relpath
+        problem = relpath_problem(bare)
         if problem is not None:
             raise StateError(
                 f"pin {relpath!r} {problem}; not a path inside the run", path=str(path)
