@@ -36,6 +36,7 @@ from ckptd.ops.scrub_check import (
     StructureCheck,
     check_entry,
 )
+from ckptd.ops.scrub_dirs import check_directory
 from ckptd.ops.scrub_results import (
     Finding,
     RunScrub,
@@ -119,6 +120,13 @@ def _scrub_planned(
         for entry in planned.targets:
             if progress is not None:
                 progress.current(f"{planned.run.relpath}/{entry.path}")
+            if entry.files is not None:  # a directory checkpoint: every file re-hashed
+                checks.append(
+                    check_directory(
+                        planned.run.run_dir, entry, limiter, progress=progress, stop=stop
+                    )
+                )
+                continue
             checks.append(
                 check_entry(
                     planned.run.run_dir,

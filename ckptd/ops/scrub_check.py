@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
@@ -57,23 +57,30 @@ class Check:
 def hash_paced(
     path: Path, limiter: RateLimiter, progress: ScrubProgress | None, stop: StopCheck | None
 ) -> tuple[str, int, os.stat_result]:
+    with open_regular_nofollow(path) as handle:
+        return hash_open_paced(handle, limiter, progress, stop)
+
+
+def hash_open_paced(
+    handle: BinaryIO, limiter: RateLimiter, progress: ScrubProgress | None, stop: StopCheck | None
+) -> tuple[str, int, os.stat_result]:
+    """sha256 and bytes of an open file, read at the limiter's pace; its fstat from the start."""
     digest = hashlib.sha256()
     buffer = bytearray(SCRUB_CHUNK)
     view = memoryview(buffer)
     total = 0
-    with open_regular_nofollow(path) as handle:
-        st = os.fstat(handle.fileno())
-        while True:
-            if stop is not None and stop():
-                raise Stopped
-            count = os.readv(handle.fileno(), [view])
-            if not count:
-                break
-            digest.update(view[:count])
-            total += count
-            if progress is not None:
-                progress.advance(count)
-            limiter.acquire(count)
+    st = os.fstat(handle.fileno())
+    while True:
+        if stop is not None and stop():
+            raise Stopped
+        count = os.readv(handle.fileno(), [view])
+        if not count:
+            break
+        digest.update(view[:count])
+        total += count
+        if progress is not None:
+            progress.advance(count)
+        limiter.acquire(count)
     return digest.hexdigest(), total, st
 
 

@@ -178,7 +178,9 @@ def directory_checkpoint(
         return base  # never read a directory that may still be written
     complete = dataclasses.replace(base, complete=True, status=OK)
     if valid is not None and valid.sha256 is not None and valid.files is not None:
-        return dataclasses.replace(complete, sha256=valid.sha256, files=valid.files)
+        # A scrub's ``broken`` keeps retention's hands off it until the files heal.
+        status = valid.state if valid.state == "broken" else OK
+        return dataclasses.replace(complete, sha256=valid.sha256, files=valid.files, status=status)
     if not options.hash_files:
         return complete
     try:
