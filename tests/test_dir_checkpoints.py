@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -21,6 +22,7 @@ from ckptd.runs.dir_checkpoints import IRREGULAR_KEY, DirCheckpoint
 from ckptd.runs.inventory import inventory_run
 from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.roots import RunRef
+from tests.hostile_helpers import ckptd
 from tests.ops_helpers import flip_byte, manifest_of
 from tests.trainer_runs import ORDER, TRAINERS, copy_trainer_run, trainer_config
 
@@ -169,3 +171,21 @@ def test_a_symlink_inside_is_listed_never_followed(tmp_path: Path, kind: str) ->
     assert [item.path for item in entry.files or ()] == HF_FILES  # the link is no file of it
     assert entry.extra[IRREGULAR_KEY] == ["extra.pt"]
     assert "extra.pt" not in manifest_of(run).by_path()
+
+
+def test_inspect_shows_a_directory_and_its_files_verdicts(tmp_path: Path) -> None:
+    run = copy_trainer_run("hf", tmp_path / "gpt")
+    (run / "checkpoint-4" / "extra.pt").symlink_to(TRAINERS / "torch" / "state_dict.pt")
+    done = ckptd("inspect", run / "checkpoint-4", "--json")
+    assert done.returncode == 1, done.stderr  # sound only when no file is refused
+    report = json.loads(done.stdout)
+    assert (report["format"], report["complete"]) == ("hf-trainer", True)
+    verdicts = {item["path"]: item.get("verdict") for item in report["files"]}
+    assert sorted(verdicts) == HF_FILES and report["irregular"] == ["extra.pt"]
+    assert verdicts["training_args.bin"]["safe"] is False
+    assert "TrainingArguments" in verdicts["training_args.bin"]["reason"]
+    assert verdicts["optimizer.pt"]["safe"] is True
+    sound = ckptd("inspect", TRAINERS / "deepspeed" / "global_step2", "--json")
+    assert sound.returncode == 0 and json.loads(sound.stdout)["sound"] is True
+    text = ckptd("inspect", TRAINERS / "deepspeed" / "global_step6")
+    assert text.returncode == 1 and "deepspeed directory (not complete" in text.stdout

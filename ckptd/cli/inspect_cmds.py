@@ -8,6 +8,8 @@ way. ``verify`` exits 1 when any file is damaged, refused, unreadable or not a c
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,8 @@ from rich.console import Console
 from ckptd.cli.convert_cmds import limits_of, limits_option
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import Column, error_line, lit, print_json, print_table, stdout_console
+from ckptd.errors import CkptdError
+from ckptd.ops.inspect_dir import inspect_directory
 from ckptd.ops.inspection import inspect_path
 from ckptd.ops.verification import expand_paths, verify_file
 from ckptd.textsafe import shown
@@ -63,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-
+    if _is_real_dir(args.path):
+        return _inspect_directory(args)
     report = inspect_path(args.path, limits=limits_of(args))
     if args.json:
         print_json(report.as_json())
@@ -71,6 +76,47 @@ def run_inspect(args: argparse.Namespace) -> int:
         render_report(report, stdout_console())
     if report.error:
         error_line(report.error)
+    return ExitStatus.OK if report.sound else ExitStatus.FAILED
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _inspect_directory(args: argparse.Namespace) -> int:
+    """A directory checkpoint (docs/formats.md, "Directory checkpoints")."""
+    path = Path(os.path.abspath(args.path))
+    try:
+        report = inspect_directory(path)
+    except (CkptdError, OSError) as err:
+        error_line(err)
+        return ExitStatus.FAILED
+    if args.json:
+        print_json(report.as_json())
+        return ExitStatus.OK if report.sound else ExitStatus.FAILED
+    console = stdout_console()
+    state = "complete" if report.complete else "not complete"
+    console.print(
+        f"[bold]{lit(str(report.path))}[/bold]: {report.format} directory ({state}: "
+        f"{lit(report.completion)})"
+    )
+    console.print(f"  size: {report.size} bytes in {len(report.files)} files")
+    rows = [
+        (
+            item.path,
+            str(item.size),
+            "" if item.verdict is None else ("safe" if item.verdict.safe else "refused"),
+            "" if item.verdict is None or item.verdict.safe else item.verdict.reason,
+        )
+        for item in report.files
+    ]
+    columns = [Column("file"), Column("size", justify="right"), Column("verdict")]
+    print_table("files", [*columns, Column("reason", wrap=True)], rows, console=console)
+    if report.irregular:
+        console.print(f"  not files (never followed): {lit(', '.join(report.irregular))}")
     return ExitStatus.OK if report.sound else ExitStatus.FAILED
 
 
