@@ -285,3 +285,44 @@ def test_pins_hold_a_directory_named_with_or_without_its_slash(tmp_path: Path) -
     (run / "logs").mkdir()
     refused = ckptd("pin", run / "logs", "-c", config)
     assert refused.returncode == 1 and "does not name a checkpoint" in refused.stderr
+
+
+def test_protect_globs_match_a_directory_by_its_name_or_path(tmp_path: Path) -> None:
+    config = trainer_config(
+        tmp_path / "root",
+        policies={
+            "default": {
+                "keep_last": 1,
+                "min_age": "0s",
+                "protect": ["checkpoint-2", "gpt2/checkpoint-4/"],
+            }
+        },
+    )
+    policy = config.policy_for(config.roots[0])
+    mtime = datetime(2026, 1, 1, tzinfo=UTC)
+    candidates = [
+        Candidate("checkpoint-2/", 2, mtime, 10),
+        Candidate("gpt2/checkpoint-4/", 4, mtime, 10),
+        Candidate("checkpoint-5/", 5, mtime, 10),
+        Candidate("checkpoint-6/", 6, mtime, 10),
+    ]
+    plan = {d.path: d for d in plan_run(candidates, policy, now=mtime).decisions}
+    assert plan["checkpoint-2/"].reasons == ("protect: checkpoint-2",)
+    assert plan["gpt2/checkpoint-4/"].reasons == ("protect: gpt2/checkpoint-4/",)
+    assert plan["checkpoint-5/"].action == "delete"
+
+
+def test_a_trainer_directory_holding_a_deepspeed_tag_is_one_checkpoint(tmp_path: Path) -> None:
+    """The Trainer under DeepSpeed saves global_step<N>/ inside checkpoint-<N>/: both names match
+    checkpoints.directories, and the outer one is the checkpoint."""
+    config = trainer_config(tmp_path / "root")
+    run = copy_trainer_run("hf", tmp_path / "root" / "gpt")
+    shutil.copytree(TRAINERS / "deepspeed" / "global_step2", run / "checkpoint-2" / "global_step2")
+    (run / "checkpoint-2" / "latest").write_text("global_step2")
+    age_tree(run / "checkpoint-2", 1_700_000_000)
+    report = prune_all(config, now=datetime.now(UTC), dry_run=False)
+    found = decisions(run_report(report, "gpt"))
+    assert sorted(found) == ["checkpoint-2/", "checkpoint-4/", "checkpoint-6/"]
+    assert found["checkpoint-2/"][0] == "delete"
+    trashed = run / ".ckptd" / "trash" / "checkpoint-2" / "global_step2"
+    assert (trashed / "mp_rank_00_model_states.pt").is_file()
