@@ -326,3 +326,29 @@ def test_a_trainer_directory_holding_a_deepspeed_tag_is_one_checkpoint(tmp_path:
     assert found["checkpoint-2/"][0] == "delete"
     trashed = run / ".ckptd" / "trash" / "checkpoint-2" / "global_step2"
     assert (trashed / "mp_rank_00_model_states.pt").is_file()
+
+
+def test_restore_refuses_a_trashed_directory_that_is_not_what_was_deleted(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    run = copy_trainer_run("hf", root / "gpt")
+    config = tmp_path / "ckptd.yaml"
+    config.write_text(yaml.safe_dump(trainer_document(root)))
+    assert ckptd("prune", "-c", config).returncode == 0
+    trashed = run / ".ckptd" / "trash" / "checkpoint-4"
+    (trashed / "optimizer.pt").write_bytes(b"swapped while in the trash")
+    before = snapshot(run)
+    refused = ckptd("trash", "restore", run / "checkpoint-4", "-c", config)
+    assert refused.returncode == 1
+    (line,) = refused.stderr.splitlines()
+    assert "differs from" in line and "checkpoint-4" in line
+    assert snapshot(run) == before  # nothing moved
+    # A link planted where the trashed directory was is never followed either.
+    outside = tmp_path / "outside"
+    shutil.copytree(TRAINERS / "hf" / "checkpoint-4", outside)
+    shutil.rmtree(trashed)
+    trashed.symlink_to(outside)
+    refused = ckptd("trash", "restore", run / "checkpoint-4", "-c", config)
+    assert refused.returncode == 1 and "symlink" in refused.stderr
+    assert not (run / "checkpoint-4").exists() and (outside / "optimizer.pt").is_file()
