@@ -15,7 +15,7 @@ import errno
 import functools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -55,39 +55,71 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def decode(hint: Any, data: Any) -> Any:
     """Rebuild a value of type ``hint`` from what :func:`encode` made of it."""
+    return _decoder(hint)(data)
+
+
+def _same(data: Any) -> Any:
+    return data
+
+
+@functools.cache
+def _decoder(hint: Any) -> Callable[[Any], Any]:
+    """The function that rebuilds a ``hint`` from JSON, worked out once per type: the daemon
+    decodes an identification and a report for every file of a burst, and walking the type hints
+    each time cost more than the rest of its work on the answer."""
     origin = typing.get_origin(hint)
     if hint is Any or hint is object:
-        return data
+        return _same
     if origin in (typing.Union, types.UnionType):
-        if data is None and type(None) in typing.get_args(hint):
-            return None
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        return decode(options[0], data) if len(options) == 1 else data
+        optional = type(None) in typing.get_args(hint)
+        inner = _decoder(options[0]) if len(options) == 1 else _same
+
+        def union(data: Any) -> Any:
+            return None if data is None and optional else inner(data)
+
+        return union
     if origin is typing.Literal:
-        return data
+        return _same
     if origin is tuple:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(decode(args[0], item) for item in data)
-        return tuple(decode(arg, item) for arg, item in zip(args, data, strict=True))
+            item = _decoder(args[0])
+            return lambda data: tuple(item(value) for value in data)
+        items = tuple(_decoder(arg) for arg in args)
+        return lambda data: tuple(item(value) for item, value in zip(items, data, strict=True))
     if origin is list:
         (arg,) = typing.get_args(hint)
-        return [decode(arg, item) for item in data]
+        element = _decoder(arg)
+        return lambda data: [element(value) for value in data]
     if origin in (dict, Mapping) or hint is dict:
         args = typing.get_args(hint) or (str, Any)
-        return {key: decode(args[1], item) for key, item in data.items()}
+        value_of = _decoder(args[1])
+        return lambda data: {key: value_of(value) for key, value in data.items()}
     if hint is timedelta:
-        return timedelta(seconds=data)
+        return lambda data: timedelta(seconds=data)
     if isinstance(hint, type):
         if dataclasses.is_dataclass(hint):
-            hints = _hints(hint)
-            fields = {f.name for f in dataclasses.fields(hint) if f.init}
-            return hint(
-                **{key: decode(hints[key], item) for key, item in data.items() if key in fields}
-            )
+            return _dataclass_decoder(hint)
         if issubclass(hint, enum.Enum | Path):
-            return hint(data)
-    return data
+            return hint
+    return _same
+
+
+def _dataclass_decoder(cls: type) -> Callable[[Any], Any]:
+    # The fields' decoders are worked out at the first call, so a dataclass that refers to itself
+    # (through a field's type) does not recurse here.
+    fields: dict[str, Callable[[Any], Any]] = {}
+
+    def build(data: Any) -> Any:
+        if not fields:
+            hints = _hints(cls)
+            fields.update(
+                {f.name: _decoder(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+            )
+        return cls(**{key: fields[key](item) for key, item in data.items() if key in fields})
+
+    return build
 
 
 def encode_error(err: BaseException) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from ckptd.pipeline.discovery import (
     load_run_manifest,
     run_of,
 )
+from ckptd.pipeline.entries import RunEntries
 from ckptd.pipeline.types import BatchResult, PathOutcome, PipelineDeps
 from ckptd.pipeline.work import BatchWork
 from ckptd.runs.roots import RunRef
@@ -98,12 +99,12 @@ def process_batch(
         with run_lock(layout, timeout=lock_timeout):
             deps.fence(run)  # another daemon's run (coordination.backend postgres): touch nothing
             previous = load_run_manifest(manifest_path)
-            manifest = previous or Manifest(
-                run=run.relpath, generated_at=deps.clock(), policy=root.policy
+            entries = RunEntries(
+                previous or Manifest(run=run.relpath, generated_at=deps.clock(), policy=root.policy)
             )
             work = BatchWork(config, root, run, layout, deps, expected or {})
             for path in gone:
-                manifest = work.forget_if_absent(path, manifest)
+                work.forget_if_absent(path, entries)
             for index, path in enumerate(paths):
                 if (
                     index > 0
@@ -112,13 +113,14 @@ def process_batch(
                 ):
                     deferred.extend(paths[index:])
                     break
-                manifest, outcome = work.process(path, manifest)
+                _, outcome = work.process(path, entries)
                 outcomes.append(outcome)
                 # Files moved: record it now, so a crash cannot leave the move unrecorded.
-                moved = outcome.action in MOVING_ACTIONS
-                if moved and _record(manifest_path, manifest, previous, deps, run):
-                    written, previous = True, manifest
-            if work.changed and _record(manifest_path, manifest, previous, deps, run):
+                if outcome.action in MOVING_ACTIONS:
+                    manifest = entries.manifest()
+                    if _record(manifest_path, manifest, previous, deps, run):
+                        written, previous = True, manifest
+            if work.changed and _record(manifest_path, entries.manifest(), previous, deps, run):
                 written = True
     except CoordinationError as err:
         # The run's lease is gone or cannot be checked: hand the paths back; the daemon keeps

@@ -22,10 +22,10 @@ from ckptd.errors import (
 from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity
 from ckptd.manifest.model import (
-    Manifest,
     ParamsSummary,
 )
 from ckptd.pickles.verdict import Verdict
+from ckptd.pipeline.entries import RunEntries
 from ckptd.pipeline.record import BatchContext, hash_unchanged
 from ckptd.pipeline.refusal import refuse_unsafe
 from ckptd.pipeline.types import PathOutcome, error_text
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 def convert_legacy(
-    work: BatchContext, path: Path, relpath: str, identity: FileIdentity, manifest: Manifest
-) -> tuple[Manifest, PathOutcome]:
+    work: BatchContext, path: Path, relpath: str, identity: FileIdentity, manifest: RunEntries
+) -> tuple[RunEntries, PathOutcome]:
     convert = work.config.convert
     work.deps.fence(work.run)  # another daemon's run now (coordination.backend postgres): stop
     try:
@@ -88,9 +88,9 @@ def hold(
     path: Path,
     relpath: str,
     identity: FileIdentity,
-    manifest: Manifest,
+    manifest: RunEntries,
     note: str,
-) -> tuple[Manifest, PathOutcome]:
+) -> tuple[RunEntries, PathOutcome]:
     # Safe and readable, kept as it is and never converted until the operator supplies what
     # the note asks for (docs/param-names.md); retention treats it as any kept checkpoint.
     sha256 = hash_unchanged(path, identity)
@@ -104,9 +104,9 @@ def not_converted(
     path: Path,
     relpath: str,
     identity: FileIdentity,
-    manifest: Manifest,
+    manifest: RunEntries,
     text: str,
-) -> tuple[Manifest, PathOutcome]:
+) -> tuple[RunEntries, PathOutcome]:
     message = f"conversion failed, original left in place: {text}"
     return work.retry_later(
         logger, path, relpath, identity, manifest, Format.SB2_PICKLE, "kept", message
@@ -118,9 +118,9 @@ def record_conversion(
     path: Path,
     relpath: str,
     identity: FileIdentity,
-    manifest: Manifest,
+    manifest: RunEntries,
     outcome: ConversionOutcome,
-) -> tuple[Manifest, PathOutcome]:
+) -> tuple[RunEntries, PathOutcome]:
     zip_relpath = work.relpath(outcome.output)
     zip_identity = FileIdentity.of(os.stat(outcome.output, follow_symlinks=False))
     zip_entry = work.entry(

@@ -21,12 +21,11 @@ from ckptd.errors import (
 from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity, hash_if_unchanged
 from ckptd.manifest.model import (
-    Manifest,
     ManifestEntry,
     ManifestState,
 )
-from ckptd.manifest.updates import drop_entry, set_entry
 from ckptd.pipeline.discovery import matcher_for
+from ckptd.pipeline.entries import RunEntries
 from ckptd.pipeline.types import PathOutcome, PipelineDeps
 from ckptd.runs.checkpoints import RETRY_KEY
 from ckptd.runs.roots import RunRef
@@ -70,15 +69,16 @@ class BatchContext:
         extra = {"run": self.run.relpath, "file": relpath, "event": event}
         log.log(level, message, *args, extra=extra)
 
-    def record(self, manifest: Manifest, entry: ManifestEntry) -> Manifest:
+    def record(self, manifest: RunEntries, entry: ManifestEntry) -> RunEntries:
+        """Set ``entry`` in ``manifest`` (in place; returned for the stages' return values)."""
         self.changed = True
-        return set_entry(manifest, entry)
+        manifest.set(entry)
+        return manifest
 
-    def forget(self, manifest: Manifest, relpath: str) -> Manifest:
-        if relpath not in manifest.by_path():
-            return manifest
-        self.changed = True
-        return drop_entry(manifest, relpath)
+    def forget(self, manifest: RunEntries, relpath: str) -> RunEntries:
+        if manifest.drop(relpath):
+            self.changed = True
+        return manifest
 
     def entry(
         self,
@@ -108,11 +108,11 @@ class BatchContext:
         path: Path,
         relpath: str,
         identity: FileIdentity,
-        manifest: Manifest,
+        manifest: RunEntries,
         fmt: Format,
         state: ManifestState,
         text: str,
-    ) -> tuple[Manifest, PathOutcome]:
+    ) -> tuple[RunEntries, PathOutcome]:
         """Record ``path`` with the error ``text`` and the retry mark: its verdict is not final,
         so the reconciliation scan processes it again (``ckptd.runs.checkpoints.RETRY_KEY``)."""
         self.log(log, logging.WARNING, relpath, "%s; will retry", text)

@@ -15,9 +15,9 @@ from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity
 from ckptd.manifest.model import (
     QUARANTINE_KEY,
-    Manifest,
 )
 from ckptd.pickles.verdict import Verdict
+from ckptd.pipeline.entries import RunEntries
 from ckptd.pipeline.quarantine import quarantine
 from ckptd.pipeline.record import BatchContext, hash_unchanged
 from ckptd.pipeline.types import PathOutcome
@@ -31,10 +31,10 @@ def refuse_unsafe(
     path: Path,
     relpath: str,
     identity: FileIdentity,
-    manifest: Manifest,
+    manifest: RunEntries,
     err: UnsafeCheckpoint,
     fmt: Format,
-) -> tuple[Manifest, PathOutcome]:
+) -> tuple[RunEntries, PathOutcome]:
     """Refuse ``path`` for ``err`` (unsafe content or over a limit), its verdict from the error."""
     names = (shown(err.global_name),) if err.global_name else ()
     verdict = Verdict(False, names, err.reason)
@@ -46,11 +46,11 @@ def refuse(
     path: Path,
     relpath: str,
     identity: FileIdentity,
-    manifest: Manifest,
+    manifest: RunEntries,
     refusal: str,
     fmt: Format,
     verdict: Verdict,
-) -> tuple[Manifest, PathOutcome]:
+) -> tuple[RunEntries, PathOutcome]:
     sha256 = hash_unchanged(path, identity)
     extra: dict[str, Any] = {}
     if work.config.convert.on_unsafe == "quarantine":

@@ -15,10 +15,10 @@ from ckptd.errors import (
 from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity
 from ckptd.manifest.model import (
-    Manifest,
     ParamsSummary,
 )
 from ckptd.pickles.verdict import Verdict
+from ckptd.pipeline.entries import RunEntries
 from ckptd.pipeline.record import BatchContext, hash_unchanged
 from ckptd.pipeline.refusal import refuse, refuse_unsafe
 from ckptd.pipeline.types import PathOutcome
@@ -32,9 +32,9 @@ def verify_checkpoint(
     relpath: str,
     identity: FileIdentity,
     fmt: Format,
-    manifest: Manifest,
+    manifest: RunEntries,
     verdict: Verdict | None = None,
-) -> tuple[Manifest, PathOutcome]:
+) -> tuple[RunEntries, PathOutcome]:
     try:
         report = work.deps.verify(path, limits=work.config.limits)
     except UnsafeCheckpoint as err:  # over a limit while verified (ckptd.isolation.supervisor)
@@ -51,7 +51,7 @@ def verify_checkpoint(
         work.log(logger, logging.WARNING, relpath, "broken %s: %s", fmt, text, event="broken")
         entry = work.entry(relpath, identity, fmt, "broken", sha256, error=text)
         return work.record(manifest, entry), PathOutcome(path, "broken", text)
-    previous = manifest.by_path().get(relpath)
+    previous = manifest.get(relpath)
     converted_from = previous.converted_from if previous else None
     if converted_from is None and fmt is Format.SB2_ZIP:
         converted_from = archived_sibling(work, relpath)

@@ -26,11 +26,11 @@ from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity, is_temp_name
 from ckptd.fs.runfs import relpath_problem
 from ckptd.manifest.model import (
-    Manifest,
     quarantined_as,
 )
 from ckptd.pipeline.converting import convert_legacy
 from ckptd.pipeline.discovery import needs_processing, run_of
+from ckptd.pipeline.entries import RunEntries
 from ckptd.pipeline.record import BatchContext, hash_unchanged
 from ckptd.pipeline.refusal import refuse, refuse_unsafe
 from ckptd.pipeline.types import PathOutcome, error_text
@@ -43,11 +43,11 @@ logger = logging.getLogger(__name__)
 class BatchWork(BatchContext):
     """Processing of single paths within one locked batch: identification and the dispatch."""
 
-    def forget_if_absent(self, path: Path, manifest: Manifest) -> Manifest:
+    def forget_if_absent(self, path: Path, manifest: RunEntries) -> RunEntries:
         located = run_of(self.root, path, self.config.state_dir)
         if located is None or located[0].run_dir != self.run.run_dir or os.path.lexists(path):
             return manifest
-        entry = manifest.by_path().get(located[1])
+        entry = manifest.get(located[1])
         jailed = None if entry is None else quarantined_as(entry)
         if jailed is not None and relpath_problem(jailed) is None and self.exists(jailed):
             # Our own quarantine move reported this path gone: the refused entry stays while the
@@ -55,7 +55,7 @@ class BatchWork(BatchContext):
             return manifest
         return self.forget(manifest, located[1])
 
-    def process(self, path: Path, manifest: Manifest) -> tuple[Manifest, PathOutcome]:
+    def process(self, path: Path, manifest: RunEntries) -> tuple[RunEntries, PathOutcome]:
         located = run_of(self.root, path, self.config.state_dir)
         if located is None or located[0].run_dir != self.run.run_dir:
             return manifest, PathOutcome(path, "ignored", "not inside this run")
@@ -83,8 +83,8 @@ class BatchWork(BatchContext):
             return self._unexpected(path, relpath, manifest, err)
 
     def _unexpected(
-        self, path: Path, relpath: str, manifest: Manifest, err: Exception
-    ) -> tuple[Manifest, PathOutcome]:
+        self, path: Path, relpath: str, manifest: RunEntries, err: Exception
+    ) -> tuple[RunEntries, PathOutcome]:
         """Record the file ``broken`` with the exception's type; the traceback only at debug."""
         text = unexpected_text(err)
         logger.debug("unexpected error processing %s", path, exc_info=True)
@@ -97,8 +97,8 @@ class BatchWork(BatchContext):
         return self.record(manifest, entry), PathOutcome(path, "broken", text)
 
     def _process(
-        self, path: Path, relpath: str, manifest: Manifest
-    ) -> tuple[Manifest, PathOutcome]:
+        self, path: Path, relpath: str, manifest: RunEntries
+    ) -> tuple[RunEntries, PathOutcome]:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             return manifest, PathOutcome(
@@ -108,7 +108,7 @@ class BatchWork(BatchContext):
         settled = self.expected.get(path)
         if settled is not None and settled != (identity.size, identity.mtime_ns):
             return manifest, PathOutcome(path, "changed", "changed since it settled")
-        entry = manifest.by_path().get(relpath)
+        entry = manifest.get(relpath)
         if not needs_processing(entry, identity, self.config):
             return manifest, PathOutcome(path, "unchanged")
         try:
@@ -158,9 +158,9 @@ class BatchWork(BatchContext):
         path: Path,
         relpath: str,
         identity: FileIdentity,
-        manifest: Manifest,
+        manifest: RunEntries,
         err: OSError,
-    ) -> tuple[Manifest, PathOutcome]:
+    ) -> tuple[RunEntries, PathOutcome]:
         # The same entry a manifest or prune pass writes (ckptd.runs.rebuild).
         text = cannot_read(err)
         return self.retry_later(
