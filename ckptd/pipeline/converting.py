@@ -60,8 +60,9 @@ def convert_legacy(
         # A planted symlink in the way of the archive move: the zip stands, the original stays.
         return not_converted(work, path, relpath, identity, manifest, str(err))
     except VerifyError as err:
-        # Our own output failed re-verification: the source is fine, the conversion is not.
-        return not_converted(work, path, relpath, identity, manifest, err.message)
+        # Our own output failed re-verification: the source is fine, the conversion is not, and
+        # would fail alike on the same bytes: tried again later, not on every pass.
+        return not_converted(work, path, relpath, identity, manifest, err.message, backoff=True)
     except FormatError as err:
         sha256 = hash_unchanged(path, identity)
         work.log(
@@ -106,10 +107,20 @@ def not_converted(
     identity: FileIdentity,
     manifest: RunEntries,
     text: str,
+    *,
+    backoff: bool = False,
 ) -> tuple[RunEntries, PathOutcome]:
     message = f"conversion failed, original left in place: {text}"
     return work.retry_later(
-        logger, path, relpath, identity, manifest, Format.SB2_PICKLE, "kept", message
+        logger,
+        path,
+        relpath,
+        identity,
+        manifest,
+        Format.SB2_PICKLE,
+        "kept",
+        message,
+        backoff=backoff,
     )
 
 

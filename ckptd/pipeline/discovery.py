@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ckptd.config.model import Config, RootConfig
@@ -22,6 +23,7 @@ from ckptd.fs.runfs import join
 from ckptd.fs.walk import walk_entries
 from ckptd.manifest.model import Manifest, ManifestEntry
 from ckptd.manifest.store import try_load_manifest
+from ckptd.pipeline.backoff import backing_off
 from ckptd.pipeline.types import error_text
 from ckptd.runs.checkpoints import RETRY_KEY, SNIFF_GENERATION, SNIFF_KEY
 from ckptd.runs.listing import CheckpointMatcher
@@ -54,18 +56,27 @@ def run_of(root: RootConfig, path: Path, state_dir: str) -> tuple[RunRef, str] |
     return RunRef(root.path, run_dir, relpath), "/".join(parts[root.run_depth :])
 
 
-def needs_processing(entry: ManifestEntry | None, identity: FileIdentity, config: Config) -> bool:
+def needs_processing(
+    entry: ManifestEntry | None,
+    identity: FileIdentity,
+    config: Config,
+    *,
+    now: datetime | None = None,
+) -> bool:
     """True unless ``entry`` is a final verdict on exactly this (size, mtime) of the file.
 
-    Not final: no entry, ``pending``, an entry marked for retry, or a legacy pickle still recorded
-    ``kept`` while conversion is enabled (a manifest pass saw it before the daemon converted it),
-    or an ``unknown`` file identified by an older ckptd (or a pass) before plain pickles, joblib and
+    Not final: no entry, ``pending``, an entry marked for retry (unless, at ``now``, its retry
+    waits: ``ckptd.pipeline.backoff``), or a legacy pickle still recorded ``kept`` while
+    conversion is enabled (a manifest pass saw it before the daemon converted it), or an
+    ``unknown`` file identified by an older ckptd (or a pass) before plain pickles, joblib and
     torch files got verdicts.
     """
-    if entry is None or entry.state == "pending" or entry.extra.get(RETRY_KEY):
+    if entry is None or entry.state == "pending":
         return True
     if entry.size != identity.size or entry.mtime_ns != identity.mtime_ns:
         return True
+    if entry.extra.get(RETRY_KEY):
+        return now is None or not backing_off(entry, now)
     if entry.state == "kept" and entry.format is Format.UNKNOWN:
         return entry.extra.get(SNIFF_KEY) != SNIFF_GENERATION  # judged by an older ckptd
     return entry.state == "kept" and entry.format is Format.SB2_PICKLE and config.convert.enabled
@@ -118,6 +129,7 @@ def find_work(
     manifest = load_run_manifest(run.run_dir / config.manifest.filename)
     recorded = manifest.by_path() if manifest else {}
     wall = time.time() if now is None else now
+    moment = datetime.fromtimestamp(wall, UTC)
 
     layout = StateLayout(run.run_dir, config.state_dir)
 
@@ -149,7 +161,7 @@ def find_work(
         except FileNotFoundError:
             continue
         relpath = path.relative_to(run.run_dir).as_posix()
-        if needs_processing(recorded.get(relpath), identity, config):
+        if needs_processing(recorded.get(relpath), identity, config, now=moment):
             found.append(FoundFile(path, identity))
     return found
 

@@ -24,6 +24,7 @@ from ckptd.manifest.model import (
     ManifestEntry,
     ManifestState,
 )
+from ckptd.pipeline.backoff import ATTEMPTS_KEY, RETRY_AFTER_KEY, next_try
 from ckptd.pipeline.discovery import matcher_for
 from ckptd.pipeline.entries import RunEntries
 from ckptd.pipeline.types import PathOutcome, PipelineDeps
@@ -112,11 +113,20 @@ class BatchContext:
         fmt: Format,
         state: ManifestState,
         text: str,
+        *,
+        backoff: bool = False,
     ) -> tuple[RunEntries, PathOutcome]:
         """Record ``path`` with the error ``text`` and the retry mark: its verdict is not final,
-        so the reconciliation scan processes it again (``ckptd.runs.checkpoints.RETRY_KEY``)."""
-        self.log(log, logging.WARNING, relpath, "%s; will retry", text)
-        entry = self.entry(relpath, identity, fmt, state, None, error=text, extra={RETRY_KEY: True})
+        so the reconciliation scan processes it again (``ckptd.runs.checkpoints.RETRY_KEY``);
+        with ``backoff``, not before the time ``ckptd.pipeline.backoff`` gives it."""
+        extra: dict[str, Any] = {RETRY_KEY: True}
+        when = ""
+        if backoff:
+            previous = manifest.get(relpath)
+            extra.update(next_try(previous, identity.size, identity.mtime_ns, self.deps.clock()))
+            when = f" after {extra[RETRY_AFTER_KEY]} (attempt {extra[ATTEMPTS_KEY]})"
+        self.log(log, logging.WARNING, relpath, "%s; will retry%s", text, when)
+        entry = self.entry(relpath, identity, fmt, state, None, error=text, extra=extra)
         return self.record(manifest, entry), PathOutcome(path, "failed", text)
 
     def relpath(self, path: Path) -> str:

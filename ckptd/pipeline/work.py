@@ -109,7 +109,7 @@ class BatchWork(BatchContext):
         if settled is not None and settled != (identity.size, identity.mtime_ns):
             return manifest, PathOutcome(path, "changed", "changed since it settled")
         entry = manifest.get(relpath)
-        if not needs_processing(entry, identity, self.config):
+        if not needs_processing(entry, identity, self.config, now=self.deps.clock()):
             return manifest, PathOutcome(path, "unchanged")
         try:
             identification = self.deps.identify(path)
