@@ -14,7 +14,7 @@ import pytest
 
 from ckptd.config.model import Config, RootConfig
 from ckptd.daemon.jobs import BatchDone, RunBatch, WorkItem, WorkResult
-from ckptd.daemon.run_queue import RunQueues
+from ckptd.daemon.run_queue import RunLocator, RunQueues
 from ckptd.daemon.workers import SPARE_AFTER_SECONDS, WORKER_COUNT, WorkerPool
 from ckptd.pipeline.types import BatchResult
 from ckptd.runs.roots import RunRef
@@ -78,6 +78,44 @@ def test_a_full_slow_lane_does_not_stop_ordinary_runs_being_offered() -> None:
     queues.dispatch(CONFIG, 1.0, offer)
     assert accepted == ["hostile-a", "genuine"]
     assert len(queues.runs[Path("/r/hostile-b")].ready) == 1  # still waiting, not lost
+
+
+def test_a_full_lane_leaves_the_waiting_paths_untouched_and_is_not_offered_to() -> None:
+    """While a burst keeps the lanes full, a tick must not take each run's paths out and put
+    them back: ``room`` is asked first, and a lane without room is offered nothing."""
+    queues = queues_with("a", "b")
+    for index in range(3):
+        queues.add_ready(ROOT, run("a"), Path(f"/r/a/{index}.zip"), (1, index))
+    before = list(queues.runs[Path("/r/a")].ready.items())
+    offered: list[str] = []
+
+    def offer(batch: RunBatch, slow: bool) -> bool:
+        offered.append(batch.run.relpath)
+        return False
+
+    asked: list[bool] = []
+
+    def room(slow: bool) -> bool:
+        asked.append(slow)
+        return False
+
+    queues.dispatch(CONFIG, 1.0, offer, room)
+    assert offered == [] and asked == [False]
+    assert list(queues.runs[Path("/r/a")].ready.items()) == before
+    queues.dispatch(CONFIG, 1.0, offer, lambda slow: True)
+    assert offered == ["a"]  # the lane that refuses is tried once; the paths go back in order
+    assert list(queues.runs[Path("/r/a")].ready.items()) == before
+
+
+def test_the_run_of_a_path_is_found_once_per_directory() -> None:
+    root = RootConfig(path=Path("/r"), run_depth=1)
+    locator = RunLocator((root,), ".ckptd")
+    found = locator.locate(Path("/r"), Path("/r/ppo/sub/m_1.zip"))
+    assert found is not None and found[1] == RunRef(Path("/r"), Path("/r/ppo"), "ppo")
+    assert locator.locate(Path("/r"), Path("/r/ppo/sub/m_2.zip")) == found
+    assert locator.locate(Path("/r"), Path("/r/top.zip")) is None  # above run_depth
+    assert locator.locate(Path("/r"), Path("/r/ppo/.ckptd/x.zip")) is None  # the state dir
+    assert locator.locate(Path("/gone"), Path("/gone/ppo/m.zip")) is None  # root not configured
 
 
 class Holding:

@@ -111,6 +111,11 @@ class WorkerPool:
             result = failed(item, f"{type(err).__name__}: {err}")
         self.results.put(result)
 
+    def has_room(self, slow: bool = False) -> bool:
+        """Whether :meth:`offer` on that lane would take an item now (only the main thread
+        offers; workers only take items out, so the answer holds until it offers)."""
+        return not (self._slow_work if slow else self._work).full()
+
     def offer(self, item: WorkItem, *, slow: bool = False) -> bool:
         """Queue ``item`` (on the slow lane if ``slow``) if a slot is free; False when that lane is
         busy (the caller keeps it)."""
