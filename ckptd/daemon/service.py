@@ -30,12 +30,14 @@ Work items and the jobs are in ``ckptd.daemon.jobs``, a run's waiting paths in `
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -62,13 +64,14 @@ from ckptd.daemon.logsetup import configure_logging
 from ckptd.daemon.metrics import Metrics, MetricsServer, start_metrics_server
 from ckptd.daemon.run_queue import (
     SLOW_LANE_SECONDS,
+    RunLocator,
     RunQueues,
 )
 from ckptd.daemon.scheduling import JobCallback, JobScheduler
 from ckptd.daemon.workers import WorkerPool
 from ckptd.errors import CkptdError, ConfigError
 from ckptd.isolation.supervisor import Isolation
-from ckptd.pipeline.discovery import files_below, run_of
+from ckptd.pipeline.discovery import files_below
 from ckptd.pipeline.types import PipelineDeps
 from ckptd.runs.roots import RunRef
 from ckptd.timefmt import format_utc
@@ -86,6 +89,10 @@ STATUS_EVERY_SECONDS = 5.0
 STOP_GRACE_SECONDS = 3.0
 
 
+def _one_at_a_time(paths: Sequence[Path]) -> None:
+    """No examination ahead: each file is sent to the parser when the batch reaches it."""
+
+
 class Daemon:
     """``ckptd run``: construct with the config path (a bad config raises ConfigError), then ``run()``."""
 
@@ -100,6 +107,7 @@ class Daemon:
         self._job_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._settling = self._new_settling(self.config)
         self._runs = RunQueues()
+        self._locator = RunLocator(self.config.roots, self.config.state_dir)
         self._jobs_wanted: set[str] = set()
         self._jobs_running: set[str] = set()
         self._stopping = threading.Event()
@@ -219,13 +227,14 @@ class Daemon:
     def _execute(self, item: WorkItem) -> WorkResult:
         isolation = self._isolation
         before = isolation.exceeded_in_thread() if isolation is not None else 0
-        if isolation is not None and isinstance(item, RunBatch) and not item.slow:
-            # A burst's new files examined a chunk per request, not one round trip each (not for
-            # a run whose files exceed limits: its batches end after one such file anyway).
-            isolation.prefetch(item.paths)
+        deps = self.deps
+        if isinstance(item, RunBatch) and item.slow:
+            # A run whose files exceed limits: its batches end after one such file anyway, so its
+            # files are not examined ahead (a burst's are, a chunk per request: PipelineDeps).
+            deps = dataclasses.replace(deps, examine_ahead=_one_at_a_time)
         result = execute(
             item,
-            deps=self.deps,
+            deps=deps,
             metrics=self.metrics,
             stopping=self._stopping,
             structure=isolation.structure if isolation is not None else None,
@@ -324,13 +333,7 @@ class Daemon:
             self._jobs_wanted.add("rescan")
 
     def _locate(self, root_path: Path, path: Path) -> tuple[RootConfig, RunRef] | None:
-        root = self._root_config(root_path)
-        if root is None:
-            return None
-        located = run_of(root, path, self.config.state_dir)
-        if located is None:
-            return None
-        return root, located[0]
+        return self._locator.locate(root_path, path)
 
     def _enqueue_ready(self, path: Path) -> None:
         known = self._settling.take(path)
@@ -346,12 +349,6 @@ class Daemon:
         if found is not None:
             self._runs.add_gone(*found, path)
 
-    def _root_config(self, root_path: Path) -> RootConfig | None:
-        for root in self.config.roots:
-            if root.path == root_path:
-                return root
-        return None  # removed by a reload: its pending work is dropped
-
     # ---- dispatch and results --------------------------------------------------------------------
 
     def _dispatch(self, now: float) -> None:
@@ -361,7 +358,7 @@ class Daemon:
                     return
                 self._jobs_wanted.discard(name)
                 self._jobs_running.add(name)
-        self._runs.dispatch(self.config, now, self._offer)
+        self._runs.dispatch(self.config, now, self._offer, self._pool.has_room)
 
     def _offer(self, item: WorkItem, slow: bool = False) -> bool:
         return self._pool.offer(item, slow=slow)
@@ -486,6 +483,7 @@ class Daemon:
         if self._isolation is not None:
             self._isolation.set_limits(new.limits)
         self.config = new
+        self._locator = RunLocator(new.roots, new.state_dir)
         self._jobs_wanted.add("rescan")  # new roots (and changed patterns) need a reconciliation
         logger.info("reloaded: %d roots", len(new.roots))
         notify.ready(self._status_text())

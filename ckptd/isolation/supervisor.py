@@ -21,7 +21,8 @@ library and answers with a typed result (``ckptd.isolation.codec``: JSON, never 
 * A child that dies on its own (a crash in C code, the kernel's OOM killer) refuses the file too.
 
 Children are reused from file to file (a process start only after a kill, and two are kept started
-ahead of need); a batch's files are examined (identified, and the zips verified) ahead of the
+ahead of need); the files a batch will identify (those whose manifest entry is not current:
+``PipelineDeps.examine_ahead``) are examined (identified, and the zips verified) ahead of the
 pipeline, ``PREFETCH_CHUNK`` paths per request, each answer sent as soon as it is ready, so a burst
 costs a few round trips per batch and each file still has its own deadline. The child process and
 its pipe are ``ckptd.isolation.process``. :class:`Isolation` hands the daemon a ``PipelineDeps``
@@ -151,7 +152,12 @@ class Isolation:
 
     def deps(self, clock: Callable[[], datetime] | None = None) -> PipelineDeps:
         """The pipeline's pieces, each running in this thread's child (``clock`` stays here)."""
-        deps = PipelineDeps(identify=self.identify, convert=self.convert, verify=self.verify)
+        deps = PipelineDeps(
+            identify=self.identify,
+            convert=self.convert,
+            verify=self.verify,
+            examine_ahead=self.prefetch,
+        )
         return deps if clock is None else dataclasses.replace(deps, clock=clock)
 
     def set_limits(self, limits: Limits) -> None:

@@ -105,6 +105,8 @@ def process_batch(
             work = BatchWork(config, root, run, layout, deps, expected or {})
             for path in gone:
                 work.forget_if_absent(path, entries)
+            deps.examine_ahead(work.to_identify(paths, entries))
+            started = time.monotonic()  # the budget is the batch's own work, after that
             for index, path in enumerate(paths):
                 if (
                     index > 0

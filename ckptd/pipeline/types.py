@@ -68,6 +68,10 @@ def _unfenced(run: RunRef) -> None:
     """One daemon per root (coordination.backend local): nothing to check."""
 
 
+def _nothing_ahead(paths: Sequence[Path]) -> None:
+    """In process: each file is identified when the batch reaches it."""
+
+
 @dataclass(frozen=True)
 class PipelineDeps:
     """The pieces that read, convert and verify files, and the clock (fault tests swap them)."""
@@ -79,6 +83,9 @@ class PipelineDeps:
     # Raises (ckptd.errors.CoordinationError) unless this daemon may still act on the run: called
     # before every move and manifest write (coordination.backend postgres; local: never raises).
     fence: Callable[[RunRef], None] = _unfenced
+    # Told, once a batch has its run's manifest, which of its paths it will identify (those whose
+    # entry is not current), so they can be examined ahead in bulk (ckptd.isolation.supervisor).
+    examine_ahead: Callable[[Sequence[Path]], None] = _nothing_ahead
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from ckptd.errors import (
@@ -54,6 +55,27 @@ class BatchWork(BatchContext):
             # quarantined file exists (as a manifest or prune pass keeps it, ckptd.runs.rebuild).
             return manifest
         return self.forget(manifest, located[1])
+
+    def to_identify(self, paths: Sequence[Path], manifest: RunEntries) -> list[Path]:
+        """Which of ``paths`` :meth:`process` would identify as they are now: checkpoint names of
+        this run whose entry is missing or not current (a rescan's or a repeated event's file
+        that is recorded already is not examined again)."""
+        now = self.deps.clock()
+        wanted: list[Path] = []
+        for path in paths:
+            located = run_of(self.root, path, self.config.state_dir)
+            if located is None or located[0].run_dir != self.run.run_dir:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue  # process says what is wrong with it
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            entry = manifest.get(located[1])
+            if needs_processing(entry, FileIdentity.of(st), self.config, now=now):
+                wanted.append(path)
+        return wanted
 
     def process(self, path: Path, manifest: RunEntries) -> tuple[RunEntries, PathOutcome]:
         located = run_of(self.root, path, self.config.state_dir)
