@@ -7,7 +7,9 @@ Starts ``python -m ckptd run`` on a temporary root (``stable_for: 1s``, inotify,
 
 * burst: N small SB3 zips written as fast as possible across R runs; time from the last write (and
   from the first) until every file is recorded in its run's manifest, how many were missed, the
-  daemon's peak RSS (VmHWM); the target is 5 s after the last write;
+  daemon's peak RSS (VmHWM), and the CPU seconds of the daemon, of its parser processes and of
+  the writer over that time (on a shared machine the wall time moves with the load; the CPU
+  seconds much less); the target is 5 s after the last write;
 * idle: the daemon's CPU time over 10 s with nothing happening (utime+stime from /proc/<pid>/stat);
 * latency: for single files (a legacy pickle that gets converted, and a zip that is verified), the
   time from the writer's close() to the entry appearing in the manifest, in a run directory the
