@@ -149,7 +149,5 @@ def test_start_scan_reports_progress_once_per_run(tmp_path: Path) -> None:
         (root / name).mkdir(parents=True)
     config = parse_config({"roots": [{"path": str(root), "observer": "polling"}]})
     ticks: list[None] = []
-    found, runs = scan_roots(
-        config, config.roots, stale_temp_age=None, on_run=lambda: ticks.append(None)
-    )
-    assert (runs, len(ticks), found) == (3, 3, [])
+    scan = scan_roots(config, config.roots, stale_temp_age=None, on_run=lambda: ticks.append(None))
+    assert (scan.runs, len(ticks), scan.found, scan.directories) == (3, 3, [], [])

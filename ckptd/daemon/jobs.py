@@ -1,8 +1,10 @@
 """What the daemon's worker pool runs: work items, the periodic jobs, and their results.
 
-A work item is a batch of one run's paths (``pipeline.process_batch``) or a periodic job (prune,
-manifest, rescan, scrub); :func:`execute` runs either on a worker thread and returns the result the
-main thread collects. :func:`scan_roots` is the reconciliation the rescan job and the start share.
+A work item is a batch of one run's paths (``pipeline.process_batch``), one run's manifest pass
+(asked for when a directory checkpoint of the run is complete, ``ckptd.watch.dir_tracker``) or a
+periodic job (prune, manifest, rescan, scrub); :func:`execute` runs any of them on a worker thread
+and returns the result the main thread collects. :func:`scan_roots` is the reconciliation the
+rescan job and the start share.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from ckptd.fs.files import FoundFile
 from ckptd.ops.scrub import scheduled_scrub
 from ckptd.ops.scrub_check import StructureCheck
 from ckptd.pipeline.batch import process_batch
-from ckptd.pipeline.discovery import find_work
+from ckptd.pipeline.discovery import scan_run
 from ckptd.pipeline.types import BatchResult, PipelineDeps
-from ckptd.retention.manifest_pass import write_manifests
+from ckptd.retention.manifest_pass import write_manifests, write_run_manifest
 from ckptd.retention.passes import PassOptions
 from ckptd.retention.prune import prune_all
 from ckptd.runs.roots import RunRef, find_runs
@@ -59,6 +61,22 @@ class JobRun:
 
 
 @dataclass(frozen=True)
+class RunManifest:
+    """Work item: one run's manifest pass (a directory checkpoint of it is complete or gone)."""
+
+    config: Config
+    root: RootConfig
+    run: RunRef
+
+
+@dataclass(frozen=True)
+class ManifestDone:
+    item: RunManifest
+    written: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class BatchDone:
     item: RunBatch
     result: BatchResult
@@ -71,13 +89,24 @@ class BatchDone:
 class JobDone:
     name: str
     found: tuple[tuple[Path, FoundFile], ...] = ()  # rescan: (root, file) pairs to observe
+    directories: tuple[tuple[Path, Path], ...] = ()  # rescan: (root, directory checkpoint) pairs
     runs: int | None = None  # rescan: how many runs the roots hold
     pruned: tuple[tuple[str, int], ...] = ()  # prune: (run, bytes freed) of runs that succeeded
     error: str | None = None
 
 
-WorkItem = RunBatch | JobRun
-WorkResult = BatchDone | JobDone
+WorkItem = RunBatch | JobRun | RunManifest
+WorkResult = BatchDone | JobDone | ManifestDone
+
+
+@dataclass(frozen=True)
+class RootsScan:
+    """A reconciliation's findings: (root, file) and (root, directory checkpoint) pairs to look
+    at, and how many runs the roots hold."""
+
+    found: list[tuple[Path, FoundFile]]
+    directories: list[tuple[Path, Path]]
+    runs: int
 
 
 def scan_roots(
@@ -86,13 +115,15 @@ def scan_roots(
     *,
     stale_temp_age: float | None,
     on_run: Callable[[], None] | None = None,
-) -> tuple[list[tuple[Path, FoundFile]], int]:
-    """Reconciliation: every file of every run of ``roots`` that needs processing, and the run count.
+) -> RootsScan:
+    """Reconciliation: every file and directory checkpoint of every run of ``roots`` that needs
+    processing, and the run count.
 
     A root or run that cannot be listed is logged and skipped; the scan goes on. ``on_run`` is
     called after each run (the start-up scan uses it to keep systemd's start timeout extended).
     """
     found: list[tuple[Path, FoundFile]] = []
+    directories: list[tuple[Path, Path]] = []
     runs = 0
     for root in roots:
         try:
@@ -105,14 +136,15 @@ def scan_roots(
         runs += len(scan.runs)
         for run in scan.runs:
             try:
-                work = find_work(config, run, stale_temp_age=stale_temp_age)
+                work = scan_run(config, run, stale_temp_age=stale_temp_age)
             except OSError as err:
                 logger.warning("cannot scan run: %s", err, extra={"run": run.relpath})
                 continue
-            found.extend((root.path, item) for item in work)
+            found.extend((root.path, item) for item in work.files)
+            directories.extend((root.path, directory) for directory in work.directories)
             if on_run is not None:
                 on_run()
-    return found, runs
+    return RootsScan(found, directories, runs)
 
 
 def execute(
@@ -136,6 +168,11 @@ def execute(
             gone=item.gone,
         )
         return BatchDone(item, result)
+    if isinstance(item, RunManifest):
+        report = write_run_manifest(
+            item.config, item.root, item.run, now=datetime.now(UTC), options=options
+        )
+        return ManifestDone(item, report.manifest_written, report.error)
     return run_job(item, metrics=metrics, stopping=stopping, structure=structure, options=options)
 
 
@@ -151,9 +188,13 @@ def run_job(
     re-verifies structure with ``structure`` (the daemon's isolated parser) when given."""
     now = datetime.now(UTC)
     if job.name == "rescan":
-        found, runs = scan_roots(job.config, job.config.roots, stale_temp_age=STALE_TEMP_SECONDS)
-        logger.info("rescan: %s, %s to look at", plural(runs, "run"), plural(len(found), "file"))
-        return JobDone("rescan", tuple(found), runs)
+        scan = scan_roots(job.config, job.config.roots, stale_temp_age=STALE_TEMP_SECONDS)
+        logger.info(
+            "rescan: %s, %s to look at",
+            plural(scan.runs, "run"),
+            plural(len(scan.found) + len(scan.directories), "checkpoint"),
+        )
+        return JobDone("rescan", tuple(scan.found), tuple(scan.directories), scan.runs)
     if job.name == "prune":
         report = prune_all(job.config, now=now, dry_run=False, options=options)
         freed = sum(run.bytes_freed for run in report.runs)
@@ -204,6 +245,8 @@ def job_specs(config: Config) -> dict[str, ScheduleSpec | None]:
 def describe(item: WorkItem) -> str:
     if isinstance(item, RunBatch):
         return f"run {item.run.run_dir} ({plural(len(item.paths), 'file')})"
+    if isinstance(item, RunManifest):
+        return f"run {item.run.run_dir} (manifest pass)"
     return f"job {item.name}"
 
 
@@ -212,4 +255,6 @@ def failed(item: WorkItem, error: str) -> WorkResult:
         # Not handed back: a bug that fails a batch would fail it again; the rescan retries.
         result = BatchResult(item.run, (), (), False, error)
         return BatchDone(item, result)
+    if isinstance(item, RunManifest):
+        return ManifestDone(item, error=error)
     return JobDone(item.name, error=error)

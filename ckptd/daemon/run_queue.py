@@ -5,6 +5,8 @@ processed twice at once; while it is, new paths of the run wait here (ready and 
 deduplicated, in arrival order), and the next batch takes at most ``BATCH_MAX_PATHS`` of them.
 A run one of whose files went over a limit (``ckptd.isolation.supervisor``) is offered to the pool's slow lane
 for ``SLOW_LANE_SECONDS``, so its next hostile file cannot hold an ordinary worker again.
+A run may also want a manifest pass (a directory checkpoint of it is complete or gone): one
+``RunManifest`` once the run is idle and its waiting paths are done, however many asked for it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ckptd.config.model import Config, RootConfig
-from ckptd.daemon.jobs import RunBatch
+from ckptd.daemon.jobs import RunBatch, RunManifest
 from ckptd.pipeline.discovery import run_of
 from ckptd.pipeline.types import BatchResult
 from ckptd.runs.roots import RunRef
@@ -38,9 +40,14 @@ class RunQueue:
     ready: OrderedDict[Path, tuple[int, int]] = field(default_factory=OrderedDict)
     gone: OrderedDict[Path, None] = field(default_factory=OrderedDict)
     not_before: float = 0.0
+    manifest: bool = False  # a manifest pass of the run is wanted
 
     def __len__(self) -> int:
+        """Waiting paths (the manifest pass is not a path)."""
         return len(self.ready) + len(self.gone)
+
+    def __bool__(self) -> bool:
+        return bool(self.ready or self.gone or self.manifest)
 
 
 class RunQueues:
@@ -72,6 +79,10 @@ class RunQueues:
         run_queue.ready.pop(path, None)
         run_queue.gone[path] = None
 
+    def want_manifest(self, root: RootConfig, run: RunRef) -> None:
+        """Ask for one manifest pass of ``run`` (asking again before it ran changes nothing)."""
+        self.queue_for(root, run).manifest = True
+
     def queued_paths(self) -> int:
         return sum(len(run_queue) for run_queue in self.runs.values())
 
@@ -79,20 +90,32 @@ class RunQueues:
         self,
         config: Config,
         now: float,
-        offer: Callable[[RunBatch, bool], bool],
+        offer: Callable[[RunBatch | RunManifest, bool], bool],
         room: Callable[[bool], bool] | None = None,
     ) -> None:
         """Offer a batch for each idle run with waiting paths, to its lane (``offer(batch, slow)``),
-        until both lanes refuse one. ``room(slow)``, when given, says beforehand whether a lane
-        would take one: while a burst keeps the workers busy, every tick would otherwise take a
-        thousand paths of each waiting run out of its queue and put them back."""
+        until both lanes refuse one; an idle run with no waiting path but a wanted manifest pass
+        gets that pass (on the ordinary lane). ``room(slow)``, when given, says beforehand whether
+        a lane would take one: while a burst keeps the workers busy, every tick would otherwise
+        take a thousand paths of each waiting run out of its queue and put them back."""
         full: set[bool] = set()  # the lanes (slow or not) that refused a batch this time
         for run_dir, run_queue in list(self.runs.items()):
             if not run_queue:
                 del self.runs[run_dir]
                 continue
             slow = self._slow(run_dir, now)
-            if run_dir in self.busy or run_queue.not_before > now or slow in full:
+            if run_dir in self.busy or run_queue.not_before > now:
+                continue
+            if not len(run_queue):
+                if False in full:
+                    continue
+                if offer(RunManifest(config, run_queue.root, run_queue.run), False):
+                    run_queue.manifest = False
+                    self.busy.add(run_dir)
+                else:
+                    full.add(False)
+                continue
+            if slow in full:
                 continue
             if room is not None and not room(slow):
                 full.add(slow)
@@ -140,6 +163,10 @@ class RunQueues:
                 for path in item.gone:
                     run_queue.gone.setdefault(path, None)
                 run_queue.not_before = now + LOCKED_RUN_BACKOFF_SECONDS
+
+    def manifest_finished(self, item: RunManifest) -> None:
+        """The run's manifest pass is done: the run is free again."""
+        self.busy.discard(item.run.run_dir)
 
     def keep_roots(self, wanted: set[Path]) -> None:
         """Drop the queues of runs whose root is no longer configured (after a reload)."""

@@ -2,10 +2,10 @@
 
 Threads and who owns what:
 
-* **main thread** (this class's ``run``): signals, the ~0.25 s tick, the stabilizer and all
-  bookkeeping. Each tick drains the watch events into the stabilizer, re-stats paths whose quiet
-  period is up, groups ready paths by run, hands work to the pool, collects results, checks health
-  and pings systemd. Nothing on this thread reads checkpoint content.
+* **main thread** (this class's ``run``): signals, the ~0.25 s tick, the stabilizer, the
+  directory checkpoints (``ckptd.daemon.directories``) and all bookkeeping. Each tick drains the
+  watch events into the stabilizer, re-stats paths whose quiet period is up, groups ready paths
+  by run, hands work to the pool, collects results, checks health and pings systemd. Nothing on this thread reads checkpoint content.
 * **worker pool** (``WORKER_COUNT`` threads, bounded work queue; ``ckptd.daemon.workers``): one item at a time, either a
   batch of paths of one run (``pipeline.process_batch``, under the run lock) or a job (prune,
   manifest, rescan). A run is in at most one batch at a time, so conversions of one run never race
@@ -31,6 +31,7 @@ Work items and the jobs are in ``ckptd.daemon.jobs``, a run's waiting paths in `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -46,6 +47,7 @@ from ckptd.config.load import load_config
 from ckptd.config.model import Config, RootConfig
 from ckptd.daemon import notify
 from ckptd.daemon.cluster import Coordination
+from ckptd.daemon.directories import DirectoryCheckpoints
 from ckptd.daemon.health import HEALTH_EVERY_SECONDS, HealthMonitor
 from ckptd.daemon.jobs import (
     JOB_NAMES,
@@ -53,6 +55,7 @@ from ckptd.daemon.jobs import (
     BatchDone,
     JobDone,
     JobRun,
+    ManifestDone,
     RunBatch,
     WorkItem,
     WorkResult,
@@ -71,7 +74,6 @@ from ckptd.daemon.scheduling import JobCallback, JobScheduler
 from ckptd.daemon.workers import WorkerPool
 from ckptd.errors import CkptdError, ConfigError
 from ckptd.isolation.supervisor import Isolation
-from ckptd.pipeline.discovery import files_below
 from ckptd.pipeline.types import PipelineDeps
 from ckptd.runs.roots import RunRef
 from ckptd.timefmt import format_utc
@@ -106,6 +108,7 @@ class Daemon:
         self._events: queue.Queue[WatchEvent] = queue.Queue(EVENT_QUEUE_MAX)
         self._job_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._settling = self._new_settling(self.config)
+        self._directories = DirectoryCheckpoints(self.config)
         self._runs = RunQueues()
         self._locator = RunLocator(self.config.roots, self.config.state_dir)
         self._jobs_wanted: set[str] = set()
@@ -185,17 +188,21 @@ class Daemon:
         self._scheduler.set_jobs(job_specs(config), self._job_callbacks())
         self._scheduler.start()
         # Watchers first, then the scan: a file written during the scan is seen by one or the other.
-        found, runs = scan_roots(
+        scan = scan_roots(
             config,
             config.roots,
             stale_temp_age=STALE_TEMP_SECONDS,
             on_run=notify.StartKeepalive().tick,
         )
-        self._run_count = runs
-        self._settling.observe_found(found, time.monotonic())
+        self._run_count = scan.runs
+        self._settling.observe_found(scan.found, time.monotonic())
+        self._directories.track_all(scan.directories, time.time())
         self._health(time.monotonic())
         notify.ready(self._status_text())
-        logger.info("ready: %s, %s to look at", plural(runs, "run"), plural(len(found), "file"))
+        found = len(scan.found) + len(scan.directories)
+        logger.info(
+            "ready: %s, %s to look at", plural(scan.runs, "run"), plural(found, "checkpoint")
+        )
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -250,25 +257,8 @@ class Daemon:
 
     # ---- scheduler callbacks (scheduler threads: only enqueue) ----------------------------------
 
-    def _request_prune(self) -> None:
-        self._job_requests.put("prune")
-
-    def _request_manifest(self) -> None:
-        self._job_requests.put("manifest")
-
-    def _request_rescan(self) -> None:
-        self._job_requests.put("rescan")
-
-    def _request_scrub(self) -> None:
-        self._job_requests.put("scrub")
-
     def _job_callbacks(self) -> dict[str, JobCallback]:
-        return {
-            "prune": self._request_prune,
-            "manifest": self._request_manifest,
-            "rescan": self._request_rescan,
-            "scrub": self._request_scrub,
-        }
+        return {name: functools.partial(self._job_requests.put, name) for name in JOB_NAMES}
 
     # ---- the tick --------------------------------------------------------------------------------
 
@@ -290,6 +280,7 @@ class Daemon:
             self._settling.restat(path, now)
         for path in self._settling.ready(now):
             self._enqueue_ready(path)
+        self._directories.tick(self._runs, time.time())
         self._collect_results(now)
         self._coordination.tick(self._runs, self._settling, self._jobs_wanted, now)
         self._dispatch(now)
@@ -315,6 +306,8 @@ class Daemon:
             self._handle_event(event, now, expect_close=kinds[event.root] == "inotify")
 
     def _handle_event(self, event: WatchEvent, now: float, *, expect_close: bool) -> None:
+        if self._directories.handle(event, self._runs, time.time()):
+            return
         if event.kind in ("created", "closed", "moved", "modified"):
             self._settling.observe(
                 event.root, event.path, now, closed=event.closed, expect_close=expect_close
@@ -323,12 +316,13 @@ class Daemon:
             self._settling.forget(event.path)
             self._enqueue_gone(event.root, event.path)
         elif event.kind in ("dir_created", "dir_moved"):
-            for item in files_below(self.config, event.path):
+            for item in self._directories.new_directory(event.root, event.path, time.time()):
                 self._settling.observe_in_new_directory(
                     event.root, item, now, closed=event.closed, expect_close=expect_close
                 )
         elif event.kind == "dir_deleted":
             self._settling.forget_below(event.path)
+            self._directories.forget_below(event.path)
         elif event.kind == "rescan":
             self._jobs_wanted.add("rescan")
 
@@ -340,6 +334,8 @@ class Daemon:
         if known is None:
             return
         root_path, size, mtime_ns = known
+        if self._directories.divert(root_path, path, time.time()):
+            return  # inside a directory checkpoint: that directory is the unit
         found = self._locate(root_path, path)
         if found is not None:
             self._runs.add_ready(*found, path, (size, mtime_ns))
@@ -371,6 +367,8 @@ class Daemon:
                 return
             if isinstance(result, BatchDone):
                 self._batch_done(result, now)
+            elif isinstance(result, ManifestDone):
+                self._runs.manifest_finished(result.item)
             else:
                 self._job_done(result, now)
 
@@ -408,6 +406,7 @@ class Daemon:
             if done.runs is not None:
                 self._run_count = done.runs
             self._settling.observe_found(done.found, now)
+            self._directories.track_all(done.directories, time.time())
         elif done.name == "prune":
             self._last_prune = datetime.now(UTC)
             for run, freed in done.pruned:
@@ -475,6 +474,7 @@ class Daemon:
                 self._metrics_server = MetricsServer()
         self._watchset.set_filter(NameFilter.from_config(new))
         self._watchset.set_roots(WatchRoot.from_config(root) for root in new.roots)
+        self._directories.set_config(new)
         if new.checkpoints.stable_for != old.checkpoints.stable_for:
             # Tracked paths start over under the new quiet period; the rescan finds them again.
             self._settling = self._new_settling(new)

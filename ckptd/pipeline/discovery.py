@@ -1,8 +1,14 @@
 """Which run a path belongs to, and which files of a run need the pipeline (reconciliation).
 
-:func:`run_of` and :func:`needs_processing` are pure; :func:`find_work` scans a run against its
-manifest (the daemon's start and rescan), :func:`files_below` lists a directory just created or
-moved in. A finished verdict is not redone until the file's size or mtime differ from the record.
+:func:`run_of` and :func:`needs_processing` are pure; :func:`scan_run` (and :func:`find_work`, its
+files) scans a run against its manifest (the daemon's start and rescan), :func:`files_below` lists
+a directory just created or moved in. A finished verdict is not redone until the file's size or
+mtime differ from the record.
+
+A directory checkpoint (``checkpoints.directories``, docs/formats.md "Directory checkpoints") is
+one unit: no walk here enters one, so no file inside it is ever handed to the pipeline as a
+checkpoint of its own. The walks report the directories instead, for the daemon's directory
+tracker (``ckptd.watch.dir_tracker``), which waits for the trainer's marker and quiet.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,6 +64,23 @@ def run_of(root: RootConfig, path: Path, state_dir: str) -> tuple[RunRef, str] |
     return RunRef(root.path, run_dir, relpath), "/".join(parts[root.run_depth :])
 
 
+def checkpoint_dir_of(matcher: CheckpointMatcher, relpath: str) -> str | None:
+    """The outermost directory checkpoint holding the run-relative file ``relpath``; None if none."""
+    parts = relpath.split("/")[:-1]
+    for index, name in enumerate(parts):
+        if matcher.matches_directory(name):
+            return "/".join(parts[: index + 1])
+    return None
+
+
+def directory_needs_work(entry: ManifestEntry | None, size: int, newest_mtime_ns: int) -> bool:
+    """True unless ``entry`` records the directory checkpoint as it is now (sum of its files'
+    sizes, newest mtime) in a final state."""
+    if entry is None or entry.state == "pending" or entry.extra.get(RETRY_KEY):
+        return True
+    return entry.size != size or entry.mtime_ns not in (None, newest_mtime_ns)
+
+
 def needs_processing(
     entry: ManifestEntry | None,
     identity: FileIdentity,
@@ -94,13 +119,53 @@ def load_run_manifest(path: Path) -> Manifest | None:
 # ---- reconciliation: which files of a run need a look -------------------------------------------
 
 
-def _walk(directory: Path, state_dir: str, visit_dir: Callable[[str], None]) -> Iterator[Path]:
-    """Regular files below ``directory``, never through symlinks, dot-dirs or the state dir."""
-    for entry in walk_entries(
-        str(directory), lambda name: skipped_dir(name, state_dir), _cannot_list, visit_dir=visit_dir
-    ):
-        if entry.is_file(follow_symlinks=False):
-            yield Path(entry.path)
+@dataclass
+class _Walk:
+    """One reconciliation walk: regular files, never through symlinks, dot-dirs or the state dir;
+    directory checkpoints are collected in ``directories`` and not entered.
+
+    ``is_checkpoint_dir`` is asked with a subdirectory's absolute path. ``walk_entries`` calls
+    ``visit_dir`` with each directory right before it lists it and asks ``skip_dir`` about that
+    directory's subdirectories while listing it, so the last visited directory is their parent.
+    """
+
+    state_dir: str
+    is_checkpoint_dir: Callable[[str], bool]
+    visit_dir: Callable[[str], None]
+    directories: list[Path] = field(default_factory=list)
+    _current: str = ""
+
+    def files(self, directory: Path) -> Iterator[Path]:
+        for entry in walk_entries(str(directory), self._skip, _cannot_list, visit_dir=self._visit):
+            if entry.is_file(follow_symlinks=False):
+                yield Path(entry.path)
+
+    def _visit(self, directory: str) -> None:
+        self._current = directory
+        self.visit_dir(directory)
+
+    def _skip(self, name: str) -> bool:
+        if skipped_dir(name, self.state_dir):
+            return True
+        path = os.path.join(self._current, name)
+        if self.is_checkpoint_dir(path):
+            self.directories.append(Path(path))
+            return True
+        return False
+
+
+def directory_summary(directory: Path) -> tuple[int, int]:
+    """(sum of the sizes of the regular files below ``directory``, newest mtime of any of them)
+    in one no-follow walk; (0, 0) when it cannot be listed."""
+    size = newest = 0
+    with contextlib.suppress(OSError):
+        for entry in walk_entries(str(directory), lambda _: False, lambda _d, _e: None):
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    size += st.st_size
+                    newest = max(newest, st.st_mtime_ns)
+    return size, newest
 
 
 def _cannot_list(directory: str, err: OSError) -> None:
@@ -112,6 +177,14 @@ def _relative(directory: Path, run_dir: Path) -> str:
     return "" if directory == run_dir else directory.relative_to(run_dir).as_posix()
 
 
+@dataclass(frozen=True)
+class RunWork:
+    """What a reconciliation scan of one run found to look at."""
+
+    files: list[FoundFile]
+    directories: list[Path]  # directory checkpoints not recorded as they are now
+
+
 def find_work(
     config: Config,
     run: RunRef,
@@ -119,7 +192,20 @@ def find_work(
     stale_temp_age: float | None = None,
     now: float | None = None,
 ) -> list[FoundFile]:
-    """Every checkpoint of ``run`` whose manifest entry is missing, not final, or out of date.
+    """Every checkpoint file of ``run`` whose manifest entry is missing, not final, or out of
+    date (:func:`scan_run`'s files)."""
+    return scan_run(config, run, stale_temp_age=stale_temp_age, now=now).files
+
+
+def scan_run(
+    config: Config,
+    run: RunRef,
+    *,
+    stale_temp_age: float | None = None,
+    now: float | None = None,
+) -> RunWork:
+    """Every checkpoint of ``run`` whose manifest entry is missing, not final, or out of date:
+    files, and directory checkpoints (never the files inside them).
 
     With ``stale_temp_age``, ckptd temp files older than that (left by a killed conversion or
     manifest write) are removed from every directory visited, and from the state dir's own
@@ -151,9 +237,12 @@ def find_work(
             with contextlib.suppress(OSError):
                 clean(layout.rel(sub))
     found: list[FoundFile] = []
-    for path in _walk(
-        run.run_dir, config.state_dir, lambda d: clean(_relative(Path(d), run.run_dir))
-    ):
+    walk = _Walk(
+        config.state_dir,
+        lambda path: matcher.matches_directory(os.path.basename(path)),
+        lambda d: clean(_relative(Path(d), run.run_dir)),
+    )
+    for path in walk.files(run.run_dir):
         if not matcher.matches(path.name):
             continue
         try:
@@ -163,16 +252,44 @@ def find_work(
         relpath = path.relative_to(run.run_dir).as_posix()
         if needs_processing(recorded.get(relpath), identity, config, now=moment):
             found.append(FoundFile(path, identity))
-    return found
+    directories = []
+    for directory in walk.directories:
+        entry = recorded.get(directory.relative_to(run.run_dir).as_posix() + "/")
+        if directory_needs_work(entry, *directory_summary(directory)):
+            directories.append(directory)
+    return RunWork(found, directories)
 
 
-def files_below(config: Config, directory: Path) -> Iterable[FoundFile]:
-    """Checkpoint-named regular files below ``directory`` (a directory just created or moved in)."""
+@dataclass(frozen=True)
+class Below:
+    """What a directory just created or moved in holds: checkpoint files and directories."""
+
+    files: list[FoundFile]
+    directories: list[Path]
+
+
+def files_below(config: Config, root: RootConfig, directory: Path) -> Below:
+    """Checkpoint-named regular files below ``directory`` (a directory just created or moved in
+    below ``root``), and the directory checkpoints there, whose files are not listed.
+
+    A subdirectory is a checkpoint only below the run directory (deeper than ``run_depth``).
+    """
     matcher = matcher_for(config)
+
+    def is_checkpoint_dir(path: str) -> bool:
+        try:
+            depth = len(Path(path).relative_to(root.path).parts)
+        except ValueError:
+            return False
+        return depth > root.run_depth and matcher.matches_directory(os.path.basename(path))
+
+    walk = _Walk(config.state_dir, is_checkpoint_dir, lambda _: None)
+    files: list[FoundFile] = []
     try:
-        for path in _walk(directory, config.state_dir, lambda _: None):
+        for path in walk.files(directory):
             if matcher.matches(path.name):
                 with contextlib.suppress(FileNotFoundError):
-                    yield FoundFile(path, FileIdentity.of(os.lstat(path)))
+                    files.append(FoundFile(path, FileIdentity.of(os.lstat(path))))
     except OSError as err:
         logger.warning("%s: cannot list directory (%s)", directory, error_text(err))
+    return Below(files, walk.directories)

@@ -2,23 +2,27 @@
 
 No retention decision is made: on the walk of ``ckptd.retention.passes`` (run lock, previous
 manifest, inventory), each run's manifest is rebuilt from its files and written if it changed.
+:func:`write_run_manifest` does the same for one run (the daemon asks for it when a directory
+checkpoint of the run is complete); the root's index waits for the next full pass.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from ckptd.config.model import Config
+from ckptd.config.model import Config, RootConfig
 from ckptd.retention.passes import (
     DEFAULT_OPTIONS,
     OpenRun,
     PassOptions,
+    guarded,
     pass_over_root,
     unrendered,
     write_if_changed,
 )
 from ckptd.retention.report import PruneReport, RootProblem, RunReport
 from ckptd.runs.rebuild import build_manifest
+from ckptd.runs.roots import RunRef
 
 
 def write_manifests(
@@ -40,6 +44,21 @@ def write_manifests(
         runs.extend(outcome.rendered)
         problems.extend(outcome.problems)
     return PruneReport(tuple(runs), tuple(problems))
+
+
+def write_run_manifest(
+    config: Config,
+    root: RootConfig,
+    run: RunRef,
+    *,
+    now: datetime,
+    options: PassOptions = DEFAULT_OPTIONS,
+) -> RunReport:
+    """One run's manifest pass (under its lock); errors are in the report, never raised. A run
+    this daemon does not own (``options.select``) is left alone."""
+    if options.select is not None and not options.select(run):
+        return RunReport(root.path, run.relpath)
+    return guarded(config, root, run, now=now, dry_run=False, step=manifest_step, options=options)
 
 
 def manifest_step(opened: OpenRun) -> RunReport:
