@@ -172,6 +172,12 @@ def execute(
         report = write_run_manifest(
             item.config, item.root, item.run, now=datetime.now(UTC), options=options
         )
+        if report.error is None:
+            logger.info(
+                "manifest pass for directory checkpoints: manifest %s",
+                "written" if report.manifest_written else "unchanged",
+                extra={"run": item.run.relpath},
+            )
         return ManifestDone(item, report.manifest_written, report.error)
     return run_job(item, metrics=metrics, stopping=stopping, structure=structure, options=options)
 

@@ -227,7 +227,8 @@ def _directory_events(
         if src_dir == src and isinstance(event, DirDeletedEvent | DirMovedEvent):
             out.append(WatchEvent("dir_gone", src_dir, False, root))
         else:
-            out.append(WatchEvent("dir_changed", src_dir, closed, root))
+            within = dest is None or dest_dir == src_dir  # not moved out of it
+            out.append(WatchEvent("dir_changed", src_dir, closed and within, root))
     elif isinstance(event, FileMovedEvent | DirMovedEvent):
         # Moved out of an ordinary directory into a checkpoint: the source side as usual.
         kind: EventKind = "dir_deleted" if directory else "deleted"
