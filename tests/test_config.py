@@ -132,7 +132,7 @@ BAD_CONFIGS = [
     ),
     (
         "policies:\n  default:\n    keep_best: {source: evals.csv}\n",
-        'policies.default.keep_best.source (line 6): expected an .npz (evaluations.npz) or .jsonl file, got "evals.csv"',
+        'policies.default.keep_best.source (line 6): expected an .npz (evaluations.npz) or .jsonl file, or trainer_state.json, got "evals.csv"',
     ),
     (
         "policies:\n  default:\n    keep_best: {source: /tmp/e.npz}\n",

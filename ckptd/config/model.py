@@ -74,7 +74,9 @@ class ConvertConfig:
 @dataclass(frozen=True)
 class KeepBest:
     metric: str = "mean_reward"
-    source: str = "evaluations.npz"  # relative to the run; evaluations.npz or a *.jsonl sidecar
+    # Relative to the run: evaluations.npz, a *.jsonl sidecar, or trainer_state.json (the newest
+    # complete checkpoint directory's; ckptd.retention.trainer_metrics).
+    source: str = "evaluations.npz"
     count: int = 1
     mode: BestMode = "max"
 

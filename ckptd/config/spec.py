@@ -71,8 +71,11 @@ def _check_plain_name(text: str) -> str | None:
 def _check_metric_source(text: str) -> str | None:
     if "\0" in text or text.startswith("/") or ".." in PurePosixPath(text).parts:
         return f"expected a file relative to the run, got {units.describe(text)}"
-    if not text.endswith((".npz", ".jsonl")):
-        return f"expected an .npz (evaluations.npz) or .jsonl file, got {units.describe(text)}"
+    if not text.endswith((".npz", ".jsonl")) and PurePosixPath(text).name != "trainer_state.json":
+        return (
+            "expected an .npz (evaluations.npz) or .jsonl file, or trainer_state.json, "
+            f"got {units.describe(text)}"
+        )
     return None
 
 
@@ -204,7 +207,8 @@ KEEP_BEST = Section(
         "metric": Key(Text("a metric name"), "Metric to rank checkpoints by (e.g. mean_reward)."),
         "source": Key(
             Text("a file relative to the run", _check_metric_source),
-            "Evaluation file relative to the run: evaluations.npz or a metrics .jsonl file.",
+            "Evaluation file relative to the run: evaluations.npz, a metrics .jsonl file, or"
+            " trainer_state.json (Hugging Face: the newest complete checkpoint directory's).",
         ),
         "count": Key(Integer(1), "How many of the best checkpoints to keep."),
         "mode": Key(

@@ -1,4 +1,5 @@
-"""Read the metric series keep_best ranks by: SB2/SB3 ``evaluations.npz`` or a ``metrics.jsonl`` sidecar.
+"""Read the metric series keep_best ranks by: SB2/SB3 ``evaluations.npz``, a ``metrics.jsonl``
+sidecar, or Hugging Face's ``trainer_state.json`` (``ckptd.retention.trainer_metrics``).
 
 The I/O edge of keep_best (the ranking itself is in :mod:`ckptd.retention.plan`). Nothing here executes
 code from a file: npz members are read with ``allow_pickle=False``, and both readers refuse files
@@ -30,6 +31,8 @@ from ckptd.errors import FormatError
 from ckptd.formats.zipread import ZIP_READ_ERRORS
 from ckptd.fs.files import open_regular_nofollow
 from ckptd.retention.plan import Evaluation
+from ckptd.retention.trainer_metrics import is_trainer_state_source, read_trainer_state
+from ckptd.runs.listing import CheckpointMatcher
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,16 +58,27 @@ class EvaluationSeries:
     problems: tuple[str, ...] = ()
 
 
-def load_evaluations(run_dir: Path, keep_best: KeepBest) -> list[Evaluation]:
-    """The run's evaluations of ``keep_best.metric``; problems skipped along the way are logged."""
-    series = read_evaluations(run_dir, keep_best)
+def load_evaluations(
+    run_dir: Path, keep_best: KeepBest, matcher: CheckpointMatcher | None = None
+) -> list[Evaluation]:
+    """The run's evaluations of ``keep_best.metric``; problems skipped along the way are logged.
+
+    ``matcher`` names the directory checkpoints, for ``source: trainer_state.json``."""
+    series = read_evaluations(run_dir, keep_best, matcher)
     for problem in series.problems:
         logger.warning("%s", problem)
     return list(series.evaluations)
 
 
-def read_evaluations(run_dir: Path, keep_best: KeepBest) -> EvaluationSeries:
+def read_evaluations(
+    run_dir: Path, keep_best: KeepBest, matcher: CheckpointMatcher | None = None
+) -> EvaluationSeries:
     """Like :func:`load_evaluations`, returning the problems instead of logging them."""
+    if is_trainer_state_source(keep_best.source):
+        evaluations, problems = read_trainer_state(
+            run_dir, keep_best, matcher, MAX_EVALUATIONS_BYTES
+        )
+        return EvaluationSeries(evaluations, problems)
     source = run_dir / keep_best.source
     try:
         handle = open_regular_nofollow(source)
@@ -79,7 +93,8 @@ def read_evaluations(run_dir: Path, keep_best: KeepBest) -> EvaluationSeries:
         if source.suffix == ".jsonl":
             return _read_jsonl(handle, source, keep_best.metric)
     raise FormatError(
-        "unsupported evaluations source (expected evaluations.npz or a .jsonl file)",
+        "unsupported evaluations source (expected evaluations.npz, a .jsonl file or "
+        "trainer_state.json)",
         path=str(source),
     )
 

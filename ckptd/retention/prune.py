@@ -41,6 +41,7 @@ from ckptd.retention.pins import pins_lock
 from ckptd.retention.plan import Candidate, Evaluation, RunPlan
 from ckptd.retention.report import PathDecision, PruneReport, RootProblem, RunReport
 from ckptd.runs.checkpoints import Checkpoint, RunInventory, utc_from_ns
+from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.rebuild import build_manifest
 from ckptd.runs.roots import RunRef
 from ckptd.runs.statedir import Pin, read_pins
@@ -139,7 +140,7 @@ def prune_step(opened: OpenRun) -> RunReport:
     config, root, run, layout = opened.config, opened.root, opened.run, opened.layout
     inventory, now, options = opened.inventory, opened.now, opened.options
     policy = config.policy_for(root)
-    evaluations = _evaluations(run.run_dir, policy)
+    evaluations = _evaluations(run.run_dir, policy, config)
     pins = read_pins(layout)
     plan = _plan(options, inventory, pins, policy, config, now, evaluations)
     if opened.dry_run:
@@ -170,11 +171,12 @@ def _delete(opened: OpenRun, doomed: Sequence[Checkpoint]) -> list[DeleteOutcome
     return outcomes
 
 
-def _evaluations(run_dir: Path, policy: Policy) -> list[Evaluation] | None:
+def _evaluations(run_dir: Path, policy: Policy, config: Config) -> list[Evaluation] | None:
     if policy.keep_best is None:
         return None
-
-    return load_evaluations(run_dir, policy.keep_best)
+    # The directory checkpoints, for source: trainer_state.json (ckptd.retention.trainer_metrics).
+    matcher = CheckpointMatcher(config.checkpoints, config.manifest.filename)
+    return load_evaluations(run_dir, policy.keep_best, matcher)
 
 
 def _pin_for(checkpoint: Checkpoint, pins: Mapping[str, Pin]) -> str | None:
