@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -611,11 +613,49 @@ def test_shipped_config_validates_and_round_trips(path: Path) -> None:
 
 def test_examples_exist() -> None:
     assert [path.name for path in EXAMPLES] == [
+        "deepspeed.yaml",
+        "huggingface.yaml",
         "lightning.yaml",
         "long-run-nfs.yaml",
         "rl-lab-sb2.yaml",
         "shared-disk-budget.yaml",
     ]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_validates_with_the_cli_once_its_roots_exist(
+    tmp_path: Path, path: Path
+) -> None:
+    """``ckptd config validate`` as a user runs it, on the example with only its roots' paths
+    changed to directories that exist here; and the README has a row for it."""
+    document = yaml.safe_load(path.read_text())
+    for index, root in enumerate(document["roots"]):
+        root["path"] = str(tmp_path / f"root{index}")
+        (tmp_path / f"root{index}").mkdir()
+    copy = tmp_path / path.name
+    copy.write_text(yaml.safe_dump(document, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptd", "config", "validate", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(f"{copy}: ok")
+    assert f"| `{path.name}` |" in (CHECKOUT / "README.md").read_text()
+
+
+def test_the_trainer_examples_name_their_directory_checkpoints() -> None:
+    examples = {path.name: load_config(path, check_roots=False) for path in EXAMPLES}
+    assert examples["huggingface.yaml"].checkpoints.directories == ("checkpoint-*",)
+    assert examples["deepspeed.yaml"].checkpoints.directories == ("global_step*",)
+    keep_best = examples["huggingface.yaml"].policies["hf"].keep_best
+    assert keep_best is not None
+    assert (keep_best.metric, keep_best.source, keep_best.mode) == (
+        "eval_loss",
+        "trainer_state.json",
+        "min",
+    )
 
 
 def test_config_to_mapping_formats_values(tmp_path: Path) -> None:
