@@ -18,7 +18,7 @@ from ckptd.formats import Format
 from ckptd.fs.runfs import RunFS
 from ckptd.runs.dir_listing import Walked, list_directory
 from ckptd.runs.roots import RunRef
-from ckptd.watch.dir_tracker import DirTracker, TrackedDir
+from ckptd.watch.dir_tracker import MAX_LISTINGS_PER_TICK, DirTracker, TrackedDir
 from tests.trainer_replay import (
     FIXTURES,
     deepspeed_files_before_latest,
@@ -201,3 +201,36 @@ def test_events_while_written_list_it_at_most_every_half_second(run: Path) -> No
         tracker.tick(now)
         now += 0.025
     assert 2 <= len(listed) <= 3
+
+
+def test_a_tick_lists_a_bounded_number_of_directories(run: Path) -> None:
+    listed: list[str] = []
+
+    def counting(fs: RunFS, reldir: str) -> Walked:
+        listed.append(reldir)
+        return list_directory(fs, reldir)
+
+    for index in range(MAX_LISTINGS_PER_TICK + 20):
+        shutil.copytree(FIXTURES / "hf" / "checkpoint-2", run / f"checkpoint-{index}")
+    tracker = DirTracker(STABLE_FOR, lister=counting)
+    now = time.time() + 100
+    for index in range(MAX_LISTINGS_PER_TICK + 20):
+        tracker.touch(_where(run, f"checkpoint-{index}"), now)
+    assert tracker.tick(now) == []
+    assert len(listed) == MAX_LISTINGS_PER_TICK
+    tracker.tick(now + 0.25)
+    assert len(set(listed)) == MAX_LISTINGS_PER_TICK + 20  # the rest on the next tick
+    assert len(tracker.tick(now + STABLE_FOR + 0.25)) == MAX_LISTINGS_PER_TICK
+    assert len(tracker.tick(now + STABLE_FOR + 0.5)) == 20
+
+
+def test_a_wall_clock_going_back_does_not_stall_a_directory(run: Path) -> None:
+    shutil.copytree(FIXTURES / "hf" / "checkpoint-2", run / "checkpoint-2")
+    tracker = DirTracker(STABLE_FOR)
+    where = _where(run, "checkpoint-2")
+    now = time.time() + 3600  # listed at a clock an hour ahead, then the clock is set right
+    tracker.touch(where, now)
+    assert tracker.tick(now) == []
+    back = now - 3600 + 100
+    assert tracker.tick(back) == []  # listed again at once: a new quiet record from here
+    assert [d.where for d in tracker.tick(back + STABLE_FOR)] == [where]

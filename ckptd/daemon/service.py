@@ -430,7 +430,8 @@ class Daemon:
 
     def _status_text(self) -> str:
         last = format_utc(self._last_prune.replace(microsecond=0)) if self._last_prune else "never"
-        settling, queued = self._settling.pending(), self._runs.queued_paths()
+        settling = self._settling.pending() + self._directories.tracker.pending()
+        queued = self._runs.queued_paths()
         text = (
             f"watching {plural(len(self.config.roots), 'root')}, {plural(self._run_count, 'run')}; "
             f"{settling} settling, {queued} queued; last prune {last}"

@@ -37,6 +37,9 @@ MIN_RELIST_SECONDS = 0.5  # a directory written file by file is listed at most t
 MAX_RELIST_SECONDS = 30.0  # an unmarked, quiet directory is listed at least this often
 GIVE_UP_SECONDS = 3600.0  # unchanged and unmarked this long: dropped until an event or rescan
 DEFAULT_MAX_TRACKED = 10_000
+# Listings per tick at most: a start-up scan that finds thousands of directories must not hold
+# the daemon's main loop for seconds; the rest are listed on the next ticks.
+MAX_LISTINGS_PER_TICK = 100
 
 Lister = Callable[[RunFS, str], Walked]
 
@@ -127,9 +130,16 @@ class DirTracker:
     def tick(self, now: float) -> list[CompleteDir]:
         """List every directory that is due; the complete ones, each once (then forgotten)."""
         done: list[CompleteDir] = []
+        listings = 0
+        latest = now + MAX_RELIST_SECONDS + self.stable_for
         for path, track in list(self._tracks.items()):
+            if track.next_list > latest:
+                track.next_list = now  # the wall clock went back: never wait past the longest
             if track.next_list > now:
                 continue
+            if listings >= MAX_LISTINGS_PER_TICK:
+                break
+            listings += 1
             walked = self._list(track.where)
             if walked is None:
                 del self._tracks[path]
@@ -167,6 +177,8 @@ class DirTracker:
     def _judge(self, track: _Track, walked: Walked, now: float) -> CompleteDir | None:
         listing = walked.listing
         previous = track.record
+        if previous is not None and previous.since > now:
+            previous = None  # the wall clock went back: the quiet period starts over from now
         track.record = record = observe(previous, listing, now)
         track.last_listed = now
         completion = judge(listing)
