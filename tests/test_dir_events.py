@@ -26,14 +26,17 @@ from ckptd.config.model import Config
 from ckptd.daemon.jobs import RunBatch, RunManifest
 from ckptd.daemon.run_queue import RunQueues
 from ckptd.formats import Format
+from ckptd.fs.runfs import RunFS
 from ckptd.manifest.model import ManifestEntry
 from ckptd.pipeline.discovery import (
     checkpoint_dir_of,
     directory_needs_work,
+    directory_summary,
     files_below,
     matcher_for,
     scan_run,
 )
+from ckptd.runs.dir_listing import list_directory
 from ckptd.runs.roots import RunRef
 from ckptd.watch.events import NameFilter, translate_event
 from tests.trainer_replay import FIXTURES
@@ -302,3 +305,14 @@ def test_fixture_mtimes_are_old_enough_for_the_scan(tmp_path: Path) -> None:
         os.stat(tmp_path / "c" / "trainer_state.json").st_mtime_ns
         == os.stat(FIXTURES / "hf" / "checkpoint-2" / "trainer_state.json").st_mtime_ns
     )
+
+
+def test_the_scans_summary_is_the_listings_size_and_newest_mtime(tmp_path: Path) -> None:
+    """What a directory's manifest entry records (its listing's size and newest mtime) is what
+    the reconciliation scan compares it with, without reading a byte."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "orbax" / "4", run / "4")  # nested directories
+    os.utime(run / "4" / "default", ns=(0, 2_000_000_000_000_000_000))  # a subdirectory newest
+    listing = list_directory(RunFS(run), "4").listing
+    assert directory_summary(run / "4") == (listing.size, listing.newest_mtime_ns)
+    assert listing.newest_mtime_ns == 2_000_000_000_000_000_000

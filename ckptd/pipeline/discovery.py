@@ -74,8 +74,9 @@ def checkpoint_dir_of(matcher: CheckpointMatcher, relpath: str) -> str | None:
 
 
 def directory_needs_work(entry: ManifestEntry | None, size: int, newest_mtime_ns: int) -> bool:
-    """True unless ``entry`` records the directory checkpoint as it is now (sum of its files'
-    sizes, newest mtime) in a final state."""
+    """True unless ``entry`` records the directory checkpoint as it is now (the sum of its files'
+    sizes and the newest mtime of its files and directories, as its entry's ``size`` and
+    ``mtime_ns``) in a final state; a ``pending`` one (incomplete when last seen) needs work."""
     if entry is None or entry.state == "pending" or entry.extra.get(RETRY_KEY):
         return True
     return entry.size != size or entry.mtime_ns not in (None, newest_mtime_ns)
@@ -155,11 +156,20 @@ class _Walk:
 
 
 def directory_summary(directory: Path) -> tuple[int, int]:
-    """(sum of the sizes of the regular files below ``directory``, newest mtime of any of them)
-    in one no-follow walk; (0, 0) when it cannot be listed."""
+    """(sum of the sizes of the regular files below ``directory``, newest mtime of them and of
+    the directories), as ``DirListing.size`` and ``newest_mtime_ns`` say, in one no-follow walk
+    that reads nothing; (0, 0) when it cannot be listed."""
     size = newest = 0
+
+    def visit(path: str) -> None:
+        nonlocal newest
+        with contextlib.suppress(OSError):
+            newest = max(newest, os.lstat(path).st_mtime_ns)
+
     with contextlib.suppress(OSError):
-        for entry in walk_entries(str(directory), lambda _: False, lambda _d, _e: None):
+        for entry in walk_entries(
+            str(directory), lambda _: False, lambda _d, _e: None, visit_dir=visit
+        ):
             with contextlib.suppress(OSError):
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):

@@ -2,7 +2,7 @@
 
 The Trainer writes ``trainer_state.json`` last into every ``checkpoint-<step>/`` it saves, and its
 ``log_history`` is cumulative: every evaluation up to that step (``ckptd.formats.trainer_state``;
-docs/formats.md, "Directory checkpoints"). It evaluates before it saves, so the newest
+docs/formats.md, "Hugging Face trainer_state.json"). It evaluates before it saves, so the newest
 complete checkpoint's file holds the evaluation at or before every checkpoint's step. So
 ``source: trainer_state.json`` (or ``out/trainer_state.json``) means: in the directory holding
 the source (the run, or ``out/``), the newest directory checkpoint (``checkpoints.directories``,
