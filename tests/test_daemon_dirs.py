@@ -104,6 +104,11 @@ def test_directory_checkpoints_written_slowly_are_one_unit_complete_only_after_t
         replay_deepspeed("deepspeed", "global_step4", ds, PAUSE, ds_before_latest)
         daemon.wait_log(f"directory checkpoint complete: {ds / 'global_step4'} (deepspeed", 15)
         daemon.wait_log("run=ds manifest pass for directory checkpoints", 15)
+        # A save that vanishes half-written (a crash, a rotation): forgotten without a word.
+        (hf / "checkpoint-8").mkdir()
+        shutil.copyfile(FIXTURES / "hf" / "checkpoint-6" / "config.json", hf / "checkpoint-8" / "a")
+        time.sleep(PAUSE)
+        shutil.rmtree(hf / "checkpoint-8")
         # A plain checkpoint file in the same run is still a checkpoint of its own.
         shutil.copyfile(FIXTURES / "torch" / "state_dict.pt", hf / "export_100.pt")
         wait_until(lambda: "export_100.pt" in _manifest_paths(hf), 15, "export_100.pt recorded")
@@ -125,6 +130,8 @@ def test_directory_checkpoints_written_slowly_are_one_unit_complete_only_after_t
     assert not list(root.glob("*/.ckptd/quarantine/*")), log
     assert not list(root.glob("*/.ckptd/legacy/*")), log
     assert "quarantine" not in log and "refused" not in log, log
+    assert " WARNING " not in log and " ERROR " not in log, log
+    assert _complete_lines(log, hf / "checkpoint-8") == 0
     if INVENTORY_RECORDS_DIRECTORIES:
         assert sorted(_manifest_paths(hf)) == ["checkpoint-6/", "export_100.pt"]
         assert _manifest_paths(ds) == ["global_step4/"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from watchdog.events import (
 
 from ckptd.config.load import parse_config
 from ckptd.config.model import Config
+from ckptd.daemon.directories import DirectoryCheckpoints
 from ckptd.daemon.jobs import RunBatch, RunManifest
 from ckptd.daemon.run_queue import RunQueues
 from ckptd.formats import Format
@@ -38,7 +40,7 @@ from ckptd.pipeline.discovery import (
 )
 from ckptd.runs.dir_listing import list_directory
 from ckptd.runs.roots import RunRef
-from ckptd.watch.events import NameFilter, translate_event
+from ckptd.watch.events import NameFilter, WatchEvent, translate_event
 from tests.trainer_replay import FIXTURES
 
 ROOT = Path("/data/runs")
@@ -316,3 +318,25 @@ def test_the_scans_summary_is_the_listings_size_and_newest_mtime(tmp_path: Path)
     listing = list_directory(RunFS(run), "4").listing
     assert directory_summary(run / "4") == (listing.size, listing.newest_mtime_ns)
     assert listing.newest_mtime_ns == 2_000_000_000_000_000_000
+
+
+def test_a_gone_directory_asks_for_a_manifest_pass_only_when_it_was_not_being_written(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "runs"
+    (root / "r" / "checkpoint-8").mkdir(parents=True)
+    config = _config(root)
+    directories = DirectoryCheckpoints(config)
+    runs = RunQueues()
+    now = time.time()
+    directories.handle(
+        WatchEvent("dir_changed", root / "r" / "checkpoint-8", False, root), runs, now
+    )
+    assert directories.tracker.pending() == 1
+    gone = WatchEvent("dir_gone", root / "r" / "checkpoint-8", False, root)
+    assert directories.handle(gone, runs, now)
+    assert (directories.tracker.pending(), runs.runs) == (0, {})  # a save that never finished
+    recorded = WatchEvent("dir_gone", root / "r" / "checkpoint-2", False, root)
+    directories.handle(recorded, runs, now)  # not tracked: complete, maybe recorded
+    assert [q.manifest for q in runs.runs.values()] == [True]
+    assert not directories.handle(WatchEvent("closed", root / "r" / "a.pt", True, root), runs, now)

@@ -5,8 +5,9 @@ handed to the file pipeline, nor is any file inside it. Events inside one mark i
 find the ones not recorded as they are, and the tracker (``ckptd.watch.dir_tracker``) lists each
 until its trainer's marker is there and nothing in it changed for ``stable_for``. Then the run's
 manifest pass is asked for, once per run however many of its directories completed meanwhile
-(``RunQueues.want_manifest``); that pass records the directory as one entry. A directory deleted
-or moved away asks for the pass too, so the manifest drops it.
+(``RunQueues.want_manifest``); that pass records the directory as one entry. A complete directory
+deleted or moved away asks for the pass too, so the manifest drops it; one that vanishes while
+still being written is forgotten quietly.
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ class DirectoryCheckpoints:
         if event.kind == "dir_changed":
             self.track(event.root, event.path, now)
         elif event.kind == "dir_gone":
+            # One still being written was never recorded complete: forgotten quietly. Another
+            # (recorded, or trashed by a prune) leaves its run's manifest by the next pass.
+            was_written = self.tracker.is_tracked(event.path)
             self.tracker.forget_below(event.path)
             located = self._locate(event.root, event.path)
-            if located is not None:
+            if located is not None and not was_written:
                 runs.want_manifest(located[0], located[1])
         elif event.kind == "dir_marker":
             self.tracker.marker(event.path, now)

@@ -121,8 +121,8 @@ class DirTracker:
         for path in [p for p in self._tracks if p.is_relative_to(prefix)]:
             del self._tracks[path]
 
-    def tracked(self) -> list[Path]:
-        return list(self._tracks)
+    def is_tracked(self, path: Path) -> bool:
+        return path in self._tracks
 
     def pending(self) -> int:
         return len(self._tracks)
