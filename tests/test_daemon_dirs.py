@@ -82,6 +82,7 @@ def test_directory_checkpoints_written_slowly_are_one_unit_complete_only_after_t
     )
     try:
         daemon.wait_ready(timeout=30)
+        assert "ready: 3 runs, 0 files, 2 directory checkpoints to look at" in daemon.log_text()
         for name in ("checkpoint-2", "checkpoint-4"):
             daemon.wait_log(f"directory checkpoint complete: {old / name} (hf-trainer", 15)
         daemon.wait_log("run=hf-old manifest pass for directory checkpoints", 15)

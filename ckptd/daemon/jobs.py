@@ -108,6 +108,13 @@ class RootsScan:
     directories: list[tuple[Path, Path]]
     runs: int
 
+    def describe(self) -> str:
+        """``1 run, 3 files`` (and ``, 2 directory checkpoints`` when there are any)."""
+        text = f"{plural(self.runs, 'run')}, {plural(len(self.found), 'file')}"
+        if self.directories:
+            text += f", {plural(len(self.directories), 'directory checkpoint')}"
+        return text
+
 
 def scan_roots(
     config: Config,
@@ -195,11 +202,7 @@ def run_job(
     now = datetime.now(UTC)
     if job.name == "rescan":
         scan = scan_roots(job.config, job.config.roots, stale_temp_age=STALE_TEMP_SECONDS)
-        logger.info(
-            "rescan: %s, %s to look at",
-            plural(scan.runs, "run"),
-            plural(len(scan.found) + len(scan.directories), "checkpoint"),
-        )
+        logger.info("rescan: %s to look at", scan.describe())
         return JobDone("rescan", tuple(scan.found), tuple(scan.directories), scan.runs)
     if job.name == "prune":
         report = prune_all(job.config, now=now, dry_run=False, options=options)

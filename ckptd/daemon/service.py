@@ -199,10 +199,7 @@ class Daemon:
         self._directories.track_all(scan.directories, time.time())
         self._health(time.monotonic())
         notify.ready(self._status_text())
-        found = len(scan.found) + len(scan.directories)
-        logger.info(
-            "ready: %s, %s to look at", plural(scan.runs, "run"), plural(found, "checkpoint")
-        )
+        logger.info("ready: %s to look at", scan.describe())
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
