@@ -86,6 +86,13 @@ def test_directory_checkpoints_written_slowly_are_one_unit_complete_only_after_t
         for name in ("checkpoint-2", "checkpoint-4"):
             daemon.wait_log(f"directory checkpoint complete: {old / name} (hf-trainer", 15)
         daemon.wait_log("run=hf-old manifest pass for directory checkpoints", 15)
+        # A run directory moved in whole, a checkpoint directory inside (the new-directory scan).
+        staged = tmp_path / "staging" / "hf-moved"
+        shutil.copytree(FIXTURES / "hf" / "checkpoint-2", staged / "checkpoint-2")
+        staged.rename(root / "hf-moved")
+        moved = root / "hf-moved" / "checkpoint-2"
+        daemon.wait_log(f"directory checkpoint complete: {moved} (hf-trainer", 15)
+        daemon.wait_log("run=hf-moved manifest pass for directory checkpoints", 15)
 
         def hf_before_marker() -> None:
             # Every file but trainer_state.json written, each after pauses > stable_for.
@@ -121,7 +128,10 @@ def test_directory_checkpoints_written_slowly_are_one_unit_complete_only_after_t
     for directory in (old / "checkpoint-2", old / "checkpoint-4", hf / "checkpoint-6"):
         assert _complete_lines(log, directory) == 1, log
     assert _complete_lines(log, ds / "global_step4") == 1, log
-    assert [_manifest_passes(log, run) for run in ("hf-old", "hf", "ds")] == [1, 1, 1], log
+    assert _complete_lines(log, root / "hf-moved" / "checkpoint-2") == 1, log
+    runs = ("hf-old", "hf-moved", "hf", "ds")
+    assert [_manifest_passes(log, run) for run in runs] == [1, 1, 1, 1], log
+    _same_files(FIXTURES / "hf" / "checkpoint-2", root / "hf-moved" / "checkpoint-2")
     # Nothing inside a directory was moved, converted or quarantined: every file where the
     # trainer wrote it, byte for byte, and no quarantine anywhere.
     _same_files(FIXTURES / "hf" / "checkpoint-6", hf / "checkpoint-6")
@@ -137,3 +147,4 @@ def test_directory_checkpoints_written_slowly_are_one_unit_complete_only_after_t
         assert sorted(_manifest_paths(hf)) == ["checkpoint-6/", "export_100.pt"]
         assert _manifest_paths(ds) == ["global_step4/"]
         assert sorted(_manifest_paths(old)) == ["checkpoint-2/", "checkpoint-4/"]
+        assert _manifest_paths(root / "hf-moved") == ["checkpoint-2/"]
