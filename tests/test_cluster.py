@@ -9,6 +9,7 @@ the runs it lost, and a database restart in the middle of a burst loses and dupl
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,13 +19,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import psycopg
 import pytest
 
+from ckptd.fs.files import TEMP_PREFIX
 from ckptd.manifest.store import load_manifest
 from tests.cluster_harness import Cluster, write_burst
 from tests.daemon_harness import REPO, wait_until
 from tests.pg_harness import PgServer
-from tests.sb2_fixtures import make_ppo2_checkpoint, stand_ins
+from tests.sb2_fixtures import (
+    make_ppo2_checkpoint,
+    ppo2_data,
+    ppo2_params,
+    stand_ins,
+    write_checkpoint,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -187,6 +197,76 @@ def test_a_paused_node_does_not_act_on_runs_it_lost(cluster: Cluster, legacy: by
     ]
     assert cluster.process("n2").proc.poll() is None  # it serves on
     wait_until(lambda: manifests_consistent(cluster.root, [*written, *later]), 30, "manifests")
+
+
+def lease_owner(dsn: str, root: Path, run: str) -> str | None:
+    """The node whose lease on ``run`` is current, from the coordination database itself."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT owner FROM ckptd.runs WHERE root = %s AND run = %s AND expires_at > now()",
+            (str(root), run),
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def big_legacy(path: Path, megabytes: int) -> Path:
+    """A legacy checkpoint with an extra ``megabytes`` MB array: its conversion takes a while."""
+    params = ppo2_params()
+    params["model/big:0"] = np.random.default_rng(1).standard_normal(megabytes * 262_144)
+    params["model/big:0"] = params["model/big:0"].astype(np.float32)
+    with stand_ins():
+        return write_checkpoint(path, ppo2_data(), params)
+
+
+def test_a_node_paused_mid_conversion_renames_nothing_after_its_lease_lapsed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The paused node holds the run mid-conversion: its parser child writes the zip's temp file
+    and then has to ask the node (paused) whether it may rename; on waking, the node's lease is
+    gone and the answer is no. With fencing disabled the woken node renames the zip, moves the
+    original and writes the manifest of a run another node owns (this test then fails)."""
+    cluster.start("n1")
+    cluster.start("n2")
+    runs = [f"run-{index:02d}" for index in range(RUNS)]
+    wait_until(
+        lambda: {lease_owner(cluster.dsn, cluster.root, run) for run in runs} == {"n1", "n2"},
+        30,
+        "the runs spread over both nodes",
+    )
+    run = next(run for run in runs if lease_owner(cluster.dsn, cluster.root, run) == "n2")
+    run_dir = cluster.root / run
+    source = big_legacy(tmp_path / "big.pkl", 192)
+    target = run_dir / "rl_model_100_steps.pkl"
+    converted = target.with_suffix(".zip")
+    os.replace(source, target)
+
+    def writing_zip() -> bool:
+        return any(name.startswith(TEMP_PREFIX + converted.name) for name in os.listdir(run_dir))
+
+    wait_until(writing_zip, 60, "n2 writing the zip", poll=0.002)
+    cluster.kill("n2", signal.SIGSTOP)
+    try:
+        assert not converted.exists(), "converted before n2 could be paused: use a bigger file"
+        paused = time.monotonic()
+        # n2's lease lapses and n1 takes the run over (n2's run lock keeps n1's batch waiting).
+        wait_until(lambda: lease_owner(cluster.dsn, cluster.root, run) == "n1", 30, "n1 owns it")
+        time.sleep(1)  # n1's rescan finds the file and its batch waits for the run lock
+        assert time.monotonic() - paused > 3  # past the lease
+    finally:
+        cluster.kill("n2", signal.SIGCONT)
+    # n2 wakes with its child waiting for the go-ahead: it says no; n1 converts the file.
+    wait_until(lambda: converted.exists() and not target.exists(), 120, "converted by n1")
+    events = [e for e in cluster.events() if e["run"] == run and e["file"] == target.name]
+    assert [(e["event"], e["node"]) for e in events] == [("converted", "n1")], events
+    refusals = [
+        obj
+        for obj in cluster.log_objects(["n2"])
+        if obj.get("run") == run and "not acting on the run" in str(obj.get("msg"))
+    ]
+    assert refusals, "n2 did not say it stopped acting on the run"
+    assert not [name for name in os.listdir(run_dir) if name.startswith(TEMP_PREFIX)]
+    wait_until(lambda: manifests_consistent(cluster.root, [target]), 30, "the manifest")
+    assert cluster.process("n2").proc.poll() is None  # it serves on
 
 
 def test_a_database_restart_mid_burst_loses_and_duplicates_nothing(

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -93,6 +93,7 @@ def convert_file(
     archive_base: Path | None = None,
     limits: Limits = DEFAULT_LIMITS,
     keep_if_unwritable: bool = False,
+    fence: Callable[[], None] | None = None,
 ) -> ConversionOutcome:
     """Convert ``source`` (a legacy SB2 pickle) to an SB2 zip; an existing valid SB2 zip is verified.
 
@@ -110,6 +111,11 @@ def convert_file(
     With ``keep_if_unwritable`` (``ckptd convert``), an original that cannot be archived or deleted
     because its directory is read-only or not ours to change is kept, and a note says so: the
     conversion itself succeeded (e.g. ``-o`` wrote the zip elsewhere).
+
+    ``fence`` is called right before the zip is renamed into place and right before the original
+    is archived or deleted (the daemon checks its run's lease there: README, "Several daemons on
+    one root"); what it raises propagates with the source untouched and no zip left behind, or,
+    raised before the original's move, with the verified zip in place and the original kept.
     """
     source = Path(source)
     identification = identify(source)
@@ -141,7 +147,7 @@ def convert_file(
             )
         try:
             status, output_sha256, output_size = _write_or_match(
-                source, target, checkpoint, carried
+                source, target, checkpoint, carried, fence
             )
         except ConversionError as err:
             if err.path is not None:
@@ -155,6 +161,8 @@ def convert_file(
         archive_path = source.parent / state_dir / "legacy" / source.name
     base = source.parent if archive_base is None else Path(archive_base)
     notes = checkpoint.notes
+    if fence is not None and original != "keep":
+        fence()
     try:
         outcome_original, archived_to = _dispose_original(
             source, before, original, archive_path, base
@@ -203,7 +211,11 @@ _UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def _write_or_match(
-    source: Path, target: Path, checkpoint: LegacyCheckpoint, carried: fsio.CarriedAttributes
+    source: Path,
+    target: Path,
+    checkpoint: LegacyCheckpoint,
+    carried: fsio.CarriedAttributes,
+    fence: Callable[[], None] | None = None,
 ) -> tuple[Status, str, int]:
     """Write ``target`` (verified before it gets its name), or prove an existing one is this
     checkpoint's conversion (a rerun after a crash); (status, output sha256, output size)."""
@@ -224,6 +236,7 @@ def _write_or_match(
         checkpoint.params,
         date_time=zip_date_time(carried.mtime_ns),
         attributes=carried,
+        before_rename=fence,
     )
     return "converted", report.sha256, report.size
 

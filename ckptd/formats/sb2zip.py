@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -197,6 +197,7 @@ def write_checked_sb2_zip(
     date_time: DateTime | None = None,
     mode: int | None = None,
     attributes: CarriedAttributes | None = None,
+    before_rename: Callable[[], None] | None = None,
 ) -> ZipWriteReport:
     """Write ``dest`` atomically and verify it before it gets its name.
 
@@ -210,6 +211,8 @@ def write_checked_sb2_zip(
     trusted no more than a checkpoint. Only then is it renamed to ``dest``; on any mismatch
     ``dest`` is untouched and VerifyError raised.
     ``attributes`` (mode, owner, times of the original) are set after that check, before the rename.
+    ``before_rename`` runs last before the rename (the daemon's lease check in a cluster); what it
+    raises leaves ``dest`` untouched and the temp file removed.
     """
     import zipfile
 
@@ -228,6 +231,8 @@ def write_checked_sb2_zip(
             raise VerifyError(f"central directory {found} differs from the layout", path=str(temp))
         # data_bytes are, byte for byte, the data member just compared with the file on disk.
         check_emitted_pickles(data_bytes, dest)
+        if before_rename is not None:
+            before_rename()
 
     with atomic_write(dest, mode=mode, attributes=attributes, before_replace=check) as handle:
         copy_pieces(handle, outer.pieces)

@@ -29,7 +29,7 @@ from ckptd.convert.conversion import convert_file
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
 from ckptd.formats.verify import verify_zip
-from ckptd.isolation.codec import decode, encode, encode_error
+from ckptd.isolation.codec import decode, decode_error, encode, encode_error
 from ckptd.limits import Limits
 from ckptd.ops.scrub_check import verify_structure
 
@@ -95,7 +95,7 @@ def _file_cap(address_space: int, path: str) -> int:
     return cap
 
 
-def _operations() -> dict[str, Callable[..., Any]]:
+def _operations(ask: Callable[[str], None]) -> dict[str, Callable[..., Any]]:
 
     def examine(path: Path, limits: Any) -> dict[str, Any]:
         # identify, and for a zip its verification too: what the daemon asks of every new file.
@@ -121,6 +121,9 @@ def _operations() -> dict[str, Callable[..., Any]]:
                 kwargs[key] = Path(kwargs[key])
         if "limits" in kwargs:
             kwargs["limits"] = decode(Limits, kwargs["limits"])
+        if kwargs.pop("fence", False):
+            # The daemon checks its run's lease before each rename and move (a cluster).
+            kwargs["fence"] = lambda: ask(str(path))
         return encode(convert_file(path, **kwargs))
 
     def structure(path: Path, fmt: str, limits: Any) -> list[str]:
@@ -158,17 +161,27 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     _first_to_go_when_out_of_memory()
     address_space = int(argv[0])
-    operations = _operations()
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    requests = sys.stdin.buffer
+
+    def ask(path: str) -> None:
+        # A question to the daemon in the middle of an answer; its reply is the next line in.
+        _send(out, {"fence": path})
+        line = requests.readline()
+        reply = json.loads(line) if line else {"fence": {"type": "FencedError", "text": "no reply"}}
+        if reply.get("fence") is not None:
+            raise decode_error(reply["fence"])
+
+    operations = _operations(ask)
     uncapped = _cap_memory(address_space)
     collect = _Collect()
     root = logging.getLogger()
     root.addHandler(collect)
     root.setLevel(logging.INFO)
     # The answers get the pipe to themselves: anything else printed goes to stderr.
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     _send(out, {"hello": os.getpid(), "uncapped": uncapped})
-    for line in sys.stdin.buffer:
+    for line in requests:
         request = json.loads(line)
         operation = operations[request["op"]]
         # One answer line per path, each sent as soon as it is ready: the daemon times each file.

@@ -44,12 +44,18 @@ from typing import Any
 from ckptd import units
 from ckptd.convert.conversion import ConversionOutcome
 from ckptd.convert.naming import zip_path_for
-from ckptd.errors import BudgetExceeded, CkptdError, UnsafeCheckpoint, UnsafePathError
+from ckptd.errors import (
+    BudgetExceeded,
+    CkptdError,
+    CoordinationError,
+    UnsafeCheckpoint,
+    UnsafePathError,
+)
 from ckptd.formats import Format
 from ckptd.formats.sniff import Identification
 from ckptd.formats.verify import VerifyReport
 from ckptd.fs.runfs import RunFS
-from ckptd.isolation.codec import decode, decode_error, encode
+from ckptd.isolation.codec import decode, decode_error, encode, encode_error
 from ckptd.isolation.process import (
     CLOSE_GRACE_SECONDS,
     ChildGone,
@@ -234,14 +240,21 @@ class Isolation:
         result: VerifyReport = decode(VerifyReport, self._call(state, "verify", path, sent))
         return result
 
-    def convert(self, source: Path, **kwargs: Any) -> ConversionOutcome:
+    def convert(
+        self, source: Path, *, fence: Callable[[], None] | None = None, **kwargs: Any
+    ) -> ConversionOutcome:
+        """``convert_file`` in this thread's child. ``fence`` (the run's lease check) stays here:
+        the child asks for it before each rename and move, and this thread answers by calling it
+        (a daemon paused past its lease answers only when it wakes, and then says no)."""
         state = self._state()
         self._start_file(state, source)
         sent = {key: encode(value) for key, value in kwargs.items()}
         sent.setdefault("limits", encode(self._limits))
+        if fence is not None:
+            sent["fence"] = True
         target = kwargs.get("output") or zip_path_for(source)
         try:
-            answer = self._call(state, "convert", source, sent)
+            answer = self._call(state, "convert", source, sent, fence)
         except CkptdError:
             if state.child is None:  # killed or dead mid-conversion: its temp file is left over
                 _remove_temps_of(Path(target), kwargs.get("archive_base"))
@@ -351,8 +364,15 @@ class Isolation:
                 self._children.discard(child)
             child.kill()
 
-    def _call(self, state: _ThreadState, op: str, path: Path, kwargs: Mapping[str, Any]) -> Any:
-        return self._receive(state, self._send(state, op, [path], kwargs), path)
+    def _call(
+        self,
+        state: _ThreadState,
+        op: str,
+        path: Path,
+        kwargs: Mapping[str, Any],
+        fence: Callable[[], None] | None = None,
+    ) -> Any:
+        return self._receive(state, self._send(state, op, [path], kwargs), path, fence)
 
     def _send(
         self, state: _ThreadState, op: str, paths: list[Path], kwargs: Mapping[str, Any]
@@ -372,10 +392,20 @@ class Isolation:
                 raise ChildGone("the isolated parser process cannot be reached")
         return child
 
-    def _receive(self, state: _ThreadState, child: IsolatedProcess, path: Path) -> Any:
-        """The answer about ``path`` (the next one ``child`` sends), or its error raised."""
+    def _receive(
+        self,
+        state: _ThreadState,
+        child: IsolatedProcess,
+        path: Path,
+        fence: Callable[[], None] | None = None,
+    ) -> Any:
+        """The answer about ``path`` (the next one ``child`` sends), or its error raised; the
+        child's questions before it (``fence``: may it rename or move now?) are answered here."""
         deadline = state.started + self._limits.max_seconds.total_seconds()
         answer = child.read(deadline)
+        while answer is not None and "fence" in answer:
+            child.send({"fence": _fence_answer(fence)})
+            answer = child.read(deadline)
         if answer is None:
             stopping = self._closed
             timed_out = not child.ended
@@ -409,6 +439,20 @@ class Isolation:
         if "error" in answer:
             raise decode_error(answer["error"])
         return answer["ok"]
+
+
+def _fence_answer(fence: Callable[[], None] | None) -> dict[str, Any] | None:
+    """None when the run may still be acted on, else the error to raise in the child."""
+    if fence is None:
+        return None
+    try:
+        fence()
+    except CoordinationError as err:
+        return encode_error(err)
+    except Exception as err:  # a bug in the check still gets an answer: the child waits for one
+        logger.exception("lease check failed")
+        return encode_error(CoordinationError(f"the lease check failed: {err}"))
+    return None
 
 
 def _remove_temps_of(target: Path, run_dir: Path | None) -> None:

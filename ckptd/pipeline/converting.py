@@ -5,6 +5,7 @@ and is retried, one that needs the operator is held (docs/conversion.md)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
@@ -49,6 +50,9 @@ def convert_legacy(
             archive_path=work.layout.legacy_path(relpath),
             archive_base=work.run.run_dir,  # walked with no symlink followed below the run
             limits=work.config.limits,
+            # Checked again right before the zip's rename and the original's move (in the
+            # parser's child process: ckptd.isolation.supervisor asks this process).
+            fence=functools.partial(work.deps.fence, work.run),
         )
     except UnsafeCheckpoint as err:
         return refuse_unsafe(work, path, relpath, identity, manifest, err, Format.SB2_PICKLE)

@@ -51,6 +51,7 @@ class Converter(Protocol):
         archive_path: Path | None = None,
         archive_base: Path | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        fence: Callable[[], None] | None = None,
     ) -> ConversionOutcome: ...
 
 
