@@ -90,11 +90,12 @@ class HookedDeleter:
         *,
         mode: DeleteMode,
         now: datetime,
+        run: str | None = None,
     ) -> list[DeleteOutcome]:
         self.calls.append([c.path for c in checkpoints])
         if self.before is not None:
             self.before(checkpoints)
-        return delete_checkpoints(layout, checkpoints, mode=mode, now=now)
+        return delete_checkpoints(layout, checkpoints, mode=mode, now=now, run=run)
 
 
 class Background:

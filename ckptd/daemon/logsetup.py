@@ -1,8 +1,8 @@
 """Logging for the daemon: one line per event on stderr, as text or JSON, level from the config.
 
 Text: ``2026-12-03T06:00:00Z INFO ckptd.pipeline.batch run=ppo-1 file=x.pkl converted ...``.
-JSON: one object per line with ``ts``, ``level``, ``logger``, ``msg``, ``run``, ``file`` (and
-``exc`` when an exception is attached). ``run``/``file`` come from ``extra={"run": ..., "file": ...}``.
+JSON: one object per line with ``ts``, ``level``, ``logger``, ``msg``, ``run``, ``file``, ``node``
+(``event`` for an event on a file, ``exc`` when an exception is attached). ``run``/``file`` come from ``extra={"run": ..., "file": ...}``.
 
 Messages name files and quote pickles (attacker-chosen text), so the text format passes the message,
 ``run`` and ``file`` through :func:`ckptd.textsafe.shown` (control characters, newlines included,
@@ -79,7 +79,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [_utc_timestamp(record.created, millis=False), record.levelname, record.name]
-        for key in ("run", "file"):
+        # A message that names its file itself (a deletion's path) does not repeat run and file.
+        for key in () if getattr(record, "named_in_msg", False) else ("run", "file"):
             value = getattr(record, key, None)
             if value is not None:
                 parts.append(f"{key}={shown(value)}")
@@ -94,8 +95,8 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, run, file, and for an event on a file
-    ``event`` and ``node`` (the daemon's ``coordination.node``); exc when there is one."""
+    """One JSON object per line: ts, level, logger, msg, run, file, ``node`` (the daemon's
+    ``coordination.node``), ``event`` for an event on a file, and exc when there is one."""
 
     def __init__(self, node: str | None = None) -> None:
         super().__init__()
@@ -113,7 +114,8 @@ class JsonFormatter(logging.Formatter):
         event = getattr(record, "event", None)
         if event is not None:
             obj["event"] = event
-            obj["node"] = self.node
+        if self.node is not None:
+            obj["node"] = self.node  # every line: who said it, in a cluster's merged logs
         exc = _exc_info(record)
         if exc is not None:
             obj["exc"] = exception_summary(exc)

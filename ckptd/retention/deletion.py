@@ -120,9 +120,16 @@ def delete_checkpoint(
 
 
 def delete_checkpoints(
-    layout: StateLayout, checkpoints: Sequence[Checkpoint], *, mode: DeleteMode, now: datetime
+    layout: StateLayout,
+    checkpoints: Sequence[Checkpoint],
+    *,
+    mode: DeleteMode,
+    now: datetime,
+    run: str | None = None,
 ) -> list[Deleted | FileChangedError | UnsafePathError | OSError]:
     """Delete several checkpoints of one run; one outcome per input, in order.
+
+    ``run`` (the run's path relative to its root) names the run in the deletion events.
 
     A failure (changed file, symlink, vanished file, I/O error) is returned in its slot, the file is
     left in place and the others go on. The trash index is written once at the end.
@@ -144,7 +151,7 @@ def delete_checkpoints(
             legacy = checkpoint.legacy
             targets.append(_Target(legacy.path, legacy.identity, legacy.sha256))
         try:
-            outcomes.append(_delete_group(layout, targets, mode, now, records))
+            outcomes.append(_delete_group(layout, targets, mode, now, records, run))
         except (FileChangedError, UnsafePathError, OSError) as err:
             logger.warning("not deleting %s: %s", checkpoint.path, err)
             outcomes.append(err)
@@ -159,6 +166,7 @@ def _delete_group(
     mode: DeleteMode,
     now: datetime,
     records: list[TrashRecord],
+    run: str | None = None,
 ) -> Deleted:
     run_dir = layout.run_dir
     for target in targets:  # check all before touching any: the pair goes together or not at all
@@ -176,7 +184,8 @@ def _delete_group(
             "deleted %s (%s)",
             run_dir / target.relpath,
             moved[-1] or "unlinked",
-            extra={"event": event},  # no file= field: the text line names the path already
+            # JSON logs get run and file; the text line names the path in its message already.
+            extra={"event": event, "run": run, "file": target.relpath, "named_in_msg": True},
         )
     return Deleted(
         path=targets[0].relpath,

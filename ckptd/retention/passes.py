@@ -59,6 +59,7 @@ class Deleter(Protocol):
         *,
         mode: DeleteMode,
         now: datetime,
+        run: str | None = None,
     ) -> list[DeleteOutcome]: ...
 
 

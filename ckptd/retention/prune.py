@@ -162,12 +162,13 @@ def prune_step(opened: OpenRun) -> RunReport:
 def _delete(opened: OpenRun, doomed: Sequence[Checkpoint]) -> list[DeleteOutcome]:
     """The deletions, each one checked against the run's lease first when there is one."""
     options, mode, now = opened.options, opened.config.delete.mode, opened.now
+    run = opened.run.relpath  # for the deletion events' ``run``
     if options.fence is None:
-        return list(options.deleter(opened.layout, doomed, mode=mode, now=now))
+        return list(options.deleter(opened.layout, doomed, mode=mode, now=now, run=run))
     outcomes: list[DeleteOutcome] = []
     for checkpoint in doomed:
         options.fence(opened.run)
-        outcomes.extend(options.deleter(opened.layout, [checkpoint], mode=mode, now=now))
+        outcomes.extend(options.deleter(opened.layout, [checkpoint], mode=mode, now=now, run=run))
     return outcomes
 
 

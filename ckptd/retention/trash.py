@@ -214,7 +214,17 @@ def restore(
             restored.append(
                 RestoredFile(handle.state_relpath(TRASH_DIR, member.name), member.original)
             )
-            logger.info("restored %s from the trash (%s)", destination, member.name)
+            logger.info(
+                "restored %s from the trash (%s)",
+                destination,
+                member.name,
+                extra={
+                    "event": "restored",
+                    "run": handle.relpath,
+                    "file": member.original,
+                    "named_in_msg": True,
+                },
+            )
         remaining = {name: r for name, r in index.items() if name not in {m.name for m in group}}
         write_trash_index(layout, remaining)
         reason = f"restored from trash {format_utc(now)}"
