@@ -26,7 +26,7 @@ import pytest
 from ckptd.fs.files import TEMP_PREFIX
 from ckptd.manifest.store import load_manifest
 from tests.cluster_harness import Cluster, write_burst
-from tests.daemon_harness import REPO, wait_until
+from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
 from tests.pg_harness import PgServer
 from tests.sb2_fixtures import (
     make_ppo2_checkpoint,
@@ -197,6 +197,62 @@ def test_a_paused_node_does_not_act_on_runs_it_lost(cluster: Cluster, legacy: by
     ]
     assert cluster.process("n2").proc.poll() is None  # it serves on
     wait_until(lambda: manifests_consistent(cluster.root, [*written, *later]), 30, "manifests")
+
+
+def run_briefly(config: Path) -> subprocess.CompletedProcess[str]:
+    """``ckptd run`` expected to refuse to start (hard timeout: it must not serve)."""
+    env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+    return subprocess.run(
+        [sys.executable, "-m", "ckptd", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+
+
+def test_a_local_daemon_and_a_cluster_never_serve_one_root_together(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    local = write_config(
+        tmp_path / "local.yaml",
+        {
+            "roots": [{"path": str(cluster.root), "run_depth": 1}],
+            "checkpoints": {"stable_for": "1s"},
+            "schedule": {"prune": None, "manifest": None, "rescan": None},
+            "coordination": {"backend": "local", "node": "solo"},
+        },
+    )
+    cluster.start("n1")
+    cluster.start("n2")  # two nodes of a cluster share the root
+    refused = run_briefly(local)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert (
+        f"ckptd: {cluster.root}: served by ckptd daemons with coordination.backend: postgres"
+        in (refused.stderr)
+    )
+    cluster.stop_all()
+
+    notify = NotifySocket()
+    solo = DaemonProcess(local, tmp_path / "solo.log", notify)
+    try:
+        solo.wait_ready()
+        node = cluster.add("n3")
+        refused = run_briefly(node.config)
+        assert refused.returncode == 2, refused.stderr
+        line = refused.stderr.strip()
+        assert "\n" not in line and "Traceback" not in line
+        assert line.startswith(
+            f"ckptd: {cluster.root}: served by a ckptd daemon with coordination.backend: local"
+            f" (pid {solo.proc.pid} on solo, since "
+        ), line
+        assert solo.proc.poll() is None  # it serves on
+    finally:
+        assert solo.stop() == 0
+        notify.close()
+    cluster.start("n3")  # the root is free for the cluster again
 
 
 def lease_owner(dsn: str, root: Path, run: str) -> str | None:

@@ -16,6 +16,11 @@ Why flock on a file in the root, not a pid file or a lock in /run:
   ``EOPNOTSUPP``) gets one warning and the daemon serves anyway: the lock guards against a
   mistake; refusing to run would turn a missing lock manager into an outage.
 
+Daemons on ``backend: postgres`` hold the same lock *shared*: any number of them serve a root
+together (their leases divide the runs), while a ``local`` daemon, which takes it exclusively,
+cannot start beside them, nor they beside it (the message names the other side). A daemon that
+coordinates through leases and one that coordinates with nobody would both convert and prune.
+
 The root's state directory is in a tree other people write: the directory and the lock file are
 opened relative to the root without following links, and a lock file that is not a regular file
 is refused.
@@ -107,11 +112,14 @@ def _open_state_dir(root: Path, state_dir: str, *, create: bool) -> int:
 
 
 class RootLock:
-    """The lock on one root; :meth:`acquire` raises :class:`RootBusyError` naming the holder."""
+    """The lock on one root; :meth:`acquire` raises :class:`RootBusyError` naming the holder.
 
-    def __init__(self, root: Path, state_dir: str) -> None:
+    ``shared``: held by a daemon of a cluster (``backend: postgres``), beside the others of it."""
+
+    def __init__(self, root: Path, state_dir: str, *, shared: bool = False) -> None:
         self.root = root
         self.state_dir = state_dir
+        self.shared = shared
         self._fd: int | None = None
 
     @property
@@ -139,8 +147,9 @@ class RootLock:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise UnsafePathError("is not a regular file", path=str(self.path))
             self._lock(fd)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder.to_json(), 0)
+            if not self.shared:  # the cluster's nodes are named in its database, not here
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, holder.to_json(), 0)
         except BaseException:
             os.close(fd)
             raise
@@ -149,9 +158,10 @@ class RootLock:
     def _lock(self, fd: int) -> None:
         # ``ckptd status`` takes a shared lock for an instant to see whether anyone holds the root:
         # a few tries tell that instant from a daemon, which holds it for good.
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         for attempt in range(_BUSY_TRIES):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 return
             except OSError as err:
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -174,17 +184,40 @@ class RootLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # a reader between now and the next holder sees "nobody"
+        if not self.shared:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # a reader between now and the next holder sees "nobody"
         os.close(fd)
 
     def _busy_message(self, fd: int) -> str:
+        if not self.shared and _held_shared(fd):
+            return (
+                f"served by ckptd daemons with coordination.backend: postgres (lock {self.path};"
+                " ckptd status with their config lists them); a daemon with backend local"
+                " cannot share a root with them: give it the same coordination section"
+            )
         holder = Holder.from_json(os.pread(fd, _MAX_HOLDER_BYTES, 0))
         who = holder.describe() if holder is not None else "a process that has not said who it is"
+        if self.shared:
+            return (
+                f"served by a ckptd daemon with coordination.backend: local ({who}; lock"
+                f" {self.path}); stop it, or give it this daemon's coordination section"
+            )
         return (
             f"served by another ckptd daemon ({who}; lock {self.path}); coordination.backend:"
             " local allows one daemon per root"
         )
+
+
+def _held_shared(fd: int) -> bool:
+    """Whether the lock ``fd`` could not take exclusively is held shared (by a cluster's daemons):
+    a shared lock is then granted (and given up at once)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
 
 
 def read_holder(root: Path, state_dir: str) -> Holder | None:
@@ -217,9 +250,10 @@ def read_holder(root: Path, state_dir: str) -> Holder | None:
 class RootLocks:
     """The locks of every root a daemon serves; roots that do not exist yet are taken when they appear."""
 
-    def __init__(self, state_dir: str, holder: Holder) -> None:
+    def __init__(self, state_dir: str, holder: Holder, *, shared: bool = False) -> None:
         self.state_dir = state_dir
         self.holder = holder
+        self.shared = shared
         self._locks: dict[Path, RootLock] = {}
         self._unlockable: set[Path] = set()
 
@@ -230,7 +264,7 @@ class RootLocks:
             for root in roots:
                 if root in self._locks or root in self._unlockable or not root.is_dir():
                     continue
-                lock = RootLock(root, self.state_dir)
+                lock = RootLock(root, self.state_dir, shared=self.shared)
                 try:
                     lock.acquire(self.holder)
                 except (OSError, UnsafePathError) as err:

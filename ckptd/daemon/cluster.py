@@ -171,16 +171,20 @@ class Coordination:
     (``postgres``); the daemon's own module only calls these hooks."""
 
     def __init__(self, config: Config) -> None:
-        self.locks = RootLocks(config.state_dir, new_holder(config.coordination.node))
+        # Held exclusively by a local daemon, shared by a cluster's (ckptd.coordination.local):
+        # either kind refuses to start on a root the other serves.
+        self.locks = RootLocks(
+            config.state_dir,
+            new_holder(config.coordination.node),
+            shared=config.coordination.backend == "postgres",
+        )
         self.cluster = Cluster.create(config)
         self.node = node_name(config.coordination.node)
 
     def lock(self, config: Config) -> None:
-        """Lock ``config``'s roots (``local``); RootBusyError names the daemon serving one."""
-        if config.coordination.backend == "local":
-            self.locks.acquire(root.path for root in config.roots)
-        else:
-            self.locks.keep_only(())
+        """Lock ``config``'s roots (shared with ``postgres``); RootBusyError names the daemon
+        serving one that this one cannot serve beside."""
+        self.locks.acquire(root.path for root in config.roots)
 
     def lock_late_roots(self, config: Config) -> str | None:
         """Lock roots that appeared since; the reason to stop when another daemon serves one."""

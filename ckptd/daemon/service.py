@@ -459,9 +459,7 @@ class Daemon:
             notify.ready(self._status_text())
             return
         old = self.config
-        self._coordination.locks.keep_only(
-            root.path for root in new.roots if new.coordination.backend == "local"
-        )
+        self._coordination.locks.keep_only(root.path for root in new.roots)
         configure_logging(new.log, node=self._coordination.node)
         if new.metrics.listen != old.metrics.listen:
             self._metrics_server.stop()
