@@ -1,7 +1,8 @@
 """Measure several coordinated daemons on one root: coverage of a burst, takeover, database load.
 
 Usage (from the checkout, as root or as a user who may run PostgreSQL's initdb):
-``.venv/bin/python benchmarks/cluster.py [--files 10000] [--runs 50] [--lease 10s]``
+``.venv/bin/python benchmarks/cluster.py [--files 10000] [--runs 50] [--lease 10s] [--nodes 1 3]``
+(the 10,000-file default takes several minutes on two busy cores; ``--files 1000`` for a quick look)
 
 Starts a private PostgreSQL server (``initdb`` + ``pg_ctl``, tests/pg_harness.py), then for 1 and
 for 3 ``ckptd run`` nodes (``coordination.backend: postgres``) on a fresh root prints:
@@ -10,12 +11,16 @@ for 3 ``ckptd run`` nodes (``coordination.backend: postgres``) on a fresh root p
   file is recorded in its run's manifest (each file is verified and recorded by its run's owner);
 * takeover (3 nodes): ``kill -9`` of the node owning the most runs, then one new file in each of
   its runs: the time until all of them are recorded, against the lease;
-* database load: statements the cluster ran per checkpoint (``pg_stat_database.xact_commit``).
+* database load: transactions the cluster committed per checkpoint
+  (``pg_stat_database.xact_commit``, which counts every autocommitted statement).
+
+Each line also carries the load average before and after, since the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -91,6 +96,8 @@ def measure(nodes: int, args: argparse.Namespace, dsn: str, template: bytes) -> 
             load = commits(dsn) - before
             result: dict[str, Any] = {
                 "nodes": nodes,
+                "files": args.files,
+                "runs": args.runs,
                 "write_seconds": round(written, 2),
                 "coverage_seconds": None if covered is None else round(covered + written, 2),
                 "db_commits_per_checkpoint": round(load / args.files, 2),
@@ -105,11 +112,12 @@ def measure(nodes: int, args: argparse.Namespace, dsn: str, template: bytes) -> 
 def takeover(
     cluster: Cluster, root: Path, template: bytes, args: argparse.Namespace
 ) -> float | None:
-    converted = [event for event in cluster.events() if event.get("node")]
-    by_node: dict[str, set[str]] = {}
-    for event in converted:
-        by_node.setdefault(event["node"], set()).add(event["run"])
-    victim = max(cluster.nodes, key=lambda name: len(by_node.get(name, ())))
+    with psycopg.connect(cluster.dsn) as conn:
+        owners = conn.execute(
+            "SELECT owner, count(*) FROM ckptd.runs WHERE expires_at > now() GROUP BY owner"
+        ).fetchall()
+    owned = {str(owner): int(count) for owner, count in owners}
+    victim = max(cluster.nodes, key=lambda name: owned.get(name, 0))
     cluster.kill(victim)
     start = time.monotonic()
     runs = [root / f"run-{index:03d}" for index in range(args.runs)]
@@ -127,14 +135,19 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--lease", default="10s")
+    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 3])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         make_sb3_zip(Path(tmp) / "t.zip")
         template = (Path(tmp) / "t.zip").read_bytes()
     with running_server() as server:
-        for nodes in (1, 3):
+        for nodes in args.nodes:
             dsn = server.new_database()
-            print(measure(nodes, args, dsn, template), flush=True)
+            before = os.getloadavg()
+            result = measure(nodes, args, dsn, template)
+            result["load_before"] = [round(x, 1) for x in before]
+            result["load_after"] = [round(x, 1) for x in os.getloadavg()]
+            print(result, flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import psycopg
 import pytest
 
 from ckptd.fs.files import TEMP_PREFIX
-from ckptd.manifest.store import load_manifest
+from ckptd.manifest.root_index import INDEX_FILENAME
+from ckptd.manifest.store import load_index, load_manifest
 from tests.cluster_harness import Cluster, write_burst
 from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
 from tests.pg_harness import PgServer
@@ -320,9 +321,48 @@ def test_a_node_paused_mid_conversion_renames_nothing_after_its_lease_lapsed(
         if obj.get("run") == run and "not acting on the run" in str(obj.get("msg"))
     ]
     assert refusals, "n2 did not say it stopped acting on the run"
-    assert not [name for name in os.listdir(run_dir) if name.startswith(TEMP_PREFIX)]
+    assert not writing_zip()  # n2's child removed its temp file (n1 wrote its own zip)
     wait_until(lambda: manifests_consistent(cluster.root, [target]), 30, "the manifest")
     assert cluster.process("n2").proc.poll() is None  # it serves on
+
+
+def index_runs(root: Path) -> set[str]:
+    try:
+        return {run.run for run in load_index(root / INDEX_FILENAME).runs}
+    except (OSError, ValueError):
+        return set()
+
+
+def logged_by(cluster: Cluster, text: str) -> Counter[str]:
+    return Counter(
+        str(obj.get("node")) for obj in cluster.log_objects() if text in str(obj.get("msg"))
+    )
+
+
+def test_one_node_writes_the_root_index_and_runs_the_scrub(cluster: Cluster, legacy: bytes) -> None:
+    cluster.extra = {"schedule": {"prune": None, "manifest": "2s", "rescan": "10s", "scrub": "3s"}}
+    start_three(cluster)
+    written = write_burst(cluster.root, legacy, RUNS, RUNS * 2)
+    wait_until(lambda: all_converted(cluster.root, written), 120, "every file converted")
+    runs = {f"run-{index:02d}" for index in range(RUNS)}
+    wait_until(lambda: index_runs(cluster.root) == runs, 60, "the root index lists every run")
+    wait_until(lambda: sum(logged_by(cluster, "scrub: 6 runs").values()) >= 2, 60, "two scrubs")
+    # One node holds the root's duties: it alone writes the index and scrubs, every run.
+    writers, scrubbers = (
+        logged_by(cluster, "root index written"),
+        logged_by(cluster, "scrub: 6 runs"),
+    )
+    assert len(writers) == 1 and set(scrubbers) == set(writers), (writers, scrubbers)
+    holder = next(iter(writers))
+    others = logged_by(cluster, "another node holds the scrub")
+    assert holder not in others and sum(others.values()) >= 2, others
+
+    # The holder dies: another node takes the duties over and keeps the index current.
+    cluster.kill(holder)
+    (cluster.root / "run-new").mkdir()
+    wait_until(lambda: "run-new" in index_runs(cluster.root), 60, "the new run in the index")
+    after = logged_by(cluster, "root index written")
+    assert set(after) - {holder}, after
 
 
 def test_a_database_restart_mid_burst_loses_and_duplicates_nothing(

@@ -12,6 +12,7 @@ from ckptd.config.load import parse_config
 from ckptd.coordination.backend import postgres_dsn
 from ckptd.coordination.leases import (
     HANDOFF_PER_ROUND,
+    ROOT_DUTIES,
     Identity,
     NodeRecord,
     RunId,
@@ -132,6 +133,20 @@ def test_status_view_shows_owners_lease_ages_and_stale_nodes() -> None:
         "node": "b", "pid": 1, "alive": False, "last_seen_seconds": 90.0,
         "started": "2026-12-07T11:00:00Z", "runs": 0, "roots": ["/shared"],
     }  # fmt: skip
+
+
+def test_a_root_s_duties_are_planned_like_a_run_and_shown_apart() -> None:
+    duties = RunId("/shared", ROOT_DUTIES)
+    preferred = preferred_node(duties, ["a", "b", "c"])
+    snapshot = Snapshot(NOW, (node("a"), node("b"), node("c")), (free(ROOT_DUTIES),))
+    claims = {name: plan_round(me(name), ROOTS, snapshot, LEASE).claim for name in "abc"}
+    assert {name for name, claim in claims.items() if claim} == {preferred}
+    view = cluster_view(Snapshot(NOW, (node("a"),), (held("r1", "a"), held(ROOT_DUTIES, "a"))))
+    assert [(r.run.run, r.owner) for r in view.runs] == [("r1", "a")]
+    assert [n.runs for n in view.nodes] == [1]  # duties are not a run
+    assert view.to_json_obj()["root_duties"] == [
+        {"root": "/shared", "owner": "a", "token": view.root_duties[0].token}
+    ]
 
 
 def test_postgres_needs_a_dsn_from_the_config_or_the_environment(tmp_path: Path) -> None:

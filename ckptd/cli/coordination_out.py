@@ -57,6 +57,9 @@ def print_coordination(status: CoordinationStatus, console: Console) -> None:
             style="" if run.owner else "yellow",
         )
     console.print(runs)
+    for duty in view.root_duties:
+        owner = lit(duty.owner) if duty.owner else "nobody yet"
+        console.print(f"{lit(duty.run.root)}: index and scheduled scrub by {owner}")
     console.print(
         f"{len(view.nodes)} nodes ({len(view.stale_nodes)} stopped renewing),"
         f" {len(view.runs)} runs ({len(view.unowned)} without an owner)"

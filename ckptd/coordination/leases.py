@@ -29,6 +29,9 @@ from typing import Protocol
 
 # Handing back more than this many runs per round would make a joining node's arrival a stampede.
 HANDOFF_PER_ROUND = 8
+# The lease on a root's own jobs (its index, the scheduled scrub), held like a run's under this
+# name, which no run has: a run's path relative to its root never starts with "/".
+ROOT_DUTIES = "/"
 
 
 @dataclass(frozen=True, order=True)
@@ -40,7 +43,13 @@ class RunId:
     run: str
 
     def __str__(self) -> str:
+        if self.run == ROOT_DUTIES:
+            return f"{self.root} (the root's index and scrub)"
         return f"{self.root}/{self.run}" if self.run != "." else self.root
+
+    @property
+    def is_root_duties(self) -> bool:
+        return self.run == ROOT_DUTIES
 
 
 @dataclass(frozen=True)

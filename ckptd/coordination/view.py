@@ -38,6 +38,8 @@ class RunView:
 class ClusterView:
     nodes: tuple[NodeView, ...]
     runs: tuple[RunView, ...]
+    # Per root, who writes its index and runs the scheduled scrub (leases.ROOT_DUTIES).
+    root_duties: tuple[RunView, ...] = ()
 
     @property
     def stale_nodes(self) -> tuple[NodeView, ...]:
@@ -73,6 +75,10 @@ class ClusterView:
                 }
                 for run in self.runs
             ],
+            "root_duties": [
+                {"root": duty.run.root, "owner": duty.owner, "token": duty.token}
+                for duty in self.root_duties
+            ],
         }
 
 
@@ -84,10 +90,14 @@ def cluster_view(snapshot: Snapshot) -> ClusterView:
     """The status view of ``snapshot``; a run whose lease lapsed shows no owner."""
     now = snapshot.now
     runs: list[RunView] = []
+    duties: list[RunView] = []
     counts: dict[str, int] = {}
     for run in snapshot.runs:
         held = run.held_at(now)
         owner = run.owner if held else None
+        if run.run.is_root_duties:
+            duties.append(RunView(run.run, owner, run.token, None, None, None))
+            continue
         if owner is not None:
             counts[owner] = counts.get(owner, 0) + 1
         runs.append(
@@ -118,4 +128,4 @@ def cluster_view(snapshot: Snapshot) -> ClusterView:
         )
         for record in snapshot.nodes
     )
-    return ClusterView(nodes=nodes, runs=tuple(runs))
+    return ClusterView(nodes=nodes, runs=tuple(runs), root_duties=tuple(duties))

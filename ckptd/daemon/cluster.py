@@ -16,15 +16,18 @@ locks (``ckptd.coordination.local``), ``postgres`` runs a :class:`Cluster`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from ckptd.config.model import Config
 from ckptd.coordination.backend import identity, open_store, postgres_dsn
 from ckptd.coordination.coordinator import Coordinator
-from ckptd.coordination.leases import RunId
+from ckptd.coordination.leases import ROOT_DUTIES, RunId
 from ckptd.coordination.local import RootLocks, new_holder, node_name
+from ckptd.daemon.duties import RootDuties
 from ckptd.daemon.metrics import Metrics
 from ckptd.daemon.run_queue import RunQueues
 from ckptd.errors import CkptdError, CoordinationError, RootBusyError
@@ -53,12 +56,14 @@ class Cluster:
         # Runs with a batch in flight, as of the last tick (read by the coordinator's thread:
         # one reference swap, no lock); a run dispatched since is protected by its fence.
         self._busy: frozenset[RunId] = frozenset()
+        # Root duties a job is working on (ckptd.daemon.duties): not handed back meanwhile.
+        self._duties_busy: frozenset[RunId] = frozenset()
         self.coordinator = Coordinator(
             open_store(postgres_dsn(config), me.node),
             me,
             config.coordination.lease,
             [str(root.path) for root in config.roots],
-            busy=lambda: self._busy,
+            busy=lambda: self._busy | self._duties_busy,
             discover=self.discover,
         )
 
@@ -87,8 +92,9 @@ class Cluster:
     # ---- what the coordinator thread asks (its own thread) -----------------------------------
 
     def discover(self) -> list[RunId]:
-        """Every run under the roots (a directory listing; failures are left to the rescan)."""
-        found: list[RunId] = []
+        """Every run under the roots (a directory listing; failures are left to the rescan), and
+        each root's duties (its index and scrub: ckptd.daemon.duties)."""
+        found: list[RunId] = [RunId(str(root.path), ROOT_DUTIES) for root in self.config.roots]
         for root in self.config.roots:
             try:
                 scan = find_runs(root.path, root.run_depth, self.config.state_dir)
@@ -108,6 +114,23 @@ class Cluster:
     def pass_options(self) -> PassOptions:
         """Prune and manifest passes: only this daemon's runs, every act fenced."""
         return PassOptions(select=self.owns, fence=self.fence)
+
+    # ---- root duties (ckptd.daemon.duties.RootDuties) ------------------------------------------
+
+    def holds(self, root: Path) -> bool:
+        return self.coordinator.owns(RunId(str(root), ROOT_DUTIES))
+
+    def fence_root(self, root: Path) -> None:
+        self.coordinator.fence(RunId(str(root), ROOT_DUTIES))
+
+    @contextlib.contextmanager
+    def working(self, roots: Iterable[Path]) -> Iterator[None]:
+        ids = frozenset(RunId(str(root), ROOT_DUTIES) for root in roots)
+        self._duties_busy = self._duties_busy | ids
+        try:
+            yield
+        finally:
+            self._duties_busy = self._duties_busy - ids
 
     # ---- the main loop ------------------------------------------------------------------------
 
@@ -226,6 +249,10 @@ class Coordination:
     def pass_options(self) -> PassOptions:
         return PassOptions() if self.cluster is None else self.cluster.pass_options()
 
+    def duties(self) -> RootDuties | None:
+        """A cluster's root duties (index, scheduled scrub); None: this daemon alone does them."""
+        return None if self.cluster is None else _Duties(self.cluster)
+
     def tick(
         self, runs: RunQueues, settling: SettlingFiles, jobs_wanted: set[str], now: float
     ) -> None:
@@ -238,3 +265,19 @@ class Coordination:
             return text
         self.cluster.update_metrics(metrics)
         return f"{text}; {self.cluster.status_text()}"
+
+
+class _Duties:
+    """:class:`ckptd.daemon.duties.RootDuties` of a cluster."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def holds(self, root: Path) -> bool:
+        return self._cluster.holds(root)
+
+    def fence(self, root: Path) -> None:
+        self._cluster.fence_root(root)
+
+    def working(self, roots: Iterable[Path]) -> contextlib.AbstractContextManager[None]:
+        return self._cluster.working(roots)

@@ -9,6 +9,7 @@ rescan job and the start share.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ckptd.config.model import Config, RootConfig, ScheduleSpec
+from ckptd.daemon.duties import RootDuties, scrub_scope, write_root_indexes
 from ckptd.daemon.metrics import Metrics
 from ckptd.fs.files import FoundFile
 from ckptd.ops.scrub import scheduled_scrub
@@ -162,6 +164,7 @@ def execute(
     stopping: threading.Event,
     structure: StructureCheck | None = None,
     options: PassOptions = ONE_DAEMON,
+    duties: RootDuties | None = None,
 ) -> WorkResult:
     """Run one work item (on a worker thread); a file's problem is in the result, never raised."""
     if isinstance(item, RunBatch):
@@ -186,7 +189,14 @@ def execute(
                 extra={"run": item.run.relpath},
             )
         return ManifestDone(item, report.manifest_written, report.error)
-    return run_job(item, metrics=metrics, stopping=stopping, structure=structure, options=options)
+    return run_job(
+        item,
+        metrics=metrics,
+        stopping=stopping,
+        structure=structure,
+        options=options,
+        duties=duties,
+    )
 
 
 def run_job(
@@ -196,9 +206,13 @@ def run_job(
     stopping: threading.Event,
     structure: StructureCheck | None = None,
     options: PassOptions = ONE_DAEMON,
+    duties: RootDuties | None = None,
 ) -> JobDone:
     """Run one periodic job over every root of its config (on a worker thread); the scrub
-    re-verifies structure with ``structure`` (the daemon's isolated parser) when given."""
+    re-verifies structure with ``structure`` (the daemon's isolated parser) when given.
+
+    ``duties`` (a cluster, ``ckptd.daemon.duties``): the root index and the scrub only on the
+    roots whose duties this daemon holds; the passes themselves cover the runs it owns."""
     now = datetime.now(UTC)
     if job.name == "rescan":
         scan = scan_roots(job.config, job.config.roots, stale_temp_age=STALE_TEMP_SECONDS)
@@ -216,16 +230,29 @@ def run_job(
             "" if report.ok else " (some runs failed; see above)",
         )
         pruned = tuple((run.run, run.bytes_freed) for run in report.runs if run.error is None)
+        if duties is not None:
+            write_root_indexes(job.config, duties, now)
         return JobDone("prune", pruned=pruned)
     if job.name == "manifest":
         report = write_manifests(job.config, now=now, options=options)
         written = sum(1 for run in report.runs if run.manifest_written)
         logger.debug("manifest pass: %d of %d manifests rewritten", written, len(report.runs))
+        if duties is not None:
+            write_root_indexes(job.config, duties, now)
         return JobDone("manifest")
-    if job.name == "scrub" and options.select is not None:
-        # A scrub records its results in every run's manifest, and it has no per-run lease check
-        # yet: in a cluster it is run by hand (``ckptd scrub``), not by every node at once.
-        logger.warning("scrub: not scheduled with coordination.backend postgres; run ckptd scrub")
+    if job.name == "scrub" and duties is not None:
+        with scrub_scope(job.config, duties, stopping.is_set) as (roots, stop):
+            if not roots:
+                logger.info("scrub: another node holds the scrub of every root here")
+                return JobDone("scrub")
+            # Results go into each run's manifest under its run lock, as ``ckptd scrub`` does.
+            scheduled_scrub(
+                dataclasses.replace(job.config, roots=tuple(roots)),
+                now=now,
+                set_corrupt_gauge=metrics.set_scrub_corrupt,
+                stop=stop,
+                structure=structure,
+            )
         return JobDone("scrub")
     if job.name == "scrub":
         # Rate-limited and long: it holds one worker; SIGTERM interrupts it between reads.

@@ -243,6 +243,7 @@ class Daemon:
             stopping=self._stopping,
             structure=isolation.structure if isolation is not None else None,
             options=self._coordination.pass_options(),
+            duties=self._coordination.duties(),
         )
         if (
             isinstance(result, BatchDone)
