@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from ckptd.coordination.coordinator import Coordinator
-from ckptd.coordination.leases import Identity, RunId
+from ckptd.coordination.leases import ROOT_DUTIES, Identity, RunId
 from ckptd.coordination.pgstore import PostgresLeaseStore
 from ckptd.errors import FencedError, StoreUnavailable
 from tests.daemon_harness import wait_until
@@ -150,3 +150,18 @@ def test_a_node_whose_own_clock_says_the_lease_may_have_lapsed_stops_acting(pg_d
     assert node.owns(run)
     node.fence(run)
     node.stop()
+
+
+def test_claiming_a_root_s_duties_alone_asks_for_no_rescan(pg_dsn: str) -> None:
+    # The duties hold no files: a rescan for them would only re-queue paths in flight.
+    node = coordinator(pg_dsn, "a")
+    node.register([RunId(ROOT, ROOT_DUTIES)])
+    node.start()
+    try:
+        assert node.owned() == [RunId(ROOT, ROOT_DUTIES)]
+        assert not node.take_gained()
+        node.register([RUNS[0]])
+        wait_until(lambda: RUNS[0] in node.owned(), 10, "the run claimed")
+        assert node.take_gained()
+    finally:
+        node.stop()

@@ -201,7 +201,8 @@ class Coordinator:
             if lease is not None:
                 with self._lock:
                     self._held[run] = Held(lease, sent + self.lease.total_seconds())
-                    self._gained = True
+                    # A root's duties hold no files: no rescan for them.
+                    self._gained = self._gained or not run.is_root_duties
         with self._lock:
             self._hints.extend(hints)
             self._last_snapshot = snapshot
