@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from ckptd.coordination.leases import ROOT_DUTIES, RunId, preferred_node
 from ckptd.fs.files import TEMP_PREFIX
 from ckptd.manifest.root_index import INDEX_FILENAME
 from ckptd.manifest.store import load_index, load_manifest
@@ -303,8 +305,11 @@ def test_a_node_paused_mid_conversion_renames_nothing_after_its_lease_lapsed(
     wait_until(writing_zip, 60, "n2 writing the zip", poll=0.002)
     cluster.kill("n2", signal.SIGSTOP)
     try:
-        assert not converted.exists(), "converted before n2 could be paused: use a bigger file"
         paused = time.monotonic()
+        # Paused before its child asked for the go-ahead, the zip cannot appear (the child
+        # writes and verifies the temp file, then waits for the paused node's answer).
+        time.sleep(1)
+        assert not converted.exists(), "n2 said go before it was paused: use a bigger file"
         # n2's lease lapses and n1 takes the run over (n2's run lock keeps n1's batch waiting).
         wait_until(lambda: lease_owner(cluster.dsn, cluster.root, run) == "n1", 30, "n1 owns it")
         time.sleep(1)  # n1's rescan finds the file and its batch waits for the run lock
@@ -313,8 +318,13 @@ def test_a_node_paused_mid_conversion_renames_nothing_after_its_lease_lapsed(
         cluster.kill("n2", signal.SIGCONT)
     # n2 wakes with its child waiting for the go-ahead: it says no; n1 converts the file.
     wait_until(lambda: converted.exists() and not target.exists(), 120, "converted by n1")
-    events = [e for e in cluster.events() if e["run"] == run and e["file"] == target.name]
-    assert [(e["event"], e["node"]) for e in events] == [("converted", "n1")], events
+
+    def events() -> list[dict[str, Any]]:
+        return [e for e in cluster.events() if e["run"] == run and e["file"] == target.name]
+
+    wait_until(events, 30, "the conversion's event")  # logged just after the files moved
+    events_now = events()
+    assert [(e["event"], e["node"]) for e in events_now] == [("converted", "n1")], events_now
     refusals = [
         obj
         for obj in cluster.log_objects(["n2"])
@@ -333,35 +343,44 @@ def index_runs(root: Path) -> set[str]:
         return set()
 
 
-def logged_by(cluster: Cluster, text: str) -> Counter[str]:
+def logged_by(cluster: Cluster, text: str, since: str = "") -> Counter[str]:
+    """Nodes that logged a message containing ``text`` (at or after the timestamp ``since``)."""
     return Counter(
-        str(obj.get("node")) for obj in cluster.log_objects() if text in str(obj.get("msg"))
+        str(obj.get("node"))
+        for obj in cluster.log_objects()
+        if text in str(obj.get("msg")) and str(obj.get("ts")) >= since
     )
 
 
 def test_one_node_writes_the_root_index_and_runs_the_scrub(cluster: Cluster, legacy: bytes) -> None:
     cluster.extra = {"schedule": {"prune": None, "manifest": "2s", "rescan": "10s", "scrub": "3s"}}
     start_three(cluster)
+    # n1 starts first and takes everything; the root's duties settle on the node they prefer.
+    holder = preferred_node(RunId(str(cluster.root), ROOT_DUTIES), ["n1", "n2", "n3"])
+    assert holder is not None
+    wait_until(
+        lambda: lease_owner(cluster.dsn, cluster.root, ROOT_DUTIES) == holder, 30, "duties settled"
+    )
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     written = write_burst(cluster.root, legacy, RUNS, RUNS * 2)
     wait_until(lambda: all_converted(cluster.root, written), 120, "every file converted")
     runs = {f"run-{index:02d}" for index in range(RUNS)}
     wait_until(lambda: index_runs(cluster.root) == runs, 60, "the root index lists every run")
-    wait_until(lambda: sum(logged_by(cluster, "scrub: 6 runs").values()) >= 2, 60, "two scrubs")
-    # One node holds the root's duties: it alone writes the index and scrubs, every run.
-    writers, scrubbers = (
-        logged_by(cluster, "root index written"),
-        logged_by(cluster, "scrub: 6 runs"),
+    wait_until(
+        lambda: sum(logged_by(cluster, "scrub: 6 runs", since).values()) >= 2, 60, "two scrubs"
     )
-    assert len(writers) == 1 and set(scrubbers) == set(writers), (writers, scrubbers)
-    holder = next(iter(writers))
-    others = logged_by(cluster, "another node holds the scrub")
+    # Only the holder writes the index and scrubs, every run; the others say they leave it.
+    writers = logged_by(cluster, "root index written", since)
+    scrubbers = logged_by(cluster, "scrub: 6 runs", since)
+    assert set(writers) == set(scrubbers) == {holder}, (writers, scrubbers)
+    others = logged_by(cluster, "another node holds the scrub", since)
     assert holder not in others and sum(others.values()) >= 2, others
 
     # The holder dies: another node takes the duties over and keeps the index current.
     cluster.kill(holder)
     (cluster.root / "run-new").mkdir()
     wait_until(lambda: "run-new" in index_runs(cluster.root), 60, "the new run in the index")
-    after = logged_by(cluster, "root index written")
+    after = logged_by(cluster, "root index written", since)
     assert set(after) - {holder}, after
 
 
