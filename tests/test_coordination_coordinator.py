@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from ckptd.coordination.coordinator import Coordinator
-from ckptd.coordination.leases import ROOT_DUTIES, Identity, RunId
+from ckptd.coordination.leases import ROOT_DUTIES, Identity, RunId, preferred_node
 from ckptd.coordination.pgstore import PostgresLeaseStore
 from ckptd.errors import FencedError, StoreUnavailable
 from tests.daemon_harness import wait_until
@@ -56,6 +56,15 @@ def balanced(nodes: list[Coordinator]) -> bool:
 def test_runs_are_spread_and_each_has_one_owner(three: list[Coordinator]) -> None:
     # "a" starts first and claims everything; the others' arrival makes it hand runs over.
     wait_until(lambda: balanced(three), 20, "every run owned by one node, each node some")
+    # Runs move to their preferred node a few per round; once there they stay, so every fence
+    # below is on a run its node still holds (fencing one that moved on raises, as it should).
+    wait_until(
+        lambda: all(
+            owner == [preferred_node(run, ["a", "b", "c"])] for run, owner in owners(three).items()
+        ),
+        20,
+        "every run with the node it prefers",
+    )
     for node in three:
         for run in node.owned():
             assert node.fence(run).token > 0
