@@ -52,3 +52,32 @@ def test_only_files_whose_entry_is_not_current_are_examined_ahead(tmp_path: Path
     assert ahead == [[changed, new]]
     actions = [outcome.action for outcome in result.outcomes]
     assert actions == ["unchanged", "kept", "kept", "vanished", "ignored"]
+
+
+def test_a_path_queued_again_after_its_conversion_is_not_reported_as_vanished(
+    tmp_path: Path, legacy_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A repeated event or a cluster node's hint can queue a legacy file again after the batch
+    that converted (and archived) it: the later batch finds nothing to do and says nothing."""
+    run_dir = tmp_path / "runs" / "ppo-1"
+    run_dir.mkdir(parents=True)
+    config = parse_config(
+        {
+            "roots": [{"path": str(tmp_path / "runs"), "run_depth": 1, "observer": "polling"}],
+            "checkpoints": {"stable_for": "0s"},
+        }
+    )
+    root = config.roots[0]
+    legacy = run_dir / "rl_model_100_steps.pkl"
+    legacy.write_bytes(legacy_bytes)
+    located = run_of(root, legacy, config.state_dir)
+    assert located is not None
+    first = process_batch(config, root, located[0], [legacy])
+    assert [outcome.action for outcome in first.outcomes] == ["converted"]
+    assert not legacy.exists()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ckptd"):
+        again = process_batch(config, root, located[0], [legacy])
+    assert [outcome.action for outcome in again.outcomes] == ["vanished"]
+    assert not [r for r in caplog.records if "vanished" in r.getMessage()], caplog.text
+    assert (run_dir / "rl_model_100_steps.zip").is_file()

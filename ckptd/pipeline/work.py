@@ -84,6 +84,12 @@ class BatchWork(BatchContext):
         relpath = located[1]
         if not self.matcher.matches(path.name) or is_temp_name(path.name):
             return manifest, PathOutcome(path, "ignored", "name matches no checkpoint pattern")
+        if not os.path.lexists(path):
+            # Gone before its turn came: handled already (a repeated event, or a cluster node's
+            # hint for a file converted and archived since) or removed. Nothing was started, so
+            # there is nothing to report; its entry goes, as for a file that vanishes midway.
+            logger.debug("%s: gone before it was processed", path)
+            return self.forget(manifest, relpath), PathOutcome(path, "vanished")
         try:
             return self._process(path, relpath, manifest)
         except FileNotFoundError:
