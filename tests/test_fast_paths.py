@@ -26,8 +26,9 @@ from ckptd.errors import ManifestError
 from ckptd.formats import Format
 from ckptd.frozen_build import build_frozen
 from ckptd.fs.files import FileIdentity
+from ckptd.manifest.jsonio import JsonChecker
 from ckptd.manifest.model import ManifestEntry
-from ckptd.manifest.parse import manifest_from_json
+from ckptd.manifest.parse import _entry_checked, _entry_fast, manifest_from_json
 from ckptd.manifest.store import MAX_MANIFEST_BYTES, load_manifest
 from ckptd.retention.passes import PassOptions
 from ckptd.retention.plan import _CALENDAR_RULES, Candidate, plan_run
@@ -330,3 +331,28 @@ def test_gc_pause_restores_the_previous_state() -> None:
     with pytest.raises(RuntimeError), cyclic_gc_paused():
         raise RuntimeError("boom")
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize(
+    "mtime",
+    [
+        "2026-03-01T11:00:00.000123Z",  # what ckptd writes: parsed to UTC directly
+        "2026-03-01T11:00:00Z",
+        "2026-03-01T11:00:00+00:00",
+        "2026-03-01T13:00:00.5+02:00",  # another offset: converted to UTC as the checker does
+        "2026-03-01T06:00:00-05:00",
+    ],
+)
+def test_fast_parsed_mtimes_equal_the_checkers(mtime: str) -> None:
+    obj = _entry_json("a.zip", mtime=mtime)
+    fast = _entry_fast(dict(obj))
+    checked = _entry_checked(dict(obj), "checkpoints[0]", JsonChecker("m.json"))
+    assert fast is not None and fast == checked
+    assert fast.mtime.utcoffset() == timedelta(0) and fast.mtime.tzinfo is UTC
+
+
+@pytest.mark.parametrize("mtime", ["2026-03-01T11:00:00", "yesterday", ""])
+def test_mtimes_without_an_offset_or_junk_go_to_the_checker(mtime: str) -> None:
+    assert _entry_fast(_entry_json("a.zip", mtime=mtime)) is None
+    with pytest.raises(ManifestError, match="mtime"):
+        manifest_from_json(_manifest_bytes([_entry_json("a.zip", mtime=mtime)]), source="m.json")

@@ -7,6 +7,7 @@ Pure: :func:`manifest_from_json` reads a whole manifest; the store reads the fil
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import cast
 
 from ckptd.formats import DIRECTORY_FORMATS, Format
@@ -86,9 +87,15 @@ def _entry_fast(obj: object) -> ManifestEntry | None:
     ):
         return None
     try:
-        mtime = parse_utc(obj["mtime"])
+        mtime = datetime.fromisoformat(obj["mtime"])
     except (TypeError, ValueError):
         return None
+    if mtime.tzinfo is not UTC:
+        # Not ckptd's own "...Z" (which parses to UTC itself): parse_utc's checks and conversion.
+        try:
+            mtime = parse_utc(obj["mtime"])
+        except (TypeError, ValueError):
+            return None
     # Every field, in declaration order (tests check this against the constructor).
     return build_frozen(
         ManifestEntry,

@@ -198,12 +198,15 @@ def candidates_of(inventory: RunInventory, pins: Mapping[str, Pin]) -> list[Cand
     """Retention's view of a run's checkpoints (an archived original's size counts toward its zip)."""
     # Positional arguments and the mtime computed here, not through Checkpoint.mtime: this runs
     # once per checkpoint of every pass, and most have no legacy original (no companion).
+    # Checkpoint.total_size inlined too (two property calls per checkpoint otherwise).
     return [
         Candidate(
             checkpoint.path,
             checkpoint.step,
             utc_from_ns(checkpoint.identity.mtime_ns),
-            checkpoint.total_size,
+            checkpoint.identity.size
+            if checkpoint.legacy is None
+            else checkpoint.identity.size + checkpoint.legacy.identity.size,
             checkpoint.complete,
             checkpoint.status,
             _pin_for(checkpoint, pins) if pins else None,

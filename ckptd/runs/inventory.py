@@ -93,18 +93,52 @@ def inventory_run(
     checkpoints = []
     cache_of, step_of = previous.get, options.matcher.step_of
     settled_ns = now_ns - options.stable_for_ns  # a file last written before this is complete
+    hash_files = options.hash_files
     for item in found:
-        cached = _valid_cache(cache_of(item.relpath), item.identity)
+        relpath, name, _, identity = item
+        cached = cache_of(relpath)
+        # The warm case, inlined (once per file of every pass): the cached entry still matches
+        # (size, mtime_ns), the file is settled, the entry judged its content
+        # (is_final_verdict) and holds what this pass needs. Nothing to read, hash or decide:
+        # the Checkpoint _checkpoint builds for it (tests compare the two for every state).
         if (
             cached is not None
-            and item.identity.mtime_ns <= settled_ns
-            and is_final_verdict(cached)
-            and (cached.sha256 is not None or not options.hash_files)
+            and cached.size == identity.size
+            and cached.mtime_ns == identity.mtime_ns
+            and identity.mtime_ns <= settled_ns
         ):
-            # The warm case: nothing to read, hash or decide; the same Checkpoint _checkpoint
-            # builds for it (tests compare the two), with a third of the calls.
-            checkpoints.append(_unchanged(item, step_of(item.name), cached))
-            continue
+            state = cached.state
+            sha256 = cached.sha256
+            if state != "pending" and (
+                sha256 is not None or (state != "broken" and not hash_files)
+            ):
+                fmt = cached.format
+                # _status for a cached final verdict and no fresh judgement
+                status: str = state
+                if state != "refused" and state != "broken":
+                    status = "unknown" if fmt is Format.UNKNOWN else OK
+                checkpoints.append(
+                    build_frozen(
+                        Checkpoint,
+                        {
+                            "path": relpath,
+                            "step": step_of(name),
+                            "identity": identity,
+                            "format": fmt,
+                            "sha256": sha256,
+                            "complete": True,
+                            "status": status,
+                            "legacy": None,
+                            "converted_from": cached.converted_from,
+                            "cached": cached,
+                            "error": None,
+                            "verdict": None,
+                        },
+                    )
+                )
+                continue
+        else:
+            cached = None
         checkpoint = _checkpoint(item, options, now_ns, cached)
         if checkpoint is not None:
             checkpoints.append(checkpoint)
@@ -268,27 +302,6 @@ def _checkpoint(
         cached,
         error,
         verdict,
-    )
-
-
-def _unchanged(item: Found, step: int | None, cached: ManifestEntry) -> Checkpoint:
-    """A complete file whose cached entry matches it and judged its content (is_final_verdict)."""
-    fmt = cached.format
-    # _status for a cached final verdict and no fresh judgement
-    status: str = cached.state
-    if status not in ("refused", "broken"):
-        status = "unknown" if fmt is Format.UNKNOWN else OK
-    return _complete_checkpoint(
-        item.relpath,
-        step,
-        item.identity,
-        fmt,
-        cached.sha256,
-        status,
-        cached.converted_from,
-        cached,
-        None,
-        None,
     )
 
 
