@@ -31,7 +31,13 @@ from ckptd.convert import legacy_stream
 from ckptd.convert.conversion import convert_file
 from ckptd.convert.legacy import open_legacy_file, read_legacy_file
 from ckptd.convert.legacy_stream import SourceFile, scan_source
-from ckptd.errors import CkptdError, FileChangedError, FormatError, UnsafeCheckpoint
+from ckptd.errors import (
+    CkptdError,
+    FileChangedError,
+    FormatError,
+    UnsafeCheckpoint,
+    VerifyError,
+)
 from ckptd.formats.datajson import encode_data_json
 from ckptd.formats.model import FileParamArray, LegacyCheckpoint, ParamArray
 from ckptd.formats.sb2zip import write_checked_sb2_zip, write_sb2_zip, zip_date_time
@@ -356,9 +362,10 @@ def test_payload_changed_behind_an_unchanged_identity_is_caught(tmp_path: Path) 
 def test_payload_changed_where_the_identity_cannot_tell_fails_the_crc_of_the_re_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The write pass copies without a checksum; the verify pass re-reads the source and checks
-    the CRC-32 of its first read, so changed payload bytes stop the rename even if the identity
-    check saw nothing (here it is switched off)."""
+    """The write pass copies without a checksum; the verify pass checks that the copied bytes
+    have the CRC-32 of the source's first read, so changed payload bytes stop the rename even if
+    the identity check saw nothing (here it is switched off), and since the source's own bytes
+    fail that CRC too, the error says the source changed."""
     monkeypatch.setattr(SourceFile, "check_unchanged", lambda self: None)
     path = write_plain(tmp_path / "m.pkl")
     dest = tmp_path / "m.zip"
@@ -367,6 +374,59 @@ def test_payload_changed_where_the_identity_cannot_tell_fails_the_crc_of_the_re_
         with pytest.raises(FileChangedError, match="changed since the file was first read"):
             write_checked_sb2_zip(dest, checkpoint.data, checkpoint.params)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]  # no zip, no temp file
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_byte_damaged_in_a_copied_payload_of_the_temp_file_stops_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The re-read before the rename checks every payload the kernel copied against the CRC-32
+    of the source's first read: one byte that differs on disk keeps the zip from its name."""
+    import ckptd.formats.sb2zip as sb2zip
+
+    with stand_ins():
+        params = plain_params(big=3 << 20)
+        path = write_checkpoint(tmp_path / "m.pkl", dqn_data(), params, protocol=4)
+    payload = params["model/big/w:0"].tobytes()
+    real_copy = sb2zip.copy_pieces
+
+    def copy_then_damage(handle: Any, pieces: Any) -> int:
+        size = real_copy(handle, pieces)
+        handle.flush()
+        (temp,) = tmp_path.glob(".ckptd-tmp-*")  # the handle is write-only
+        written = temp.read_bytes()
+        start = written.find(payload)
+        assert start > 0 and written.count(payload[:4096]) == 1
+        offset = {"first": start, "middle": start + len(payload) // 2}.get(
+            where, start + len(payload) - 1
+        )
+        os.pwrite(handle.fileno(), bytes([written[offset] ^ 0x01]), offset)
+        return size
+
+    monkeypatch.setattr(sb2zip, "copy_pieces", copy_then_damage)
+    with pytest.raises(VerifyError, match=r"differ from the source's as first read \(CRC-32\)"):
+        convert_file(path, original="delete")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]  # no zip, no temp file
+
+
+def test_a_byte_damaged_in_a_header_of_the_temp_file_stops_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers (and every piece held in memory) are compared byte for byte with the layout."""
+    import ckptd.formats.sb2zip as sb2zip
+
+    path = write_plain(tmp_path / "m.pkl")
+    real_copy = sb2zip.copy_pieces
+
+    def copy_then_damage(handle: Any, pieces: Any) -> int:
+        size = real_copy(handle, pieces)
+        os.pwrite(handle.fileno(), b"\x07", 10)  # inside the first local header's date
+        return size
+
+    monkeypatch.setattr(sb2zip, "copy_pieces", copy_then_damage)
+    with pytest.raises(VerifyError, match="differ from the layout near byte 0"):
+        convert_file(path, original="delete")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]
 
 
 @pytest.mark.parametrize("change", ["append", "truncate", "touch", "replace", "chmod"])

@@ -27,8 +27,8 @@ from ckptd.formats import storedzip
 from ckptd.formats.datajson import encode_data_json
 from ckptd.formats.model import OpaqueValue, ParamArray
 from ckptd.formats.sb2zip import read_sb2_zip, write_sb2_zip, write_sb2_zip_file
-from ckptd.formats.storedzip import crc32_combine
 from ckptd.formats.verify import verify_zip
+from ckptd.fs.digest import crc32_combine
 from ckptd.fs.files import TEMP_PREFIX
 from tests.sb2zip_helpers import (
     FIXED_TIME,

@@ -3,12 +3,13 @@
 The order of operations is the safety argument:
 1. read the source once (no TOCTOU), hashing it, and parse it statically — nothing is executed;
    large array payloads are not kept in memory but copied from the still-open source when
-   written (in the kernel where it can) and re-read when verified, that re-read checked against
-   the CRC-32 of the first read and the file's identity (``ckptd.convert.legacy.open_legacy_file``);
+   written (in the kernel where it can), the file's identity checked after the copy
+   (``ckptd.convert.legacy.open_legacy_file``);
 2. write the zip to a temp file beside the target and fsync it, while
-3. the temp file is re-read and verified (byte for byte against the layout and the source's
-   re-read; structure, CRCs, JSON; its sha256 taken from the bytes read back); give it the
-   original's mode, owner and times — only then rename it into place and fsync the directory;
+3. the temp file is re-read once and verified (headers byte for byte against the layout, each
+   copied array's bytes against the CRC-32 of the source's first read; central directory, the
+   pickles in ``data``; its sha256 taken from the bytes read back); give it the original's mode,
+   owner and times — only then rename it into place and fsync the directory;
 4. before an original is archived or deleted, verify the renamed zip completely, exactly as
    ``ckptd verify`` does (``ckptd.formats.verify``: CRCs, JSON, npy headers, every
    ``:serialized:`` pickle through the allowlist); a zip that fails is removed, the original stays;
@@ -229,7 +230,7 @@ def _write_or_match(
             ) from err
         output_sha256, output_size = fsio.sha256_file(target)
         return "already-converted", output_sha256, output_size
-    # Written to a temp file, re-read and verified byte for byte, and only then renamed.
+    # Written to a temp file, re-read and verified against the layout, and only then renamed.
     report = write_checked_sb2_zip(
         target,
         checkpoint.data,

@@ -12,8 +12,8 @@ so what was judged is what was hashed (no time-of-check/time-of-use gap).
 ``open_legacy_file`` is the low-memory variant the converter uses: the file is read once
 (``legacy_stream``), everything but its large array payloads is kept and parsed exactly as above,
 and the parameters whose bytes stayed in the file come back as ``FileParamArray``s that the writer
-streams from the still-open file, each re-read checked against the first read's CRC-32 and the
-file's identity. If a large payload is used for anything but a parameter's bytes (a ``data`` value,
+copies from the still-open file, the file's identity checked after the copy and the copied bytes
+checked against the first read's CRC-32 when the written zip is re-read. If a large payload is used for anything but a parameter's bytes (a ``data`` value,
 a byte-swapped array), the kept bytes are completed from the file, proven identical to the first
 read by their sha256, and read as a whole, as ``read_legacy_file`` does.
 """

@@ -10,8 +10,9 @@ anonymous private mapping at its own offset; the large payloads are left as unto
 The static parser then runs unchanged on that buffer: opcodes, globals and every data value it
 sees are bytes read once in this pass. Zeros never masquerade as payload: the reader
 (``ckptd.convert.legacy``) checks that every region is exactly the payload of one byte opcode and
-is used only as a parameter array's bytes, and the writer re-reads those bytes from the still-open
-file (``SourceFile``), checking their CRC-32 and the file's identity after the last re-read.
+is used only as a parameter array's bytes; the writer copies those bytes from the still-open file
+(``SourceFile``), checking the file's identity after the copy, and the re-read of the written zip
+checks the copied bytes against the CRC-32 of the first read.
 
 The input file is never mapped: a writer truncating it would SIGBUS the daemon.
 """

@@ -140,8 +140,9 @@ class FilePayload:
     def copy_to(self, out_fd: int, buffer: memoryview) -> None:
         """Append the bytes to ``out_fd``: a kernel-side copy (``copy_file_range``: no pass
         through this process, on ext4 about 4x faster than reading and writing), or through
-        ``buffer`` where the kernel cannot. No CRC here: for a writer whose output is then
-        compared with a CRC-checked re-read (``ckptd.formats.storedzip.compare_file_with_pieces``).
+        ``buffer`` where the kernel cannot. No CRC here: for a writer that then re-reads its
+        output and checks these bytes there against ``crc``
+        (``ckptd.formats.storedzip.compare_file_with_pieces``).
         The file's identity is checked after the last byte; FileChangedError if it is shorter.
         """
         done = 0

@@ -10,8 +10,8 @@ records unless a size or offset needs them), which is also what SB2's own enviro
 
 It streams: the npz is never assembled in memory. Every CRC is known up front (computed from a
 resident array, or taken while a file-backed array's source was first read) and the whole file
-goes out in one linear pass, hashed as it is written (see ``ckptd.formats.storedzip``); file-backed
-arrays are re-read in bounded chunks. Extra memory is O(number of parameters) plus a few chunk
+goes out in one linear pass (see ``ckptd.formats.storedzip``); file-backed arrays are copied from
+their source by the kernel (``write_checked_sb2_zip``) or re-read in bounded chunks. Extra memory is O(number of parameters) plus a few chunk
 buffers, independent of the arrays' size.
 """
 
@@ -201,10 +201,11 @@ def write_checked_sb2_zip(
 ) -> ZipWriteReport:
     """Write ``dest`` atomically and verify it before it gets its name.
 
-    The temp file is written without any checksum; then, while it is fsynced, it is re-read and
-    must be byte-identical to the layout (headers, CRCs, every array byte, each file-backed array
-    re-read from its source and CRC-checked against the first read), and its sha256 is taken from
-    the bytes read back (``compare_file_with_pieces``: one CRC and one sha256 pass in all), and its
+    The temp file is written without any checksum (file-backed arrays copied by the kernel);
+    then, while it is fsynced, it is re-read once: headers and resident arrays must be
+    byte-identical to the layout, each file-backed array's bytes must have the CRC-32 its source
+    had when first read (the CRC the headers carry), and its sha256 is taken from the bytes read
+    back (``compare_file_with_pieces``: one CRC and one sha256 pass, in two threads), and its
     central directory must list exactly the three members where the layout put them.
     Every pickle written into ``data`` (each ``:serialized:`` entry) is then re-read through the
     same static reader and allowlist as an input (``check_emitted_pickles``): the emitter is
@@ -222,7 +223,7 @@ def write_checked_sb2_zip(
     verified: list[WriteResult] = []
 
     def check(temp: Path) -> None:
-        # Also the last re-read of any file-backed array: its source checks its CRC and identity.
+        # Each file-backed array's bytes on disk must have its source's first-read CRC-32.
         verified.append(compare_file_with_pieces(temp, outer.pieces))
         with zipfile.ZipFile(temp) as archive:
             found = [(i.filename, i.header_offset, i.file_size, i.CRC) for i in archive.infolist()]

@@ -11,7 +11,8 @@ buffered and nothing is patched afterwards.
 
 The layout (``layout_stored_zip``) is pure: it returns the archive as a list of ``Piece``s (header
 bytes and zero-copy views of the payload) and ``StreamedPiece``s (payloads that stay in a source
-file, whose CRC is known from when that file was first read; they are re-read in bounded chunks).
+file, whose CRC is known from when that file was first read; they are re-read in bounded chunks,
+or copied by the kernel and then checked against that CRC in the written file).
 ``write_pieces``, ``copy_pieces`` and ``compare_file_with_pieces`` are the only functions doing
 I/O. Records follow CPython's zipfile byte for byte (versions, attributes, zip64 rules of
 ``_write_end_record``), except that the local header carries the real CRC and sizes (no data
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, TypeAlias
 
 from ckptd.errors import VerifyError
-from ckptd.fs.digest import THREADED_MIN_BYTES, BufferRing, Sha256Feed, crc32
+from ckptd.fs.digest import THREADED_MIN_BYTES, BufferRing, Sha256Feed, crc32, crc32_combine
 from ckptd.fs.files import write_all
 
 # zipfile's limits and record formats (CPython Lib/zipfile.py).
@@ -49,45 +50,6 @@ WRITE_CHUNK = 4 * 1024 * 1024  # bounded buffers: a few of these are all the wri
 # Re-reading: small enough that the compare and the CRC of a chunk find it still in the CPU cache.
 VERIFY_CHUNK = 1024 * 1024
 DOS_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-_CRC_POLY = 0xEDB88320
-
-
-def _multmodp(a: int, b: int) -> int:
-    """a * b modulo the CRC-32 polynomial (reflected), as zlib's crc32_combine computes it."""
-    m = 1 << 31
-    product = 0
-    while True:
-        if a & m:
-            product ^= b
-            if (a & (m - 1)) == 0:
-                break
-        m >>= 1
-        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
-    return product
-
-
-def _x2n_table() -> tuple[int, ...]:
-    table = [1 << 30]  # x^1
-    for _ in range(31):
-        table.append(_multmodp(table[-1], table[-1]))
-    return tuple(table)
-
-
-_X2N = _x2n_table()
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of A+B from crc32(A), crc32(B) and len(B) (zlib's algorithm; Python does not expose it)."""
-    power = 1 << 31  # x^0
-    bits = len2
-    k = 3  # len2 bytes = len2 * 2^3 bits
-    while bits:
-        if bits & 1:
-            power = _multmodp(_X2N[k & 31], power)
-        bits >>= 1
-        k += 1
-    return _multmodp(power, crc1) ^ crc2
 
 
 @dataclass(frozen=True)
@@ -397,8 +359,9 @@ def _write_all(handle: BinaryIO, chunk: memoryview) -> None:
 def copy_pieces(handle: BinaryIO, pieces: Iterable[AnyPiece]) -> int:
     """Write ``pieces`` in order, neither hashed nor CRC-checked; the number of bytes written.
 
-    Only for a writer that then checks the file with ``compare_file_with_pieces``, which does
-    both on the bytes as they are on disk (each checksum computed once). Streamed pieces go from
+    Only for a writer that then checks the file with ``compare_file_with_pieces``, which hashes
+    the bytes as they are on disk and checks every streamed piece's CRC there (each checksum
+    computed once). Streamed pieces go from
     their source file to ``handle``'s file inside the kernel where it can (``copy_to``); the
     handle's own buffer is flushed first and not used.
     """
@@ -416,15 +379,21 @@ def copy_pieces(handle: BinaryIO, pieces: Iterable[AnyPiece]) -> int:
 
 
 def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> WriteResult:
-    """Re-read ``path``, require it byte-identical to ``pieces`` laid end to end; its size and sha256.
+    """Re-read ``path`` once and require it to be exactly ``pieces`` laid end to end; its size and
+    sha256.
 
-    This is how a freshly written zip is verified before it is renamed into place: every header,
-    CRC and array byte on disk must be exactly what the layout says (the layout itself is tested
-    against zipfile, numpy and stable-baselines' own loaders). A streamed piece is re-read from its
-    source and must still have the CRC-32 of the source's first read, and the source its first
-    identity (checked after the last chunk); the file's bytes are compared with it byte for byte.
-    The sha256 is that of the bytes read back from the file, computed in a helper thread while the
-    next chunk is read and compared (``ckptd.fs.digest``).
+    This is how a freshly written zip is verified before it is renamed into place. Every header
+    and every in-memory piece must be byte-identical on disk to the layout (which is tested against
+    zipfile, numpy and stable-baselines' own loaders); the bytes of each streamed piece (an array
+    left in the source file and copied by the kernel) must have the CRC-32 its source had when it
+    was first read and hashed: the CRC the layout's headers carry, which is what any zip reader
+    checks. The source is not read again (``copy_to`` already checked its identity after copying),
+    except to tell why a streamed piece failed: if the source's own bytes no longer have that CRC
+    it changed (FileChangedError), else the written bytes are wrong (VerifyError).
+
+    One pass over the file: the sha256 of the bytes read back is computed in a helper thread while
+    this thread reads the next chunk, compares headers and takes the CRC-32 of payloads
+    (``ckptd.fs.digest``; both release the GIL).
     """
     scratch = _Scratch(VERIFY_CHUNK)
     offset = 0
@@ -433,31 +402,58 @@ def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> WriteRes
         Sha256Feed(threaded=os.fstat(handle.fileno()).st_size >= THREADED_MIN_BYTES) as hasher,
     ):
         ring = BufferRing(hasher, VERIFY_CHUNK)
+
+        def read_next(count: int) -> tuple[bytearray, memoryview]:
+            """The next ``count`` bytes of the file (at the start of a ring buffer, and a view of
+            them), handed to the hasher; valid until the ring comes round to that buffer again."""
+            slot, full = ring.take()
+            view = memoryview(full)[:count]
+            got = _read_into(handle, view)
+            if got != count:
+                raise VerifyError(f"written file ends early at byte {offset + got}", path=str(path))
+            ring.handed(slot, hasher.feed(view))
+            return full, view
+
         for piece in pieces:
+            if isinstance(piece, StreamedPiece):
+                start = offset
+                crc = 0
+                while offset < start + piece.size:
+                    _, view = read_next(min(VERIFY_CHUNK, start + piece.size - offset))
+                    crc = crc32(view, crc)
+                    offset += view.nbytes
+                if crc != piece.crc:
+                    _explain_streamed_mismatch(piece, scratch, path, start)
+                continue
             for expected in _chunks(piece, scratch):
-                slot, full = ring.take()
-                got = _read_into(handle, memoryview(full)[: expected.nbytes])
-                if got != expected.nbytes:
-                    raise VerifyError(
-                        f"written file ends early at byte {offset + got}", path=str(path)
-                    )
+                full, view = read_next(expected.nbytes)
                 # A memcmp of the first expected.nbytes bytes (memoryview == memoryview would
                 # compare item by item, and slicing ``full`` would copy).
-                if not full.startswith(expected):
-                    source = (
-                        " (re-read from the source)" if isinstance(piece, StreamedPiece) else ""
-                    )
-                    raise VerifyError(
-                        f"written bytes differ from the layout{source} near byte {offset}",
-                        path=str(path),
-                    )
-                ring.handed(slot, hasher.feed(memoryview(full)[:got]))
-                offset += got
+                if full.startswith(expected):
+                    offset += view.nbytes
+                    continue
+                raise VerifyError(
+                    f"written bytes differ from the layout near byte {offset}", path=str(path)
+                )
         if handle.read(1):
             raise VerifyError(
                 f"written file is longer than its layout ({offset} bytes)", path=str(path)
             )
         return WriteResult(offset, hasher.hexdigest())
+
+
+def _explain_streamed_mismatch(
+    piece: StreamedPiece, scratch: _Scratch, path: Path, offset: int
+) -> None:
+    """A streamed piece on disk lacks its first-read CRC: FileChangedError if its source no longer
+    has it either (the source changed under the copy), else VerifyError (the write went wrong)."""
+    for _ in piece.content.chunks(scratch.get()):  # raises after the last chunk if the CRC differs
+        pass
+    raise VerifyError(
+        f"written bytes of the payload at byte {offset} ({piece.size} bytes) differ from the "
+        "source's as first read (CRC-32)",
+        path=str(path),
+    )
 
 
 def _read_into(handle: io.RawIOBase, view: memoryview) -> int:
