@@ -17,9 +17,7 @@ verdicts in its entry: a directory is never quarantined (docs/security.md, "Verd
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import BinaryIO
 from ckptd.errors import CkptdError, FileChangedError, UnsafePathError
 from ckptd.formats.sniff import identify_open
 from ckptd.formats.trainer_dirs import DirListing, judge
-from ckptd.fs.files import CHUNK_SIZE, FileIdentity
+from ckptd.fs.files import FileIdentity
 from ckptd.fs.runfs import RunFS
 from ckptd.manifest.model import FileRecord, ManifestEntry, ManifestState, directory_digest
 from ckptd.pickles.verdict import Verdict
@@ -43,7 +41,7 @@ from ckptd.runs.checkpoints import (
     is_final_verdict,
     utc_from_ns,
 )
-from ckptd.runs.dir_listing import list_directory
+from ckptd.runs.dir_listing import hash_listed, list_directory
 from ckptd.runs.listing import CheckpointMatcher
 
 logger = logging.getLogger(__name__)
@@ -209,17 +207,10 @@ def hash_and_judge(fs: RunFS, reldir: str, listing: DirListing) -> tuple[FileRec
     for item in listing.files:
         relpath = f"{reldir}/{item.path}"
         with fs.open_read(relpath) as handle:
-            digest = hashlib.sha256()
-            while chunk := handle.read(CHUNK_SIZE):
-                digest.update(chunk)
-            st = os.fstat(handle.fileno())
-            if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
-                raise FileChangedError(
-                    "changed since the directory was listed", path=fs.show(relpath)
-                )
+            sha256 = hash_listed(handle, item, fs.show(relpath))
             handle.seek(0)
             verdict = _verdict_of(handle, fs.show(relpath))
-        records.append(FileRecord(item.path, item.size, digest.hexdigest(), verdict))
+        records.append(FileRecord(item.path, item.size, sha256, verdict))
     return tuple(records)
 
 

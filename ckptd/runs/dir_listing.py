@@ -11,11 +11,11 @@ is a change to the directory) and never opened. Small marker files are read whol
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from ckptd.errors import FileChangedError, UnsafePathError
 from ckptd.formats.trainer_dirs import (
@@ -25,7 +25,7 @@ from ckptd.formats.trainer_dirs import (
     DirFile,
     DirListing,
 )
-from ckptd.fs.files import CHUNK_SIZE
+from ckptd.fs.files import sha256_stream
 from ckptd.fs.runfs import RunFS
 
 MAX_FILES = 1_000_000  # a directory checkpoint with more entries is not listed (one-line error)
@@ -130,11 +130,17 @@ def hash_files(fs: RunFS, reldir: str, listing: DirListing) -> dict[str, str]:
     for item in listing.files:
         relpath = f"{reldir}/{item.path}" if reldir else item.path
         with fs.open_read(relpath) as handle:
-            digest = hashlib.sha256()
-            while chunk := handle.read(CHUNK_SIZE):
-                digest.update(chunk)
-            st = os.fstat(handle.fileno())
-        if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
-            raise FileChangedError("changed since the directory was listed", path=fs.show(relpath))
-        hashes[item.path] = digest.hexdigest()
+            hashes[item.path] = hash_listed(handle, item, fs.show(relpath))
     return hashes
+
+
+def hash_listed(handle: IO[bytes], item: DirFile, shown: str) -> str:
+    """sha256 of ``handle``, a file opened from a listing's ``item``, read from where it stands.
+
+    FileChangedError when it is no longer the size and mtime listed.
+    """
+    sha256, _ = sha256_stream(handle)
+    st = os.fstat(handle.fileno())
+    if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
+        raise FileChangedError("changed since the directory was listed", path=shown)
+    return sha256
