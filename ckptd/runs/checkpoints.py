@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ckptd.formats import Format
 from ckptd.fs.files import FileIdentity
-from ckptd.manifest.model import ManifestEntry
+from ckptd.manifest.model import ManifestEntry, ManifestState
 from ckptd.pickles.verdict import Verdict
 from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.roots import RunRef
@@ -139,3 +139,17 @@ class InventoryOptions:
     stable_for_ns: int
     hash_files: bool
     identify: Identifier
+
+
+def first_entry(checkpoint: Checkpoint, state: ManifestState) -> ManifestEntry:
+    """The entry a checkpoint with no previous one starts from (no hash yet: the caller adds
+    what its pass learned)."""
+    return ManifestEntry(
+        path=checkpoint.path,
+        step=checkpoint.step,
+        size=checkpoint.size,
+        mtime=checkpoint.mtime,
+        sha256=None,
+        format=checkpoint.format,
+        state=state,
+    )

@@ -38,6 +38,7 @@ from ckptd.runs.checkpoints import (
     Checkpoint,
     InventoryOptions,
     cannot_read,
+    first_entry,
     is_final_verdict,
     utc_from_ns,
 )
@@ -240,15 +241,7 @@ def directory_entry(checkpoint: DirCheckpoint, reasons: tuple[str, ...] | None) 
         state = cached.state  # e.g. broken by a scrub, with the evidence in its entry
     else:
         state = "kept"  # unsafe files inside are recorded per file, never refused as a whole
-    base = cached or ManifestEntry(
-        path=checkpoint.path,
-        step=checkpoint.step,
-        size=checkpoint.size,
-        mtime=checkpoint.mtime,
-        sha256=None,
-        format=checkpoint.format,
-        state=state,
-    )
+    base = cached or first_entry(checkpoint, state)
     extra = {key: value for key, value in base.extra.items() if key not in (IRREGULAR_KEY,)}
     if checkpoint.irregular:
         extra[IRREGULAR_KEY] = list(checkpoint.irregular)

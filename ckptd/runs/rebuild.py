@@ -34,6 +34,7 @@ from ckptd.runs.checkpoints import (
     Checkpoint,
     LegacyOriginal,
     RunInventory,
+    first_entry,
     is_final_verdict,
 )
 from ckptd.runs.dir_checkpoints import DirCheckpoint, directory_entry
@@ -114,15 +115,7 @@ def _checkpoint_entry(checkpoint: Checkpoint, reasons: tuple[str, ...] | None) -
         state = "broken" if checkpoint.verdict.broken else "refused"
     else:
         state = "kept"
-    base = cached or ManifestEntry(
-        path=checkpoint.path,
-        step=checkpoint.step,
-        size=checkpoint.size,
-        mtime=checkpoint.mtime,
-        sha256=None,
-        format=checkpoint.format,
-        state=state,
-    )
+    base = cached or first_entry(checkpoint, state)
     error, extra = base.error, base.extra
     if checkpoint.status == UNREADABLE:
         error, extra = checkpoint.error, {**base.extra, RETRY_KEY: True}
