@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ckptd.config.model import Config
+from ckptd.errors import CoordinationError
 from ckptd.formats import Format
 from ckptd.manifest.model import ManifestEntry
 from ckptd.manifest.store import write_manifest
@@ -321,3 +322,25 @@ def test_the_daemon_scrub_logs_each_finding_once(
     lines = [record.getMessage() for record in caplog.records]
     assert sum("sha256 mismatch" in line for line in lines) == 1, lines
     assert any(line.startswith("scrub: 1 run, ") for line in lines), lines
+
+
+def test_a_scrub_whose_fence_fails_records_nothing(config: Config, run: Path) -> None:
+    """A cluster node that lost the root's duties (paused past its lease) between its reads and
+    the write: the fence, checked under the run lock right before the write, stops the write."""
+    flip_byte(run / OLD, 500)
+    before = (run / "ckptd-manifest.json").read_bytes()
+    fenced: list[Path] = []
+
+    def lost(root: Path) -> None:
+        fenced.append(root)
+        raise CoordinationError("the duties of this root are with n2 now")
+
+    report = scheduled_scrub(config, now=now(), fence=lost)
+
+    assert fenced == [config.roots[0].path]
+    (result,) = report.runs
+    assert result.error is not None and "with n2 now" in result.error
+    assert [finding.path for finding in result.corrupt] == [OLD]  # found, just not recorded
+    assert (run / "ckptd-manifest.json").read_bytes() == before
+    assert scheduled_scrub(config, now=now(), fence=fenced.append).corrupt_count == 1
+    assert manifest_of(run).by_path()[OLD].state == "broken"

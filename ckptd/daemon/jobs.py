@@ -245,13 +245,15 @@ def run_job(
             if not roots:
                 logger.info("scrub: another node holds the scrub of every root here")
                 return JobDone("scrub")
-            # Results go into each run's manifest under its run lock, as ``ckptd scrub`` does.
+            # Results go into each run's manifest under its run lock, as ``ckptd scrub`` does,
+            # fenced by the root's duties right before each write.
             scheduled_scrub(
                 dataclasses.replace(job.config, roots=tuple(roots)),
                 now=now,
                 set_corrupt_gauge=metrics.set_scrub_corrupt,
                 stop=stop,
                 structure=structure,
+                fence=duties.fence,
             )
         return JobDone("scrub")
     if job.name == "scrub":

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from ckptd.config.model import Config, RootConfig
 from ckptd.errors import CkptdError, ManifestError
@@ -108,6 +109,7 @@ def _scrub_planned(
     stop: StopCheck | None,
     lock_timeout: float,
     structure: StructureCheck | None,
+    fence: Callable[[Path], None] | None = None,
 ) -> RunScrub:
     base = RunScrub(planned.root.path, planned.run.relpath, planned.run.run_dir)
     if planned.error is not None:
@@ -150,6 +152,11 @@ def _scrub_planned(
                 return dataclasses.replace(
                     base, checked=len(checks), bytes=total, interrupted=interrupted
                 )
+            if fence is not None:
+                # A cluster: only the holder of the root's duties records a scrub, checked right
+                # before the write like every other manifest write (a node paused past its lease
+                # raises here and records nothing).
+                fence(planned.root.path)
             applied = apply_results(fresh, checks, now, total_bytes=total)
             written = save_manifest(planned.handle, applied.manifest, fresh, now)
     except (CkptdError, OSError) as err:
@@ -186,8 +193,10 @@ def scrub_all(
     stop: StopCheck | None = None,
     lock_timeout: float = OPS_LOCK_TIMEOUT,
     structure: StructureCheck | None = None,
+    fence: Callable[[Path], None] | None = None,
 ) -> ScrubReport:
-    """Scrub every run of every root (those matching ``run_glob``, when given)."""
+    """Scrub every run of every root (those matching ``run_glob``, when given); ``fence(root)``,
+    when given, is called under each run's lock right before its results are written."""
     started = time.monotonic()
     found, errors = runs_of_all_roots(config)
     planned = [_plan_run(config, root, run) for root, run in found if run.matches(run_glob)]
@@ -198,7 +207,9 @@ def scrub_all(
         )
     runs: list[RunScrub] = []
     for plan in planned:
-        result = _scrub_planned(plan, now, rate_limiter, progress, stop, lock_timeout, structure)
+        result = _scrub_planned(
+            plan, now, rate_limiter, progress, stop, lock_timeout, structure, fence
+        )
         runs.append(result)
         if result.interrupted:
             break
@@ -213,6 +224,7 @@ def scheduled_scrub(
     set_corrupt_gauge: Callable[[int], None] | None = None,
     stop: StopCheck | None = None,
     structure: StructureCheck | None = None,
+    fence: Callable[[Path], None] | None = None,
 ) -> ScrubReport:
     """The daemon's ``schedule.scrub`` job: scrub everything at ``scrub.max_rate`` and report it.
 
@@ -220,7 +232,13 @@ def scheduled_scrub(
     the end (an interrupted one has not seen every file).
     """
     report = scrub_all(
-        config, None, now, RateLimiter(config.scrub.max_rate), stop=stop, structure=structure
+        config,
+        None,
+        now,
+        RateLimiter(config.scrub.max_rate),
+        stop=stop,
+        structure=structure,
+        fence=fence,
     )
     if set_corrupt_gauge is not None and not report.interrupted:
         set_corrupt_gauge(report.corrupt_count)
