@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -299,3 +302,72 @@ def test_purge_removes_symlinks_as_links_only(tmp_path: Path) -> None:
     later = datetime.fromtimestamp(time.time(), UTC) + timedelta(days=30)
     assert purge_trash(layout, timedelta(days=7), later).removed == ("link.zip",)
     assert precious.exists()
+
+
+_KILLED_MID_DELETION = """
+import os, signal, sys
+from pathlib import Path
+from ckptd.retention import deletion
+from tests.test_deletion import NOW, judge
+from ckptd.runs.statedir import StateLayout
+
+run = Path(sys.argv[1])
+checkpoints = judge(run)
+doomed = [checkpoints["rl_model_1_steps.zip"], checkpoints["rl_model_5_steps.zip"]]
+
+def killed(layout, records):  # the index write never happens
+    os.kill(os.getpid(), signal.SIGKILL)
+
+deletion._append_trash_records = killed
+deletion.delete_checkpoints(StateLayout(run), doomed, mode="trash", now=NOW)
+"""
+
+
+def test_a_deletion_killed_before_its_index_write_loses_no_record(tmp_path: Path) -> None:
+    """``kill -9`` between the moves into the trash and the index write: the pending note written
+    before the first move records the moved files under their original paths (and companions)."""
+    run = tmp_path / "run"
+    layout = StateLayout(run)
+    make_zip(run / "rl_model_1_steps.zip", b"one")
+    make_zip(run / "rl_model_5_steps.zip", b"five")
+    make_zip(run / "rl_model_9_steps.zip", b"nine")
+    original = layout.legacy_path("rl_model_5_steps.pkl")
+    original.parent.mkdir(parents=True)
+    original.write_bytes(SB2_PICKLE)
+    sha = {name: c.sha256 for name, c in judge(run).items()}
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_DELETION, str(run)],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert sorted(p.name for p in layout.trash.iterdir() if not p.name.startswith(".")) == [
+        "rl_model_1_steps.zip",
+        "rl_model_5_steps.pkl",
+        "rl_model_5_steps.zip",
+    ]
+    assert not (layout.trash / TRASH_INDEX).exists()  # the process died before writing it
+
+    records = read_trash_index(layout)
+    assert {name: r.original for name, r in records.items()} == {
+        "rl_model_1_steps.zip": "rl_model_1_steps.zip",
+        "rl_model_5_steps.zip": "rl_model_5_steps.zip",
+        "rl_model_5_steps.pkl": ".ckptd/legacy/rl_model_5_steps.pkl",
+    }
+    assert records["rl_model_5_steps.pkl"].companion_of == "rl_model_5_steps.zip"
+    assert records["rl_model_1_steps.zip"].sha256 == sha["rl_model_1_steps.zip"]
+    assert {r.trashed_at for r in records.values()} == {NOW}
+
+    # The next deletion writes them into the index for good and drops the note.
+    later = NOW + timedelta(hours=1)
+    delete_checkpoints(layout, [judge(run)["rl_model_9_steps.zip"]], mode="trash", now=later)
+    index = json.loads((layout.trash / TRASH_INDEX).read_text())["entries"]
+    assert sorted(index) == [
+        "rl_model_1_steps.zip",
+        "rl_model_5_steps.pkl",
+        "rl_model_5_steps.zip",
+        "rl_model_9_steps.zip",
+    ]
+    assert sorted(p.name for p in layout.trash.iterdir() if p.name.startswith(".")) == [TRASH_INDEX]

@@ -175,3 +175,25 @@ def test_protect_globs_hold_for_an_original_kept_in_place_beside_its_zip() -> No
     actions = {d.path: (d.action, d.reasons) for d in plan.decisions}
     assert actions["rl_model_1_steps.zip"] == ("keep", ("protect: *_1_steps.pkl",))
     assert actions["rl_model_2_steps.zip"][0] == "delete"
+
+
+def test_a_planted_pending_note_names_nothing_outside_the_run(tmp_path: Path) -> None:
+    """The trash's pending note is as untrusted as its index: paths that leave the run, junk and
+    entries that match no trashed inode add no record."""
+    run = tmp_path / "run"
+    layout = StateLayout(run)
+    layout.trash.mkdir(parents=True)
+    planted = layout.trash / "planted.zip"
+    planted.write_bytes(b"x")
+    st = planted.stat()
+    moves = [
+        {"original": "../../etc/passwd", "inode": st.st_ino, "device": st.st_dev, "group": 0},
+        {"original": "ok.zip", "inode": st.st_ino + 1, "device": st.st_dev, "group": 1},
+    ]
+    note = {"schema": "ckptd.trash-pending/1", "trashed_at": "2026-01-01T00:00:00Z"}
+    (layout.trash / ".pending.json").write_text(
+        json.dumps({**note, "moves": [{**m, "sha256": None} for m in moves]})
+    )
+    assert read_trash_index(layout) == {}
+    (layout.trash / ".pending.json").write_text("{not json")
+    assert read_trash_index(layout) == {}

@@ -35,7 +35,7 @@ from ckptd.ops.quarantine import RELEASED_KEY
 from ckptd.ops.scrub_results import CORRUPT_KEY, LAST_SCRUB_KEY
 from ckptd.pipeline.discovery import find_work
 from ckptd.pipeline.quarantine import REASON_SUFFIX
-from ckptd.retention.deletion import TRASH_INDEX
+from ckptd.retention.deletion import TRASH_STATE_FILES
 from ckptd.retention.dir_trash import tree_size_at
 from ckptd.runs.access import runs_of_all_roots
 from ckptd.runs.roots import RunRef
@@ -429,7 +429,7 @@ def run_status(config: Config, root: RootConfig, run: RunRef, *, now: datetime) 
         state_ok = False
     facts = RunFacts(
         pins=pins,
-        trash=_usage(layout.trash, frozenset({TRASH_INDEX})) if state_ok else Usage(),
+        trash=_usage(layout.trash, TRASH_STATE_FILES) if state_ok else Usage(),
         quarantine=_usage(layout.quarantine, frozenset(), REASON_SUFFIX) if state_ok else Usage(),
         unrecorded=unrecorded,
         last_prune_bytes=None if last is None else _removed_bytes(run.run_dir, last[1]),

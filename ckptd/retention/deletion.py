@@ -34,6 +34,13 @@ from ckptd.errors import FileChangedError, StateError, UnsafePathError
 from ckptd.fs.files import FileIdentity, is_temp_name
 from ckptd.fs.runfs import move_unique_at, relpath_problem
 from ckptd.retention.dir_trash import move_directory, remove_tree_at, tree_size_at
+from ckptd.retention.trash_journal import (
+    TRASH_PENDING,
+    PendingMove,
+    clear_pending,
+    recover,
+    write_pending,
+)
 from ckptd.runs.access import RunHandle
 from ckptd.runs.checkpoints import Checkpoint
 from ckptd.runs.dir_checkpoints import DirCheckpoint
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 DeleteMode = Literal["trash", "unlink"]
 TRASH_INDEX = ".index.json"
+# ckptd's own files in the trash dir: never trash entries.
+TRASH_STATE_FILES = frozenset({TRASH_INDEX, TRASH_PENDING})
 TRASH_SCHEMA = "ckptd.trash/1"
 
 
@@ -136,8 +145,12 @@ def delete_checkpoints(
     """
     outcomes: list[Deleted | FileChangedError | UnsafePathError | OSError] = []
     records: list[TrashRecord] = []
-    if mode == "trash" and checkpoints:
+    noted = mode == "trash" and bool(checkpoints)
+    if noted:
         layout.ensure()
+        _settle_pending(layout)
+        # Written before the first move, removed after the index (ckptd.retention.trash_journal).
+        write_pending(layout, _pending_moves(checkpoints), now)
     for checkpoint in checkpoints:
         if isinstance(checkpoint, DirCheckpoint):
             try:
@@ -157,7 +170,36 @@ def delete_checkpoints(
             outcomes.append(err)
     if records:
         _append_trash_records(layout, records)
+    if noted:
+        clear_pending(layout)
     return outcomes
+
+
+def _pending_moves(checkpoints: Sequence[Checkpoint]) -> list[PendingMove]:
+    moves = []
+    for group, checkpoint in enumerate(checkpoints):
+        path = checkpoint.reldir if isinstance(checkpoint, DirCheckpoint) else checkpoint.path
+        identity = checkpoint.identity
+        moves.append(PendingMove(path, identity.inode, identity.device, checkpoint.sha256, group))
+        if checkpoint.legacy is not None:
+            legacy = checkpoint.legacy
+            moves.append(
+                PendingMove(
+                    legacy.path,
+                    legacy.identity.inode,
+                    legacy.identity.device,
+                    legacy.sha256,
+                    group,
+                )
+            )
+    return moves
+
+
+def _settle_pending(layout: StateLayout) -> None:
+    """Record what a deletion killed before its index write moved (its note), drop the note."""
+    if layout.fs.exists(layout.rel(TRASH_DIR, TRASH_PENDING)):
+        write_trash_index(layout, _read_index_or_empty(layout))
+        clear_pending(layout)
 
 
 def _delete_group(
@@ -247,7 +289,7 @@ def read_trash_index(layout: StateLayout) -> dict[str, TrashRecord]:
         raw = layout.fs.read_bytes(layout.rel(TRASH_DIR, TRASH_INDEX), limit=MAX_STATE_FILE_BYTES)
         document = json.loads(raw)
     except FileNotFoundError:
-        return {}
+        return _with_recovered(layout, {})
     except UnsafePathError as err:
         raise StateError(f"trash index unreadable ({err.message})", path=err.path) from err
     except (OSError, ValueError) as err:
@@ -270,6 +312,16 @@ def read_trash_index(layout: StateLayout) -> dict[str, TrashRecord]:
         ) from err
     for record in records.values():
         _check_record(record, str(path))
+    return _with_recovered(layout, records)
+
+
+def _with_recovered(layout: StateLayout, records: dict[str, TrashRecord]) -> dict[str, TrashRecord]:
+    """``records`` plus what a killed deletion moved before it could record it."""
+    for found in recover(layout, records, TRASH_STATE_FILES):
+        move = found.move
+        records[found.name] = TrashRecord(
+            found.name, move.original, found.trashed_at, move.sha256, found.companion_of
+        )
     return records
 
 
@@ -364,7 +416,7 @@ def purge_trash(
     present: set[str] = set()
     with layout.fs.directory(layout.rel(TRASH_DIR)) as trash_fd:
         for name in sorted(os.listdir(trash_fd)):
-            if name == TRASH_INDEX or is_temp_name(name):
+            if name in TRASH_STATE_FILES or is_temp_name(name):
                 continue
             st = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
             record = index.get(name)

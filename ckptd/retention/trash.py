@@ -39,7 +39,7 @@ from ckptd.fs.files import FileIdentity, is_temp_name
 from ckptd.manifest.model import Manifest, ManifestEntry, ParamsSummary
 from ckptd.manifest.updates import set_entry
 from ckptd.retention.deletion import (
-    TRASH_INDEX,
+    TRASH_STATE_FILES,
     PurgeResult,
     TrashRecord,
     purge_trash,
@@ -132,7 +132,7 @@ def list_trash(handle: RunHandle, *, ttl: timedelta | None = None) -> list[Trash
     index = read_trash_index(layout)
     items = []
     for name in names:
-        if name == TRASH_INDEX or is_temp_name(name):
+        if name in TRASH_STATE_FILES or is_temp_name(name):
             continue
         st = layout.fs.lstat(layout.rel(TRASH_DIR, name))
         record = index.get(name)
@@ -242,7 +242,7 @@ def _trash_name_for(handle: RunHandle, relpath: str, index: dict[str, TrashRecor
     shown = str(handle.run_dir / relpath)
     if relpath.startswith(trash_prefix):
         name = relpath[len(trash_prefix) :]
-        if "/" in name or name == TRASH_INDEX:
+        if "/" in name or name in TRASH_STATE_FILES:
             raise CkptdError("is not a trash entry", path=shown)
         if not handle.layout.fs.exists(relpath):
             raise CkptdError("no such file in the trash", path=shown)
