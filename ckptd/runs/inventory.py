@@ -118,22 +118,17 @@ def inventory_run(
                 if state != "refused" and state != "broken":
                     status = "unknown" if fmt is Format.UNKNOWN else OK
                 checkpoints.append(
-                    build_frozen(
-                        Checkpoint,
-                        {
-                            "path": relpath,
-                            "step": step_of(name),
-                            "identity": identity,
-                            "format": fmt,
-                            "sha256": sha256,
-                            "complete": True,
-                            "status": status,
-                            "legacy": None,
-                            "converted_from": cached.converted_from,
-                            "cached": cached,
-                            "error": None,
-                            "verdict": None,
-                        },
+                    _complete_checkpoint(
+                        relpath,
+                        step_of(name),
+                        identity,
+                        fmt,
+                        sha256,
+                        status,
+                        cached.converted_from,
+                        cached,
+                        None,
+                        None,
                     )
                 )
                 continue
