@@ -21,7 +21,7 @@ from typing import Protocol
 from ckptd.config.model import Config, RootConfig
 from ckptd.errors import CkptdError
 from ckptd.manifest.root_index import INDEX_FILENAME, IndexRun, RootIndex, index_run
-from ckptd.manifest.store import load_index, try_load_manifest, write_index
+from ckptd.manifest.store import try_load_manifest, write_index_if_changed
 from ckptd.runs.roots import find_runs
 
 logger = logging.getLogger(__name__)
@@ -69,18 +69,14 @@ def _write_index(config: Config, root: RootConfig, duties: RootDuties, now: date
             entries.append(IndexRun(run.relpath, relpath, 0, 0, None, None))
         else:
             entries.append(index_run(manifest, run=run.relpath, manifest_relpath=relpath))
-    index = RootIndex(str(root.path), now, tuple(entries))
-    path = root.path / INDEX_FILENAME
-    try:
-        previous: RootIndex | None = load_index(path)
-    except (FileNotFoundError, CkptdError):
-        previous = None
-    if index.same_content(previous):
-        return False
-    duties.fence(root.path)
-    write_index(path, index)
-    logger.info("%s: root index written (%d runs)", root.path, len(entries))
-    return True
+    written = write_index_if_changed(
+        root.path / INDEX_FILENAME,
+        RootIndex(str(root.path), now, tuple(entries)),
+        before_write=lambda: duties.fence(root.path),
+    )
+    if written:
+        logger.info("%s: root index written (%d runs)", root.path, len(entries))
+    return written
 
 
 @contextlib.contextmanager

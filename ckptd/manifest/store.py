@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -98,3 +99,23 @@ def load_index(path: Path) -> RootIndex:
 def write_index(path: Path, index: RootIndex) -> None:
     """Replace the root index atomically."""
     write_bytes_atomic(path, index.to_json_bytes())
+
+
+def write_index_if_changed(
+    path: Path, index: RootIndex, *, before_write: Callable[[], None] | None = None
+) -> bool:
+    """Write ``index`` unless the one at ``path`` has the same content; True when it was written.
+
+    A missing or invalid index is replaced. ``before_write`` runs right before the write (a
+    cluster node's fence: it raises when this node may no longer write here).
+    """
+    try:
+        previous: RootIndex | None = load_index(path)
+    except (FileNotFoundError, ManifestError):
+        previous = None
+    if index.same_content(previous):
+        return False
+    if before_write is not None:
+        before_write()
+    write_index(path, index)
+    return True

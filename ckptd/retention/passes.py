@@ -22,13 +22,12 @@ from datetime import datetime
 from typing import Generic, Protocol, TypeAlias, TypeVar
 
 from ckptd.config.model import CheckpointsConfig, Config, Policy, RootConfig
-from ckptd.errors import CkptdError, FileChangedError, ManifestError, UnsafePathError
+from ckptd.errors import CkptdError, FileChangedError, UnsafePathError
 from ckptd.manifest.model import Manifest
 from ckptd.manifest.root_index import INDEX_FILENAME, IndexRun, RootIndex, index_run
 from ckptd.manifest.store import (
-    load_index,
     try_load_manifest,
-    write_index,
+    write_index_if_changed,
     write_manifest_if_changed,
 )
 from ckptd.retention.deletion import Deleted, DeleteMode, delete_checkpoints
@@ -201,14 +200,9 @@ def _index_entry(config: Config, report: RunReport) -> IndexRun:
 
 
 def _write_root_index(root: RootConfig, entries: Sequence[IndexRun], now: datetime) -> None:
-    index = RootIndex(str(root.path), now, tuple(entries))
-    path = root.path / INDEX_FILENAME
-    try:
-        previous: RootIndex | None = load_index(path)
-    except (FileNotFoundError, ManifestError):
-        previous = None
-    if not index.same_content(previous):
-        write_index(path, index)
+    write_index_if_changed(
+        root.path / INDEX_FILENAME, RootIndex(str(root.path), now, tuple(entries))
+    )
 
 
 # ---- one run ------------------------------------------------------------------------------------
