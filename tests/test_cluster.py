@@ -380,6 +380,12 @@ def test_one_node_writes_the_root_index_and_runs_the_scrub(cluster: Cluster, leg
     cluster.kill(holder)
     (cluster.root / "run-new").mkdir()
     wait_until(lambda: "run-new" in index_runs(cluster.root), 60, "the new run in the index")
+    # The writer logs right after its write: wait for the line, not just for the file.
+    wait_until(
+        lambda: set(logged_by(cluster, "root index written", since)) - {holder},
+        10,
+        "another node's index write logged",
+    )
     after = logged_by(cluster, "root index written", since)
     assert set(after) - {holder}, after
 
