@@ -50,7 +50,9 @@ class HealthMonitor:
             problems.append("scheduler not running")
         problems.extend(pool.replace_dead())
         self.healthy = not problems
-        text = "; ".join(problems + [f"{path}: missing" for path in missing])
+        # Like a missing root, a directory that cannot be listed is shown but stops no ping.
+        notes = [f"{path}: missing" for path in missing] + watchset.notes()
+        text = "; ".join(problems + notes)
         if text != self.unhealthy_text and problems:
             logger.warning("unhealthy: %s", text)
         self.unhealthy_text = text

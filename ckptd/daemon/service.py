@@ -264,8 +264,9 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
-        self._drain_events(now)
         assert self._watchset is not None
+        self._watchset.tick(now)  # new directories that can be listed now: watched, then scanned
+        self._drain_events(now)
         if self._watchset.rescan_requested.is_set():
             self._watchset.rescan_requested.clear()
             self._jobs_wanted.add("rescan")
@@ -314,6 +315,9 @@ class Daemon:
             self._settling.forget(event.path)
             self._enqueue_gone(event.root, event.path)
         elif event.kind in ("dir_created", "dir_moved"):
+            assert self._watchset is not None
+            if not self._watchset.check_new_directory(event.root, event.path, now):
+                return  # not listable yet: scanned once it is, and watched (WatchSet.tick)
             for item in self._directories.new_directory(event.root, event.path, time.time()):
                 self._settling.observe_in_new_directory(
                     event.root, item, now, closed=event.closed, expect_close=expect_close

@@ -11,7 +11,10 @@ overflow, cannot see other NFS clients, and watchdog stops for good if a handler
 * lost events are reported as rescan requests: a ``WatchEvent(kind="rescan")`` for the root on
   the queue, or, when the queue itself is full, the ``rescan_requested`` flag;
 * ``unhealthy_roots()`` finds dead observers/emitters and deleted, replaced or missing roots, and
-  ``restart(root)`` / ``heal()`` bring them back; a missing root is retried, never fatal.
+  ``restart(root)`` / ``heal()`` bring them back; a missing root is retried, never fatal;
+* a new directory whose watch watchdog could not add (it was not listable yet: ``install -d``)
+  gets it when it can be listed: ``check_new_directory`` and ``tick`` (``watch/inotify_watches.py``
+  says why and how, ``watch/unwatched.py`` when to look again).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import DirCreatedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
@@ -40,13 +43,16 @@ from ckptd.watch.events import (
     WatchEvent,
     translate_event,
 )
+from ckptd.watch.inotify_watches import add_watch, watch_state
 from ckptd.watch.mounts import ObserverChoice, choose_observer_kind
+from ckptd.watch.unwatched import UnwatchedDirs
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 5.0
 INOTIFY_OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 OVERFLOW_DEBOUNCE_SECONDS = 1.0
+GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,39 @@ class RootWatcher:
         return True
 
 
+def _listing_problem(path: Path) -> str | None:
+    """None when the directory ``path`` can be listed, ``GONE`` when it is no longer one, else why."""
+    try:
+        with os.scandir(path):
+            pass
+    except (FileNotFoundError, NotADirectoryError):
+        return GONE
+    except OSError as err:
+        name = errno.errorcode.get(err.errno or 0, "")
+        text = err.strerror or str(err)
+        return f"{text} ({name})" if name else text
+    return None
+
+
+def _look(observer: BaseObserver, path: Path) -> tuple[str, str]:
+    """Whether the new directory ``path`` is watched, adding the watch watchdog dropped when it
+    can be listed now: ("watched" | "added" | "gone" | "unknown" | "unwatched", why unwatched).
+    "unknown": listable, but watchdog's internals cannot tell whether it is watched."""
+    state = watch_state(observer, path)
+    if state:
+        return "watched", ""
+    problem = _listing_problem(path)
+    if problem == GONE:
+        return GONE, ""
+    if problem is not None:
+        return "unwatched", problem
+    if state is None:
+        return "unknown", ""
+    if add_watch(observer, path):
+        return "added", ""
+    return "unwatched", "its inotify watch could not be added"
+
+
 def _stop_observer(observer: BaseObserver) -> None:
     observer.stop()
     with contextlib.suppress(RuntimeError):  # never started
@@ -248,6 +287,7 @@ class WatchSet:
         self._watchers: dict[Path, RootWatcher] = {}
         self._hook: _OverflowHook | None = None
         self.restart_count = 0  # successful restarts after a failure (for metrics)
+        self._unwatched = UnwatchedDirs()
         self._last_overflow = -OVERFLOW_DEBOUNCE_SECONDS
 
     @property
@@ -303,6 +343,7 @@ class WatchSet:
     def remove_root(self, path: Path) -> None:
         """Stop watching ``path``; unknown paths are fine."""
         watcher = self._watchers.pop(path, None)
+        self._unwatched.forget_root(path)
         if watcher is not None:
             watcher.stop()
             logger.info("stopped watching %s", path)
@@ -335,6 +376,73 @@ class WatchSet:
         for path in self.unhealthy_roots():
             self.restart(path)
         return self.unhealthy_roots()
+
+    def _inotify_observer(self, root: Path) -> BaseObserver | None:
+        watcher = self._watchers.get(root)
+        if watcher is None or watcher.kind_in_use != "inotify":
+            return None  # a polling observer lists every directory again at each poll
+        return watcher.observer
+
+    def check_new_directory(self, root: Path, path: Path, now: float) -> bool:
+        """A directory just created or moved in below ``root``, whose event is being handled:
+        True when it can be scanned now, with its watch in place (added here when watchdog could
+        not add it: it was not listable for a moment); False when it cannot be listed yet. Then
+        it is looked at again (``tick``) and, once watched, a ``dir_created`` event for it is
+        queued, so its files are scanned only after its watch exists (docs/architecture.md,
+        "Watching")."""
+        if path in self._unwatched:
+            return False
+        observer = self._inotify_observer(root)
+        if observer is None:
+            return True
+        outcome, reason = _look(observer, path)
+        if outcome == "added":
+            logger.info("%s was not listable when it appeared; watching it now", path)
+        elif outcome == "unwatched":
+            if not self._unwatched.add(root, path, reason, now):
+                logger.warning("%s cannot be listed (%s); left to the rescan", path, reason)
+                return True
+            logger.info("%s cannot be listed yet (%s); watching it once it can be", path, reason)
+            return False
+        return True
+
+    def tick(self, now: float) -> None:
+        """Look again at the new directories that could not be listed (from the main loop)."""
+        for item in self._unwatched.due(now):
+            observer = self._inotify_observer(item.root)
+            if item.root not in self._watchers:
+                self._unwatched.done(item.path)
+                continue
+            outcome, reason = ("unknown", "") if observer is None else _look(observer, item.path)
+            if outcome == "unwatched":
+                if self._unwatched.failed(item.path, reason, now):
+                    logger.warning(
+                        "%s still cannot be listed after %.0f s (%s): not watched, looked at "
+                        "every %.0f s",
+                        item.path,
+                        now - item.since,
+                        reason,
+                        self._unwatched.policy.slow_every,
+                    )
+                continue
+            self._unwatched.done(item.path)
+            if outcome == GONE:
+                continue
+            if outcome == "unknown" and observer is not None:
+                # Listable now, but which watches watchdog holds cannot be told: start over.
+                self.restart(item.root)
+                continue
+            level = logging.INFO if item.lasting else logging.DEBUG
+            logger.log(level, "%s can be listed now; watching and scanning it", item.path)
+            for event in translate_event(DirCreatedEvent(str(item.path)), item.root, self._filter):
+                self._sink.put(event)
+
+    def notes(self) -> list[str]:
+        """What the status says about directories that stayed unlistable (not unhealthy)."""
+        return [
+            f"{item.path}: cannot be listed ({item.reason}), not watched"
+            for item in self._unwatched.lasting()
+        ]
 
     def stop(self) -> None:
         """Stop every observer (bounded joins) and detach the overflow hook."""
