@@ -170,3 +170,53 @@ def test_a_run_directory_unlistable_when_it_appears_has_its_first_checkpoint_rec
         assert "Warning" not in log and "Traceback" not in log, log
     finally:
         daemon.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_directory_that_stays_unlistable_is_shown_in_the_status_and_the_rest_is_served(
+    tree: Path, user: UnprivilegedUser, notify_socket: NotifySocket, checkpoint_bytes: bytes
+) -> None:
+    """One run directory is never handed over, another only after 3 s (a dozen looks): the late
+    one's checkpoint is recorded in time, an existing run is served meanwhile, and the one that
+    stays unlistable is logged once when found, once when the fast retries end, and named in the
+    status line from then on, without the daemon counting itself unhealthy."""
+    root = owned_dir(tree / "runs")
+    served = owned_dir(root / "ppo-ok")
+    daemon = start_daemon(tree, user, notify_socket, root)
+    try:
+        found = time.monotonic()
+        locked = unlistable_dir(root / "ppo-locked")
+        late = unlistable_dir(root / "ppo-late")
+        time.sleep(3.0)
+        hand_over(late)
+        write_checkpoint(late / CHECKPOINT, checkpoint_bytes)
+        wait_until(
+            lambda: CHECKPOINT in recorded(late),
+            STABLE_FOR + MARGIN,
+            f"the late run's checkpoint:\n{daemon.log_text()}",
+        )
+        write_checkpoint(served / CHECKPOINT, checkpoint_bytes)
+        wait_until(
+            lambda: CHECKPOINT in recorded(served),
+            10,
+            f"the served run's checkpoint:\n{daemon.log_text()}",
+        )
+
+        def noted() -> bool:
+            return any(
+                line.startswith("STATUS=") and f"{locked}: cannot be listed" in line
+                for line in notify_socket.lines()
+            )
+
+        wait_until(noted, 25, f"STATUS= naming {locked}:\n{daemon.log_text()}")
+        assert time.monotonic() - found >= 10.0  # not before its fast retries ended
+        assert not any(
+            line.startswith("STATUS=") and str(late) in line for line in notify_socket.lines()
+        )
+        log = daemon.log_text()
+        assert len(lines_naming(log, locked)) == 2, log
+        assert "still cannot be listed after" in lines_naming(log, locked)[1], log
+        assert len(lines_naming(log, late)) == 1, log
+        assert "unhealthy" not in log and "Warning" not in log and "Traceback" not in log, log
+    finally:
+        daemon.stop()

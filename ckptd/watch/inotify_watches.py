@@ -12,8 +12,7 @@ watchdog has no public way to ask whether a path is watched or to add one watch 
 recursive emitter, so this module reads the group's tree and calls the same ``_add_all_callbacks``
 watchdog calls on a creation event, under the group's own lock, exactly as ``on_event`` does. It
 reaches only these private names (``emitter._inotify``, ``group._lock``, ``_find_node_by_path``,
-``_add_all_callbacks``, ``DirNode.wd``; to tidy up after, ``_nodes_by_wd``, ``_inotify_fd``,
-``_id`` and ``InotifyFD._watch_for_wd``) and checks each: when a watchdog release changes them,
+``_add_all_callbacks``, ``DirNode.wd``) and checks each: when a watchdog release changes them,
 :func:`watch_state` answers None ("cannot tell") and the caller falls back to restarting the
 root's observer, which re-walks the whole tree (tests/test_watch_unlistable.py fails loudly on
 such a release rather than letting it degrade quietly). No watchdog import: duck typing keeps this
@@ -24,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, cast
@@ -47,30 +47,16 @@ class _Group(Protocol):
     def _add_all_callbacks(self, path: bytes) -> None: ...
 
 
-def _forget_failed_add(group: _Group) -> None:
-    """Drop watchdog's record of a failed add once no directory of ``group`` waits on one.
+# A failed add leaves a watch record for descriptor -1 holding the group's callback; the next
+# failed add in the same tree finds it and warns (on stderr, naming the earlier directory). The
+# records are harmless (-1 never receives an event; each directory's own node says it is
+# unwatched), and ckptd finds those directories itself, so that one warning says nothing.
+FAILED_ADD_WARNING = r"Callback with id '[^']*' already exists for watch <Watch: wd=-1,"
 
-    The failed add left a ``Watch`` for descriptor -1 holding the group's callback in the shared
-    ``InotifyFD`` and pointed the group's ``_nodes_by_wd[-1]`` at the directory's node. Left
-    there, the next directory that cannot be listed makes watchdog print a RuntimeWarning to
-    stderr ("Callback with id ... already exists for watch ... wd=-1"), naming this one.
-    """
-    nodes = getattr(group, "_nodes_by_wd", None)
-    inotify_fd = getattr(group, "_inotify_fd", None)
-    callback_id = getattr(group, "_id", None)
-    watches = getattr(inotify_fd, "_watch_for_wd", None)
-    if not isinstance(nodes, dict) or not isinstance(watches, dict) or callback_id is None:
-        return
-    stale = nodes.get(INVALID_WD)
-    if stale is not None and getattr(stale, "wd", INVALID_WD) != INVALID_WD:
-        del nodes[INVALID_WD]  # points at a node that has its watch now
-    failed = watches.get(INVALID_WD)
-    callbacks = getattr(failed, "callbacks", None)
-    if INVALID_WD in nodes or not isinstance(callbacks, dict) or callback_id not in callbacks:
-        return
-    remove = getattr(inotify_fd, "remove_callbacks", None)
-    if callable(remove):
-        remove([(INVALID_WD, callback_id)])  # inotify_rm_watch(-1) fails with EINVAL: ignored
+
+def ignore_failed_add_warnings() -> None:
+    """Stop watchdog's warning about a second failed add (see ``FAILED_ADD_WARNING``)."""
+    warnings.filterwarnings("ignore", message=FAILED_ADD_WARNING, category=RuntimeWarning)
 
 
 def _group(observer: object, path: Path) -> _Group | None:
@@ -118,8 +104,8 @@ def watch_state(observer: object, path: Path) -> bool | None:
 def add_watch(observer: object, path: Path) -> bool | None:
     """Add the watches watchdog dropped for ``path`` and the directories below it, as watchdog
     does for a directory it sees created; True when ``path`` is watched afterwards (None: cannot
-    tell, as for :func:`watch_state`). Call it only for a directory that can be listed: each add
-    that fails again leaves watchdog warning about a second callback on descriptor -1."""
+    tell, as for :func:`watch_state`). Call it only for a directory that can be listed: an add
+    that fails again only repeats the failure."""
     group = _group(observer, path)
     if group is None:
         return None
@@ -131,9 +117,6 @@ def add_watch(observer: object, path: Path) -> bool | None:
             group._add_all_callbacks(os.fsencode(path))
         except OSError:
             return False  # e.g. out of watches: reported as still unwatched
-        if not _watched(group, path):
-            return False
-        _forget_failed_add(group)
-        return True
+        return _watched(group, path)
 
     return _locked(group, add)

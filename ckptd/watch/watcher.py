@@ -43,7 +43,7 @@ from ckptd.watch.events import (
     WatchEvent,
     translate_event,
 )
-from ckptd.watch.inotify_watches import add_watch, watch_state
+from ckptd.watch.inotify_watches import add_watch, ignore_failed_add_warnings, watch_state
 from ckptd.watch.mounts import ObserverChoice, choose_observer_kind
 from ckptd.watch.unwatched import UnwatchedDirs
 
@@ -288,6 +288,7 @@ class WatchSet:
         self._hook: _OverflowHook | None = None
         self.restart_count = 0  # successful restarts after a failure (for metrics)
         self._unwatched = UnwatchedDirs()
+        ignore_failed_add_warnings()  # a process-wide filter: installed when watching starts
         self._last_overflow = -OVERFLOW_DEBOUNCE_SECONDS
 
     @property
@@ -401,7 +402,7 @@ class WatchSet:
         elif outcome == "unwatched":
             if not self._unwatched.add(root, path, reason, now):
                 logger.warning("%s cannot be listed (%s); left to the rescan", path, reason)
-                return True
+                return False  # a scan would only fail and say so again
             logger.info("%s cannot be listed yet (%s); watching it once it can be", path, reason)
             return False
         return True
