@@ -172,6 +172,37 @@ def test_a_run_directory_unlistable_when_it_appears_has_its_first_checkpoint_rec
         daemon.stop()
 
 
+@pytest.mark.timeout(60)
+def test_a_subdirectory_unlistable_after_its_run_directory_is_handed_over_is_watched_too(
+    tree: Path, user: UnprivilegedUser, notify_socket: NotifySocket, checkpoint_bytes: bytes
+) -> None:
+    """``tar x`` as root restores directory modes only at the end: a run directory and a
+    subdirectory made in it while neither could be listed. The run directory is handed over
+    first; no event will ever come for the subdirectory (it was made before its parent's watch),
+    so ckptd must find it while adding the parent's watches, and watch it once it is handed over."""
+    root = owned_dir(tree / "runs")
+    daemon = start_daemon(tree, user, notify_socket, root)
+    try:
+        run = unlistable_dir(root / "ppo-tar")
+        sub = unlistable_dir(run / "eval")
+        time.sleep(0.6)
+        hand_over(run)
+        time.sleep(0.6)
+        hand_over(sub)
+        closed = write_checkpoint(sub / CHECKPOINT, checkpoint_bytes)
+        wait_until(
+            lambda: f"eval/{CHECKPOINT}" in recorded(run),
+            STABLE_FOR + MARGIN,
+            f"the checkpoint in the subdirectory:\n{daemon.log_text()}",
+        )
+        assert time.monotonic() - closed >= STABLE_FOR - 0.3
+        log = daemon.log_text()
+        assert len(lines_naming(log, run)) == 1, log
+        assert "Warning" not in log and "Traceback" not in log, log
+    finally:
+        daemon.stop()
+
+
 @pytest.mark.timeout(90)
 def test_a_directory_that_stays_unlistable_is_shown_in_the_status_and_the_rest_is_served(
     tree: Path, user: UnprivilegedUser, notify_socket: NotifySocket, checkpoint_bytes: bytes

@@ -26,7 +26,9 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
+
+T = TypeVar("T")
 
 # watchdog.observers.inotify._INVALID_WD: the descriptor a node keeps when its add failed.
 INVALID_WD = -1
@@ -81,7 +83,7 @@ def _group(observer: object, path: Path) -> _Group | None:
     return None
 
 
-def _locked(group: _Group, action: Callable[[], bool]) -> bool:
+def _locked(group: _Group, action: Callable[[], T]) -> T:
     with group._lock:  # the lock on_event holds while it adds watches
         return action()
 
@@ -120,3 +122,18 @@ def add_watch(observer: object, path: Path) -> bool | None:
         return _watched(group, path)
 
     return _locked(group, add)
+
+
+def unwatched_below(observer: object, path: Path) -> list[Path] | None:
+    """The directories below ``path`` without a watch (None: cannot tell), after the watches of
+    ``path`` were added: ``_add_all_callbacks`` walks the tree, but a subdirectory that cannot be
+    listed either (``tar x`` as root restores directory modes only at the end) fails the same
+    silent way, and no event for it will come, since it was created before its parent's watch."""
+    group = _group(observer, path)
+    if group is None:
+        return None
+    below: list[Path] = []
+    # Unlistable directories are skipped by the walk, and found here as a listed parent's child.
+    for top, dirnames, _ in os.walk(path):
+        below.extend(Path(top, name) for name in dirnames if not os.path.islink(Path(top, name)))
+    return _locked(group, lambda: [sub for sub in below if not _watched(group, sub)])

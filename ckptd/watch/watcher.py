@@ -43,7 +43,12 @@ from ckptd.watch.events import (
     WatchEvent,
     translate_event,
 )
-from ckptd.watch.inotify_watches import add_watch, ignore_failed_add_warnings, watch_state
+from ckptd.watch.inotify_watches import (
+    add_watch,
+    ignore_failed_add_warnings,
+    unwatched_below,
+    watch_state,
+)
 from ckptd.watch.mounts import ObserverChoice, choose_observer_kind
 from ckptd.watch.unwatched import UnwatchedDirs
 
@@ -399,13 +404,26 @@ class WatchSet:
         outcome, reason = _look(observer, path)
         if outcome == "added":
             logger.info("%s was not listable when it appeared; watching it now", path)
+            self._follow_below(observer, root, path, now)
         elif outcome == "unwatched":
-            if not self._unwatched.add(root, path, reason, now):
-                logger.warning("%s cannot be listed (%s); left to the rescan", path, reason)
-                return False  # a scan would only fail and say so again
-            logger.info("%s cannot be listed yet (%s); watching it once it can be", path, reason)
+            self._follow(root, path, reason, now)
             return False
         return True
+
+    def _follow(self, root: Path, path: Path, reason: str, now: float) -> None:
+        if not self._unwatched.add(root, path, reason, now):
+            logger.warning("%s cannot be listed (%s); left to the rescan", path, reason)
+        else:
+            logger.info("%s cannot be listed yet (%s); watching it once it can be", path, reason)
+
+    def _follow_below(self, observer: BaseObserver, root: Path, path: Path, now: float) -> None:
+        """After ``path``'s watches were added: follow its subdirectories still unwatched (they
+        are scanned with ``path``, where they can be listed, and on their own once they can)."""
+        for sub in unwatched_below(observer, path) or ():
+            if sub not in self._unwatched and self._filter.accepts_dir(sub, root):
+                outcome, reason = _look(observer, sub)
+                if outcome == "unwatched":
+                    self._follow(root, sub, reason, now)
 
     def tick(self, now: float) -> None:
         """Look again at the new directories that could not be listed (from the main loop)."""
@@ -435,6 +453,8 @@ class WatchSet:
                 continue
             level = logging.INFO if item.lasting else logging.DEBUG
             logger.log(level, "%s can be listed now; watching and scanning it", item.path)
+            if observer is not None:
+                self._follow_below(observer, item.root, item.path, now)
             for event in translate_event(DirCreatedEvent(str(item.path)), item.root, self._filter):
                 self._sink.put(event)
 
