@@ -43,6 +43,7 @@ STABLE_FOR = 2.0
 # plus one second of its close.
 MARGIN = 1.0
 CHECKPOINT = "model_100_steps.zip"
+SLOW_EVERY = 30.0  # how often a directory unlistable for good is looked at (watch/unwatched.py)
 
 
 @pytest.fixture(scope="module")
@@ -210,11 +211,17 @@ def test_a_directory_that_stays_unlistable_is_shown_in_the_status_and_the_rest_i
     """One run directory is never handed over, another only after 3 s (a dozen looks): the late
     one's checkpoint is recorded in time, an existing run is served meanwhile, and the one that
     stays unlistable is logged once when found, once when the fast retries end, and named in the
-    status line from then on, without the daemon counting itself unhealthy."""
+    status line from then on, without the daemon counting itself unhealthy. A third was there
+    unlistable before the daemon started: it is followed without a word, and watched and scanned
+    within 30 s of being handed over."""
     root = owned_dir(tree / "runs")
     served = owned_dir(root / "ppo-ok")
+    private = unlistable_dir(root / "ppo-private")
     daemon = start_daemon(tree, user, notify_socket, root)
     try:
+        started = time.monotonic()
+        hand_over(private)
+        write_checkpoint(private / CHECKPOINT, checkpoint_bytes)
         found = time.monotonic()
         locked = unlistable_dir(root / "ppo-locked")
         late = unlistable_dir(root / "ppo-late")
@@ -249,5 +256,12 @@ def test_a_directory_that_stays_unlistable_is_shown_in_the_status_and_the_rest_i
         assert "still cannot be listed after" in lines_naming(log, locked)[1], log
         assert len(lines_naming(log, late)) == 1, log
         assert "unhealthy" not in log and "Warning" not in log and "Traceback" not in log, log
+
+        wait_until(
+            lambda: CHECKPOINT in recorded(private),
+            started + SLOW_EVERY + STABLE_FOR + 2 * MARGIN - time.monotonic(),
+            f"the checkpoint of the run unlistable at the start:\n{daemon.log_text()}",
+        )
+        assert [line for line in lines_naming(daemon.log_text(), private) if " INFO " in line]
     finally:
         daemon.stop()

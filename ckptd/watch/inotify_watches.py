@@ -125,15 +125,29 @@ def add_watch(observer: object, path: Path) -> bool | None:
 
 
 def unwatched_below(observer: object, path: Path) -> list[Path] | None:
-    """The directories below ``path`` without a watch (None: cannot tell), after the watches of
-    ``path`` were added: ``_add_all_callbacks`` walks the tree, but a subdirectory that cannot be
-    listed either (``tar x`` as root restores directory modes only at the end) fails the same
-    silent way, and no event for it will come, since it was created before its parent's watch."""
+    """The directories below ``path`` whose add failed (None: cannot tell), from watchdog's tree:
+    the nodes left with descriptor -1. ``_add_all_callbacks`` walks a tree it watches, but a
+    subdirectory that cannot be listed either (``tar x`` as root restores directory modes only at
+    the end) fails the same silent way, and no event will come for it: it was made before its
+    parent's watch. The same holds for every unlistable directory when an observer starts."""
     group = _group(observer, path)
     if group is None:
         return None
-    below: list[Path] = []
-    # Unlistable directories are skipped by the walk, and found here as a listed parent's child.
-    for top, dirnames, _ in os.walk(path):
-        below.extend(Path(top, name) for name in dirnames if not os.path.islink(Path(top, name)))
-    return _locked(group, lambda: [sub for sub in below if not _watched(group, sub)])
+
+    def collect() -> list[Path]:
+        top = group._find_node_by_path(os.fsencode(path))
+        found: list[Path] = []
+        stack: list[tuple[object, Path]] = [(top, path)] if top is not None else []
+        while stack:
+            node, where = stack.pop()
+            children = getattr(node, "children", None)
+            if not isinstance(children, dict):
+                continue
+            for name, child in children.items():
+                below = where / os.fsdecode(name)
+                if getattr(child, "wd", None) == INVALID_WD:
+                    found.append(below)
+                stack.append((child, below))
+        return sorted(found)
+
+    return _locked(group, collect)

@@ -37,6 +37,7 @@ class Unwatched:
     next_try: float
     delay: float
     lasting: bool = False  # past the fast retries: shown in the status
+    quiet: bool = False  # there when watching started: looked at slowly, never shown
 
 
 class UnwatchedDirs:
@@ -52,12 +53,18 @@ class UnwatchedDirs:
     def __len__(self) -> int:
         return len(self._dirs)
 
-    def add(self, root: Path, path: Path, reason: str, now: float) -> bool:
-        """Follow ``path`` from ``now``; False when already followed or too many are."""
-        if path in self._dirs or len(self._dirs) >= self.policy.max_dirs:
+    def add(self, root: Path, path: Path, reason: str, now: float, *, quiet: bool = False) -> bool:
+        """Follow ``path`` from ``now``; False when already followed or too many are.
+
+        ``quiet``: a directory already unlistable when its root's watching started (a
+        ``lost+found``, a colleague's private run): no news, so looked at every ``slow_every``
+        only and never shown; these take at most half of ``max_dirs``, keeping room for new ones.
+        """
+        limit = self.policy.max_dirs // 2 if quiet else self.policy.max_dirs
+        if path in self._dirs or len(self._dirs) >= limit:
             return False
-        first = self.policy.first
-        self._dirs[path] = Unwatched(root, path, now, reason, now + first, first)
+        delay = self.policy.slow_every if quiet else self.policy.first
+        self._dirs[path] = Unwatched(root, path, now, reason, now + delay, delay, quiet=quiet)
         return True
 
     def due(self, now: float) -> list[Unwatched]:
@@ -71,10 +78,11 @@ class UnwatchedDirs:
         if item is None:
             return False
         policy = self.policy
-        lasting = now - item.since >= policy.fast_for
-        delay = policy.slow_every if lasting else min(item.delay * 2, policy.cap)
+        lasting = not item.quiet and now - item.since >= policy.fast_for
+        slow = item.quiet or lasting
+        delay = policy.slow_every if slow else min(item.delay * 2, policy.cap)
         self._dirs[path] = Unwatched(
-            item.root, path, item.since, reason, now + delay, delay, lasting
+            item.root, path, item.since, reason, now + delay, delay, lasting, item.quiet
         )
         return lasting and not item.lasting
 

@@ -13,8 +13,8 @@ overflow, cannot see other NFS clients, and watchdog stops for good if a handler
 * ``unhealthy_roots()`` finds dead observers/emitters and deleted, replaced or missing roots, and
   ``restart(root)`` / ``heal()`` bring them back; a missing root is retried, never fatal;
 * a new directory whose watch watchdog could not add (it was not listable yet: ``install -d``)
-  gets it when it can be listed: ``check_new_directory`` and ``tick`` (``watch/inotify_watches.py``
-  says why and how, ``watch/unwatched.py`` when to look again).
+  gets it when it can be listed: ``check_new_directory`` and ``tick`` (``watch/dropped.py``;
+  ``watch/inotify_watches.py`` says why and how, ``watch/unwatched.py`` when to look again).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from ckptd.config.model import RootConfig
+from ckptd.watch.dropped import DroppedWatches
 from ckptd.watch.events import (
     INOTIFY_EVENTS,
     POLLING_EVENTS,
@@ -43,21 +44,14 @@ from ckptd.watch.events import (
     WatchEvent,
     translate_event,
 )
-from ckptd.watch.inotify_watches import (
-    add_watch,
-    ignore_failed_add_warnings,
-    unwatched_below,
-    watch_state,
-)
+from ckptd.watch.inotify_watches import ignore_failed_add_warnings
 from ckptd.watch.mounts import ObserverChoice, choose_observer_kind
-from ckptd.watch.unwatched import UnwatchedDirs
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 5.0
 INOTIFY_OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 OVERFLOW_DEBOUNCE_SECONDS = 1.0
-GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -224,39 +218,6 @@ class RootWatcher:
         return True
 
 
-def _listing_problem(path: Path) -> str | None:
-    """None when the directory ``path`` can be listed, ``GONE`` when it is no longer one, else why."""
-    try:
-        with os.scandir(path):
-            pass
-    except (FileNotFoundError, NotADirectoryError):
-        return GONE
-    except OSError as err:
-        name = errno.errorcode.get(err.errno or 0, "")
-        text = err.strerror or str(err)
-        return f"{text} ({name})" if name else text
-    return None
-
-
-def _look(observer: BaseObserver, path: Path) -> tuple[str, str]:
-    """Whether the new directory ``path`` is watched, adding the watch watchdog dropped when it
-    can be listed now: ("watched" | "added" | "gone" | "unknown" | "unwatched", why unwatched).
-    "unknown": listable, but watchdog's internals cannot tell whether it is watched."""
-    state = watch_state(observer, path)
-    if state:
-        return "watched", ""
-    problem = _listing_problem(path)
-    if problem == GONE:
-        return GONE, ""
-    if problem is not None:
-        return "unwatched", problem
-    if state is None:
-        return "unknown", ""
-    if add_watch(observer, path):
-        return "added", ""
-    return "unwatched", "its inotify watch could not be added"
-
-
 def _stop_observer(observer: BaseObserver) -> None:
     observer.stop()
     with contextlib.suppress(RuntimeError):  # never started
@@ -292,7 +253,7 @@ class WatchSet:
         self._watchers: dict[Path, RootWatcher] = {}
         self._hook: _OverflowHook | None = None
         self.restart_count = 0  # successful restarts after a failure (for metrics)
-        self._unwatched = UnwatchedDirs()
+        self._dropped = DroppedWatches(self)
         ignore_failed_add_warnings()  # a process-wide filter: installed when watching starts
         self._last_overflow = -OVERFLOW_DEBOUNCE_SECONDS
 
@@ -344,12 +305,15 @@ class WatchSet:
             existing.stop()
         watcher = RootWatcher(root, self._sink, self._current_filter)
         self._watchers[root.path] = watcher
-        return watcher.start()
+        if not watcher.start():
+            return False
+        self._dropped.follow_existing(root.path)
+        return True
 
     def remove_root(self, path: Path) -> None:
         """Stop watching ``path``; unknown paths are fine."""
         watcher = self._watchers.pop(path, None)
-        self._unwatched.forget_root(path)
+        self._dropped.forget_root(path)
         if watcher is not None:
             watcher.stop()
             logger.info("stopped watching %s", path)
@@ -375,6 +339,7 @@ class WatchSet:
         started = watcher.restart()
         if started:
             self.restart_count += 1
+            self._dropped.follow_existing(root)
         return started
 
     def heal(self) -> dict[Path, str]:
@@ -383,87 +348,37 @@ class WatchSet:
             self.restart(path)
         return self.unhealthy_roots()
 
-    def _inotify_observer(self, root: Path) -> BaseObserver | None:
+    def inotify_observer(self, root: Path) -> BaseObserver | None:
+        """The running observer of ``root`` when it is an inotify one (polling lists every
+        directory again at each poll: nothing to add there)."""
         watcher = self._watchers.get(root)
         if watcher is None or watcher.kind_in_use != "inotify":
-            return None  # a polling observer lists every directory again at each poll
+            return None
         return watcher.observer
 
+    def is_root(self, root: Path) -> bool:
+        return root in self._watchers
+
+    def name_filter(self) -> NameFilter:
+        return self._filter
+
+    def directory_appeared(self, root: Path, path: Path) -> None:
+        """Queue the events of ``path`` created now (a directory watched only now: scan it)."""
+        for event in translate_event(DirCreatedEvent(str(path)), root, self._filter):
+            self._sink.put(event)
+
     def check_new_directory(self, root: Path, path: Path, now: float) -> bool:
-        """A directory just created or moved in below ``root``, whose event is being handled:
-        True when it can be scanned now, with its watch in place (added here when watchdog could
-        not add it: it was not listable for a moment); False when it cannot be listed yet. Then
-        it is looked at again (``tick``) and, once watched, a ``dir_created`` event for it is
-        queued, so its files are scanned only after its watch exists (docs/architecture.md,
-        "Watching")."""
-        if path in self._unwatched:
-            return False
-        observer = self._inotify_observer(root)
-        if observer is None:
-            return True
-        outcome, reason = _look(observer, path)
-        if outcome == "added":
-            logger.info("%s was not listable when it appeared; watching it now", path)
-            self._follow_below(observer, root, path, now)
-        elif outcome == "unwatched":
-            self._follow(root, path, reason, now)
-            return False
-        return True
-
-    def _follow(self, root: Path, path: Path, reason: str, now: float) -> None:
-        if not self._unwatched.add(root, path, reason, now):
-            logger.warning("%s cannot be listed (%s); left to the rescan", path, reason)
-        else:
-            logger.info("%s cannot be listed yet (%s); watching it once it can be", path, reason)
-
-    def _follow_below(self, observer: BaseObserver, root: Path, path: Path, now: float) -> None:
-        """After ``path``'s watches were added: follow its subdirectories still unwatched (they
-        are scanned with ``path``, where they can be listed, and on their own once they can)."""
-        for sub in unwatched_below(observer, path) or ():
-            if sub not in self._unwatched and self._filter.accepts_dir(sub, root):
-                outcome, reason = _look(observer, sub)
-                if outcome == "unwatched":
-                    self._follow(root, sub, reason, now)
+        """A directory just created or moved in below ``root``: True when it can be scanned now
+        (its watch in place), False when it cannot be listed yet (``watch/dropped.py``)."""
+        return self._dropped.check_new_directory(root, path, now)
 
     def tick(self, now: float) -> None:
         """Look again at the new directories that could not be listed (from the main loop)."""
-        for item in self._unwatched.due(now):
-            observer = self._inotify_observer(item.root)
-            if item.root not in self._watchers:
-                self._unwatched.done(item.path)
-                continue
-            outcome, reason = ("unknown", "") if observer is None else _look(observer, item.path)
-            if outcome == "unwatched":
-                if self._unwatched.failed(item.path, reason, now):
-                    logger.warning(
-                        "%s still cannot be listed after %.0f s (%s): not watched, looked at "
-                        "every %.0f s",
-                        item.path,
-                        now - item.since,
-                        reason,
-                        self._unwatched.policy.slow_every,
-                    )
-                continue
-            self._unwatched.done(item.path)
-            if outcome == GONE:
-                continue
-            if outcome == "unknown" and observer is not None:
-                # Listable now, but which watches watchdog holds cannot be told: start over.
-                self.restart(item.root)
-                continue
-            level = logging.INFO if item.lasting else logging.DEBUG
-            logger.log(level, "%s can be listed now; watching and scanning it", item.path)
-            if observer is not None:
-                self._follow_below(observer, item.root, item.path, now)
-            for event in translate_event(DirCreatedEvent(str(item.path)), item.root, self._filter):
-                self._sink.put(event)
+        self._dropped.tick(now)
 
     def notes(self) -> list[str]:
         """What the status says about directories that stayed unlistable (not unhealthy)."""
-        return [
-            f"{item.path}: cannot be listed ({item.reason}), not watched"
-            for item in self._unwatched.lasting()
-        ]
+        return self._dropped.notes()
 
     def stop(self) -> None:
         """Stop every observer (bounded joins) and detach the overflow hook."""
