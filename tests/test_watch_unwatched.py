@@ -124,3 +124,13 @@ class _Ignore:
 
     def dispatch(self, event: object) -> None:
         pass
+
+
+def test_a_directory_unlistable_when_watching_started_is_looked_at_slowly_and_never_shown() -> None:
+    dirs = UnwatchedDirs(POLICY)
+    assert dirs.add(ROOT, ROOT / "lost+found", "Permission denied (EACCES)", 0.0, quiet=True)
+    assert not dirs.add(ROOT, ROOT / "private", "x", 0.0, quiet=True)  # half of max_dirs=3
+    assert dirs.add(ROOT, RUN, "x", 0.0)  # new directories keep their room
+    assert looks(dirs, ROOT / "lost+found", 95.0) == [30.0, 60.0, 90.0]
+    assert dirs.failed(RUN, "x", 11.0)  # the new one's fast retries end: shown
+    assert [item.path for item in dirs.lasting()] == [RUN]  # the quiet one never is
