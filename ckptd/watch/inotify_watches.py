@@ -12,10 +12,10 @@ watchdog has no public way to ask whether a path is watched or to add one watch 
 recursive emitter, so this module reads the group's tree and calls the same ``_add_all_callbacks``
 watchdog calls on a creation event, under the group's own lock, exactly as ``on_event`` does. It
 reaches only these private names (``emitter._inotify``, ``group._lock``, ``_find_node_by_path``,
-``_add_all_callbacks``, ``DirNode.wd``) and checks each: when a watchdog release changes them,
-:func:`watch_state` answers None ("cannot tell") and the caller falls back to restarting the
-root's observer, which re-walks the whole tree (tests/test_watch_unlistable.py fails loudly on
-such a release rather than letting it degrade quietly). No watchdog import: duck typing keeps this
+``_add_all_callbacks``, ``DirNode.wd`` and ``DirNode.children``) and checks each: when a watchdog
+release changes them, :func:`watch_state` answers None ("cannot tell") and the caller falls back
+to restarting the root's observer, which re-walks the whole tree (tests/test_watch_unwatched.py
+fails loudly on such a release rather than letting it degrade quietly). No watchdog import: duck typing keeps this
 module off the library's edge (``watch/watcher.py``).
 """
 
