@@ -10,6 +10,7 @@ from pathlib import Path
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
+from ckptd.watch.dropped import DroppedWatches
 from ckptd.watch.events import NameFilter, WatchEvent
 from ckptd.watch.inotify_watches import add_watch, watch_state
 from ckptd.watch.unwatched import RetryPolicy, UnwatchedDirs
@@ -134,3 +135,68 @@ def test_a_directory_unlistable_when_watching_started_is_looked_at_slowly_and_ne
     assert looks(dirs, ROOT / "lost+found", 95.0) == [30.0, 60.0, 90.0]
     assert dirs.failed(RUN, "x", 11.0)  # the new one's fast retries end: shown
     assert [item.path for item in dirs.lasting()] == [RUN]  # the quiet one never is
+
+
+class _Host:
+    """A watch set stand-in: which observer a root has, and what the followed directories
+    asked of it (restarts, directories reported as created)."""
+
+    def __init__(self, root: Path, observer: object | None) -> None:
+        self.root = root
+        self.observer = observer
+        self.restarted: list[Path] = []
+        self.appeared: list[Path] = []
+
+    def inotify_observer(self, root: Path) -> object | None:
+        return self.observer
+
+    def is_root(self, root: Path) -> bool:
+        return root == self.root
+
+    def name_filter(self) -> NameFilter:
+        return NameFilter(("*.zip",), (), ".ckptd")
+
+    def restart(self, root: Path) -> bool:
+        self.restarted.append(root)
+        return True
+
+    def directory_appeared(self, root: Path, path: Path) -> None:
+        self.appeared.append(path)
+
+
+def test_without_watchdogs_internals_a_directory_listable_again_restarts_its_root(
+    tmp_path: Path,
+) -> None:
+    """The fallback when a watchdog release renamed what inotify_watches reads: which watches
+    the emitter holds cannot be told, so the root's observer starts over (a walk of the tree and
+    a rescan of the root) once a directory found unlistable can be listed."""
+    run = tmp_path / "ppo-1"
+    run.mkdir()
+    host = _Host(tmp_path, object())
+    dropped = DroppedWatches(host)
+    assert dropped.check_new_directory(tmp_path, run, 0.0)  # listable: scanned as before
+    # As root nothing is unlistable: followed as check_new_directory follows one that is.
+    assert dropped.unwatched.add(tmp_path, run, "Permission denied (EACCES)", 0.0)
+    assert not dropped.check_new_directory(tmp_path, run, 0.01)  # followed: not scanned yet
+    dropped.tick(1.0)
+    assert host.restarted == [tmp_path] and host.appeared == [] and run not in dropped.unwatched
+
+
+def test_a_followed_directory_on_a_root_now_polled_is_reported_and_a_vanished_one_forgotten(
+    tmp_path: Path,
+) -> None:
+    run, gone = tmp_path / "ppo-1", tmp_path / "ppo-2"
+    run.mkdir()
+    host = _Host(tmp_path, object())
+    dropped = DroppedWatches(host)
+    for path in (run, gone):
+        dropped.unwatched.add(tmp_path, path, "Permission denied (EACCES)", 0.0)
+    dropped.tick(1.0)  # gone: forgotten quietly; run: listable, internals unknown
+    assert host.appeared == [] and len(dropped.unwatched) == 0
+    host.observer = None  # inotify fell back to polling: every poll lists it again
+    dropped.unwatched.add(tmp_path, run, "Permission denied (EACCES)", 2.0)
+    dropped.tick(3.0)
+    assert host.appeared == [run] and dropped.notes() == []
+    dropped.unwatched.add(Path("/removed-root"), Path("/removed-root/run"), "x", 4.0)
+    dropped.tick(5.0)  # its root is no longer watched
+    assert len(dropped.unwatched) == 0 and host.appeared == [run]
