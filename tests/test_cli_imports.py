@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,55 @@ def test_a_keep_best_policy_still_loads_numpy_when_it_reads_evaluations(tmp_path
     )
     modules = _modules_after(["prune", "-c", str(config), "--dry-run", "--json"], tmp_path)
     assert "numpy" in modules
+
+
+def test_converting_one_file_starts_no_blas_threads_and_never_imports_rich(tmp_path: Path) -> None:
+    """``ckptd convert FILE`` (what benchmarks/convert.py times): OpenBLAS is told to keep to
+    one thread (its pool would spin on the cores the conversion's threads need), rich is not
+    imported (no progress bar for one file), and every helper thread is gone at the end."""
+    source = tmp_path / "rl_model_5_steps.pkl"
+    shutil.copy(Path(__file__).parent / "data" / "sb2-era" / "ppo2.pkl", source)
+    code = (
+        "import contextlib, io, json, os, sys\n"
+        "from ckptd.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    code = main(['convert', {str(source)!r}, '-o', {str(tmp_path / 'out.zip')!r}])\n"
+        "print(json.dumps({'code': code, 'modules': sorted(sys.modules), 'out': out.getvalue(),\n"
+        "    'threads': len(os.listdir('/proc/self/task')),\n"
+        "    'blas': os.environ.get('OPENBLAS_NUM_THREADS')}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["code"] == 0 and "converted" in result["out"], result["out"]
+    assert "numpy" in result["modules"]  # the probe does see the converter's imports
+    assert _loaded(result["modules"], ("rich",)) == []
+    assert result["blas"] == "1"
+    assert result["threads"] == 1  # no OpenBLAS pool, no helper thread left behind
+
+
+def test_a_blas_thread_count_the_user_set_is_kept(tmp_path: Path) -> None:
+    code = (
+        "import os\n"
+        "from ckptd.cli.main import main\n"
+        "main(['config', 'schema'])\n"
+        "print(os.environ['OPENBLAS_NUM_THREADS'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "3"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "3"

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckptd.cli.exits import ExitStatus
-from ckptd.cli.output import error_line, lit, print_json, progress_bar, stdout_console
-from ckptd.cli.output import say as say_line
+from ckptd.cli.lines import error_line, print_json
+from ckptd.cli.lines import say as say_line
+from ckptd.cli.progress import lit, progress_bar
 from ckptd.config.load import load_config
 from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.conversion import convert_file
@@ -29,10 +30,13 @@ from ckptd.textsafe import shown
 from ckptd.units import format_size_human
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from ckptd.convert.conversion import ConversionOutcome
 
-# The converter (numpy, the pickle reader, the zip writer) is imported by the handler that needs
-# it, so every other command starts without paying for it.
+# The converter (numpy, the pickle reader, the zip writer) is imported only with this module
+# (ckptd.cli.main imports only the typed command's), so every other command starts without it;
+# rich only when a progress bar is shown (ckptd.cli.progress).
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +224,11 @@ def run_convert(args: argparse.Namespace) -> int:
     for path, reason in unreadable:
         error_line(f"{path}: {reason}")
     sizes = {path: _size_or_zero(path) for path in files}
-    with progress_bar(enabled=not args.json and len(files) > 1) as progress:
-        # While the bar is live, lines go through its console so they print above the bar.
-        say = progress.console.print if not progress.disable else stdout_console().print
-        task = progress.add_task("converting", total=sum(sizes.values()), current="")
+    # One file shows no bar: rich is not even imported (ckptd.cli.progress).
+    bar = progress_bar(enabled=True) if not args.json and len(files) > 1 else None
+    with _Lines(bar, sum(sizes.values())) as lines:
         for path in files:
-            progress.update(task, current=lit(path.name))  # the column reads markup
+            lines.current(path.name)
             try:
                 outcome = convert_file(
                     path,
@@ -241,12 +244,7 @@ def run_convert(args: argparse.Namespace) -> int:
                 failed += 1
                 _count_failure(tally, _status_of(err))
                 message = _error_message(path, err)
-                if progress.disable:
-                    error_line(message)
-                else:
-                    progress.console.print(
-                        f"ckptd: {shown(message)}", markup=False, highlight=False
-                    )
+                lines.error(message)
                 result = {"source": str(path), "status": _status_of(err), "error": message}
                 if isinstance(err, HeldCheckpoint):
                     result["note"] = err.note
@@ -259,8 +257,8 @@ def run_convert(args: argparse.Namespace) -> int:
                 else:
                     tally.already += 1
                 if not args.json:
-                    say(shown(_describe_outcome(outcome)), markup=False, highlight=False)
-            progress.advance(task, sizes[path])
+                    lines.say(_describe_outcome(outcome))
+            lines.advance(sizes[path])
     if args.json:
         print_json({"results": results, "summary": tally.to_json_obj()})
     else:
@@ -270,6 +268,47 @@ def run_convert(args: argparse.Namespace) -> int:
         error_line("no legacy checkpoints found in " + ", ".join(str(p) for p in args.paths))
         return ExitStatus.FAILED
     return ExitStatus.FAILED if failed else ExitStatus.OK
+
+
+class _Lines:
+    """Where ``run_convert``'s lines go: plain lines, or above a live progress bar (several files
+    on a terminal: while the bar is live, lines go through its console to print above it)."""
+
+    def __init__(self, bar: Progress | None, total: int) -> None:
+        self._bar = bar if bar is not None and not bar.disable else None
+        self._context = bar
+        self._task = (
+            self._bar.add_task("converting", total=total, current="") if self._bar else None
+        )
+
+    def current(self, name: str) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, current=lit(name))  # the column reads markup
+
+    def say(self, line: str) -> None:
+        if self._bar is None:
+            say_line(line)
+        else:
+            self._bar.console.print(shown(line), markup=False, highlight=False)
+
+    def error(self, message: str) -> None:
+        if self._bar is None:
+            error_line(message)
+        else:
+            self._bar.console.print(f"ckptd: {shown(message)}", markup=False, highlight=False)
+
+    def advance(self, nbytes: int) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.advance(self._task, nbytes)
+
+    def __enter__(self) -> _Lines:
+        if self._context is not None:
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
 
 
 def _count_failure(tally: _Tally, status: str) -> None:

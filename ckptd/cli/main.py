@@ -59,8 +59,17 @@ def command_modules(command: str | None = None) -> list[ModuleType]:
     return [importlib.import_module(name) for name in names]
 
 
+# ckptd does no linear algebra, but numpy's OpenBLAS starts a thread per core when numpy is
+# imported, and they spin: 0.05-0.09 CPU s of a 0.6 s ``ckptd convert`` of 200 MiB, on the cores
+# the conversion's own threads need (README, "Benchmarks"). Set before any command module (and
+# numpy) is imported; the daemon's parser processes inherit it. A value the user set is kept.
+BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ckptd command; returns the exit status instead of raising for user errors."""
+    for name, value in BLAS_THREADS.items():
+        os.environ.setdefault(name, value)
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)

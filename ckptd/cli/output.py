@@ -12,57 +12,21 @@ stay whole); when stdout is not a terminal nothing wraps at all, one row per lin
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, cast
 
 from rich.cells import cell_len
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
+from ckptd.cli.lines import error_line as error_line
+from ckptd.cli.lines import print_json as print_json
+from ckptd.cli.lines import say as say
+from ckptd.cli.progress import lit as lit
+from ckptd.cli.progress import progress_bar as progress_bar
 from ckptd.textsafe import shown
-
-
-def print_json(document: Any) -> None:
-    """One JSON document on stdout (sorted keys are not used: the contract's key order reads better)."""
-    json.dump(document, sys.stdout, indent=2, default=_default)
-    sys.stdout.write("\n")
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def lit(value: object) -> str:
-    """``value`` for a rich markup string: control characters escaped, markup shown literally."""
-    return escape(shown(value))
-
-
-def say(line: object) -> None:
-    """One plain line on stdout (no markup), control characters escaped."""
-    print(shown(line))
-
-
-def error_line(message: object) -> None:
-    """One line on stderr, prefixed so it is obvious in logs which tool spoke."""
-    print(f"ckptd: {shown(message)}", file=sys.stderr)
 
 
 class _Console(Console):
@@ -134,19 +98,3 @@ def print_table(
 
 
 _UNLIMITED = 1 << 20  # columns: measure a table's natural width, not the terminal's
-
-
-def progress_bar(*, enabled: bool) -> Progress:
-    """A byte-based progress bar on stderr; disabled for --json and non-terminal stderr."""
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[current]}"),
-        console=console,
-        disable=not enabled or not console.is_terminal,
-        transient=False,
-    )
