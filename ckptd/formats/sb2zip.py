@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +54,9 @@ from ckptd.formats.storedzip import (
 )
 from ckptd.formats.zipexam import ParamInfo, examine_zip
 from ckptd.formats.zipread import MemberInfo
+from ckptd.fs.digest import THREADED_MIN_BYTES
 from ckptd.fs.files import CarriedAttributes, atomic_write
+from ckptd.fs.follow import WriteFollower
 
 MEMBER_ORDER = ("data", "parameters", "parameter_list")
 DateTime = tuple[int, int, int, int, int, int]
@@ -202,7 +206,9 @@ def write_checked_sb2_zip(
     """Write ``dest`` atomically and verify it before it gets its name.
 
     The temp file is written without any checksum (file-backed arrays copied by the kernel);
-    then, while it is fsynced, it is re-read once: headers and resident arrays must be
+    it is re-read once (a large one right behind the copy, which runs in a helper thread and
+    fsyncs the file at its end; a small one after the copy, while it is fsynced): headers and
+    resident arrays must be
     byte-identical to the layout, each file-backed array's bytes must have the CRC-32 its source
     had when first read (the CRC the headers carry), and its sha256 is taken from the bytes read
     back (``compare_file_with_pieces``: one CRC and one sha256 pass, in two threads), and its
@@ -221,10 +227,19 @@ def write_checked_sb2_zip(
     outer, npz, data_bytes, list_bytes = build_sb2_layout(data, params, date_time=stamp)
 
     verified: list[WriteResult] = []
+    # A large zip is copied in a helper thread and re-read right behind the copy (each chunk once
+    # the copy is past it), so on two cores the kernel copy and the re-read's sha256 overlap
+    # instead of following each other (README, "Benchmarks"); a small one is written first.
+    follow = WriteFollower() if outer.size >= THREADED_MIN_BYTES else None
 
     def check(temp: Path) -> None:
         # Each file-backed array's bytes on disk must have its source's first-read CRC-32.
-        verified.append(compare_file_with_pieces(temp, outer.pieces))
+        try:
+            verified.append(compare_file_with_pieces(temp, outer.pieces, follow))
+        except BaseException:
+            if follow is not None:
+                follow.stop()  # the rest of the copy is of no use
+            raise
         with zipfile.ZipFile(temp) as archive:
             found = [(i.filename, i.header_offset, i.file_size, i.CRC) for i in archive.infolist()]
         expected = [(m.name, m.header_offset, m.size, m.crc) for m in outer.members]
@@ -235,9 +250,51 @@ def write_checked_sb2_zip(
         if before_rename is not None:
             before_rename()
 
-    with atomic_write(dest, mode=mode, attributes=attributes, before_replace=check) as handle:
-        copy_pieces(handle, outer.pieces)
+    copier: threading.Thread | None = None
+    try:
+        with atomic_write(
+            dest,
+            mode=mode,
+            attributes=attributes,
+            before_replace=check,
+            synced_by_check=follow is not None,
+        ) as handle:
+            if follow is None:
+                copy_pieces(handle, outer.pieces)
+            else:
+                # The copy writes through a descriptor of its own: should the temp file's handle
+                # be closed first (an error before the check), it can never write elsewhere.
+                handle.flush()
+                out = os.fdopen(os.dup(handle.fileno()), "wb")
+                copier = threading.Thread(
+                    target=_copy_and_sync,
+                    args=(out, outer.pieces, follow),
+                    name="ckptd-copy",
+                    daemon=True,
+                )
+                copier.start()
+    finally:
+        if copier is not None and follow is not None:
+            follow.stop()  # a no-op once the check has seen the copy end
+            copier.join()
     return _report(verified[0], npz, data_bytes, list_bytes, params, stamp)
+
+
+def _copy_and_sync(out: BinaryIO, pieces: Sequence[AnyPiece], follow: WriteFollower) -> None:
+    """The helper thread of ``write_checked_sb2_zip``: copy, fsync, tell ``follow`` how it ended.
+
+    The fsync is this thread's: the file is durable once the copy is, before the check that
+    follows it ends (the check's reader waits for ``finish``); the disk works meanwhile.
+    """
+    error: BaseException | None = None
+    try:
+        with out:
+            copy_pieces(out, pieces, follow.advance)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException as err:  # handed to the reader, which raises it as its own
+        error = err
+    follow.finish(error)
 
 
 def check_emitted_pickles(data_bytes: bytes, dest: Path) -> None:

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeAlias
@@ -33,6 +32,7 @@ from typing import BinaryIO, Protocol, TypeAlias
 from ckptd.errors import VerifyError
 from ckptd.fs.digest import THREADED_MIN_BYTES, BufferRing, Sha256Feed, crc32, crc32_combine
 from ckptd.fs.files import write_all
+from ckptd.fs.follow import WriteFollower
 
 # zipfile's limits and record formats (CPython Lib/zipfile.py).
 ZIP64_LIMIT = (1 << 31) - 1
@@ -83,9 +83,12 @@ class StreamedContent(Protocol):
         chunk if the source changed or (with ``verify_crc``) the bytes do not have ``crc``."""
         ...
 
-    def copy_to(self, out_fd: int, buffer: memoryview) -> None:
-        """Append the bytes to ``out_fd`` (in the kernel where it can), unchecked by CRC; raises
-        after the last byte if the source changed."""
+    def copy_to(
+        self, out_fd: int, buffer: memoryview, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Append the bytes to ``out_fd`` (in the kernel where it can), unchecked by CRC, telling
+        ``progress(n)`` as the first n are written; raises after the last byte if the source
+        changed."""
         ...
 
 
@@ -356,29 +359,49 @@ def _write_all(handle: BinaryIO, chunk: memoryview) -> None:
         remaining = remaining[count:]
 
 
-def copy_pieces(handle: BinaryIO, pieces: Iterable[AnyPiece]) -> int:
+def copy_pieces(
+    handle: BinaryIO,
+    pieces: Iterable[AnyPiece],
+    written: Callable[[int], None] | None = None,
+) -> int:
     """Write ``pieces`` in order, neither hashed nor CRC-checked; the number of bytes written.
 
     Only for a writer that then checks the file with ``compare_file_with_pieces``, which hashes
     the bytes as they are on disk and checks every streamed piece's CRC there (each checksum
     computed once). Streamed pieces go from
     their source file to ``handle``'s file inside the kernel where it can (``copy_to``); the
-    handle's own buffer is flushed first and not used.
+    handle's own buffer is flushed first and not used. ``written(n)`` is told, as the copy
+    goes, that the first n bytes are in the file (``ckptd.fs.follow.WriteFollower.advance``: the re-read may
+    follow the copy instead of waiting for its end).
     """
     handle.flush()
     fd = handle.fileno()
-    written = 0
+    total = 0
     scratch = _Scratch()
     for piece in pieces:
         if isinstance(piece, StreamedPiece):
-            piece.content.copy_to(fd, scratch.get())
+            progress = None if written is None else _offset_by(written, total)
+            piece.content.copy_to(fd, scratch.get(), progress)
         else:
             write_all(fd, piece.data)
-        written += piece.size
-    return written
+        total += piece.size
+        if written is not None:
+            written(total)
+    return total
 
 
-def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> WriteResult:
+def _offset_by(written: Callable[[int], None], base: int) -> Callable[[int], None]:
+    """``written`` for counts that start at ``base`` bytes into the file."""
+
+    def progress(count: int) -> None:
+        written(base + count)
+
+    return progress
+
+
+def compare_file_with_pieces(
+    path: Path, pieces: Sequence[AnyPiece], follow: WriteFollower | None = None
+) -> WriteResult:
     """Re-read ``path`` once and require it to be exactly ``pieces`` laid end to end; its size and
     sha256.
 
@@ -393,13 +416,16 @@ def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> WriteRes
 
     One pass over the file: the sha256 of the bytes read back is computed in a helper thread while
     this thread reads the next chunk, compares headers and takes the CRC-32 of payloads
-    (``ckptd.fs.digest``; both release the GIL).
+    (``ckptd.fs.digest``; both release the GIL). With ``follow``, the file is still being
+    written by another thread: each chunk is read once the writer is past it, and the file's
+    end is checked once the writer is done (its error, if any, is raised here).
     """
     scratch = _Scratch(VERIFY_CHUNK)
     offset = 0
     with (
         open(path, "rb", buffering=0) as handle,
-        Sha256Feed(threaded=os.fstat(handle.fileno()).st_size >= THREADED_MIN_BYTES) as hasher,
+        # Sized by the layout: a file still being written (``follow``) is short when opened.
+        Sha256Feed(threaded=sum(piece.size for piece in pieces) >= THREADED_MIN_BYTES) as hasher,
     ):
         ring = BufferRing(hasher, VERIFY_CHUNK)
 
@@ -408,6 +434,8 @@ def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> WriteRes
             them), handed to the hasher; valid until the ring comes round to that buffer again."""
             slot, full = ring.take()
             view = memoryview(full)[:count]
+            if follow is not None:
+                follow.wait_for(offset + count)
             got = _read_into(handle, view)
             if got != count:
                 raise VerifyError(f"written file ends early at byte {offset + got}", path=str(path))
@@ -435,6 +463,8 @@ def compare_file_with_pieces(path: Path, pieces: Iterable[AnyPiece]) -> WriteRes
                 raise VerifyError(
                     f"written bytes differ from the layout near byte {offset}", path=str(path)
                 )
+        if follow is not None:
+            follow.wait_done()
         if handle.read(1):
             raise VerifyError(
                 f"written file is longer than its layout ({offset} bytes)", path=str(path)
