@@ -147,11 +147,17 @@ def test_converting_one_file_starts_no_blas_threads_and_never_imports_rich(tmp_p
     assert result["threads"] == 1  # no OpenBLAS pool, no helper thread left behind
 
 
-def test_a_blas_thread_count_the_user_set_is_kept(tmp_path: Path) -> None:
+def test_a_blas_thread_count_the_user_set_is_kept_and_the_collector_runs_after_start_up(
+    tmp_path: Path,
+) -> None:
+    """The collector is off only while the command's modules are imported (they are then frozen,
+    out of its way): a command, the daemon above all, runs with it on."""
     code = (
-        "import os\n"
+        "import contextlib, gc, io, os\n"
         "from ckptd.cli.main import main\n"
-        "main(['config', 'schema'])\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['config', 'schema'])\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 10_000)\n"
         "print(os.environ['OPENBLAS_NUM_THREADS'])\n"
     )
     done = subprocess.run(
@@ -163,4 +169,4 @@ def test_a_blas_thread_count_the_user_set_is_kept(tmp_path: Path) -> None:
         env={**os.environ, "OPENBLAS_NUM_THREADS": "3"},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "3"
+    assert done.stdout.splitlines()[-2:] == ["True True", "3"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -71,7 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in BLAS_THREADS.items():
         os.environ.setdefault(name, value)
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(argv[0] if argv else None)
+    # Importing a command's modules creates ~100,000 objects that live as long as the process: a
+    # collection among them finds nothing (10 ms of ``ckptd convert``'s start-up), and frozen
+    # they are not walked by later ones either.
+    gc.disable()
+    try:
+        parser = build_parser(argv[0] if argv else None)
+    finally:
+        gc.freeze()
+        gc.enable()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
