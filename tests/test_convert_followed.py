@@ -157,3 +157,30 @@ def test_a_reread_that_fails_stops_the_copy_before_its_end(
     assert max(reported) < total // 2, reported  # stopped within a step or two of the failure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]
     assert copy_threads() == []
+
+
+def test_a_write_back_error_during_the_copy_fails_the_conversion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel reports a write-back error once per open file: what the write-back thread is
+    told, the final fsync may never hear, so that error must fail the conversion itself."""
+    source, _ = large_checkpoint(tmp_path / "m.pkl")
+    real_copy = sb2zip.copy_pieces
+    told = threading.Event()
+
+    def failing_fdatasync(fd: int) -> None:
+        told.set()
+        raise OSError(errno.EIO, "Input/output error")
+
+    def copy_until_told(handle: Any, pieces: Any, written: Any = None) -> int:
+        size = real_copy(handle, pieces, written)
+        assert told.wait(30)  # the write-back thread ran while the copy was still open
+        return size
+
+    monkeypatch.setattr(sb2zip, "_WRITE_BACK_EVERY", 0.001)
+    monkeypatch.setattr(sb2zip.os, "fdatasync", failing_fdatasync)
+    monkeypatch.setattr(sb2zip, "copy_pieces", copy_until_told)
+    with pytest.raises(OSError, match="Input/output error"):
+        convert_file(source, output=tmp_path / "m.zip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]
+    assert [t for t in threading.enumerate() if t.name.startswith("ckptd-")] == []

@@ -287,14 +287,48 @@ def _copy_and_sync(out: BinaryIO, pieces: Sequence[AnyPiece], follow: WriteFollo
     follows it ends (the check's reader waits for ``finish``); the disk works meanwhile.
     """
     error: BaseException | None = None
+    copied = threading.Event()
+    write_back_failed: list[OSError] = []
+    syncer = threading.Thread(
+        target=_write_back_behind,
+        args=(os.dup(out.fileno()), copied, write_back_failed),
+        name="ckptd-writeback",
+        daemon=True,
+    )
+    syncer.start()
     try:
         with out:
             copy_pieces(out, pieces, follow.advance)
             out.flush()
+            copied.set()
             os.fsync(out.fileno())
     except BaseException as err:  # handed to the reader, which raises it as its own
         error = err
+    finally:
+        copied.set()
+        syncer.join()
+    if error is None and write_back_failed:
+        # The kernel reports a write-back error once per open file: the final fsync may not see
+        # what the write-back thread was told, so its error fails the conversion here.
+        error = write_back_failed[0]
     follow.finish(error)
+
+
+# How often the write-back thread asks the disk to take what the copy has written so far.
+_WRITE_BACK_EVERY = 0.02
+
+
+def _write_back_behind(fd: int, copied: threading.Event, failed: list[OSError]) -> None:
+    """While the copy runs, ``fdatasync`` what it has written so far, again and again: the disk
+    works beside the copy instead of after it, and the final fsync finds little left. Its error
+    goes to ``failed`` (the file is not durable; the conversion fails)."""
+    try:
+        while not copied.wait(_WRITE_BACK_EVERY):
+            os.fdatasync(fd)
+    except OSError as err:
+        failed.append(err)
+    finally:
+        os.close(fd)
 
 
 def check_emitted_pickles(data_bytes: bytes, dest: Path) -> None:
