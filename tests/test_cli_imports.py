@@ -170,3 +170,18 @@ def test_a_blas_thread_count_the_user_set_is_kept_and_the_collector_runs_after_s
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-2:] == ["True True", "3"]
+
+
+def test_the_convert_command_loads_without_numpy(tmp_path: Path) -> None:
+    """numpy is imported by the conversion itself, in a helper thread while the first pass reads
+    the file (ckptd.convert.conversion), not with the command's modules."""
+    code = (
+        "import sys\n"
+        "import ckptd.cli.convert_cmds, ckptd.convert.conversion, ckptd.formats.sb2zip\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]

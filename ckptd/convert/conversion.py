@@ -27,13 +27,16 @@ from the original's mtime, so converting the same file twice gives the same byte
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
+import sys
+import threading
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -82,6 +85,27 @@ class ConversionOutcome:
     notes: tuple[str, ...] = ()  # what the conversion did that a reader should know (one line each)
 
 
+@contextlib.contextmanager
+def _numpy_imported_beside() -> Iterator[None]:
+    """numpy (0.03-0.05 s to import) is first needed by the parse, after the first pass over the
+    file, which needs none of it: a process that has not imported it yet (``ckptd convert``)
+    imports it in a helper thread meanwhile (README, "Benchmarks"), joined before this returns."""
+    if "numpy" in sys.modules:
+        yield
+        return
+    importer = threading.Thread(target=_import_numpy, name="ckptd-import-numpy")
+    importer.start()
+    try:
+        yield
+    finally:
+        importer.join()
+
+
+def _import_numpy() -> None:
+    with contextlib.suppress(ImportError):  # the parse imports it again and says so
+        import numpy  # noqa: F401
+
+
 def convert_file(
     source: Path,
     *,
@@ -118,93 +142,95 @@ def convert_file(
     one root"); what it raises propagates with the source untouched and no zip left behind, or,
     raised before the original's move, with the verified zip in place and the original kept.
     """
-    source = Path(source)
-    identification = identify(source)
-    if identification.format is Format.SB2_ZIP:
-        return _already_zip(source, limits)
-    if identification.format is not Format.SB2_PICKLE:
-        raise FormatError(
-            f"not a legacy stable-baselines pickle (identified as {identification.format})",
-            path=str(source),
-        )
-    target = Path(output) if output is not None else zip_path_for(source)
-    if target.resolve() == source.resolve():
-        raise ConversionError(
-            "the output would overwrite the input; name another with -o", path=str(source)
-        )
-
-    judged = os.stat(source, follow_symlinks=False)
-    before = fsio.FileIdentity.of(judged)
-    carried = fsio.CarriedAttributes.of(judged)  # taken before any read can move the atime
-    with open_legacy_file(
-        source, allow_code=allow_code, param_names=param_names, limits=limits
-    ) as (
-        checkpoint,
-        source_sha256,
-    ):
-        if fsio.FileIdentity.of(os.stat(source, follow_symlinks=False)) != before:
-            raise FileChangedError(
-                "changed while it was being read; will retry when it is stable", path=str(source)
+    with _numpy_imported_beside():
+        source = Path(source)
+        identification = identify(source)
+        if identification.format is Format.SB2_ZIP:
+            return _already_zip(source, limits)
+        if identification.format is not Format.SB2_PICKLE:
+            raise FormatError(
+                f"not a legacy stable-baselines pickle (identified as {identification.format})",
+                path=str(source),
             )
+        target = Path(output) if output is not None else zip_path_for(source)
+        if target.resolve() == source.resolve():
+            raise ConversionError(
+                "the output would overwrite the input; name another with -o", path=str(source)
+            )
+
+        judged = os.stat(source, follow_symlinks=False)
+        before = fsio.FileIdentity.of(judged)
+        carried = fsio.CarriedAttributes.of(judged)  # taken before any read can move the atime
+        with open_legacy_file(
+            source, allow_code=allow_code, param_names=param_names, limits=limits
+        ) as (
+            checkpoint,
+            source_sha256,
+        ):
+            if fsio.FileIdentity.of(os.stat(source, follow_symlinks=False)) != before:
+                raise FileChangedError(
+                    "changed while it was being read; will retry when it is stable",
+                    path=str(source),
+                )
+            try:
+                status, output_sha256, output_size = _write_or_match(
+                    source, target, checkpoint, carried, fence
+                )
+            except ConversionError as err:
+                if err.path is not None:
+                    raise
+                # The zip layer knows no file names; the one-line error must name the input.
+                raise ConversionError(err.message, path=str(source)) from None
+        if original != "keep" and status == "converted":
+            _verify_before_disposal(source, target, limits)
+
+        if original == "archive" and archive_path is None:
+            archive_path = source.parent / state_dir / "legacy" / source.name
+        base = source.parent if archive_base is None else Path(archive_base)
+        notes = checkpoint.notes
+        if fence is not None and original != "keep":
+            fence()
         try:
-            status, output_sha256, output_size = _write_or_match(
-                source, target, checkpoint, carried, fence
+            outcome_original, archived_to = _dispose_original(
+                source, before, original, archive_path, base
             )
-        except ConversionError as err:
-            if err.path is not None:
+        except OSError as err:
+            if not keep_if_unwritable or err.errno not in _UNWRITABLE:
                 raise
-            # The zip layer knows no file names; the one-line error must name the input.
-            raise ConversionError(err.message, path=str(source)) from None
-    if original != "keep" and status == "converted":
-        _verify_before_disposal(source, target, limits)
-
-    if original == "archive" and archive_path is None:
-        archive_path = source.parent / state_dir / "legacy" / source.name
-    base = source.parent if archive_base is None else Path(archive_base)
-    notes = checkpoint.notes
-    if fence is not None and original != "keep":
-        fence()
-    try:
-        outcome_original, archived_to = _dispose_original(
-            source, before, original, archive_path, base
+            outcome_original, archived_to = "kept", None
+            verb = "archived" if original == "archive" else "deleted"
+            notes = (
+                *notes,
+                f"original kept, not {verb}: its directory is read-only here ({err.strerror or err})",
+            )
+        policy = _policy_global(checkpoint)
+        algorithm = guess_algorithm(list(checkpoint.data), policy)
+        version = guess_sb2_version(
+            list(checkpoint.data),
+            container="pickle",
+            params_were_list=checkpoint.params_were_list,
+            referenced_globals=checkpoint.globals,
+            algorithm=algorithm,
         )
-    except OSError as err:
-        if not keep_if_unwritable or err.errno not in _UNWRITABLE:
-            raise
-        outcome_original, archived_to = "kept", None
-        verb = "archived" if original == "archive" else "deleted"
-        notes = (
-            *notes,
-            f"original kept, not {verb}: its directory is read-only here ({err.strerror or err})",
+        # Debug only: the daemon pipeline logs each conversion with its run and file, the CLI prints it.
+        logger.debug("converted %s -> %s (%s)", source, target, status)
+        return ConversionOutcome(
+            source=source,
+            status=status,
+            output=target,
+            output_sha256=output_sha256,
+            output_size=output_size,
+            source_sha256=source_sha256,
+            algorithm=algorithm,
+            sb2_version=str(version),
+            params_count=len(checkpoint.params),
+            params_bytes=checkpoint.params_bytes,
+            carries_code=checkpoint.carries_code,
+            original=outcome_original,
+            archived_to=archived_to,
+            globals=checkpoint.globals,
+            notes=notes,
         )
-    policy = _policy_global(checkpoint)
-    algorithm = guess_algorithm(list(checkpoint.data), policy)
-    version = guess_sb2_version(
-        list(checkpoint.data),
-        container="pickle",
-        params_were_list=checkpoint.params_were_list,
-        referenced_globals=checkpoint.globals,
-        algorithm=algorithm,
-    )
-    # Debug only: the daemon pipeline logs each conversion with its run and file, the CLI prints it.
-    logger.debug("converted %s -> %s (%s)", source, target, status)
-    return ConversionOutcome(
-        source=source,
-        status=status,
-        output=target,
-        output_sha256=output_sha256,
-        output_size=output_size,
-        source_sha256=source_sha256,
-        algorithm=algorithm,
-        sb2_version=str(version),
-        params_count=len(checkpoint.params),
-        params_bytes=checkpoint.params_bytes,
-        carries_code=checkpoint.carries_code,
-        original=outcome_original,
-        archived_to=archived_to,
-        globals=checkpoint.globals,
-        notes=notes,
-    )
 
 
 # Why an original cannot be moved or deleted that no retry will fix (convert_file's keep_if_unwritable).

@@ -28,8 +28,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 from ckptd.convert.legacy_data import data_value
 from ckptd.convert.legacy_stream import (
     DEFAULT_MIN_DEFERRED,
@@ -361,6 +359,8 @@ class _NeedsWholeFile(Exception):
 
 
 def _address(view: memoryview) -> int:
+    import numpy as np
+
     return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
 
 

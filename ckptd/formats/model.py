@@ -14,13 +14,14 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeAlias
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from ckptd.errors import FileChangedError
 from ckptd.fs.digest import crc32
 from ckptd.fs.files import write_all
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # copy_file_range's ways of saying "not here": fall back to reading and writing.
 _NO_KERNEL_COPY = frozenset(
@@ -69,6 +70,8 @@ class ParamArray:
 
     def as_array(self) -> np.ndarray:
         """A zero-copy, read-only ndarray over ``raw``."""
+        import numpy as np
+
         flat = np.frombuffer(self.raw, dtype=np.dtype(self.descr))
         return flat.reshape(self.shape, order="F" if self.fortran_order else "C")
 
@@ -201,6 +204,8 @@ class FileParamArray:
 
     def as_array(self) -> np.ndarray:
         """Read the bytes (checked as ``FilePayload.chunks`` does) into a new read-only ndarray."""
+        import numpy as np
+
         data = bytearray(self.payload.length)
         for _ in self.payload.chunks(memoryview(data)):
             pass  # one chunk, read straight into ``data``

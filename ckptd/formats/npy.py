@@ -14,12 +14,13 @@ import math
 import re
 import struct
 from dataclasses import dataclass
-from typing import IO, BinaryIO
-
-import numpy as np
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from ckptd.errors import FormatError
 from ckptd.limits import shape_problem
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = b"\x93NUMPY"
 ARRAY_ALIGN = 64
@@ -55,6 +56,8 @@ class NpyHeader:
 
 def checked_dtype(descr: str, *, source: str | None = None) -> np.dtype[np.generic]:
     """The numpy dtype for a simple descr string; refuses object, structured and sub-array dtypes."""
+    import numpy as np
+
     if not isinstance(descr, str) or not _DESCR_SHAPE.fullmatch(descr):
         raise FormatError(f"unsupported npy dtype descr {descr!r}", path=source)
     try:

@@ -22,13 +22,18 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptd.errors import FormatError
 from ckptd.limits import MAX_DIMS, shape_problem
 from ckptd.pickles.call_shapes import NUMPY_CORE, SAFE_DTYPE, is_safe_dtype_call
 from ckptd.pickles.nodes import BytesNode, Call, Const, Node, TupleNode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where it is used, not with this module: ``ckptd convert`` imports it in a
+# helper thread while it reads the file (ckptd.convert.conversion), before any of this runs.
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 
@@ -61,6 +66,8 @@ class ArrayValue:
     raw: memoryview
 
     def as_array(self) -> np.ndarray:
+        import numpy as np
+
         flat = np.frombuffer(self.raw, dtype=self.dtype)
         return flat.reshape(self.shape, order="F" if self.fortran_order else "C")
 
@@ -77,6 +84,8 @@ def is_call_to(node: Node, module_suffix: str, name: str) -> bool:
 
 def dtype_of(node: Node, source: str | None) -> np.dtype[np.generic]:
     """The dtype a ``numpy.dtype(...)`` + BUILD node stands for (endianness from the BUILD)."""
+    import numpy as np
+
     if not (isinstance(node, Call) and is_safe_dtype_call(node)):
         raise FormatError(f"unsupported dtype ({node.kind()})", path=source, offset=node.pos)
     descr = _const_value(node.args.items[0])
@@ -157,6 +166,8 @@ def _finish(
     node: Node,
     source: str | None,
 ) -> ArrayValue:
+    import numpy as np
+
     problem = shape_problem(shape, dtype.itemsize)
     if problem:
         raise FormatError(problem, path=source, offset=node.pos)
@@ -180,6 +191,8 @@ def is_array_node(node: Node) -> bool:
 
 def array_of(node: Node, source: str | None) -> ArrayValue:
     """Materialize an array node (zero-copy where the stored bytes are already right)."""
+    import numpy as np
+
     if is_call_to(node, "numeric", "_frombuffer"):
         assert isinstance(node, Call)
         buffer, dtype_node, shape_node, order = node.args.items
@@ -247,6 +260,8 @@ def _scalar_parts(node: Node, source: str | None) -> tuple[np.dtype[np.generic],
 
 def scalar_of(node: Node, source: str | None) -> np.generic:
     """The numpy scalar a ``scalar(dtype, raw)`` node stands for (numbers only)."""
+    import numpy as np
+
     dtype, raw = _scalar_parts(node, source)
     value: np.generic = np.frombuffer(raw, dtype=dtype)[0]
     return value
@@ -258,6 +273,8 @@ def scalar_as_array(node: Node, source: str | None) -> ArrayValue:
     A numpy scalar holds its value in native byte order, so a non-native stored dtype is
     byte-swapped (a pure byte permutation: NaN payloads survive) into the native dtype.
     """
+    import numpy as np
+
     dtype, raw = _scalar_parts(node, source)
     if dtype.byteorder not in ("=", "|") and dtype.byteorder != _NATIVE:
         swapped = np.frombuffer(raw, dtype=dtype).byteswap().view(dtype.newbyteorder("="))
