@@ -25,6 +25,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# Loaded before the address-space cap, as when the converter imported it with its modules (it
+# now imports it where it uses it): numpy's own mappings stay outside every file's budget.
+import numpy  # noqa: F401
+
 from ckptd.convert.conversion import convert_file
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
