@@ -184,3 +184,26 @@ def test_a_write_back_error_during_the_copy_fails_the_conversion(
         convert_file(source, output=tmp_path / "m.zip")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]
     assert [t for t in threading.enumerate() if t.name.startswith("ckptd-")] == []
+
+
+@pytest.mark.parametrize("thread", ["ckptd-copy", "ckptd-writeback"])
+def test_a_helper_thread_that_cannot_start_fails_the_conversion_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thread: str
+) -> None:
+    """No thread to be had (the parser process's address-space cap): one error, no hang, no
+    temp file, no descriptor left open."""
+    source, _ = large_checkpoint(tmp_path / "m.pkl")
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name == thread:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        convert_file(source, output=tmp_path / "m.zip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]
+    assert [t for t in threading.enumerate() if t.name.startswith("ckptd-")] == []
+    assert len(os.listdir("/proc/self/fd")) == fds

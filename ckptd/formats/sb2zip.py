@@ -266,13 +266,18 @@ def write_checked_sb2_zip(
                 # be closed first (an error before the check), it can never write elsewhere.
                 handle.flush()
                 out = os.fdopen(os.dup(handle.fileno()), "wb")
-                copier = threading.Thread(
+                thread = threading.Thread(
                     target=_copy_and_sync,
                     args=(out, outer.pieces, follow),
                     name="ckptd-copy",
                     daemon=True,
                 )
-                copier.start()
+                try:
+                    thread.start()
+                except BaseException:  # e.g. no thread under the parser's address-space cap
+                    out.close()
+                    raise
+                copier = thread
     finally:
         if copier is not None and follow is not None:
             follow.stop()  # a no-op once the check has seen the copy end
@@ -289,15 +294,10 @@ def _copy_and_sync(out: BinaryIO, pieces: Sequence[AnyPiece], follow: WriteFollo
     error: BaseException | None = None
     copied = threading.Event()
     write_back_failed: list[OSError] = []
-    syncer = threading.Thread(
-        target=_write_back_behind,
-        args=(os.dup(out.fileno()), copied, write_back_failed),
-        name="ckptd-writeback",
-        daemon=True,
-    )
-    syncer.start()
+    syncer: threading.Thread | None = None
     try:
         with out:
+            syncer = _start_write_back(out.fileno(), copied, write_back_failed)
             copy_pieces(out, pieces, follow.advance)
             out.flush()
             copied.set()
@@ -306,12 +306,27 @@ def _copy_and_sync(out: BinaryIO, pieces: Sequence[AnyPiece], follow: WriteFollo
         error = err
     finally:
         copied.set()
-        syncer.join()
+        if syncer is not None:
+            syncer.join()
     if error is None and write_back_failed:
         # The kernel reports a write-back error once per open file: the final fsync may not see
         # what the write-back thread was told, so its error fails the conversion here.
         error = write_back_failed[0]
     follow.finish(error)
+
+
+def _start_write_back(fd: int, copied: threading.Event, failed: list[OSError]) -> threading.Thread:
+    """``_write_back_behind`` in a thread of its own, on a descriptor of its own."""
+    own = os.dup(fd)
+    thread = threading.Thread(
+        target=_write_back_behind, args=(own, copied, failed), name="ckptd-writeback", daemon=True
+    )
+    try:
+        thread.start()
+    except BaseException:
+        os.close(own)
+        raise
+    return thread
 
 
 # How often the write-back thread asks the disk to take what the copy has written so far.
