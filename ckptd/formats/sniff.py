@@ -42,6 +42,7 @@ import lzma
 import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -145,7 +146,23 @@ def _identify(path: Path, *, first_sb2_reference_is_enough: bool, judge: bool) -
 def identify_open(handle: BinaryIO, source: str) -> Identification:
     """:func:`identify_checked` of a regular file the caller opened (a directory checkpoint's
     files are opened no-follow from the run's descriptor, ``ckptd.fs.runfs``)."""
-    found = _label_open(handle, first_sb2_reference_is_enough=True)
+    return _identify_open(handle, source, first_sb2_reference_is_enough=True)
+
+
+def identify_handle(handle: BinaryIO, source: str, head: bytes) -> Identification:
+    """:func:`identify` of a regular file the caller opened (no-follow) and whose first
+    ``min(size, SNIFF_BYTES)`` bytes it read (``head``)."""
+    return _identify_open(handle, source, first_sb2_reference_is_enough=False, head=head)
+
+
+def _identify_open(
+    handle: BinaryIO,
+    source: str,
+    *,
+    first_sb2_reference_is_enough: bool,
+    head: bytes | None = None,
+) -> Identification:
+    found = _label_open(handle, first_sb2_reference_is_enough, head)
     if found.format not in VERDICT_FORMATS:
         return found
     handle.seek(0)
@@ -154,8 +171,13 @@ def identify_open(handle: BinaryIO, source: str) -> Identification:
 
 def _with_verdict(found: Identification, handle: BinaryIO, source: str) -> Identification:
     size = os.fstat(handle.fileno()).st_size
+    return judged(found, lambda: _judge(found.format, handle, size, source))
+
+
+def judged(found: Identification, judge: Callable[[], Verdict]) -> Identification:
+    """``found`` with the verdict ``judge`` gives, or labelled unknown when it cannot give one."""
     try:
-        verdict = _judge(found.format, handle, size, source)
+        verdict = judge()
     except NoVerdict as err:
         note = f"{found.format} whose pickles ckptd cannot check: {err}"
         return dataclasses.replace(found, format=Format.UNKNOWN, note=note)
@@ -175,11 +197,14 @@ def _label(path: Path, first_sb2_reference_is_enough: bool) -> Identification:
         return _label_open(handle, first_sb2_reference_is_enough)
 
 
-def _label_open(handle: BinaryIO, first_sb2_reference_is_enough: bool) -> Identification:
+def _label_open(
+    handle: BinaryIO, first_sb2_reference_is_enough: bool, head: bytes | None = None
+) -> Identification:
     size = os.fstat(handle.fileno()).st_size
-    # Ask for no more than the file holds: read(n) allocates n bytes up front, and a 4 MiB
-    # allocation per small file costs more than reading it (size 0: a file that may not say).
-    head = handle.read(min(size, SNIFF_BYTES) or SNIFF_BYTES)
+    if head is None:
+        # Ask for no more than the file holds: read(n) allocates n bytes up front, and a 4 MiB
+        # allocation per small file costs more than reading it (size 0: a file that may not say).
+        head = handle.read(min(size, SNIFF_BYTES) or SNIFF_BYTES)
     if not head:
         return Identification(Format.UNKNOWN, "high", "empty file", size)
     header = header_length_of(head, size)
@@ -207,12 +232,22 @@ def _label_open(handle: BinaryIO, first_sb2_reference_is_enough: bool) -> Identi
 def _identify_zip(handle: BinaryIO, size: int) -> Identification:
     try:
         with zipfile.ZipFile(handle) as archive:
-            names = tuple(archive.namelist())
-            foreign = foreign_directory_problem(archive)
+            return zip_identification(archive, size)
     except ZIP_READ_ERRORS as err:  # e.g. NotImplementedError for a version zipfile cannot read
-        return Identification(
-            Format.UNKNOWN, "high", f"zip magic but no readable central directory ({err})", size
-        )
+        return unreadable_zip(err, size)
+
+
+def unreadable_zip(err: Exception, size: int) -> Identification:
+    """The label of a file with the zip magic whose central directory zipfile cannot read."""
+    return Identification(
+        Format.UNKNOWN, "high", f"zip magic but no readable central directory ({err})", size
+    )
+
+
+def zip_identification(archive: zipfile.ZipFile, size: int) -> Identification:
+    """The label of a zip from its open ``archive`` (without a verdict)."""
+    names = tuple(archive.namelist())
+    foreign = foreign_directory_problem(archive)
     if foreign:
         return Identification(
             Format.UNKNOWN, "high", f"zip magic but no readable central directory ({foreign})", size

@@ -31,7 +31,8 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol, cast
 
-from ckptd.formats.zipread import ZIP_READ_ERRORS, check_structure, read_small_member
+from ckptd.formats.zipmembers import SharedMembers
+from ckptd.formats.zipread import ZIP_READ_ERRORS, MemberInfo, Structure, check_structure
 from ckptd.pickles.peek import peek_pickle
 from ckptd.pickles.verdict import Verdict, judge_stream, merge
 from ckptd.pickles.verdict_policy import Policy, policy_for_plain
@@ -149,10 +150,10 @@ def judge_torch_legacy(data: bytes, source: str) -> Verdict:
 
 
 def _pickle_members(
-    archive: zipfile.ZipFile, handle: BinaryIO, size: int, suffix: str
+    members: SharedMembers, handle: BinaryIO, size: int, suffix: str
 ) -> Iterator[tuple[str, bytes | str]]:
     """(name, bytes) of each sound member ending in ``suffix``; (name, problem) for the others."""
-    structure = check_structure(archive, handle, size)
+    structure = check_structure(members.archive, handle, size)
     if structure.problems:
         # A zip whose headers disagree may be read differently by torch's own reader.
         yield "(zip structure)", "; ".join(structure.problems[:3])
@@ -161,7 +162,7 @@ def _pickle_members(
         if not member.name.endswith(suffix):
             continue
         try:
-            yield member.name, read_small_member(archive, member, MAX_PICKLE_BYTES)
+            yield member.name, members.read_small(member, MAX_PICKLE_BYTES)
         except (ValueError, *ZIP_READ_ERRORS) as err:
             yield member.name, f"cannot be read ({err})"
 
@@ -181,16 +182,24 @@ def torch_zip_pickles(names: tuple[str, ...]) -> bool:
 
 def judge_torch_zip(handle: BinaryIO, size: int, source: str) -> Verdict:
     """Every ``*.pkl`` member of a torch zip checkpoint, judged by torch's weights_only rules."""
-    parts: list[tuple[str, Verdict]] = []
     try:
         with zipfile.ZipFile(handle) as archive:
-            for name, blob in _pickle_members(archive, handle, size, ".pkl"):
-                if isinstance(blob, str):
-                    parts.append((name, Verdict(False, (), blob)))
-                else:
-                    parts.append(
-                        (name, judge_stream(blob, Policy.TORCH, source=f"{source}:{name}"))
-                    )
+            return judge_torch_archive(SharedMembers(archive), handle, size, source)
+    except ZIP_READ_ERRORS as err:
+        return Verdict(False, (), f"zip cannot be read ({err})")
+
+
+def judge_torch_archive(
+    members: SharedMembers, handle: BinaryIO, size: int, source: str
+) -> Verdict:
+    """:func:`judge_torch_zip` of an archive already open on ``handle``."""
+    parts: list[tuple[str, Verdict]] = []
+    try:
+        for name, blob in _pickle_members(members, handle, size, ".pkl"):
+            if isinstance(blob, str):
+                parts.append((name, Verdict(False, (), blob)))
+            else:
+                parts.append((name, judge_stream(blob, Policy.TORCH, source=f"{source}:{name}")))
     except ZIP_READ_ERRORS as err:
         return Verdict(False, (), f"zip cannot be read ({err})")
     if not parts:
@@ -200,26 +209,40 @@ def judge_torch_zip(handle: BinaryIO, size: int, source: str) -> Verdict:
 
 def judge_sb3_zip(handle: BinaryIO, size: int, source: str) -> Verdict:
     """An SB3 zip: each ``*.pth`` member (a torch zip) and each ``:serialized:`` entry of ``data``."""
-    parts: list[tuple[str, Verdict]] = []
     try:
         with zipfile.ZipFile(handle) as archive:
             structure = check_structure(archive, handle, size)
-            if structure.problems:
-                return Verdict(False, (), f"zip structure: {'; '.join(structure.problems[:3])}")
-            for member in structure.members:
-                if member.name.endswith(".pth"):
-                    # Read in place (SB3 stores its members): only the inner data.pkl is read.
-                    with archive.open(member.name) as stream:
-                        where = f"{source}:{member.name}"
-                        inner = judge_torch_zip(cast(BinaryIO, stream), member.size, where)
-                    parts.append((member.name, inner))
-            data = next((m for m in structure.members if m.name == "data"), None)
-            if data is not None:
-                raw = read_small_member(archive, data, MAX_SERIALIZED_JSON)
-                parts.extend(_serialized_verdicts(raw, source))
+            return judge_sb3_archive(SharedMembers(archive), structure, source)
+    except ZIP_READ_ERRORS as err:
+        return Verdict(False, (), f"zip cannot be read ({err})")
+
+
+def judge_sb3_archive(members: SharedMembers, structure: Structure, source: str) -> Verdict:
+    """:func:`judge_sb3_zip` of an open archive whose ``check_structure`` is ``structure``."""
+    parts: list[tuple[str, Verdict]] = []
+    if structure.problems:
+        return Verdict(False, (), f"zip structure: {'; '.join(structure.problems[:3])}")
+    try:
+        for member in structure.members:
+            if member.name.endswith(".pth"):
+                parts.append((member.name, _judge_pth(members, member, source)))
+        data = next((m for m in structure.members if m.name == "data"), None)
+        if data is not None:
+            raw = members.read_small(data, MAX_SERIALIZED_JSON)
+            parts.extend(_serialized_verdicts(raw, source))
     except (ValueError, *ZIP_READ_ERRORS) as err:
         return Verdict(False, (), f"zip cannot be read ({err})")
     return merge("sb3 zip", parts)
+
+
+def _judge_pth(members: SharedMembers, member: MemberInfo, source: str) -> Verdict:
+    # Read in place (SB3 stores its members): only the inner data.pkl is read.
+    where = f"{source}:{member.name}"
+    in_memory = members.judging_stream(member)
+    if in_memory is not None:
+        return judge_torch_zip(in_memory, member.size, where)
+    with members.archive.open(member.name) as stream:
+        return judge_torch_zip(cast(BinaryIO, stream), member.size, where)
 
 
 def _serialized_verdicts(raw: bytes, source: str) -> list[tuple[str, Verdict]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ckptd.errors import CkptdError
 from ckptd.formats import Format
-from ckptd.formats.zipexam import examine_zip
+from ckptd.formats.zipexam import ZipExamination, examine_zip
 from ckptd.limits import DEFAULT_LIMITS, Limits
 
 
@@ -46,6 +46,11 @@ def verify_zip(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> VerifyReport:
         return VerifyReport(
             str(path), False, Format.UNKNOWN, (f"cannot read: {err.strerror or err}",)
         )
+    return report_of(exam)
+
+
+def report_of(exam: ZipExamination) -> VerifyReport:
+    """The verdict on a zip from its examination with ``check_crc`` (pure)."""
     data = exam.data
     return VerifyReport(
         path=exam.path,

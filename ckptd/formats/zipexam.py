@@ -23,15 +23,16 @@ from ckptd.formats import Format
 from ckptd.formats.datajson import DataAnalysis, analyze_data_json
 from ckptd.formats.npy import read_npy_header
 from ckptd.formats.sniff import SB3_VERSION_MEMBER, ZIP_MAGIC, classify_zip_members
+from ckptd.formats.zipmembers import SharedMembers
 from ckptd.formats.zipread import (
     CHUNK,
     ZIP_READ_ERRORS,
     MemberInfo,
+    Structure,
     check_structure,
     foreign_directory_problem,
     open_window,
     read_small_member,
-    stream_crc,
 )
 from ckptd.fs.files import open_regular_nofollow
 from ckptd.limits import DEFAULT_LIMITS, Limits
@@ -103,7 +104,25 @@ def examine_zip(path: Path, *, check_crc: bool, limits: Limits = DEFAULT_LIMITS)
             foreign = foreign_directory_problem(archive)
             if foreign:
                 return _broken(source, size, foreign)
-            return _Examiner(source, handle, size, archive, check_crc, limits).run()
+            structure = check_structure(archive, handle, size)
+            return examine_archive(
+                source, handle, size, SharedMembers(archive), structure, check_crc, limits
+            )
+
+
+def examine_archive(
+    source: str,
+    handle: BinaryIO,
+    size: int,
+    members: SharedMembers,
+    structure: Structure,
+    check_crc: bool,
+    limits: Limits = DEFAULT_LIMITS,
+) -> ZipExamination:
+    """:func:`examine_zip` of a zip already open on ``handle`` (its magic read, its central
+    directory its own: ``foreign_directory_problem`` found nothing), whose ``check_structure``
+    is ``structure``; ``members`` reads its members (shared with other passes over it)."""
+    return _Examiner(source, handle, size, members, structure, check_crc, limits).run()
 
 
 def _broken(source: str, size: int, problem: str) -> ZipExamination:
@@ -118,7 +137,8 @@ class _Examiner:
         source: str,
         handle: BinaryIO,
         size: int,
-        archive: zipfile.ZipFile,
+        members: SharedMembers,
+        structure: Structure,
         check_crc: bool,
         limits: Limits,
     ) -> None:
@@ -126,12 +146,14 @@ class _Examiner:
         self.source = source
         self.handle = handle
         self.size = size
-        self.archive = archive
+        self.members = members
+        self.archive = members.archive
+        self.structure = structure
         self.check_crc = check_crc
         self.problems: list[str] = []
 
     def run(self) -> ZipExamination:
-        structure = check_structure(self.archive, self.handle, self.size)
+        structure = self.structure
         self.problems.extend(structure.problems)
         members = {member.name: member for member in structure.members}
         names = tuple(members)
@@ -139,7 +161,7 @@ class _Examiner:
         if self.check_crc:
             for name in names:
                 if name in structure.sound:
-                    problem = stream_crc(self.archive, name)
+                    problem = self.members.crc_problem(members[name])
                     if problem:
                         self.problems.append(problem)
         sound = {name: members[name] for name in structure.sound}
@@ -186,7 +208,7 @@ class _Examiner:
         if name not in sound:
             return None  # its structural problem is already reported
         try:
-            return read_small_member(self.archive, sound[name], limit)
+            return self.members.read_small(sound[name], limit)
         except ZIP_READ_ERRORS as err:
             self.problems.append(f"{name}: {err}")
             return None

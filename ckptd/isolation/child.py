@@ -31,7 +31,7 @@ import numpy  # noqa: F401
 
 from ckptd.convert.conversion import convert_file
 from ckptd.formats import Format
-from ckptd.formats.sniff import identify
+from ckptd.formats.onepass import identify_and_verify
 from ckptd.formats.verify import verify_zip
 from ckptd.isolation.codec import decode, decode_error, encode, encode_error
 from ckptd.limits import Limits
@@ -102,14 +102,12 @@ def _file_cap(address_space: int, path: str) -> int:
 def _operations(ask: Callable[[str], None]) -> dict[str, Callable[..., Any]]:
 
     def examine(path: Path, limits: Any) -> dict[str, Any]:
-        # identify, and for a zip its verification too: what the daemon asks of every new file.
+        # identify, and for a zip its verification too: what the daemon asks of every new file,
+        # in one pass over it (ckptd.formats.onepass).
         # The file's (size, mtime_ns) as examined lets the daemon tell a prefetched answer from
         # a stale one.
         st = os.stat(path, follow_symlinks=False)
-        identification = identify(path)
-        report = None
-        if identification.format in (Format.SB2_ZIP, Format.SB3_ZIP):
-            report = verify_zip(path, limits=decode(Limits, limits))
+        identification, report = identify_and_verify(path, limits=decode(Limits, limits))
         return {
             "identification": encode(identification),
             "report": encode(report),
