@@ -2,8 +2,8 @@
 
 Each node is a ``python -m ckptd run`` with its own config (``coordination.backend: postgres``, its
 own ``node`` name, a short lease, JSON logs) and its own notify socket; the events it logs
-(``event``/``run``/``file``/``node``) are read back from its log file. Used by
-tests/test_cluster.py and benchmarks/cluster.py.
+(``event``/``run``/``file``/``node``) are read back from its log file, who owns a run from the
+database itself. Used by tests/test_cluster*.py and benchmarks/cluster.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from tests.daemon_harness import DaemonProcess, NotifySocket, write_config
 
@@ -135,3 +137,13 @@ def write_burst(root: Path, template: bytes, runs: int, files: int) -> list[Path
         os.replace(temp, target)
         written.append(target)
     return written
+
+
+def lease_owner(dsn: str, root: Path, run: str) -> str | None:
+    """The node whose lease on ``run`` is current, from the coordination database itself."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT owner FROM ckptd.runs WHERE root = %s AND run = %s AND expires_at > now()",
+            (str(root), run),
+        ).fetchone()
+    return None if row is None else str(row[0])

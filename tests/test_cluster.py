@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pytest
 
 from ckptd.coordination.leases import ROOT_DUTIES, RunId, preferred_node
 from ckptd.fs.files import TEMP_PREFIX
 from ckptd.manifest.root_index import INDEX_FILENAME
 from ckptd.manifest.store import load_index, load_manifest
-from tests.cluster_harness import Cluster, write_burst
+from tests.cluster_harness import Cluster, lease_owner, write_burst
 from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, wait_until, write_config
 from tests.pg_harness import PgServer
 from tests.sb2_fixtures import (
@@ -256,16 +255,6 @@ def test_a_local_daemon_and_a_cluster_never_serve_one_root_together(
         assert solo.stop() == 0
         notify.close()
     cluster.start("n3")  # the root is free for the cluster again
-
-
-def lease_owner(dsn: str, root: Path, run: str) -> str | None:
-    """The node whose lease on ``run`` is current, from the coordination database itself."""
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT owner FROM ckptd.runs WHERE root = %s AND run = %s AND expires_at > now()",
-            (str(root), run),
-        ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def big_legacy(path: Path, megabytes: int) -> Path:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import stat
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -148,7 +150,7 @@ def delete_checkpoints(
     noted = mode == "trash" and bool(checkpoints)
     if noted:
         layout.ensure()
-        _settle_pending(layout)
+        settle_trash(layout)
         # Written before the first move, removed after the index (ckptd.retention.trash_journal).
         write_pending(layout, _pending_moves(checkpoints), now)
     for checkpoint in checkpoints:
@@ -195,8 +197,20 @@ def _pending_moves(checkpoints: Sequence[Checkpoint]) -> list[PendingMove]:
     return moves
 
 
-def _settle_pending(layout: StateLayout) -> None:
-    """Record what a deletion killed before its index write moved (its note), drop the note."""
+def settle_trash(layout: StateLayout) -> None:
+    """Tidy what a deletion killed midway left in the trash; hold the run lock exclusively.
+
+    Every writer of the trash's own files (its index, the note) holds the run lock, so under it a
+    temp file of theirs is a dead writer's: removed now, whatever its age, rather than by the
+    rescan's sweep of stale temp files 30 s later. A note left there is settled: what it recovers
+    is written into the index, and the note removed.
+    """
+    trash = layout.rel(TRASH_DIR)
+    for own in TRASH_STATE_FILES:
+        for name in layout.fs.remove_stale_temps(
+            trash, older_than_s=-math.inf, now=time.time(), of=own
+        ):
+            logger.info("removed %s, left by a killed write", layout.trash / name)
     if layout.fs.exists(layout.rel(TRASH_DIR, TRASH_PENDING)):
         write_trash_index(layout, _read_index_or_empty(layout))
         clear_pending(layout)
@@ -404,12 +418,15 @@ def purge_trash(
     """Unlink trash entries trashed at least ``ttl`` before ``now``; hold the run lock (a shared
     one is enough for a ``dry_run``, which only lists what it would unlink).
 
-    Entries missing from the index use their ctime (set by the move). Symlinks found in the trash
-    are removed as links (never followed); a directory is removed whole (no link below it
-    followed) when the index records it (a directory checkpoint), else left alone.
+    A real purge settles the trash first (``settle_trash``). Entries missing from the index use
+    their ctime (set by the move). Symlinks found in the trash are removed as links (never
+    followed); a directory is removed whole (no link below it followed) when the index records it
+    (a directory checkpoint), else left alone.
     """
     if not layout.fs.is_real_dir(layout.rel(TRASH_DIR)):
         return PurgeResult((), 0)
+    if not dry_run:  # every real prune purges: a run it deletes nothing from is settled too
+        settle_trash(layout)
     index = _read_index_or_empty(layout)
     removed: list[str] = []
     freed = 0

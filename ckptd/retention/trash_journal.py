@@ -7,8 +7,10 @@ lost, but not listed with their path and not restorable. So before the first mov
 this note (atomically: every file's run-relative path, inode and device, sha256), and removes it
 after the index is written. Whoever next reads the index while a note is there finds the trash
 entries whose inode and device match a noted file (a rename keeps both), and records them under
-their original paths; noted files that were never moved match nothing (docs/architecture.md,
-"Reliability rules").
+their original paths; noted files that were never moved match nothing. The next deletion or
+real purge in the run (every real prune purges) writes those records into the index and removes
+the note, and with it any temp file a killed index or note write left (``deletion.settle_trash``;
+docs/architecture.md, "Reliability rules").
 """
 
 from __future__ import annotations
