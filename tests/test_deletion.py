@@ -17,6 +17,7 @@ import pytest
 
 from ckptd.config.model import CheckpointsConfig
 from ckptd.errors import FileChangedError, StateError, UnsafePathError
+from ckptd.fs.files import TEMP_PREFIX, TEMP_SUFFIX
 from ckptd.manifest.model import ManifestEntry
 from ckptd.retention.deletion import (
     TRASH_INDEX,
@@ -26,6 +27,7 @@ from ckptd.retention.deletion import (
     purge_trash,
     read_trash_index,
 )
+from ckptd.retention.trash_journal import TRASH_PENDING, PendingMove, write_pending
 from ckptd.runs.checkpoints import Checkpoint, InventoryOptions
 from ckptd.runs.inventory import default_identifier, inventory_run
 from ckptd.runs.listing import CheckpointMatcher
@@ -371,3 +373,42 @@ def test_a_deletion_killed_before_its_index_write_loses_no_record(tmp_path: Path
         "rl_model_9_steps.zip",
     ]
     assert sorted(p.name for p in layout.trash.iterdir() if p.name.startswith(".")) == [TRASH_INDEX]
+
+
+def test_a_real_purge_settles_what_a_killed_deletion_left(tmp_path: Path) -> None:
+    """Killed in its last deletion (nothing left for the next prune to delete): a moved checkpoint
+    the index does not list, the note, and the index's half-written temp file. The next real purge
+    (every real prune makes one) records the move, removes the note and the temp file; a dry run
+    changes nothing."""
+    run = tmp_path / "run"
+    layout = StateLayout(run)
+    make_zip(run / "rl_model_1_steps.zip", b"one")
+    make_zip(run / "rl_model_2_steps.zip", b"two")
+    checkpoints = judge(run)
+    delete_checkpoints(layout, [checkpoints["rl_model_1_steps.zip"]], mode="trash", now=NOW)
+    last = checkpoints["rl_model_2_steps.zip"]
+    move = PendingMove(last.path, last.identity.inode, last.identity.device, last.sha256, 0)
+    write_pending(layout, [move], NOW)  # as the killed deletion did, then:
+    os.rename(run / last.path, layout.trash / last.path)
+    temps = [
+        f"{TEMP_PREFIX}{TRASH_INDEX}.0badf00d{TEMP_SUFFIX}",
+        f"{TEMP_PREFIX}{TRASH_PENDING}.1{TEMP_SUFFIX}",
+    ]
+    for temp in temps:
+        (layout.trash / temp).write_text("{")
+    left = sorted(os.listdir(layout.trash))
+
+    assert purge_trash(layout, timedelta(days=7), NOW, dry_run=True).removed == ()
+    assert sorted(os.listdir(layout.trash)) == left
+    assert purge_trash(layout, timedelta(days=7), NOW).removed == ()
+    assert sorted(os.listdir(layout.trash)) == [
+        TRASH_INDEX,
+        "rl_model_1_steps.zip",
+        "rl_model_2_steps.zip",
+    ]
+    index = json.loads((layout.trash / TRASH_INDEX).read_text())["entries"]
+    assert index["rl_model_2_steps.zip"] == {
+        "original": "rl_model_2_steps.zip",
+        "trashed_at": "2026-03-01T12:00:00Z",
+        "sha256": last.sha256,
+    }
