@@ -200,17 +200,14 @@ def _pending_moves(checkpoints: Sequence[Checkpoint]) -> list[PendingMove]:
 def settle_trash(layout: StateLayout) -> None:
     """Tidy what a deletion killed midway left in the trash; hold the run lock exclusively.
 
-    Every writer of the trash's own files (its index, the note) holds the run lock, so under it a
-    temp file of theirs is a dead writer's: removed now, whatever its age, rather than by the
-    rescan's sweep of stale temp files 30 s later. A note left there is settled: what it recovers
-    is written into the index, and the note removed.
+    Whatever writes into the trash (a deletion, its index and note, a restore, a purge) holds the
+    run lock, so under it a ckptd temp file there is a dead writer's: removed now, whatever its
+    age, rather than by the rescan's sweep of stale temp files 30 s later. A note left there is
+    settled: what it recovers is written into the index, and the note removed.
     """
     trash = layout.rel(TRASH_DIR)
-    for own in TRASH_STATE_FILES:
-        for name in layout.fs.remove_stale_temps(
-            trash, older_than_s=-math.inf, now=time.time(), of=own
-        ):
-            logger.info("removed %s, left by a killed write", layout.trash / name)
+    for name in layout.fs.remove_stale_temps(trash, older_than_s=-math.inf, now=time.time()):
+        logger.info("removed %s, left by a killed write", layout.trash / name)
     if layout.fs.exists(layout.rel(TRASH_DIR, TRASH_PENDING)):
         write_trash_index(layout, _read_index_or_empty(layout))
         clear_pending(layout)
