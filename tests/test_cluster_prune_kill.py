@@ -54,6 +54,8 @@ NODES = ("n1", "n2", "n3")
 # machine (2 cores shared with other work).
 TAKEOVER_BOUND = LEASE_SECONDS + LEASE_SECONDS / 3 + 4.0
 MANIFEST = "ckptd-manifest.json"
+# A temp file is swept by a rescan (every 5 s here) once 30 s old (ckptd.daemon.jobs), plus slack.
+STALE_SWEEP_SECONDS = 30 + 5 + 25
 
 
 @pytest.fixture
@@ -271,7 +273,7 @@ def test_a_node_killed_mid_prune_loses_nothing_and_its_runs_are_finished_by_anot
     for run in runs:
         os.rename(tmp_path / "staging" / run, cluster.root / run)
     caught = kill_mid_prune(cluster, runs)
-    killed_at = time.monotonic()
+    killed_at, killed_wall = time.monotonic(), time.time()
     survivors = set(NODES) - {caught.node}
     # Caught where the journal matters: moved, unrecorded, the note written before the move.
     assert caught.noted, caught
@@ -291,11 +293,24 @@ def test_a_node_killed_mid_prune_loses_nothing_and_its_runs_are_finished_by_anot
 
     # The survivors finish every run. A run's manifest is written last in its pass, under the run
     # lock: once it lists exactly the KEEP files left, the pass that deleted the last one is over,
-    # and it must have left nothing over (not even for the rescan's sweep of stale temp files).
+    # and it left nothing over in the trash (not even for the rescan's sweep of stale temp files).
     wait_until(lambda: pruned(cluster, runs), 120, "every run pruned and recorded")
     finished = time.monotonic() - killed_at
     print(f"every run pruned and recorded {finished:.1f} s after the kill")
-    assert not [found for run in runs for found in leftovers(cluster.root / run)]
+    assert not [found for run in runs for found in leftovers(trash_dir(cluster.root / run))]
+    # In a run directory, a temp file can only be one the dead node was writing when it was killed
+    # (its other threads work on other runs: a manifest write cut short, the manifest itself
+    # whole); the rescan's sweep removes it once stale (30 s).
+    cut_short = {
+        path: os.stat(path).st_mtime for run in runs for path in leftovers(cluster.root / run)
+    }
+    assert all(mtime <= killed_wall for mtime in cut_short.values()), (killed_wall, cut_short)
+    print(f"left by the dead node in run directories: {sorted(cut_short)}")
+    wait_until(
+        lambda: not [found for run in runs for found in leftovers(cluster.root / run)],
+        STALE_SWEEP_SECONDS,
+        "temp files the dead node left swept",
+    )
 
     trashed = Counter((event["run"], event["file"]) for event in cluster.events("trashed"))
     assert trashed and max(trashed.values()) == 1, [item for item, n in trashed.items() if n > 1]
