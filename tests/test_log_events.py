@@ -18,6 +18,7 @@ from ckptd.config.model import LogConfig
 from ckptd.daemon.logsetup import HANDLER_NAME, configure_logging
 from ckptd.retention.trash import restore
 from tests.ops_helpers import converted_run, ops_config, prune_now
+from tests.trainer_runs import copy_trainer_run, trainer_config
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +60,30 @@ def test_prune_deletions_and_a_restore_carry_run_file_and_node(tmp_path: Path) -
         ("ppo-1", ".ckptd/legacy/rl_model_1000_steps.pkl", "n7"),
         ("ppo-1", "rl_model_1000_steps.zip", "n7"),
     ]
+
+
+@pytest.mark.parametrize("mode", ["trash", "unlink"])
+def test_a_directory_checkpoints_deletion_and_restore_carry_run_and_file(
+    tmp_path: Path, mode: str
+) -> None:
+    """A directory checkpoint's events name it as its manifest entry does (``checkpoint-2/``), as
+    a file checkpoint's name the file."""
+    config = trainer_config(tmp_path / "root", delete={"mode": mode, "max_fraction": 1.0})
+    copy_trainer_run("hf", tmp_path / "root" / "gpt")
+    stream = logged("json")
+    prune_now(config)
+    removed = [obj for obj in objects(stream) if obj.get("event") in ("trashed", "deleted")]
+    event = "trashed" if mode == "trash" else "deleted"
+    assert sorted((o["event"], o["run"], o["file"], o["node"]) for o in removed) == [
+        (event, "gpt", "checkpoint-2/", "n7"),
+        (event, "gpt", "checkpoint-4/", "n7"),
+    ]
+    if mode == "unlink":
+        return
+    stream = logged("json")
+    restore(tmp_path / "root/gpt/checkpoint-4", now=datetime.now(UTC), config=config)
+    back = [obj for obj in objects(stream) if obj.get("event") == "restored"]
+    assert [(o["run"], o["file"], o["node"]) for o in back] == [("gpt", "checkpoint-4/", "n7")]
 
 
 def test_text_lines_of_deletions_name_the_path_once(tmp_path: Path) -> None:

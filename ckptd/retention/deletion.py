@@ -156,7 +156,7 @@ def delete_checkpoints(
     for checkpoint in checkpoints:
         if isinstance(checkpoint, DirCheckpoint):
             try:
-                outcomes.append(_delete_directory(layout, checkpoint, mode, now, records))
+                outcomes.append(_delete_directory(layout, checkpoint, mode, now, records, run))
             except (FileChangedError, UnsafePathError, OSError) as err:
                 logger.warning("not deleting %s: %s", checkpoint.path, err)
                 outcomes.append(err)
@@ -255,6 +255,7 @@ def _delete_directory(
     mode: DeleteMode,
     now: datetime,
     records: list[TrashRecord],
+    run: str | None = None,
 ) -> Deleted:
     """A directory checkpoint, whole (``ckptd.retention.dir_trash``)."""
     trash_name = move_directory(layout, checkpoint, unlink=mode == "unlink")
@@ -265,7 +266,14 @@ def _delete_directory(
         "deleted %s (%s)",
         layout.run_dir / checkpoint.path,
         trash or "unlinked",
-        extra={"event": "trashed" if trash else "deleted"},
+        # As a file's deletion: run and file for the JSON logs, the file being the manifest's
+        # path of a directory checkpoint (ending in "/").
+        extra={
+            "event": "trashed" if trash else "deleted",
+            "run": run,
+            "file": checkpoint.path,
+            "named_in_msg": True,
+        },
     )
     return Deleted(checkpoint.path, trash, None, None, checkpoint.size)
 

@@ -221,7 +221,8 @@ def restore(
                 extra={
                     "event": "restored",
                     "run": handle.relpath,
-                    "file": member.original,
+                    # A directory checkpoint as its manifest path (and deletion event) names it.
+                    "file": member.original + ("/" if member.directory else ""),
                     "named_in_msg": True,
                 },
             )
