@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ckptd"
 # Bottom to top: the pipeline from the watch event to the manifest reads upward through these.
 PACKAGE_ORDER = (
     "config",
+    "logs",
     "fs",
     "pickles",
     "formats",

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from ckptd.config.model import LogConfig
-from ckptd.daemon.logsetup import HANDLER_NAME, configure_logging
+from ckptd.logs.configure import HANDLER_NAME, configure_logging
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ from rich.console import Console
 from ckptd.cli.output import lit
 from ckptd.config.load import parse_config
 from ckptd.config.model import LogConfig
-from ckptd.daemon.logsetup import configure_logging
+from ckptd.logs.configure import configure_logging
 from ckptd.pipeline.batch import process_path
 from ckptd.textsafe import shown
 from tests.daemon_harness import REPO, NotifySocket

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ckptd.cli.command_logs import command_logging
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
     config_or_none,
@@ -46,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run_pin(args: argparse.Namespace) -> int:
 
-    result = pin(args.path, reason=args.reason, now=now_utc(), config=config_or_none(args))
+    config = config_or_none(args)
+    with command_logging(config):
+        result = pin(args.path, reason=args.reason, now=now_utc(), config=config)
     if args.json:
         print_json(result.to_json_obj())
     else:
@@ -62,7 +65,9 @@ def run_pin(args: argparse.Namespace) -> int:
 
 def run_unpin(args: argparse.Namespace) -> int:
 
-    result = unpin(args.path, now=now_utc(), config=config_or_none(args))
+    config = config_or_none(args)
+    with command_logging(config):
+        result = unpin(args.path, now=now_utc(), config=config)
     if args.json:
         print_json(result.to_json_obj())
     else:

@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from ckptd.cli.command_logs import command_logging
 from ckptd.cli.config_path import add_config_option, resolve_config
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import Column, cell, error_line, print_table, say, stdout_console
@@ -82,7 +83,7 @@ def run_prune(args: argparse.Namespace) -> int:
     options = dataclasses.replace(
         cli_pass_options(), run_glob=args.run, max_fraction=args.max_fraction
     )
-    with cyclic_gc_paused():
+    with cyclic_gc_paused(), command_logging(config):
         code = _prune_and_report(
             config, now, dry_run=args.dry_run, as_json=args.json, options=options
         )
@@ -148,7 +149,7 @@ def prune_json_chunks(rendered: RenderedPass[str]) -> Iterator[str]:
 
 def run_manifest(args: argparse.Namespace) -> int:
     config = load_config(resolve_config(args.config))
-    with cyclic_gc_paused():
+    with cyclic_gc_paused(), command_logging(config):
         report = write_manifests(config, now=datetime.now(UTC), options=cli_pass_options())
     for root in config.roots:
         say(manifest_summary(root.path, report))

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ckptd.cli.command_logs import command_logging
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
     SUBCOMMAND,
@@ -138,7 +139,9 @@ def _allowed_text(allowed: bool | None) -> str:
 
 def run_quarantine_release(args: argparse.Namespace) -> int:
 
-    result = release(args.path, trusted=args.trusted, now=now_utc(), config=config_or_none(args))
+    config = config_or_none(args)
+    with command_logging(config):
+        result = release(args.path, trusted=args.trusted, now=now_utc(), config=config)
     if args.json:
         print_json(result.to_json_obj())
     else:

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ckptd.cli.command_logs import command_logging
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.ops_options import (
     SUBCOMMAND,
@@ -117,7 +118,9 @@ def run_trash_list(args: argparse.Namespace) -> int:
 
 def run_trash_restore(args: argparse.Namespace) -> int:
 
-    result = restore(args.path, now=now_utc(), config=config_or_none(args))
+    config = config_or_none(args)
+    with command_logging(config):
+        result = restore(args.path, now=now_utc(), config=config)
     if args.json:
         print_json(result.to_json_obj())
     else:
@@ -136,12 +139,13 @@ def run_trash_purge(args: argparse.Namespace) -> int:
     outcomes = []
     now = now_utc()
     trash_dirs = {}
-    for handle in handles:
-        trash_dirs[handle.run_dir] = handle.layout.trash
-        try:
-            outcomes.append(purge(handle, older_than=older_than, now=now, dry_run=args.dry_run))
-        except CkptdError as err:
-            errors.append(str(err))
+    with command_logging(config):
+        for handle in handles:
+            trash_dirs[handle.run_dir] = handle.layout.trash
+            try:
+                outcomes.append(purge(handle, older_than=older_than, now=now, dry_run=args.dry_run))
+            except CkptdError as err:
+                errors.append(str(err))
     if args.json:
         document = {"runs": [o.to_json_obj() for o in outcomes], "errors": errors}
         print_json({"dry_run": args.dry_run, **document})

@@ -63,7 +63,6 @@ from ckptd.daemon.jobs import (
     job_specs,
     scan_roots,
 )
-from ckptd.daemon.logsetup import configure_logging
 from ckptd.daemon.metrics import Metrics, MetricsServer, start_metrics_server
 from ckptd.daemon.run_queue import (
     SLOW_LANE_SECONDS,
@@ -74,6 +73,7 @@ from ckptd.daemon.scheduling import JobCallback, JobScheduler
 from ckptd.daemon.workers import WorkerPool
 from ckptd.errors import CkptdError, ConfigError
 from ckptd.isolation.supervisor import Isolation
+from ckptd.logs.configure import configure_logging
 from ckptd.pipeline.types import PipelineDeps
 from ckptd.runs.roots import RunRef
 from ckptd.timefmt import format_utc

@@ -1,4 +1,5 @@
-"""Logging for the daemon: one line per event on stderr, as text or JSON, level from the config.
+"""Logging for the daemon and the commands that act on runs: one line per event on stderr, as text
+or JSON, level from the config.
 
 Text: ``2026-12-03T06:00:00Z INFO ckptd.pipeline.batch run=ppo-1 file=x.pkl converted ...``.
 JSON: one object per line with ``ts``, ``level``, ``logger``, ``msg``, ``run``, ``file``, ``node``
@@ -13,6 +14,11 @@ journald (or whoever reads stderr) splits on newlines, so a traceback is kept on
 output shows the exception's type, message and innermost frame; the full traceback is printed only
 at ``debug`` level. APScheduler's executor logs every failing job with a traceback although
 ckptd's job listener already reports it in one line, so that record is shortened to one line too.
+
+A command (``ckptd prune``, ``ckptd trash restore``...) prints its own account on stdout, so it
+logs only what the daemon's log readers need from it as well: its events on files (``trashed``,
+``restored``...) and its warnings and errors (``events_only``), never on stdout, where ``--json``
+prints one document.
 """
 
 from __future__ import annotations
@@ -136,15 +142,28 @@ class OneLineJobErrors(logging.Filter):
         return True
 
 
+class EventsAndProblems(logging.Filter):
+    """Passes the records of events on files and warnings and worse, nothing else (a command's
+    progress is on its stdout already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "event", None) is not None
+
+
 def parse_level(name: str) -> int:
     """The logging level for a config name (``info``); unknown names mean INFO."""
     return _LEVELS.get(name.lower(), logging.INFO)
 
 
 def configure_logging(
-    config: LogConfig, *, stream: TextIO | None = None, node: str | None = None
+    config: LogConfig,
+    *,
+    stream: TextIO | None = None,
+    node: str | None = None,
+    events_only: bool = False,
 ) -> None:
-    """(Re)configure the root logger: one stderr handler with the configured format and level.
+    """(Re)configure the root logger: one stderr handler with the configured format and level;
+    with ``events_only`` it passes only events on files, warnings and errors (a command's logs).
 
     Safe to call again on reload: the previous ckptd handler is replaced, others are left alone.
     """
@@ -160,6 +179,8 @@ def configure_logging(
     # On the handler, not the logger: the records come from "apscheduler.executors.<alias>",
     # and logger filters do not apply to child loggers.
     handler.addFilter(OneLineJobErrors())
+    if events_only:
+        handler.addFilter(EventsAndProblems())
     root = logging.getLogger()
     for existing in list(root.handlers):
         if existing.get_name() == HANDLER_NAME:
