@@ -214,6 +214,23 @@ def run_briefly(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def local_status(config: Path) -> dict[str, Any]:
+    """The one root's line of ``ckptd status --json`` (its coordination part) on ``config``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptd", "status", "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    coordination = json.loads(done.stdout)["coordination"]
+    assert coordination["backend"] == "local"
+    (root,) = coordination["roots"]
+    assert isinstance(root, dict)
+    return root
+
+
 def test_a_local_daemon_and_a_cluster_never_serve_one_root_together(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -235,7 +252,11 @@ def test_a_local_daemon_and_a_cluster_never_serve_one_root_together(
         f"ckptd: {cluster.root}: served by ckptd daemons with coordination.backend: postgres"
         in (refused.stderr)
     )
+    # ckptd status on the local config says who serves the root, and where to see the nodes.
+    served = local_status(local)
+    assert served == {"root": str(cluster.root), "served_by": None, "cluster": True}
     cluster.stop_all()
+    assert local_status(local) == {"root": str(cluster.root), "served_by": None, "cluster": False}
 
     notify = NotifySocket()
     solo = DaemonProcess(local, tmp_path / "solo.log", notify)
@@ -251,6 +272,8 @@ def test_a_local_daemon_and_a_cluster_never_serve_one_root_together(
             f" (pid {solo.proc.pid} on solo, since "
         ), line
         assert solo.proc.poll() is None  # it serves on
+        served = local_status(local)
+        assert served["served_by"]["pid"] == solo.proc.pid and served["cluster"] is False
     finally:
         assert solo.stop() == 0
         notify.close()

@@ -6,6 +6,7 @@ line naming the first; the lock dies with its holder, ``kill -9`` included.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from ckptd.coordination.local import LOCK_NAME, Holder, RootLock, read_holder
+from ckptd.coordination.local import (
+    LOCK_NAME,
+    Holder,
+    RootLock,
+    RootServers,
+    read_holder,
+    who_serves,
+)
 from ckptd.errors import RootBusyError, UnsafePathError
 from ckptd.timefmt import parse_utc
 from tests.daemon_harness import REPO, DaemonProcess, NotifySocket, write_config
@@ -137,3 +145,58 @@ def test_lock_never_goes_through_a_planted_link(tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError, match="symbolic link"):
         RootLock(root, ".ckptd").acquire(holder)
     assert not (elsewhere / "target").exists()
+
+
+def test_status_with_a_local_config_names_a_cluster_holding_the_root_shared(
+    tmp_path: Path,
+) -> None:
+    """A root that a cluster's daemons serve (the lock held shared by another process) is not
+    "served by no daemon" for ``ckptd status`` on a ``local`` config."""
+    root = tmp_path / "runs"
+    (root / "run-a").mkdir(parents=True)
+    config = config_for(tmp_path, "local", root)
+    status = [sys.executable, "-m", "ckptd", "status", "-c", str(config)]
+    holding = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from ckptd.coordination.local import RootLock, new_holder\n"
+        "RootLock(Path(sys.argv[1]), '.ckptd', shared=True).acquire(new_holder('n1'))\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    node = subprocess.Popen(
+        [sys.executable, "-c", holding, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert node.stdout is not None and node.stdout.readline() == "held\n"
+        shown = subprocess.run(status, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert shown.returncode == 0, shown.stderr
+        line = next(x for x in shown.stdout.splitlines() if x.startswith(f"{root}: served by"))
+        assert line.startswith(
+            f"{root}: served by ckptd daemons with coordination.backend: postgres (a cluster)"
+        ), line
+        assert "ckptd status with their config" in line
+        as_json = subprocess.run(
+            [*status, "--json"], capture_output=True, text=True, timeout=60, cwd=REPO
+        )
+        assert as_json.returncode == 0, as_json.stderr
+        roots = json.loads(as_json.stdout)["coordination"]["roots"]
+        assert roots == [{"root": str(root), "served_by": None, "cluster": True}]
+        assert read_holder(root, ".ckptd") is None  # no local daemon among them
+    finally:
+        node.communicate(timeout=10)  # its stdin closed: it lets go and ends
+    # The cluster gone, nobody serves it; the probe itself left nothing held.
+    free = subprocess.run([*status, "--json"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    roots = json.loads(free.stdout)["coordination"]["roots"]
+    assert roots == [{"root": str(root), "served_by": None, "cluster": False}]
+    assert who_serves(root, ".ckptd") == RootServers()
+    lock = RootLock(root, ".ckptd")  # a local daemon could take it now
+    lock.acquire(Holder(pid=1, node="n", since=parse_utc("2026-12-07T12:00:00Z")))
+    assert who_serves(root, ".ckptd").holder == Holder(
+        pid=1, node="n", since=parse_utc("2026-12-07T12:00:00Z")
+    )
+    lock.release()

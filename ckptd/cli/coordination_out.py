@@ -16,12 +16,18 @@ def _seconds(value: float | None) -> str:
 
 def print_coordination(status: CoordinationStatus, console: Console) -> None:
     if status.backend == "local":
-        for root, holder in status.holders:
-            who = (
-                "no daemon"
-                if holder is None
-                else (f"pid {holder.pid} on {lit(holder.node)}, since {format_utc(holder.since)}")
-            )
+        for root, servers in status.holders:
+            holder = servers.holder
+            if holder is not None:
+                who = f"pid {holder.pid} on {lit(holder.node)}, since {format_utc(holder.since)}"
+            elif servers.cluster:
+                who = (
+                    "ckptd daemons with coordination.backend: postgres (a cluster); run ckptd"
+                    " status with their config (or their coordination section and dsn) to see"
+                    " its nodes"
+                )
+            else:
+                who = "no daemon"
             console.print(f"{lit(root)}: served by {who}")
         return
     if status.error is not None:

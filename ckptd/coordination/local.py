@@ -156,8 +156,8 @@ class RootLock:
         self._fd = fd
 
     def _lock(self, fd: int) -> None:
-        # ``ckptd status`` takes a shared lock for an instant to see whether anyone holds the root:
-        # a few tries tell that instant from a daemon, which holds it for good.
+        # ``ckptd status`` takes the lock for an instant to see whether anyone holds the root
+        # (``who_serves``): a few tries tell that instant from a daemon, which holds it for good.
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         for attempt in range(_BUSY_TRIES):
             try:
@@ -220,31 +220,63 @@ def _held_shared(fd: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class RootServers:
+    """Who serves a root now, from its lock: a ``local`` daemon (``holder``, holding it
+    exclusively), the daemons of a cluster (``cluster``: held shared; the cluster's database names
+    them), or nobody."""
+
+    holder: Holder | None = None
+    cluster: bool = False
+
+
 def read_holder(root: Path, state_dir: str) -> Holder | None:
-    """Who holds ``root`` now, for ``ckptd status``: None when nobody does."""
+    """The ``local`` daemon that holds ``root`` now: None when none does."""
+    return who_serves(root, state_dir).holder
+
+
+def who_serves(root: Path, state_dir: str) -> RootServers:
+    """Who holds ``root``'s lock now, for ``ckptd status`` (which may run with either backend's
+    config): a shared lock it can take means no ``local`` daemon; an exclusive one it then cannot
+    take means others hold it shared, a cluster's daemons. Another ``status`` holds it for an
+    instant only, so a few tries tell that instant from daemons, which hold it for life."""
     try:
         dir_fd = _open_state_dir(root, state_dir, create=False)
     except (OSError, UnsafePathError):
-        return None
+        return RootServers()
     try:
         fd = _open_nofollow(LOCK_NAME, os.O_RDONLY, dir_fd)
     except OSError:
-        return None
+        return RootServers()
     finally:
         os.close(dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        try:
-            # A shared lock we can take means no daemon holds the exclusive one.
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return Holder.from_json(os.pread(fd, _MAX_HOLDER_BYTES, 0))
-            return None
-        return None
+            return RootServers()
+        for attempt in range(_BUSY_TRIES):
+            if not _try_flock(fd, fcntl.LOCK_SH):
+                return RootServers(holder=Holder.from_json(os.pread(fd, _MAX_HOLDER_BYTES, 0)))
+            # Converting to exclusive drops the shared lock first: tried afresh after a pause.
+            if _try_flock(fd, fcntl.LOCK_EX):
+                return RootServers()
+            if attempt + 1 < _BUSY_TRIES:
+                time.sleep(_BUSY_PAUSE_SECONDS)
+        return RootServers(cluster=True)
+    except OSError:  # a filesystem that refuses locks: nobody can be seen holding it
+        return RootServers()
     finally:
         os.close(fd)
+
+
+def _try_flock(fd: int, mode: int) -> bool:
+    """Take the flock ``mode`` without waiting: False when another holder is in the way."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
 
 
 class RootLocks:

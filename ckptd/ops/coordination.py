@@ -1,6 +1,8 @@
 """``ckptd status``: who serves the roots (README, "Several daemons on one root").
 
-``local``: each root's lock holder (pid, node, since), or nobody. ``postgres``: every node, the
+``local``: each root's lock holder (pid, node, since), the daemons of a cluster that hold it shared
+(a root a ``local`` config names may be served by a cluster: its nodes are in the cluster's
+database, which this config does not name), or nobody. ``postgres``: every node, the
 runs each owns, lease ages and the nodes that stopped renewing, read from the database (an
 unreachable database is one error line; the rest of ``status`` does not need it).
 """
@@ -12,7 +14,7 @@ from typing import Any
 
 from ckptd.config.model import Config
 from ckptd.coordination.backend import open_store, postgres_dsn
-from ckptd.coordination.local import Holder, node_name, read_holder
+from ckptd.coordination.local import RootServers, node_name, who_serves
 from ckptd.coordination.view import ClusterView, cluster_view
 from ckptd.errors import CoordinationError
 from ckptd.timefmt import format_utc
@@ -21,7 +23,7 @@ from ckptd.timefmt import format_utc
 @dataclass(frozen=True)
 class CoordinationStatus:
     backend: str
-    holders: tuple[tuple[str, Holder | None], ...] = ()  # local: (root, holder)
+    holders: tuple[tuple[str, RootServers], ...] = ()  # local: (root, who serves it)
     cluster: ClusterView | None = None  # postgres
     error: str | None = None
 
@@ -32,14 +34,15 @@ class CoordinationStatus:
                 {
                     "root": root,
                     "served_by": None
-                    if holder is None
+                    if servers.holder is None
                     else {
-                        "pid": holder.pid,
-                        "node": holder.node,
-                        "since": format_utc(holder.since),
+                        "pid": servers.holder.pid,
+                        "node": servers.holder.node,
+                        "since": format_utc(servers.holder.since),
                     },
+                    "cluster": servers.cluster,  # held shared by a cluster's daemons
                 }
-                for root, holder in self.holders
+                for root, servers in self.holders
             ]
         elif self.cluster is not None:
             obj.update(self.cluster.to_json_obj())
@@ -51,7 +54,7 @@ def coordination_status(config: Config) -> CoordinationStatus:
     backend = config.coordination.backend
     if backend == "local":
         holders = tuple(
-            (str(root.path), read_holder(root.path, config.state_dir)) for root in config.roots
+            (str(root.path), who_serves(root.path, config.state_dir)) for root in config.roots
         )
         return CoordinationStatus(backend, holders=holders)
     try:
