@@ -14,18 +14,20 @@ import time
 from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from ckptd.convert.conversion import convert_file
 from ckptd.convert.naming import zip_path_for
-from ckptd.errors import BudgetExceeded, FormatError, UnsafeCheckpoint
+from ckptd.errors import BudgetExceeded, FencedError, FormatError, UnsafeCheckpoint
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
 from ckptd.formats.verify import verify_zip
 from ckptd.fs.files import TEMP_PREFIX, temp_path_for
 from ckptd.isolation.codec import decode, decode_error, encode, encode_error
+from ckptd.isolation.process import IsolatedProcess
 from ckptd.isolation.supervisor import Isolation
 from ckptd.limits import Limits
 from ckptd.ops.scrub_check import verify_structure
@@ -264,5 +266,89 @@ def test_a_child_that_dies_under_a_file_refuses_it_and_is_replaced(tmp_path: Pat
         assert not [name for name in os.listdir(tmp_path) if name.startswith(TEMP_PREFIX)]
         assert isolation.convert(genuine).status == "converted"
         assert isolation.kills == 1
+    finally:
+        isolation.close()
+
+
+PAUSE_SECONDS = 2.0  # the daemon's pause: twice the 1 s deadline
+
+
+def pause_before_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's thread pauses (as under SIGSTOP, a long GC or a stall) after it has sent its
+    request, before it reads the answer: the real read then runs on the real pipe."""
+    real_read = IsolatedProcess.read
+
+    def read(self: IsolatedProcess, deadline: float) -> dict[str, Any] | None:
+        time.sleep(PAUSE_SECONDS)
+        return real_read(self, deadline)
+
+    monkeypatch.setattr(IsolatedProcess, "read", read)
+
+
+def test_an_answer_sent_in_time_while_the_daemon_was_paused_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolation = Isolation(limits(seconds=1))
+    genuine = genuine_pickle(tmp_path / "model_10_steps.pkl")
+    zips = []
+    for index in range(3):
+        zips.append(tmp_path / f"z{index}.zip")
+        make_sb3_zip(zips[-1])
+    try:
+        isolation.identify(zips[0])  # a child started, before the pauses begin
+        pause_before_reading(monkeypatch)
+        assert isolation.identify(genuine) == identify(genuine)
+        outcome = isolation.convert(genuine, output=tmp_path / "out.zip")  # one deadline for both
+        assert outcome.status == "converted" and verify_zip(tmp_path / "out.zip").ok
+        isolation.prefetch(zips[1:])  # one request, two answers read a pause apart
+        assert set(isolation._state().prefetched) == set(zips[1:])
+        assert not [a for a in isolation._state().prefetched.values() if isinstance(a, Exception)]
+        assert isolation.verify(zips[1]) == verify_zip(zips[1])
+        assert isolation.kills == 0 and isolation.exceeded_in_thread() == 0
+    finally:
+        isolation.close()
+
+
+def test_a_child_that_has_not_answered_when_the_paused_daemon_wakes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolation = Isolation(limits(seconds=1))
+    genuine = genuine_pickle(tmp_path / "ok.pkl")
+    slow = padded_pickle(tmp_path / "slow.pkl")
+    try:
+        isolation.identify(genuine)
+        pause_before_reading(monkeypatch)
+        started = time.monotonic()
+        with pytest.raises(BudgetExceeded) as refused:
+            isolation.identify(slow)  # a quick look, answered in time during the first pause
+            isolation.convert(slow)  # about 5 s of parsing: still at it when the thread wakes
+        assert refused.value.limit == "max_seconds"
+        assert time.monotonic() - started < 2 * PAUSE_SECONDS + 2.5  # not waited out
+        assert isolation.kills == 1 and isolation.exceeded_in_thread() == 1
+    finally:
+        isolation.close()
+
+
+def test_the_time_a_child_waits_for_the_lease_check_is_not_its_time(tmp_path: Path) -> None:
+    isolation = Isolation(limits(seconds=1))
+    genuine = genuine_pickle(tmp_path / "model_10_steps.pkl")
+
+    def slow_check() -> None:  # a lease check that takes the daemon longer than the deadline
+        time.sleep(PAUSE_SECONDS)
+
+    def slow_no() -> None:
+        time.sleep(PAUSE_SECONDS)
+        raise FencedError("lost the lease while paused")
+
+    try:
+        isolation.identify(genuine)
+        outcome = isolation.convert(genuine, output=tmp_path / "out.zip", fence=slow_check)
+        assert outcome.status == "converted"
+        (tmp_path / "out.zip").unlink()
+        isolation.identify(genuine)  # as the pipeline starts a file: its clock starts again
+        with pytest.raises(FencedError, match="lost the lease while paused"):
+            isolation.convert(genuine, output=tmp_path / "out.zip", fence=slow_no)
+        assert not (tmp_path / "out.zip").exists()
+        assert isolation.kills == 0
     finally:
         isolation.close()

@@ -21,6 +21,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -151,7 +152,10 @@ def _answer(
 
 
 def _send(out: BinaryIO, message: Mapping[str, Any]) -> None:
-    out.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+    # "at": when it was sent, on the machine's monotonic clock (the daemon's too): the daemon
+    # times the file by its child's answers, not by when it got round to reading them.
+    stamped = {**message, "at": time.monotonic()}
+    out.write(json.dumps(stamped, separators=(",", ":")).encode() + b"\n")
     out.flush()
 
 

@@ -25,6 +25,9 @@ from ckptd.errors import CkptdError
 
 # A child that has not said hello within this long is broken (not the file's fault): retried.
 START_TIMEOUT_SECONDS = 60.0
+# Past the deadline, an answer whose first bytes are in already is read on while its next chunk
+# comes within this long (a large answer fills the pipe in several writes).
+ANSWER_GRACE_SECONDS = 1.0
 # Idle children exit on EOF at once; this is how long the daemon's stop waits before killing.
 CLOSE_GRACE_SECONDS = 1.0
 # Child startup reads no checkpoint; its imports only need the package's own directory first.
@@ -88,7 +91,13 @@ class IsolatedProcess:
         return True
 
     def read(self, deadline: float) -> dict[str, Any] | None:
-        """The next answer, or None if the deadline passed or the child died."""
+        """The next answer, or None if the child has not answered by the deadline or died.
+
+        An answer already in the pipe when the deadline has passed is taken: this process may
+        have been paused (SIGSTOP, a stall) while the child answered in time, and only a child
+        that has not answered has taken too long. One it is still writing (its first bytes are
+        here) gets ``ANSWER_GRACE_SECONDS`` for each further chunk.
+        """
         return self._read(deadline)
 
     def _read(self, deadline: float) -> dict[str, Any] | None:
@@ -96,10 +105,14 @@ class IsolatedProcess:
         fd = self.proc.stdout.fileno()
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
+            late = remaining <= 0
+            if late:
+                # Past it: only what is there already, or the rest of an answer on its way.
+                remaining = ANSWER_GRACE_SECONDS if self._buffer else 0.0
             readable, _, _ = select.select([fd], [], [], remaining)
             if not readable:
+                if late:
+                    return None
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:

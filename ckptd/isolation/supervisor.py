@@ -79,6 +79,7 @@ class _ThreadState:
     child: IsolatedProcess | None = None
     path: Path | None = None
     started: float = 0.0
+    answered: float = 0.0  # when the child sent its last answer (monotonic, its "at")
     report: VerifyReport | None = None
     exceeded: int = 0
     # Answers examined ahead for the batch at hand (prefetch): an answer (with the file's size
@@ -213,7 +214,9 @@ class Isolation:
                 state.prefetched[path] = err
             else:
                 go_on = go_on and answer["identification"]["format"] != Format.SB2_PICKLE.value
-            state.started = time.monotonic()
+            # The next file's clock starts when the child turned to it, not when this thread
+            # read the answer before it (it may have been paused with answers waiting).
+            state.started = state.answered
         return go_on
 
     def _limits_kwargs(self) -> dict[str, Any]:
@@ -400,12 +403,28 @@ class Isolation:
         fence: Callable[[], None] | None = None,
     ) -> Any:
         """The answer about ``path`` (the next one ``child`` sends), or its error raised; the
-        child's questions before it (``fence``: may it rename or move now?) are answered here."""
+        child's questions before it (``fence``: may it rename or move now?) are answered here.
+
+        Past the deadline an answer already sent is taken (``IsolatedProcess.read``): a file is
+        refused only when its child has not answered, not because this thread was paused. The
+        time the child waits for the answer to a question is not its time.
+        """
         deadline = state.started + self._limits.max_seconds.total_seconds()
         answer = child.read(deadline)
         while answer is not None and "fence" in answer:
             child.send({"fence": _fence_answer(fence)})
+            deadline += max(0.0, time.monotonic() - _sent_at(answer))
             answer = child.read(deadline)
+        if answer is not None:
+            state.answered = _sent_at(answer)
+            late = time.monotonic() - deadline
+            if late > 0 and state.answered <= deadline:
+                logger.info(
+                    "%s: answered in time while ckptd was paused or stalled; taken %.1fs after"
+                    " its deadline",
+                    path,
+                    late,
+                )
         if answer is None:
             stopping = self._closed
             timed_out = not child.ended
@@ -439,6 +458,12 @@ class Isolation:
         if "error" in answer:
             raise decode_error(answer["error"])
         return answer["ok"]
+
+
+def _sent_at(message: Mapping[str, Any]) -> float:
+    """When the child sent ``message`` (its ``"at"``), or now when it does not say."""
+    at = message.get("at")
+    return float(at) if isinstance(at, (int, float)) else time.monotonic()
 
 
 def _fence_answer(fence: Callable[[], None] | None) -> dict[str, Any] | None:
