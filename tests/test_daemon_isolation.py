@@ -11,6 +11,7 @@ allow them enough opcodes that the deadline, not the opcode budget, is what stop
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -291,3 +292,64 @@ def test_watchdog_stops_when_the_dispatcher_is_wedged_not_when_a_file_is_slow(
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         log.close()
+
+
+def _children(pid: int) -> set[int]:
+    """The pids of ``pid``'s children (its parser processes), from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.update(int(child) for child in task.read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_daemon_stopped_past_max_seconds_takes_the_answer_its_child_sent_meanwhile(
+    tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    """SIGSTOP of the daemon (not its children) while a child parses a file that takes about a
+    second and a half, SIGCONT twice max_seconds later: the child did its part in time while the
+    daemon was stopped (its answer, or its question before the rename, waiting in the pipe), so
+    the file is converted, not refused."""
+    daemon, (run,) = start(tmp_path, notify_socket, ("r",), max_seconds="3s")
+    slow = padded_pickle(run / "model_1_steps.pkl", 300_000)
+    first_seen: dict[int, float] = {}
+
+    def parsing() -> bool:  # a child well into the file: the daemon waits for its answer
+        for pid in _children(daemon.proc.pid):
+            cpu = _cpu_seconds(pid)
+            if _has_open(pid, slow) and cpu - first_seen.setdefault(pid, cpu) >= 0.3:
+                return True
+        return False
+
+    try:
+        wait_until(parsing, 30, "a child parsing the file", poll=0.02)
+        daemon.signal(signal.SIGSTOP)
+        try:
+            time.sleep(6.0)  # the child finishes meanwhile; the daemon's deadline passes
+        finally:
+            daemon.signal(signal.SIGCONT)
+        wait_until(lambda: state_of(run, "model_1_steps.zip") == "kept", 30, "the zip recorded")
+        assert state_of(run, ".ckptd/legacy/model_1_steps.pkl") == "converted"
+        assert "exceeds limits.max_seconds" not in daemon.log_text()
+        assert daemon.stop() == 0
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT) if daemon.proc.poll() is None else None
+        daemon.kill()

@@ -352,3 +352,19 @@ def test_the_time_a_child_waits_for_the_lease_check_is_not_its_time(tmp_path: Pa
         assert isolation.kills == 0
     finally:
         isolation.close()
+
+
+def test_the_daemons_own_time_between_two_calls_on_a_file_is_not_the_files(
+    tmp_path: Path,
+) -> None:
+    """identify and convert of one file share its deadline; the daemon's work (or a pause)
+    between the two is not the child's time."""
+    isolation = Isolation(limits(seconds=1))
+    genuine = genuine_pickle(tmp_path / "model_10_steps.pkl")
+    try:
+        isolation.identify(genuine)
+        time.sleep(PAUSE_SECONDS)
+        assert isolation.convert(genuine, output=tmp_path / "out.zip").status == "converted"
+        assert isolation.kills == 0
+    finally:
+        isolation.close()

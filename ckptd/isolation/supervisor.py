@@ -49,13 +49,12 @@ from ckptd.errors import (
     CkptdError,
     CoordinationError,
     UnsafeCheckpoint,
-    UnsafePathError,
 )
 from ckptd.formats import Format
 from ckptd.formats.sniff import Identification
 from ckptd.formats.verify import VerifyReport
-from ckptd.fs.runfs import RunFS
 from ckptd.isolation.codec import decode, decode_error, encode, encode_error
+from ckptd.isolation.leftovers import remove_temps_of
 from ckptd.isolation.process import (
     CLOSE_GRACE_SECONDS,
     ChildGone,
@@ -80,6 +79,7 @@ class _ThreadState:
     path: Path | None = None
     started: float = 0.0
     answered: float = 0.0  # when the child sent its last answer (monotonic, its "at")
+    spent: float = 0.0  # the child's seconds on ``path`` so far (its answers' times)
     report: VerifyReport | None = None
     exceeded: int = 0
     # Answers examined ahead for the batch at hand (prefetch): an answer (with the file's size
@@ -225,6 +225,7 @@ class Isolation:
     def identify(self, path: Path) -> Identification:
         state = self._state()
         state.path, state.started, state.report = path, time.monotonic(), None
+        state.spent = 0.0
         answer = self._prefetched(state, path) or self._call(
             state, "examine", path, self._limits_kwargs()
         )
@@ -260,7 +261,7 @@ class Isolation:
             answer = self._call(state, "convert", source, sent, fence)
         except CkptdError:
             if state.child is None:  # killed or dead mid-conversion: its temp file is left over
-                _remove_temps_of(Path(target), kwargs.get("archive_base"))
+                remove_temps_of(Path(target), kwargs.get("archive_base"))
             raise
         outcome: ConversionOutcome = decode(ConversionOutcome, answer)
         return outcome
@@ -271,6 +272,7 @@ class Isolation:
         line like any other (the scrub never raises for a file)."""
         state = self._state()
         state.path, state.started, state.report = path, time.monotonic(), None
+        state.spent = 0.0
         try:
             sent = {"fmt": fmt.value, **self._limits_kwargs()}
             return tuple(self._call(state, "structure", path, sent))
@@ -308,8 +310,13 @@ class Isolation:
     @staticmethod
     def _start_file(state: _ThreadState, path: Path) -> None:
         # identify then convert of one file share one deadline; any other call starts a file.
+        # The deadline counts the child's time: between two calls on one file, the clock stands
+        # (this thread's own work, or a pause of this process, is not the file's doing).
         if state.path != path:
             state.path, state.started, state.report = path, time.monotonic(), None
+            state.spent = 0.0
+        else:
+            state.started = time.monotonic() - state.spent
 
     @staticmethod
     def _prefetched(state: _ThreadState, path: Path) -> dict[str, Any] | None:
@@ -410,13 +417,16 @@ class Isolation:
         time the child waits for the answer to a question is not its time.
         """
         deadline = state.started + self._limits.max_seconds.total_seconds()
+        waited = 0.0  # for this thread's answers to the child's questions
         answer = child.read(deadline)
         while answer is not None and "fence" in answer:
             child.send({"fence": _fence_answer(fence)})
-            deadline += max(0.0, time.monotonic() - _sent_at(answer))
-            answer = child.read(deadline)
+            waited += max(0.0, time.monotonic() - _sent_at(answer))
+            answer = child.read(deadline + waited)
+        deadline += waited
         if answer is not None:
             state.answered = _sent_at(answer)
+            state.spent = max(0.0, state.answered - state.started - waited)
             late = time.monotonic() - deadline
             if late > 0 and state.answered <= deadline:
                 logger.info(
@@ -478,19 +488,3 @@ def _fence_answer(fence: Callable[[], None] | None) -> dict[str, Any] | None:
         logger.exception("lease check failed")
         return encode_error(CoordinationError(f"the lease check failed: {err}"))
     return None
-
-
-def _remove_temps_of(target: Path, run_dir: Path | None) -> None:
-    """Remove the temp files a killed conversion left beside ``target`` (``fsio.atomic_write``'s
-    names for it), walking from the run's directory without following links (``ckptd.fs.runfs``);
-    the run lock the batch holds means no other ckptd writer owns them."""
-    base = Path(run_dir) if run_dir is not None else target.parent
-    try:
-        reldir = target.parent.relative_to(base).as_posix()
-        removed = RunFS(base).remove_stale_temps(
-            "" if reldir == "." else reldir, older_than_s=0.0, now=time.time(), of=target.name
-        )
-    except (OSError, ValueError, UnsafePathError):
-        return
-    for name in removed:
-        logger.info("removed %s left by a killed conversion", target.parent / name)
