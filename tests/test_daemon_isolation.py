@@ -324,18 +324,19 @@ def _cpu_seconds(pid: int) -> float:
 def test_a_daemon_stopped_past_max_seconds_takes_the_answer_its_child_sent_meanwhile(
     tmp_path: Path, notify_socket: NotifySocket
 ) -> None:
-    """SIGSTOP of the daemon (not its children) while a child parses a file that takes about a
-    second and a half, SIGCONT twice max_seconds later: the child did its part in time while the
+    """SIGSTOP of the daemon (not its children) while a child parses a file that takes under a
+    second alone, SIGCONT well past max_seconds: the child did its part in time while the
     daemon was stopped (its answer, or its question before the rename, waiting in the pipe), so
     the file is converted, not refused."""
-    daemon, (run,) = start(tmp_path, notify_socket, ("r",), max_seconds="3s")
-    slow = padded_pickle(run / "model_1_steps.pkl", 300_000)
+    # Room for the child's own time on a loaded machine: only the daemon's pause must not count.
+    daemon, (run,) = start(tmp_path, notify_socket, ("r",), max_seconds="5s")
+    slow = padded_pickle(run / "model_1_steps.pkl", 150_000)
     first_seen: dict[int, float] = {}
 
     def parsing() -> bool:  # a child well into the file: the daemon waits for its answer
         for pid in _children(daemon.proc.pid):
             cpu = _cpu_seconds(pid)
-            if _has_open(pid, slow) and cpu - first_seen.setdefault(pid, cpu) >= 0.3:
+            if _has_open(pid, slow) and cpu - first_seen.setdefault(pid, cpu) >= 0.15:
                 return True
         return False
 
@@ -343,7 +344,7 @@ def test_a_daemon_stopped_past_max_seconds_takes_the_answer_its_child_sent_meanw
         wait_until(parsing, 30, "a child parsing the file", poll=0.02)
         daemon.signal(signal.SIGSTOP)
         try:
-            time.sleep(6.0)  # the child finishes meanwhile; the daemon's deadline passes
+            time.sleep(8.0)  # the child finishes meanwhile; the daemon's deadline passes
         finally:
             daemon.signal(signal.SIGCONT)
         wait_until(
