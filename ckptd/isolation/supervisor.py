@@ -12,7 +12,10 @@ library and answers with a typed result (``ckptd.isolation.codec``: JSON, never 
   a conversion it was writing is removed, and the file is refused with
   ``exceeds limits.max_seconds`` (:class:`ckptd.errors.BudgetExceeded`, like the budgets the
   parser counts itself, so it is recorded ``refused`` and quarantined per ``convert.on_unsafe``).
-  The next file gets a fresh child.
+  The next file gets a fresh child. The deadline counts the child's time: the child stamps what
+  it sends, an answer already sent when this process gets to it past the deadline (it was
+  paused: SIGSTOP, a stall) is taken, and neither this process's work between two calls on one
+  file nor the child's wait for an answer to its question (the lease check) is counted.
 * **Memory**: the child sets RLIMIT_AS on itself, per file, to ``Limits.address_space`` (the
   counted ``limits.max_memory`` plus room for the interpreter, numpy and streamed buffers) plus
   the file's size (a legacy pickle is read into a sparse buffer that large); a file that needs
