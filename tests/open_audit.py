@@ -17,6 +17,11 @@ _OPENED: list[str] | None = None
 
 def _audit(event: str, args: tuple[object, ...]) -> None:
     if event == "open" and _OPENED is not None and isinstance(args[0], str | bytes | os.PathLike):
+        # A directory opened to list it (os.open(..., O_DIRECTORY), as the inventory's walk does)
+        # reads no file's contents.
+        flags = args[2]
+        if isinstance(flags, int) and flags & os.O_DIRECTORY:
+            return
         _OPENED.append(os.fsdecode(args[0]))
 
 
@@ -25,7 +30,8 @@ sys.addaudithook(_audit)
 
 @pytest.fixture
 def opened() -> Iterator[list[str]]:
-    """Paths opened (open(), os.open(), io.open()) by this process during the test."""
+    """Paths opened (open(), os.open(), io.open()) by this process during the test, directories
+    opened to be listed left out."""
     global _OPENED
     _OPENED = []
     try:

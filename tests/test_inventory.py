@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
+import random
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from ckptd.config.model import CheckpointsConfig
 from ckptd.formats import Format
-from ckptd.fs.files import FileIdentity, hash_if_unchanged, temp_path_for
+from ckptd.fs.files import FileIdentity, hash_if_unchanged, is_temp_name, temp_path_for
 from ckptd.manifest.model import ManifestEntry
 from ckptd.runs.checkpoints import InventoryOptions
 from ckptd.runs.inventory import _checkpoint, default_identifier, inventory_run
@@ -173,6 +175,34 @@ def test_directory_globs_name_checkpoint_directories_and_steps_come_from_their_n
     assert not matcher.matches("checkpoint-500")  # file patterns are separate
     assert (matcher.step_of("checkpoint-500"), matcher.step_of("global_step12")) == (500, 12)
     assert not CheckpointMatcher(CheckpointsConfig(), "m.json").matches_directory("checkpoint-1")
+
+
+@pytest.mark.parametrize(
+    ("patterns", "ignore"),
+    [
+        (("*.zip", "*.pkl"), ("*.tmp", "*.part", "tmp-*")),
+        (("*.zip",), ()),
+        ((), ("*.zip",)),
+        (("rl_*", "*.[pz]*", "a?c"), ("*_1*", "[!r]*")),
+    ],
+)
+def test_file_names_match_as_some_pattern_and_no_ignore_glob(
+    patterns: tuple[str, ...], ignore: tuple[str, ...]
+) -> None:
+    """The matcher's one regex says what fnmatch says of the globs one by one."""
+    matcher = CheckpointMatcher(CheckpointsConfig(patterns=patterns, ignore=ignore), "m.json")
+    names = ["rl_model_1_steps.zip", "rl_model_2_steps.pkl", "x.tmp", "a.zip.part", "tmp-a.zip"]
+    names += ["abc", "a\nc", "zip", ".zip", "x.ZIP", "m.json", "ckptd-index.json", "rl_1.pz"]
+    rng = random.Random(5)
+    names += [
+        "".join(rng.choice("ar_1.zpkt-*?\n") for _ in range(rng.randint(0, 9))) for _ in range(500)
+    ]
+    for name in names:
+        plain = any(fnmatch.fnmatchcase(name, glob) for glob in patterns) and not any(
+            fnmatch.fnmatchcase(name, glob) for glob in ignore
+        )
+        expected = plain and name not in ("m.json", "ckptd-index.json") and not is_temp_name(name)
+        assert matcher.matches(name) == expected, name
 
 
 def test_unidentified_content_is_listed_with_status_unknown(tmp_path: Path) -> None:

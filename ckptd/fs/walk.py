@@ -1,8 +1,9 @@
 """The one recursive walk below a directory: never through a symlink, each directory listed once.
 
-Used for a run's checkpoints (``ckptd.runs.listing``), the reconciliation scan
-(``ckptd.pipeline.discovery``) and the CLI's directory arguments (``ckptd verify``,
-``ckptd convert``); what each skips and does with a file is the caller's.
+Used for the reconciliation scan (``ckptd.pipeline.discovery``) and the CLI's directory arguments
+(``ckptd verify``, ``ckptd convert``); what each skips and does with a file is the caller's. A
+run's checkpoints are listed by ``ckptd.runs.listing.walk_files``, the same walk on directory
+handles (once per file of every pass: it stats each file relative to its directory).
 """
 
 from __future__ import annotations
