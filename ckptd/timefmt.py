@@ -35,9 +35,13 @@ def format_utc_ns(nanoseconds: int) -> str:
     hour, second = divmod(second, 3600)
     minute, second = divmod(second, 60)
     micro = remainder // 1000
+    two = _TWO_DIGITS  # an index instead of a format spec per field
     if micro:
-        return f"{date}T{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}Z"
-    return f"{date}T{hour:02d}:{minute:02d}:{second:02d}Z"
+        return f"{date}T{two[hour]}:{two[minute]}:{two[second]}.{micro:06d}Z"
+    return f"{date}T{two[hour]}:{two[minute]}:{two[second]}Z"
+
+
+_TWO_DIGITS = tuple(f"{number:02d}" for number in range(60))
 
 
 def parse_utc(text: str) -> datetime:

@@ -30,10 +30,11 @@ from ckptd.manifest.jsonio import JsonChecker
 from ckptd.manifest.model import ManifestEntry
 from ckptd.manifest.parse import _entry_checked, _entry_fast, manifest_from_json
 from ckptd.manifest.store import MAX_MANIFEST_BYTES, load_manifest
+from ckptd.retention.deletion import Deleted
 from ckptd.retention.passes import PassOptions
 from ckptd.retention.plan import _CALENDAR_RULES, Candidate, plan_run
 from ckptd.retention.prune import prune_all, prune_all_rendered
-from ckptd.retention.report import PathDecision
+from ckptd.retention.report import PathDecision, RunReport
 from ckptd.runs.checkpoints import Checkpoint, utc_from_ns
 from ckptd.timefmt import format_utc, format_utc_ns, from_ns
 
@@ -356,3 +357,56 @@ def test_mtimes_without_an_offset_or_junk_go_to_the_checker(mtime: str) -> None:
     assert _entry_fast(_entry_json("a.zip", mtime=mtime)) is None
     with pytest.raises(ManifestError, match="mtime"):
         manifest_from_json(_manifest_bytes([_entry_json("a.zip", mtime=mtime)]), source="m.json")
+
+
+# ---- JSON text of a run report ------------------------------------------------------------------
+
+_ODD_TEXT = [
+    "",
+    "a.zip",
+    'q"uote\\back',
+    "tab\tnew\nline\x00\x1f\x7f",
+    "é ü 日本",
+    "\udcff\udc80",
+    "😀",
+]
+
+
+def _odd_decision(rng: random.Random) -> PathDecision:
+    has_fields = rng.random() < 0.8
+    return PathDecision(
+        path=rng.choice(_ODD_TEXT) + f"rl_{rng.randrange(10**6)}.zip",
+        action=rng.choice(["keep", "delete", "skip"]),
+        reasons=tuple(
+            rng.choice([*_ODD_TEXT, "no rule keeps it", "keep_last #1"])
+            for _ in range(rng.randrange(4))
+        ),
+        original=rng.choice([None, None, *_ODD_TEXT]),
+        step=rng.choice([None, 0, 7, 10**20]) if has_fields else None,
+        size=rng.choice([None, 0, 371, 2**70]) if has_fields else None,
+        mtime_ns=rng.choice([0, -1001, 1_796_661_098_123_456_789, rng.randrange(10**19)])
+        if has_fields
+        else None,
+        format=rng.choice([None, "sb2-zip", "unknown"]) if has_fields else None,
+    )
+
+
+def test_run_report_json_text_equals_json_dumps_of_its_json_object() -> None:
+    rng = random.Random(14)
+    for _ in range(300):
+        report = RunReport(
+            root=Path("/r") / rng.choice([*_ODD_TEXT, "x"]),
+            run=rng.choice([".", *_ODD_TEXT]),
+            decisions=tuple(_odd_decision(rng) for _ in range(rng.randrange(6))),
+            guard=rng.choice([None, *_ODD_TEXT]),
+            notes=tuple(rng.choice(_ODD_TEXT) for _ in range(rng.randrange(3))),
+            deleted=tuple(
+                Deleted(rng.choice(_ODD_TEXT), rng.choice([None, *_ODD_TEXT]), None, None, 5)
+                for _ in range(rng.randrange(3))
+            ),
+            bytes_freed=rng.choice([0, 5, 2**66]),
+            purged=tuple(rng.choice(_ODD_TEXT) for _ in range(rng.randrange(3))),
+            bytes_purged=rng.choice([0, 9]),
+            error=rng.choice([None, None, *_ODD_TEXT]),
+        )
+        assert report.to_json_text() == json.dumps(report.to_json_obj())

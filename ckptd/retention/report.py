@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,22 @@ class RunReport:
     error: str | None = None
     manifest: Manifest | None = dataclasses.field(default=None, compare=False, repr=False)
 
+    def to_json_text(self) -> str:
+        """``json.dumps(self.to_json_obj())``, byte for byte, without the intermediate dicts and
+        lists (``prune --json``: 100,000 decisions rendered in about half the time; tests compare
+        the two on every kind of value)."""
+        decisions = ", ".join(map(_decision_json, self.decisions))
+        text = (
+            f'{{"run": {_str(self.run)}, "root": {_str(str(self.root))}, "decisions": [{decisions}], '
+            f'"guard": {_opt_str(self.guard)}, "notes": {_strings(self.notes)}, '
+            f'"bytes_freed": {int.__repr__(self.bytes_freed)}, '
+            f'"trash": {_strings(tuple(d.trash for d in self.deleted if d.trash is not None))}, '
+            f'"purged": {_strings(self.purged)}, "bytes_purged": {int.__repr__(self.bytes_purged)}'
+        )
+        if self.error is not None:
+            text += f', "error": {_str(self.error)}'
+        return text + "}"
+
     def count(self, action: str) -> int:
         return sum(1 for decision in self.decisions if decision.action == action)
 
@@ -112,3 +129,47 @@ class PruneReport:
             "runs": [run.to_json_obj() for run in self.runs],
             "errors": [{"root": str(p.root), "error": p.message} for p in self.problems],
         }
+
+
+# ---- JSON text without json.dumps (RunReport.to_json_text) -------------------------------------
+# The encoder json.dumps uses for a str (the C one; ensure_ascii, as json.dumps' default).
+_str = encode_basestring_ascii
+_REASONS_TEXT: dict[tuple[str, ...], str] = {}  # few distinct reason lists, many decisions
+
+
+def _opt_str(value: str | None) -> str:
+    return "null" if value is None else _str(value)
+
+
+def _opt_int(value: int | None) -> str:
+    return "null" if value is None else int.__repr__(value)
+
+
+def _strings(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(map(_str, values)) + "]"
+
+
+def _reasons(reasons: tuple[str, ...]) -> str:
+    text = _REASONS_TEXT.get(reasons)
+    if text is None:
+        if len(_REASONS_TEXT) >= 4096:
+            _REASONS_TEXT.clear()
+        text = _REASONS_TEXT[reasons] = _strings(reasons)
+    return text
+
+
+def _decision_json(decision: PathDecision) -> str:
+    """``json.dumps(decision.to_json_obj())`` (once per checkpoint of ``prune --json``)."""
+    text = (
+        f'{{"path": {_str(decision.path)}, "action": {_str(decision.action)}, '
+        f'"reasons": {_reasons(decision.reasons)}'
+    )
+    mtime_ns = decision.mtime_ns
+    if mtime_ns is not None:
+        text += (
+            f', "step": {_opt_int(decision.step)}, "size": {_opt_int(decision.size)}, '
+            f'"mtime": {_str(format_utc_ns(mtime_ns))}, "format": {_opt_str(decision.format)}'
+        )
+    if decision.original is not None:
+        text += f', "original": {_str(decision.original)}'
+    return text + "}"
