@@ -95,6 +95,9 @@ def test_prune_and_manifest_import_only_what_a_pass_needs(tmp_path: Path) -> Non
         modules = _modules_after(argv, tmp_path)
         assert "ckptd.retention.prune" in modules  # the probe does see what is imported
         assert _loaded(modules, NOT_FOR_PRUNE) == [], argv
+        # rich draws prune's tables; JSON and manifest's plain lines do not need it
+        draws_tables = argv[0] == "prune" and "--json" not in argv
+        assert bool(_loaded(modules, ("rich",))) == draws_tables, argv
 
 
 def test_a_keep_best_policy_still_loads_numpy_when_it_reads_evaluations(tmp_path: Path) -> None:

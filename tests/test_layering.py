@@ -90,7 +90,8 @@ MAX_MODULE_LINES = 500
 # apscheduler: only a cron expression in the config (config/cron.py) needs it outside the daemon;
 # with the asyncio it imports it cost every ``ckptd prune`` 25 ms.
 # rich: only a progress bar or markup needs it in ``ckptd convert``, which for one file shows
-# neither (ckptd.cli.progress; 20 ms of a 0.3 s conversion).
+# neither (ckptd.cli.progress; 20 ms of a 0.3 s conversion), and only a table in ``ckptd prune``,
+# which with --json draws none (ckptd.cli.output).
 DEFERRED_LIBRARIES = frozenset({"numpy", "zipfile", "psycopg", "apscheduler", "rich"})
 
 

@@ -12,14 +12,10 @@ stay whole); when stdout is not a terminal nothing wraps at all, one row per lin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
-
-from rich.cells import cell_len
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from ckptd.cli.lines import error_line as error_line
 from ckptd.cli.lines import print_json as print_json
@@ -28,16 +24,29 @@ from ckptd.cli.progress import lit as lit
 from ckptd.cli.progress import progress_bar as progress_bar
 from ckptd.textsafe import shown
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
-class _Console(Console):
-    """A console that lets a closed pipe reach ``cli.main`` (rich would exit 1 on its own)."""
+# The tables import rich when they first draw, like the progress bars (ckptd.cli.progress): a
+# command module may import this one and still print JSON without loading rich (``ckptd prune
+# --json``: ~20 ms of its start-up).
 
-    def on_broken_pipe(self) -> None:
-        raise BrokenPipeError
+
+@functools.cache
+def _console_class() -> type[Console]:
+    """A console class that lets a closed pipe reach ``cli.main`` (rich would exit 1 on its own)."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Console
 
 
 def stdout_console() -> Console:
-    return _Console(highlight=False, soft_wrap=True)
+    return _console_class()(highlight=False, soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -50,11 +59,13 @@ class Column:
     justify: Literal["left", "right"] = "left"
 
 
-Cell = str | Text
+Cell: TypeAlias = "str | Text"
 
 
 def cell(value: object, style: str = "") -> Text:
     """A table cell showing ``value`` literally (control characters escaped, no markup)."""
+    from rich.text import Text
+
     return Text(shown(value), style=style)
 
 
@@ -67,6 +78,10 @@ def print_table(
     row_styles: Sequence[str] = (),
 ) -> None:
     """Print one table (see the module docstring); ``str`` cells are shown literally too."""
+    from rich.cells import cell_len
+    from rich.table import Table
+    from rich.text import Text
+
     console = console or stdout_console()
     body = [[value if isinstance(value, Text) else cell(value) for value in row] for row in rows]
     # The title is a line of its own: a table's title wraps at the table's width.
@@ -86,7 +101,7 @@ def print_table(
     needs = console.measure(table, options=console.options.update_width(_UNLIMITED))
     width = max(console.width, needs.minimum) if console.is_terminal else needs.maximum
     # Console.print never goes wider than its console: print through one of the width needed.
-    wide = _Console(
+    wide = _console_class()(
         file=console.file,
         width=width,
         highlight=False,

@@ -14,10 +14,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from ckptd.cli.command_logs import command_logging
 from ckptd.cli.config_path import add_config_option, resolve_config
@@ -31,6 +28,9 @@ from ckptd.retention.prune import RenderedPass, prune_all, prune_all_rendered
 from ckptd.retention.report import PruneReport, RunReport
 from ckptd.textsafe import shown
 from ckptd.units import plural
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -193,6 +193,8 @@ def print_prune_report(
 ) -> None:
     """A table per run (path, action, reasons) and a summary under it; a guarded run says so
     once, with the command that lets this pass through, instead of on every row."""
+    from rich.text import Text  # only here: prune --json never loads rich (ckptd.cli.output)
+
     for run in report.runs:
         _print_run_table(run, report.dry_run, console)
         console.print(Text(_run_summary(run, report.dry_run)))
