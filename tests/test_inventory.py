@@ -205,6 +205,27 @@ def test_file_names_match_as_some_pattern_and_no_ignore_glob(
         assert matcher.matches(name) == expected, name
 
 
+def test_a_subdirectory_swapped_for_a_symlink_after_the_listing_is_not_entered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The walk opens a subdirectory from its parent's handle with O_NOFOLLOW: one replaced by a
+    symlink between the listing and the open (here: while the listing is judged) is refused with
+    a warning, and nothing outside the run is listed through it."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    make_zip(run / "sub" / "rl_model_1_steps.zip")
+    make_zip(outside / "rl_model_2_steps.zip")
+
+    def swap_then_keep(name: str) -> bool:
+        if name == "sub" and (run / "sub").is_dir() and not (run / "sub").is_symlink():
+            (run / "sub").rename(tmp_path / "moved")
+            (run / "sub").symlink_to(outside, target_is_directory=True)
+        return False
+
+    found = list(walk_files(str(run), "", swap_then_keep, lambda name: name.endswith(".zip")))
+    assert found == []
+    assert "cannot list directory" in caplog.text
+
+
 def test_unidentified_content_is_listed_with_status_unknown(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
