@@ -186,7 +186,7 @@ def test_a_write_back_error_during_the_copy_fails_the_conversion(
     assert [t for t in threading.enumerate() if t.name.startswith("ckptd-")] == []
 
 
-@pytest.mark.parametrize("thread", ["ckptd-copy", "ckptd-writeback"])
+@pytest.mark.parametrize("thread", ["ckptd-copy", "ckptd-writeback", "ckptd-second-read"])
 def test_a_helper_thread_that_cannot_start_fails_the_conversion_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thread: str
 ) -> None:

@@ -1,10 +1,12 @@
 """Convert one legacy stable-baselines pickle into the SB2 zip format, safely and verifiably.
 
 The order of operations is the safety argument:
-1. read the source once (no TOCTOU), hashing it, and parse it statically — nothing is executed;
-   large array payloads are not kept in memory but copied from the still-open source when
-   written (in the kernel where it can), the file's identity checked after the copy
-   (``ckptd.convert.legacy.open_legacy_file``);
+1. read the source once (no TOCTOU) and parse it statically — nothing is executed; large array
+   payloads are not kept in memory but copied from the still-open source when written (in the
+   kernel where it can), the file's identity checked after the copy
+   (``ckptd.convert.legacy.open_legacy_file``); its sha256 is taken by a second read in a helper
+   thread meanwhile, tied to the first by their CRC-32s and the file's stat before the rename
+   (``ckptd.convert.legacy_stream.SourceDigest``);
 2. write the zip to a temp file beside the target and fsync it, while
 3. the temp file is re-read once and verified (headers byte for byte against the layout, each
    copied array's bytes against the CRC-32 of the source's first read; central directory, the
@@ -165,17 +167,26 @@ def convert_file(
             source, allow_code=allow_code, param_names=param_names, limits=limits
         ) as (
             checkpoint,
-            source_sha256,
+            source_digest,
         ):
             if fsio.FileIdentity.of(os.stat(source, follow_symlinks=False)) != before:
                 raise FileChangedError(
                     "changed while it was being read; will retry when it is stable",
                     path=str(source),
                 )
+
+            def before_rename() -> None:
+                # The source is read for the last time (the copy): its sha256, from a second read
+                # beside the conversion, must be of the bytes converted, or nothing is renamed.
+                source_digest.sha256()
+                if fence is not None:
+                    fence()
+
             try:
                 status, output_sha256, output_size = _write_or_match(
-                    source, target, checkpoint, carried, fence
+                    source, target, checkpoint, carried, before_rename
                 )
+                source_sha256 = source_digest.sha256()
             except ConversionError as err:
                 if err.path is not None:
                     raise
@@ -242,10 +253,11 @@ def _write_or_match(
     target: Path,
     checkpoint: LegacyCheckpoint,
     carried: fsio.CarriedAttributes,
-    fence: Callable[[], None] | None = None,
+    before_rename: Callable[[], None] | None = None,
 ) -> tuple[Status, str, int]:
-    """Write ``target`` (verified before it gets its name), or prove an existing one is this
-    checkpoint's conversion (a rerun after a crash); (status, output sha256, output size)."""
+    """Write ``target`` (verified before it gets its name; ``before_rename`` runs last before the
+    rename), or prove an existing one is this checkpoint's conversion (a rerun after a crash);
+    (status, output sha256, output size)."""
     if target.exists() or target.is_symlink():
         try:
             _check_zip_matches(target, checkpoint, encode_data_json(checkpoint.data))
@@ -263,7 +275,7 @@ def _write_or_match(
         checkpoint.params,
         date_time=zip_date_time(carried.mtime_ns),
         attributes=carried,
-        before_rename=fence,
+        before_rename=before_rename,
     )
     return "converted", report.sha256, report.size
 

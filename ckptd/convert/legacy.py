@@ -13,9 +13,11 @@ so what was judged is what was hashed (no time-of-check/time-of-use gap).
 (``legacy_stream``), everything but its large array payloads is kept and parsed exactly as above,
 and the parameters whose bytes stayed in the file come back as ``FileParamArray``s that the writer
 copies from the still-open file, the file's identity checked after the copy and the copied bytes
-checked against the first read's CRC-32 when the written zip is re-read. If a large payload is used for anything but a parameter's bytes (a ``data`` value,
-a byte-swapped array), the kept bytes are completed from the file, proven identical to the first
-read by their sha256, and read as a whole, as ``read_legacy_file`` does.
+checked against the first read's CRC-32 when the written zip is re-read. Its sha256 comes from a
+second read beside all that, tied to the first by the same CRC-32 (``SourceDigest``). If a large
+payload is used for anything but a parameter's bytes (a ``data`` value, a byte-swapped array),
+the kept bytes are completed from the file, proven identical to the first read by their CRC-32,
+and read as a whole, as ``read_legacy_file`` does.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ckptd.convert.legacy_data import data_value
 from ckptd.convert.legacy_stream import (
     DEFAULT_MIN_DEFERRED,
     Region,
+    SourceDigest,
     SourceFile,
     SparseRead,
     scan_source,
@@ -48,7 +51,9 @@ from ckptd.formats.model import (
     Param,
     ParamArray,
 )
+from ckptd.fs.digest import THREADED_MIN_BYTES, crc32
 from ckptd.fs.files import CHUNK_SIZE, open_regular_nofollow
+from ckptd.fs.second_read import SecondRead
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.pickles.arrays import (
     ArrayValue,
@@ -430,12 +435,12 @@ def _sparse_checkpoint(
 
 
 def _whole_file(sparse: SparseRead, reader: SourceFile) -> memoryview:
-    """Complete the first pass's buffer from the file and prove it is the bytes first hashed."""
+    """Complete the first pass's buffer from the file and prove it is the bytes first read."""
     view = memoryview(sparse.buffer)
     for region in sparse.regions:
         reader.read_into(region.offset, view[region.offset : region.end])
     reader.check_unchanged()
-    if hashlib.sha256(view).hexdigest() != sparse.sha256:
+    if crc32(view) != sparse.crc:
         raise FileChangedError("changed while it was being read", path=reader.name)
     return view
 
@@ -449,15 +454,20 @@ def open_legacy_file(
     max_bytes: int = DEFAULT_MAX_BYTES,
     min_deferred: int = DEFAULT_MIN_DEFERRED,
     limits: Limits = DEFAULT_LIMITS,
-) -> Iterator[tuple[LegacyCheckpoint, str]]:
+) -> Iterator[tuple[LegacyCheckpoint, SourceDigest]]:
     """Like ``read_legacy_file``, in about the memory of the file minus its large arrays.
 
-    Yields (checkpoint, sha256 of the file as first read). Parameters whose payload is at least
+    Yields (checkpoint, the file's digest): ``digest.sha256()``, once the file is read for the last
+    time, is the sha256 of the file as first read (from a second read in a helper thread that runs
+    meanwhile, tied to the first: ``SourceDigest``). Parameters whose payload is at least
     ``min_deferred`` bytes are ``FileParamArray``s, readable only inside the ``with`` block (the
     file stays open); reading them raises FileChangedError if the file changed since the first
     read. Errors are those of ``read_legacy_file``.
     """
-    with SourceFile(Path(path)) as reader:
+    with (
+        SourceFile(Path(path)) as reader,
+        SecondRead(Path(path), threaded=reader.identity.size >= THREADED_MIN_BYTES) as second,
+    ):
         sparse = scan_source(
             reader, max_bytes=max_bytes, min_deferred=min_deferred, max_ops=limits.max_opcodes
         )
@@ -480,4 +490,4 @@ def open_legacy_file(
                 param_names=param_names,
                 limits=limits,
             )
-        yield checkpoint, sparse.sha256
+        yield checkpoint, SourceDigest(second, sparse, reader)

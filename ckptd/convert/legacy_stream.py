@@ -1,25 +1,27 @@
 """The first pass of a low-memory legacy read: stream the file once, keep all but its big payloads.
 
 A legacy checkpoint is mostly parameter bytes (BINBYTES8 / BYTEARRAY8 payloads). ``scan_source``
-reads the file once, in bounded chunks, hashing every byte (sha256 in a helper thread while the
-next chunk is read: ``ckptd.fs.digest``), and frames opcodes as it goes with a small length-aware
-scanner. Every byte except the payloads of large byte opcodes is copied into an
-anonymous private mapping at its own offset; the large payloads are left as untouched zero pages
-(which cost no memory) and recorded as ``Region``s with the CRC-32 of the bytes as read.
+reads the file once, in bounded chunks, taking the CRC-32 of every byte, and frames opcodes as it
+goes with a small length-aware scanner. Every byte except the payloads of large byte opcodes is
+copied into an anonymous private mapping at its own offset; the large payloads are left as
+untouched zero pages (which cost no memory) and recorded as ``Region``s with the CRC-32 of the
+bytes as read.
 
 The static parser then runs unchanged on that buffer: opcodes, globals and every data value it
 sees are bytes read once in this pass. Zeros never masquerade as payload: the reader
 (``ckptd.convert.legacy``) checks that every region is exactly the payload of one byte opcode and
 is used only as a parameter array's bytes; the writer copies those bytes from the still-open file
 (``SourceFile``), checking the file's identity after the copy, and the re-read of the written zip
-checks the copied bytes against the CRC-32 of the first read.
+checks the copied bytes against the CRC-32 of the first read. The file's sha256 comes from a
+second, independent read in a helper thread (``ckptd.fs.second_read``), so that it overlaps the
+output's sha256 instead of preceding it; ``SourceDigest`` ties it to the first read the same way:
+the two reads' CRC-32s over the whole file must be equal, and the file's stat unchanged.
 
 The input file is never mapped: a writer truncating it would SIGBUS the daemon.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import mmap
 import os
@@ -30,7 +32,8 @@ from types import TracebackType
 
 from ckptd.errors import FileChangedError, FormatError
 from ckptd.fs import files as fsio
-from ckptd.fs.digest import THREADED_MIN_BYTES, BufferRing, Sha256Feed, crc32
+from ckptd.fs.digest import crc32
+from ckptd.fs.second_read import ReadDigests, SecondRead
 from ckptd.limits import DEFAULT_LIMITS
 
 # The opcode table is pickles.ops' own, so this framer and the parser agree by construction
@@ -66,7 +69,7 @@ class SparseRead:
 
     buffer: mmap.mmap  # file bytes at their own offsets; region bytes are not kept
     regions: tuple[Region, ...]
-    sha256: str  # of every byte of the file, regions included, as read in this pass
+    crc: int  # CRC-32 of every byte of the file, regions included, as read in this pass
     size: int
 
 
@@ -111,13 +114,16 @@ class SourceFile:
     def copy_into(self, offset: int, length: int, out_fd: int) -> int:
         return os.copy_file_range(self.fd, out_fd, length, offset)
 
+    def same_as_opened(self, info: os.stat_result) -> bool:
+        """Whether ``info`` is this file as it was opened (size, mtime, ctime, inode, device)."""
+        return (
+            stat.S_ISREG(info.st_mode)
+            and fsio.FileIdentity.of(info) == self.identity
+            and info.st_ctime_ns == self._ctime_ns
+        )
+
     def check_unchanged(self) -> None:
-        info = os.fstat(self.fd)
-        if (
-            not stat.S_ISREG(info.st_mode)
-            or fsio.FileIdentity.of(info) != self.identity
-            or info.st_ctime_ns != self._ctime_ns
-        ):
+        if not self.same_as_opened(os.fstat(self.fd)):
             raise FileChangedError(
                 "changed since it was first read (size, mtime, ctime, inode or device)",
                 path=self.name,
@@ -220,24 +226,6 @@ def _drop_pages(buffer: mmap.mmap, start: int, end: int) -> None:
         buffer.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
-def _drop_hashed(
-    buffer: mmap.mmap,
-    drops: collections.deque[tuple[int, int, int]],
-    hasher: Sha256Feed,
-    *,
-    wait: bool,
-) -> None:
-    """Free the payload pages of ``drops`` that the hasher is done with (all of them: ``wait``)."""
-    while drops:
-        start, end, ticket = drops[0]
-        if wait:
-            hasher.wait(ticket)
-        elif not hasher.done(ticket):
-            return
-        drops.popleft()
-        _drop_pages(buffer, start, end)
-
-
 def scan_source(
     source: SourceFile,
     *,
@@ -245,7 +233,7 @@ def scan_source(
     min_deferred: int = DEFAULT_MIN_DEFERRED,
     max_ops: int = DEFAULT_LIMITS.max_opcodes,
 ) -> SparseRead:
-    """Read ``source`` once from the start, hashing everything; keep all but large payloads.
+    """Read ``source`` once from the start, CRC-ing everything; keep all but large payloads.
 
     FormatError for an empty or oversized file; FileChangedError if it changes size while read.
     """
@@ -266,26 +254,22 @@ def scan_source(
     framer = _Framer(buffer, size, min_deferred, max_ops)
     regions: list[Region] = []
     pending: tuple[int, int, int] | None = None  # (offset, length, crc so far) of a region
-    # Payload pages already read into the buffer, freed once the hasher is past them.
-    drops: collections.deque[tuple[int, int, int]] = collections.deque()  # (start, end, ticket)
+    whole = 0  # CRC-32 of every byte read, to tie the source's sha256 to them (SourceDigest)
     filled = 0
     fd = source.fd
-    # sha256 in a helper thread, CRC-32 here: each byte is hashed once, while it is in hand.
-    hasher = Sha256Feed(threaded=size >= THREADED_MIN_BYTES)
     try:
-        ring = BufferRing(hasher, min(READ_CHUNK, size))
+        scratch = memoryview(bytearray(min(READ_CHUNK, size)))
         while filled < size:
             if pending is not None:
-                # Inside a large payload: hash and CRC it through the ring buffers only.
+                # Inside a large payload: CRC it through the scratch buffer only.
                 offset, length, crc = pending
-                slot, scratch = ring.take()
-                want = min(len(scratch), offset + length - filled)
-                count = os.readv(fd, [memoryview(scratch)[:want]])
+                want = min(scratch.nbytes, offset + length - filled)
+                count = os.readv(fd, [scratch[:want]])
                 if not count:
                     break
-                chunk = memoryview(scratch)[:count]
-                ring.handed(slot, hasher.feed(chunk))
+                chunk = scratch[:count]
                 crc = crc32(chunk, crc)
+                whole = crc32(chunk, whole)
                 filled += count
                 pending = (offset, length, crc)
                 if filled == offset + length:
@@ -295,26 +279,22 @@ def scan_source(
             count = os.readv(fd, [view[filled : min(size, filled + READ_CHUNK)]])
             if not count:
                 break
-            ticket = hasher.feed(view[filled : filled + count])
+            whole = crc32(view[filled : filled + count], whole)
             filled += count
             while (found := framer.next_payload(filled)) is not None:
                 offset, length = found
                 # The read may have carried the payload's first bytes into the buffer.
                 kept_end = min(offset + length, filled)
                 crc = crc32(view[offset:kept_end])
-                drops.append((offset, kept_end, ticket))
+                _drop_pages(buffer, offset, kept_end)
                 if kept_end == offset + length:
                     regions.append(Region(offset, length, crc))
                 else:
                     pending = (offset, length, crc)
                     break
-            _drop_hashed(buffer, drops, hasher, wait=False)
         if filled != size or os.read(fd, 1):
             raise FileChangedError("file changed size while it was being read", path=source.name)
-        sha256 = hasher.hexdigest()
-        _drop_hashed(buffer, drops, hasher, wait=True)
     finally:
-        hasher.close()
         view.release()
     logger.debug(
         "scanned %s: %d bytes, %d payloads (%d bytes) left in the file",
@@ -323,4 +303,46 @@ def scan_source(
         len(regions),
         sum(region.length for region in regions),
     )
-    return SparseRead(buffer=buffer, regions=tuple(regions), sha256=sha256, size=size)
+    return SparseRead(buffer=buffer, regions=tuple(regions), crc=whole, size=size)
+
+
+class SourceDigest:
+    """The source's sha256, from a second read tied to the first pass (docs/architecture.md,
+    "The conversion").
+
+    The second read (``SecondRead``, started with the file's opening) hashes bytes other than
+    those parsed; as the kernel copy's payloads are tied to the parsed read by their CRC-32, so is
+    this digest: its read's CRC-32 over the whole file must equal the first pass's, its stat when
+    it opened the file and after its last read must be the file's as first opened, and so must the
+    still-open source's now. ``sha256()`` (after the last read of the source: the copy's) joins it
+    and checks all that; FileChangedError naming the file if anything differs.
+    """
+
+    def __init__(self, second: SecondRead, sparse: SparseRead, source: SourceFile) -> None:
+        self._second = second
+        self._sparse = sparse
+        self._source = source
+        self._sha256: str | None = None
+
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = _tied(self._second.result(), self._sparse, self._source)
+        return self._sha256
+
+
+def _tied(read: ReadDigests, sparse: SparseRead, source: SourceFile) -> str:
+    """``read``'s sha256 if it read what the first pass read; else FileChangedError."""
+    source.check_unchanged()
+    if not (source.same_as_opened(read.opened) and source.same_as_opened(read.finished)):
+        raise FileChangedError(
+            "changed while it was being converted (size, mtime, ctime, inode or device)",
+            path=source.name,
+        )
+    if (read.size, read.crc) != (sparse.size, sparse.crc):
+        raise FileChangedError(
+            "changed while it was being converted: a second read to hash it found other bytes "
+            f"(CRC-32 {read.crc:08x} of {read.size} bytes, first read {sparse.crc:08x} of "
+            f"{sparse.size})",
+            path=source.name,
+        )
+    return read.sha256
