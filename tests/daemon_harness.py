@@ -8,21 +8,25 @@ ckptd as an unprivileged user (``DaemonProcess(..., user=...)``), where permissi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.helpers import wait_until
@@ -110,6 +114,29 @@ def unprivileged_user(uid: int = NOBODY, gid: int = NOBODY) -> UnprivilegedUser 
         last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         failures.append(f"{command[0]}: exit {probe.returncode}: {last}")
     return f"uid {uid} cannot run ckptd from this venv ({'; '.join(failures)})"
+
+
+def unprivileged_user_or_skip() -> UnprivilegedUser:
+    """``unprivileged_user()``, or the test skipped with the reason it cannot be had."""
+    found = unprivileged_user()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+@contextlib.contextmanager
+def traversable_tree(prefix: str) -> Iterator[Path]:
+    """A fresh directory other users can traverse (pytest's tmp_path parents may be 0700),
+    removed afterwards; the test is skipped when a parent closes it to them."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        closed = [p for p in base.parents if not os.stat(p).st_mode & stat.S_IXOTH]
+        if closed:
+            pytest.skip(f"{closed[0]} is not traversable by other users")
+        os.chmod(base, 0o755)
+        yield base
+    finally:
+        shutil.rmtree(base)
 
 
 class NotifySocket:

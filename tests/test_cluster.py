@@ -149,20 +149,12 @@ def test_a_killed_node_s_runs_are_taken_over_within_the_lease(
     # ckptd status shows the dead node as one that stopped renewing, its runs with new owners.
     config = cluster.nodes["n1"].config
 
-    def shown() -> dict[str, Any]:
-        result = subprocess.run(
-            [sys.executable, "-m", "ckptd", "status", "--json", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
-        assert result.returncode == 0, result.stderr
-        coordination: dict[str, Any] = json.loads(result.stdout)["coordination"]
-        return coordination
+    def n3_alive() -> bool:
+        nodes = status_coordination(config)["nodes"]
+        return bool({n["node"]: n for n in nodes}["n3"]["alive"])
 
-    wait_until(lambda: not {n["node"]: n for n in shown()["nodes"]}["n3"]["alive"], 20, "n3 stale")
-    status = shown()
+    wait_until(lambda: not n3_alive(), 20, "n3 stale")
+    status = status_coordination(config)
     assert status["backend"] == "postgres" and status["error"] is None
     assert {n["node"]: n["alive"] for n in status["nodes"]} == {"n1": True, "n2": True, "n3": False}
     assert {run["owner"] for run in status["runs"]} <= {"n1", "n2"}
@@ -214,8 +206,8 @@ def run_briefly(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def local_status(config: Path) -> dict[str, Any]:
-    """The one root's line of ``ckptd status --json`` (its coordination part) on ``config``."""
+def status_coordination(config: Path) -> dict[str, Any]:
+    """The coordination part of ``ckptd status --json`` on ``config``, from a real process."""
     done = subprocess.run(
         [sys.executable, "-m", "ckptd", "status", "--json", "-c", str(config)],
         capture_output=True,
@@ -224,7 +216,13 @@ def local_status(config: Path) -> dict[str, Any]:
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
-    coordination = json.loads(done.stdout)["coordination"]
+    coordination: dict[str, Any] = json.loads(done.stdout)["coordination"]
+    return coordination
+
+
+def local_status(config: Path) -> dict[str, Any]:
+    """The one root's line of ``ckptd status --json`` (its coordination part) on ``config``."""
+    coordination = status_coordination(config)
     assert coordination["backend"] == "local"
     (root,) = coordination["roots"]
     assert isinstance(root, dict)

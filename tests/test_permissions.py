@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +45,8 @@ from tests.daemon_harness import (
     NotifySocket,
     UnprivilegedUser,
     daemon_config,
-    unprivileged_user,
+    traversable_tree,
+    unprivileged_user_or_skip,
     wait_until,
     write_config,
 )
@@ -67,10 +66,7 @@ LOG_RECORD = re.compile(r"^\S+Z (?P<level>[A-Z]+) (?P<logger>\S+) (?P<message>.*
 
 @pytest.fixture(scope="module")
 def user() -> UnprivilegedUser:
-    found = unprivileged_user()
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+    return unprivileged_user_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +78,8 @@ def zip_bytes(tmp_path_factory: pytest.TempPathFactory, legacy_bytes: bytes) -> 
 
 @pytest.fixture
 def tree(user: UnprivilegedUser) -> Iterator[Path]:
-    """A fresh directory the user can traverse (pytest's tmp_path parents may be 0700)."""
-    base = Path(tempfile.mkdtemp(prefix="ckptd-perm-"))
-    try:
-        closed = [p for p in base.parents if not os.stat(p).st_mode & stat.S_IXOTH]
-        if closed:
-            pytest.skip(f"{closed[0]} is not traversable by other users")
-        os.chmod(base, 0o755)
+    with traversable_tree("ckptd-perm-") as base:
         yield base
-    finally:
-        shutil.rmtree(base)
 
 
 def owned_dir(path: Path, owner: int = NOBODY) -> Path:

@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +27,8 @@ from tests.daemon_harness import (
     NotifySocket,
     UnprivilegedUser,
     daemon_config,
-    unprivileged_user,
+    traversable_tree,
+    unprivileged_user_or_skip,
     wait_until,
     write_config,
 )
@@ -48,24 +46,13 @@ SLOW_EVERY = 30.0  # how often a directory unlistable for good is looked at (wat
 
 @pytest.fixture(scope="module")
 def user() -> UnprivilegedUser:
-    found = unprivileged_user()
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+    return unprivileged_user_or_skip()
 
 
 @pytest.fixture
 def tree(user: UnprivilegedUser) -> Iterator[Path]:
-    """A fresh directory the user can traverse (pytest's tmp_path parents may be 0700)."""
-    base = Path(tempfile.mkdtemp(prefix="ckptd-unlistable-"))
-    try:
-        closed = [p for p in base.parents if not os.stat(p).st_mode & stat.S_IXOTH]
-        if closed:
-            pytest.skip(f"{closed[0]} is not traversable by other users")
-        os.chmod(base, 0o755)
+    with traversable_tree("ckptd-unlistable-") as base:
         yield base
-    finally:
-        shutil.rmtree(base)
 
 
 @pytest.fixture(scope="module")
