@@ -241,3 +241,73 @@ def test_prune_run_glob_matching_nothing_and_a_bad_fraction(
         main(["prune", "-c", str(config), "--max-fraction", "1.5"])
     assert exited.value.code == ExitStatus.USAGE
     assert "expected a number from 0 to 1, got '1.5'" in capsys.readouterr().err
+
+
+_PRUNE_KILLED = """
+import importlib, os, signal, sys
+from ckptd.cli.main import main
+
+def killed(*args, **kwargs):  # the moves are done; what the patched function writes never is
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(importlib.import_module(sys.argv[2]), sys.argv[3], killed)
+main(["prune", "-c", sys.argv[1]])
+"""
+
+
+@pytest.mark.parametrize(
+    "killed_in",
+    [
+        # before the trash index write: the moves are known only from the trash's note
+        "ckptd.retention.deletion:_append_trash_records",
+        # before the manifest write: the moves are in the trash index
+        "ckptd.retention.prune:write_if_changed",
+    ],
+)
+def test_a_prune_killed_mid_deletion_has_its_removals_recorded_by_the_next(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], killed_in: str
+) -> None:
+    """``kill -9`` after a prune moved a run's doomed checkpoints into the trash, before it
+    recorded them in the manifest: the next prune finds them in the trash (index or note) and
+    writes them into the manifest's ``removed`` list (path, sha256, trash name) as the killed one
+    would have, instead of only dropping their entries."""
+    config = make_tree(tmp_path)
+    assert main(["manifest", "-c", str(config)]) == ExitStatus.OK
+    capsys.readouterr()
+    alpha = tmp_path / "runs" / "alpha"
+    manifest_path = alpha / "ckptd-manifest.json"
+    before = {e["path"]: e["sha256"] for e in json.loads(manifest_path.read_text())["checkpoints"]}
+    killed = subprocess.run(
+        [sys.executable, "-c", _PRUNE_KILLED, str(config), *killed_in.split(":")],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    doomed = [f"rl_model_{i * 1000}_steps.zip" for i in range(4)]
+    trash = alpha / ".ckptd" / "trash"
+    assert sorted(p.name for p in trash.iterdir() if not p.name.startswith(".")) == doomed
+    assert json.loads(manifest_path.read_text())["removed"] == []  # the killed prune wrote none
+
+    assert main(["prune", "-c", str(config), "--json"]) == ExitStatus.OK
+    manifest = json.loads(manifest_path.read_text())
+    assert sorted(e["path"] for e in manifest["checkpoints"]) == [
+        "rl_model_4000_steps.zip",
+        "rl_model_5000_steps.zip",
+    ]
+    removed = {e["path"]: e for e in manifest["removed"]}
+    assert sorted(removed) == doomed
+    for path in doomed:
+        assert removed[path]["sha256"] == before[path]
+        assert removed[path]["trash"] == f".ckptd/trash/{path}"
+        assert removed[path]["reasons"] == [
+            "moved to the trash by a pass that stopped before recording it here"
+        ]
+    # recorded once: a later prune adds nothing
+    assert main(["prune", "-c", str(config), "--json"]) == ExitStatus.OK
+    assert json.loads(manifest_path.read_text())["removed"] == manifest["removed"]
+    # beta, which the killed prune never reached, is pruned by the rules as usual
+    beta = json.loads((tmp_path / "runs" / "beta" / "ckptd-manifest.json").read_text())
+    assert sorted(e["path"] for e in beta["removed"]) == doomed
+    assert all(e["reasons"] == ["no rule keeps it"] for e in beta["removed"])
