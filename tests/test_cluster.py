@@ -272,6 +272,18 @@ def test_a_local_daemon_and_a_cluster_never_serve_one_root_together(
         assert solo.proc.poll() is None  # it serves on
         served = local_status(local)
         assert served["served_by"]["pid"] == solo.proc.pid and served["cluster"] is False
+        # ckptd status on the cluster's config names the local daemon that keeps its nodes off.
+        (root,) = status_coordination(node.config)["roots"]
+        assert root["served_by"]["pid"] == solo.proc.pid and root["cluster"] is False
+        text = subprocess.run(
+            [sys.executable, "-m", "ckptd", "status", "-c", str(node.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert text.returncode == 0, text.stderr
+        assert f"backend: local (pid {solo.proc.pid} on solo, since " in text.stdout, text.stdout
     finally:
         assert solo.stop() == 0
         notify.close()

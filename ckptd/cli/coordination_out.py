@@ -30,6 +30,15 @@ def print_coordination(status: CoordinationStatus, console: Console) -> None:
                 who = "no daemon"
             console.print(f"{lit(root)}: served by {who}")
         return
+    for root, servers in status.holders:  # a local daemon keeps the cluster off its root
+        holder = servers.holder
+        if holder is not None:
+            console.print(
+                f"{lit(root)}: held by a ckptd daemon with coordination.backend: local (pid"
+                f" {holder.pid} on {lit(holder.node)}, since {format_utc(holder.since)}); no node"
+                " of the cluster can serve it while that daemon runs",
+                style="bold red",
+            )
     if status.error is not None:
         console.print(f"coordination: {lit(status.error)}", style="bold red")
         return

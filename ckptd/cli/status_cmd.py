@@ -13,7 +13,7 @@ absolute)::
                          "pins": [{"path", "reason", "pinned_at"}],
                          "last_scrub": {"at", "checked", "bytes", "corrupt"}|null,
                          "unrecorded", "problems": [str]}],
-               "coordination": {"backend", "error", local: "roots": [{"root", "served_by", "cluster"}],
+               "coordination": {"backend", "error", "roots": [{"root", "served_by", "cluster"}],
                                 postgres: "nodes": [...], "runs": [...]}}
 """
 

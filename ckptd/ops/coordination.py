@@ -4,7 +4,8 @@
 (a root a ``local`` config names may be served by a cluster: its nodes are in the cluster's
 database, which this config does not name), or nobody. ``postgres``: every node, the
 runs each owns, lease ages and the nodes that stopped renewing, read from the database (an
-unreachable database is one error line; the rest of ``status`` does not need it).
+unreachable database is one error line; the rest of ``status`` does not need it), and each root's
+lock as for ``local``: a root a ``local`` daemon holds is one no node can serve while it runs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class CoordinationStatus:
 
     def to_json_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"backend": self.backend, "error": self.error}
-        if self.backend == "local":
+        if self.cluster is not None:
+            obj.update(self.cluster.to_json_obj())
+        if self.holders:
             obj["roots"] = [
                 {
                     "root": root,
@@ -44,18 +47,16 @@ class CoordinationStatus:
                 }
                 for root, servers in self.holders
             ]
-        elif self.cluster is not None:
-            obj.update(self.cluster.to_json_obj())
         return obj
 
 
 def coordination_status(config: Config) -> CoordinationStatus:
     """Who serves ``config``'s roots now; never raises for an unreachable database."""
     backend = config.coordination.backend
+    holders = tuple(
+        (str(root.path), who_serves(root.path, config.state_dir)) for root in config.roots
+    )
     if backend == "local":
-        holders = tuple(
-            (str(root.path), who_serves(root.path, config.state_dir)) for root in config.roots
-        )
         return CoordinationStatus(backend, holders=holders)
     try:
         store = open_store(postgres_dsn(config), node_name(config.coordination.node))
@@ -64,5 +65,5 @@ def coordination_status(config: Config) -> CoordinationStatus:
         finally:
             store.close()
     except CoordinationError as err:
-        return CoordinationStatus(backend, error=str(err))
-    return CoordinationStatus(backend, cluster=cluster_view(snapshot))
+        return CoordinationStatus(backend, holders=holders, error=str(err))
+    return CoordinationStatus(backend, holders=holders, cluster=cluster_view(snapshot))
