@@ -3,11 +3,13 @@
 ``no_thread_leaks`` guards every module whose tests start threads (watchdog observers, APScheduler,
 the worker pool, the isolation spawner, the metrics server, a test's own threads) or a daemon:
 ``pytestmark = pytest.mark.usefixtures("no_thread_leaks")``. ``sb2_stand_ins`` does the same for
-modules whose every test needs the stable-baselines stand-in modules (tests/sb2_fixtures.py).
+modules whose every test needs the stable-baselines stand-in modules (tests/sb2_fixtures.py), and
+``restored_root_logger`` for modules whose tests configure logging as the daemon or a command does.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ __all__ = [
     "opened",
     "pg_dsn",
     "pg_server",
+    "restored_root_logger",
     "sb2_stand_ins",
 ]
 
@@ -75,3 +78,13 @@ def legacy_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The bytes of a PPO2-like legacy checkpoint (the same every time: seeded parameters)."""
     with stand_ins():
         return make_ppo2_checkpoint(tmp_path_factory.mktemp("legacy") / "ppo2.pkl").read_bytes()
+
+
+@pytest.fixture
+def restored_root_logger() -> Iterator[None]:
+    """The root logger's handlers and level as they were before the test, after it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

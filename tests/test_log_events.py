@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,13 @@ import yaml
 
 from ckptd.config.load import parse_config
 from ckptd.config.model import LogConfig
-from ckptd.logs.configure import HANDLER_NAME, configure_logging
+from ckptd.logs.configure import configure_logging
 from ckptd.retention.trash import restore
 from tests.hostile_helpers import ckptd
 from tests.ops_helpers import converted_run, ops_config, ops_document, prune_now
 from tests.trainer_runs import copy_trainer_run, trainer_config
 
-
-@pytest.fixture(autouse=True)
-def _restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler.get_name() == HANDLER_NAME:
-            root.removeHandler(handler)
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restored_root_logger")
 
 
 def logged(fmt: str, node: str | None = "n7") -> io.StringIO:

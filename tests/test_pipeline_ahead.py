@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ckptd.config.load import parse_config
+from ckptd.config.model import Config
 from ckptd.pipeline.batch import process_batch
 from ckptd.pipeline.discovery import run_of
 from ckptd.pipeline.types import PipelineDeps
@@ -18,7 +19,8 @@ from tests.sb2zip_helpers import make_sb3_zip
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_only_files_whose_entry_is_not_current_are_examined_ahead(tmp_path: Path) -> None:
+def one_run(tmp_path: Path) -> tuple[Path, Config]:
+    """A root with one run directory, ``ppo-1``, and a config that takes files at once."""
     run_dir = tmp_path / "runs" / "ppo-1"
     run_dir.mkdir(parents=True)
     config = parse_config(
@@ -27,6 +29,11 @@ def test_only_files_whose_entry_is_not_current_are_examined_ahead(tmp_path: Path
             "checkpoints": {"stable_for": "0s"},
         }
     )
+    return run_dir, config
+
+
+def test_only_files_whose_entry_is_not_current_are_examined_ahead(tmp_path: Path) -> None:
+    run_dir, config = one_run(tmp_path)
     root = config.roots[0]
     recorded, changed, new = run_dir / "a.zip", run_dir / "b.zip", run_dir / "c.zip"
     make_sb3_zip(recorded)
@@ -59,14 +66,7 @@ def test_a_path_queued_again_after_its_conversion_is_not_reported_as_vanished(
 ) -> None:
     """A repeated event or a cluster node's hint can queue a legacy file again after the batch
     that converted (and archived) it: the later batch finds nothing to do and says nothing."""
-    run_dir = tmp_path / "runs" / "ppo-1"
-    run_dir.mkdir(parents=True)
-    config = parse_config(
-        {
-            "roots": [{"path": str(tmp_path / "runs"), "run_depth": 1, "observer": "polling"}],
-            "checkpoints": {"stable_for": "0s"},
-        }
-    )
+    run_dir, config = one_run(tmp_path)
     root = config.roots[0]
     legacy = run_dir / "rl_model_100_steps.pkl"
     legacy.write_bytes(legacy_bytes)
