@@ -231,15 +231,20 @@ class RootServers:
 
 
 def read_holder(root: Path, state_dir: str) -> Holder | None:
-    """The ``local`` daemon that holds ``root`` now: None when none does."""
-    return who_serves(root, state_dir).holder
+    """The ``local`` daemon that holds ``root`` now: None when none does. A shared lock taken
+    tells it; whether a cluster's daemons hold the lock shared is not asked (``who_serves``)."""
+    return _servers(root, state_dir, ask_cluster=False).holder
 
 
 def who_serves(root: Path, state_dir: str) -> RootServers:
-    """Who holds ``root``'s lock now, for ``ckptd status`` (which may run with either backend's
-    config): a shared lock it can take means no ``local`` daemon; an exclusive one it then cannot
-    take means others hold it shared, a cluster's daemons. Another ``status`` holds it for an
-    instant only, so a few tries tell that instant from daemons, which hold it for life."""
+    """Who holds ``root``'s lock now, for ``ckptd status`` with a ``local`` config: a shared lock
+    it can take means no ``local`` daemon; an exclusive one it then cannot take means others hold
+    it shared, a cluster's daemons. Another ``status`` holds it for an instant only, so a few
+    tries tell that instant from daemons, which hold it for life."""
+    return _servers(root, state_dir, ask_cluster=True)
+
+
+def _servers(root: Path, state_dir: str, *, ask_cluster: bool) -> RootServers:
     try:
         dir_fd = _open_state_dir(root, state_dir, create=False)
     except (OSError, UnsafePathError):
@@ -257,7 +262,7 @@ def who_serves(root: Path, state_dir: str) -> RootServers:
             if not _try_flock(fd, fcntl.LOCK_SH):
                 return RootServers(holder=Holder.from_json(os.pread(fd, _MAX_HOLDER_BYTES, 0)))
             # Converting to exclusive drops the shared lock first: tried afresh after a pause.
-            if _try_flock(fd, fcntl.LOCK_EX):
+            if not ask_cluster or _try_flock(fd, fcntl.LOCK_EX):
                 return RootServers()
             if attempt + 1 < _BUSY_TRIES:
                 time.sleep(_BUSY_PAUSE_SECONDS)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ckptd.config.model import Config
 from ckptd.coordination.backend import open_store, postgres_dsn
-from ckptd.coordination.local import RootServers, node_name, who_serves
+from ckptd.coordination.local import RootServers, node_name, read_holder, who_serves
 from ckptd.coordination.view import ClusterView, cluster_view
 from ckptd.errors import CoordinationError
 from ckptd.timefmt import format_utc
@@ -53,11 +53,17 @@ class CoordinationStatus:
 def coordination_status(config: Config) -> CoordinationStatus:
     """Who serves ``config``'s roots now; never raises for an unreachable database."""
     backend = config.coordination.backend
-    holders = tuple(
-        (str(root.path), who_serves(root.path, config.state_dir)) for root in config.roots
-    )
     if backend == "local":
+        holders = tuple(
+            (str(root.path), who_serves(root.path, config.state_dir)) for root in config.roots
+        )
         return CoordinationStatus(backend, holders=holders)
+    # A cluster's own daemons hold its roots shared: only a local daemon needs naming, and a
+    # shared lock taken tells it without the few timed tries that tell a cluster apart.
+    holders = tuple(
+        (str(root.path), RootServers(holder=read_holder(root.path, config.state_dir)))
+        for root in config.roots
+    )
     try:
         store = open_store(postgres_dsn(config), node_name(config.coordination.node))
         try:
