@@ -1,4 +1,5 @@
-"""``ckptd convert``, ``ckptd inspect`` and ``ckptd verify``: the file-level commands."""
+"""``ckptd convert``'s work; its arguments are ``ckptd.cli.convert_args``'s, and this module is
+imported only once they are parsed (``ckptd.cli.main.HANDLER_MODULES``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ckptd.errors import CkptdError, FormatError, HeldCheckpoint, UnsafeCheckpoi
 from ckptd.formats import Format
 from ckptd.formats.sniff import identify
 from ckptd.fs import files as fsio
+from ckptd.fs.digest_child import ChildRead
 from ckptd.fs.walk import walk_entries
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.textsafe import shown
@@ -39,47 +41,6 @@ if TYPE_CHECKING:
 # rich only when a progress bar is shown (ckptd.cli.progress).
 
 logger = logging.getLogger(__name__)
-
-
-def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add ``convert`` (and, from their own functions, ``inspect`` and ``verify``)."""
-    convert = subparsers.add_parser(
-        "convert",
-        help="re-save legacy stable-baselines pickles as SB2 zips, executing nothing from them",
-        description=(
-            "Convert legacy stable-baselines pickle checkpoints into the SB2 zip format without "
-            "executing anything from the file. x.pkl is written as x.zip beside it; a directory "
-            "converts every legacy checkpoint below it. Exit 0 only when every input was converted "
-            "and verified."
-        ),
-    )
-    convert.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    convert.add_argument(
-        "-o", "--output", type=Path, help="output file (only with a single input file)"
-    )
-    convert.add_argument(
-        "--original",
-        choices=("keep", "archive", "delete"),
-        default="keep",
-        help=f"what to do with a converted original: keep it (the default), move it under "
-        f"{DEFAULT_STATE_DIR}/legacy/ beside it (what the daemon does: convert.original, default "
-        "archive), or delete it; an original in a read-only directory is kept, and the output says so",
-    )
-    convert.add_argument(
-        "--no-code",
-        action="store_true",
-        help="refuse checkpoints whose data carries pickled functions (learning-rate schedules, lambdas)",
-    )
-    convert.add_argument(
-        "--param-names",
-        type=Path,
-        metavar="FILE",
-        help="parameter names (one per line, or a JSON list) for SB2 <= 2.5.1 checkpoints whose "
-        "unnamed parameter list ckptd cannot name itself (docs/param-names.md)",
-    )
-    convert.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    limits_option(convert)
-    convert.set_defaults(handler=run_convert)
 
 
 def _files_below(
@@ -207,8 +168,18 @@ def _outcome_json(outcome: ConversionOutcome) -> dict[str, Any]:
     }
 
 
-def run_convert(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
+    """Run ``ckptd convert``; the digests ``ckptd.cli.convert_args.start_source_reads`` started
+    are used by their files' conversions, and any left over stopped."""
+    source_reads: dict[Path, ChildRead] = getattr(args, "source_reads", {})
+    try:
+        return _convert_all(args, source_reads)
+    finally:
+        for read in source_reads.values():
+            read.close()
 
+
+def _convert_all(args: argparse.Namespace, source_reads: dict[Path, ChildRead]) -> int:
     tally = _Tally()
     files, unreadable = _expand(args.paths, tally)
     if args.output is not None and (len(args.paths) != 1 or args.paths[0].is_dir()):
@@ -239,6 +210,7 @@ def run_convert(args: argparse.Namespace) -> int:
                     param_names=param_names,
                     limits=limits,
                     keep_if_unwritable=True,
+                    source_read=source_reads.get(path),
                 )
             except Exception as err:  # one file's problem is one line, never a traceback
                 failed += 1
@@ -320,15 +292,6 @@ def _count_failure(tally: _Tally, status: str) -> None:
         tally.held += 1
     else:
         tally.failed += 1
-
-
-def limits_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        help="take the per-file budgets (limits:) from this ckptd config; defaults otherwise",
-    )
 
 
 def limits_of(args: argparse.Namespace) -> Limits:

@@ -23,7 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 # imported at the top, so tests/test_layering.py reads this table as this module's imports.
 COMMAND_MODULES: dict[str, str] = {
     "run": "ckptd.cli.run_cmd",
-    "convert": "ckptd.cli.convert_cmds",
+    "convert": "ckptd.cli.convert_args",
     "inspect": "ckptd.cli.inspect_cmds",
     "verify": "ckptd.cli.inspect_cmds",
     "prune": "ckptd.cli.prune_cmds",
@@ -35,6 +35,15 @@ COMMAND_MODULES: dict[str, str] = {
     "unpin": "ckptd.cli.pin_cmds",
     "trash": "ckptd.cli.trash_cmds",
     "quarantine": "ckptd.cli.quarantine_cmds",
+}
+
+# Commands whose module above only registers their arguments: their work is in the module named
+# here, imported once the arguments are parsed, after the registering module's ``prepare(args)``
+# has started what needs none of it. ``ckptd convert`` hashes its first input in a child process
+# while this process imports the converter (ckptd.cli.convert_args). Such a module has a
+# ``handle(args)``; the table is read by tests/test_layering.py as this module's imports too.
+HANDLER_MODULES: dict[str, str] = {
+    "convert": "ckptd.cli.convert_cmds",
 }
 
 
@@ -67,6 +76,18 @@ def command_modules(command: str | None = None) -> list[ModuleType]:
 BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1"}
 
 
+def _handler(args: argparse.Namespace) -> Handler:
+    """The parsed command's handler: its own, or (``HANDLER_MODULES``) its module's ``handle``,
+    imported after its ``prepare(args)``."""
+    module = HANDLER_MODULES.get(args.command)
+    if module is None:
+        handler: Handler = args.handler
+        return handler
+    args.prepare(args)
+    handler = importlib.import_module(module).handle
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ckptd command; returns the exit status instead of raising for user errors."""
     for name, value in BLAS_THREADS.items():
@@ -78,11 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.disable()
     try:
         parser = build_parser(argv[0] if argv else None)
+        args = parser.parse_args(argv)
+        handler = _handler(args)
     finally:
         gc.freeze()
         gc.enable()
-    args = parser.parse_args(argv)
-    handler: Handler = args.handler
     try:
         return handler(args)
     except ConfigError as err:

@@ -57,6 +57,7 @@ from ckptd.formats.sniff import identify
 from ckptd.formats.verify import verify_zip
 from ckptd.fs import files as fsio
 from ckptd.fs.runfs import RunFS
+from ckptd.fs.second_read import DigestRead
 from ckptd.limits import DEFAULT_LIMITS, Limits
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def convert_file(
     limits: Limits = DEFAULT_LIMITS,
     keep_if_unwritable: bool = False,
     fence: Callable[[], None] | None = None,
+    source_read: DigestRead | None = None,
 ) -> ConversionOutcome:
     """Convert ``source`` (a legacy SB2 pickle) to an SB2 zip; an existing valid SB2 zip is verified.
 
@@ -143,6 +145,10 @@ def convert_file(
     is archived or deleted (the daemon checks its run's lease there: README, "Several daemons on
     one root"); what it raises propagates with the source untouched and no zip left behind, or,
     raised before the original's move, with the verified zip in place and the original kept.
+
+    ``source_read``: a read of ``source`` started earlier for its sha256 (``ckptd convert`` starts
+    one before it imports this module: ``ckptd.cli.convert_args``); it is used instead of a
+    helper thread's, and closed when the conversion's read of the file ends (else by the caller).
     """
     with _numpy_imported_beside():
         source = Path(source)
@@ -164,7 +170,11 @@ def convert_file(
         before = fsio.FileIdentity.of(judged)
         carried = fsio.CarriedAttributes.of(judged)  # taken before any read can move the atime
         with open_legacy_file(
-            source, allow_code=allow_code, param_names=param_names, limits=limits
+            source,
+            allow_code=allow_code,
+            param_names=param_names,
+            limits=limits,
+            source_read=source_read,
         ) as (
             checkpoint,
             source_digest,

@@ -27,7 +27,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from ckptd.convert.legacy_data import data_value
@@ -53,7 +53,7 @@ from ckptd.formats.model import (
 )
 from ckptd.fs.digest import THREADED_MIN_BYTES, crc32
 from ckptd.fs.files import CHUNK_SIZE, open_regular_nofollow
-from ckptd.fs.second_read import SecondRead
+from ckptd.fs.second_read import DigestRead, SecondRead
 from ckptd.limits import DEFAULT_LIMITS, Limits
 from ckptd.pickles.arrays import (
     ArrayValue,
@@ -454,19 +454,25 @@ def open_legacy_file(
     max_bytes: int = DEFAULT_MAX_BYTES,
     min_deferred: int = DEFAULT_MIN_DEFERRED,
     limits: Limits = DEFAULT_LIMITS,
+    source_read: DigestRead | None = None,
 ) -> Iterator[tuple[LegacyCheckpoint, SourceDigest]]:
     """Like ``read_legacy_file``, in about the memory of the file minus its large arrays.
 
     Yields (checkpoint, the file's digest): ``digest.sha256()``, once the file is read for the last
     time, is the sha256 of the file as first read (from a second read in a helper thread that runs
-    meanwhile, tied to the first: ``SourceDigest``). Parameters whose payload is at least
+    meanwhile, or ``source_read`` when one was started earlier, tied to the first:
+    ``SourceDigest``; it is closed on leaving). Parameters whose payload is at least
     ``min_deferred`` bytes are ``FileParamArray``s, readable only inside the ``with`` block (the
     file stays open); reading them raises FileChangedError if the file changed since the first
     read. Errors are those of ``read_legacy_file``.
     """
     with (
         SourceFile(Path(path)) as reader,
-        SecondRead(Path(path), threaded=reader.identity.size >= THREADED_MIN_BYTES) as second,
+        closing(
+            source_read
+            if source_read is not None
+            else SecondRead(Path(path), threaded=reader.identity.size >= THREADED_MIN_BYTES)
+        ) as second,
     ):
         sparse = scan_source(
             reader, max_bytes=max_bytes, min_deferred=min_deferred, max_ops=limits.max_opcodes

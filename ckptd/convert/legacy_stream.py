@@ -33,7 +33,7 @@ from types import TracebackType
 from ckptd.errors import FileChangedError, FormatError
 from ckptd.fs import files as fsio
 from ckptd.fs.digest import crc32
-from ckptd.fs.second_read import ReadDigests, SecondRead
+from ckptd.fs.second_read import DigestRead, ReadDigests
 from ckptd.limits import DEFAULT_LIMITS
 
 # The opcode table is pickles.ops' own, so this framer and the parser agree by construction
@@ -310,7 +310,8 @@ class SourceDigest:
     """The source's sha256, from a second read tied to the first pass (docs/architecture.md,
     "The conversion").
 
-    The second read (``SecondRead``, started with the file's opening) hashes bytes other than
+    The second read (``SecondRead``, started with the file's opening, or a ``ChildRead`` the CLI
+    started before it imported the converter: ``ckptd.fs.digest_child``) hashes bytes other than
     those parsed; as the kernel copy's payloads are tied to the parsed read by their CRC-32, so is
     this digest: its read's CRC-32 over the whole file must equal the first pass's, its stat when
     it opened the file and after its last read must be the file's as first opened, and so must the
@@ -318,7 +319,7 @@ class SourceDigest:
     and checks all that; FileChangedError naming the file if anything differs.
     """
 
-    def __init__(self, second: SecondRead, sparse: SparseRead, source: SourceFile) -> None:
+    def __init__(self, second: DigestRead, sparse: SparseRead, source: SourceFile) -> None:
         self._second = second
         self._sparse = sparse
         self._source = source

@@ -17,11 +17,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from ckptd.fs.digest import crc32
 from ckptd.fs.files import open_regular_nofollow
 
-__all__ = ["CHUNK", "ReadDigests", "SecondRead"]
+__all__ = ["CHUNK", "DigestRead", "ReadDigests", "SecondRead"]
 
 # Small enough that the sha256 and the CRC-32 of a chunk just read hit the CPU cache.
 CHUNK = 1024 * 1024
@@ -36,6 +37,19 @@ class ReadDigests:
     size: int
     opened: os.stat_result  # fstat right after it was opened
     finished: os.stat_result  # fstat after the last read
+
+
+class DigestRead(Protocol):
+    """A read of a whole file beside other work: ``SecondRead`` (a thread) or
+    ``ckptd.fs.digest_child.ChildRead`` (a child process)."""
+
+    def result(self) -> ReadDigests:
+        """Its digests once it is done, or the error it met."""
+        ...
+
+    def close(self) -> None:
+        """Stop it if it still runs (idempotent)."""
+        ...
 
 
 def _read_into(fd: int, buffer: memoryview) -> int:
