@@ -47,6 +47,11 @@ DEFAULT_MIN_DEFERRED = 1024 * 1024
 # Small enough that hashing and CRC-ing a chunk just read still hit the CPU cache (measured: 1 MiB
 # scans 200 MB ~20% faster than 4 MiB), large enough that syscalls do not matter.
 READ_CHUNK = 1024 * 1024
+# Reads into the kept buffer are smaller: a read that runs into a large payload has put that
+# payload's first bytes there, and each page of them is a page fault before it is given back.
+# At 1 MiB that was ~250 faults per payload (9,000 of a 200 MiB conversion's 20,000, 0.02 CPU s);
+# at 64 KiB it is 16, and the payload's rest goes through the scratch buffer, faulted once.
+KEPT_CHUNK = 64 * 1024
 _DEFERRABLE = frozenset({"BINBYTES", "BINBYTES8", "BYTEARRAY8"})
 
 
@@ -276,7 +281,7 @@ def scan_source(
                     regions.append(Region(offset, length, crc))
                     pending = None
                 continue
-            count = os.readv(fd, [view[filled : min(size, filled + READ_CHUNK)]])
+            count = os.readv(fd, [view[filled : min(size, filled + KEPT_CHUNK)]])
             if not count:
                 break
             whole = crc32(view[filled : filled + count], whole)
