@@ -1,5 +1,5 @@
 """``python -m ckptd``."""
 
-from ckptd.cli.main import main
+from ckptd.cli.main import console
 
-raise SystemExit(main())
+console()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from ckptd import __version__
 from ckptd.cli.exits import ExitStatus
@@ -45,6 +48,13 @@ COMMAND_MODULES: dict[str, str] = {
 HANDLER_MODULES: dict[str, str] = {
     "convert": "ckptd.cli.convert_cmds",
 }
+
+
+# Commands that leave nothing for the interpreter's teardown: every file they write is fsynced and
+# closed, every thread joined, every child reaped before their handler returns. Run from the
+# console script (``console``), they end at once: tearing down numpy and the converter's modules
+# took 0.015 s of a 0.35 s ``ckptd convert`` of 200 MiB (README, "Benchmarks").
+EXIT_AT_ONCE = frozenset({"convert"})
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -123,3 +133,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return ExitStatus.PIPE_CLOSED
+
+
+def console() -> NoReturn:
+    """The ``ckptd`` console script and ``python -m ckptd``: ``main``, then the process's exit.
+
+    After a command in ``EXIT_AT_ONCE`` the process ends without the interpreter's teardown
+    (``os._exit``), once logging is shut down and stdout and stderr are flushed; not if a thread
+    other than daemon threads is still alive, or a flush fails (a closed pipe): then as usual.
+    """
+    status = main()
+    if sys.argv[1:2] and sys.argv[1] in EXIT_AT_ONCE and _only_daemon_threads_left():
+        logging.shutdown()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            sys.exit(status)
+        os._exit(status)
+    sys.exit(status)
+
+
+def _only_daemon_threads_left() -> bool:
+    current = threading.current_thread()
+    return all(thread.daemon or thread is current for thread in threading.enumerate())
