@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ckptd.config.model import DEFAULT_STATE_DIR
+from ckptd.config.defaults import DEFAULT_STATE_DIR
 from ckptd.errors import CkptdError
 from ckptd.fs.digest import THREADED_MIN_BYTES
 from ckptd.fs.digest_child import ChildRead

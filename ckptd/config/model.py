@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 from ckptd import units
+
+# Re-exported: the config model is where the rest of ckptd reads its defaults.
+from ckptd.config.defaults import DEFAULT_MANIFEST_FILENAME as DEFAULT_MANIFEST_FILENAME
+from ckptd.config.defaults import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR
 from ckptd.limits import DEFAULT_LIMITS, Limits
 
 ObserverKind = Literal["auto", "inotify", "polling"]
@@ -139,12 +143,6 @@ class ScrubConfig:
 @dataclass(frozen=True)
 class MonitorConfig:
     stale_after: timedelta | None = None
-
-
-# The defaults of ``state_dir`` and ``manifest.filename``: also what a run is recognised by when no
-# config says otherwise, and where the CLI's ``convert`` archives originals outside any run.
-DEFAULT_STATE_DIR = ".ckptd"
-DEFAULT_MANIFEST_FILENAME = "ckptd-manifest.json"
 
 
 @dataclass(frozen=True)
