@@ -264,13 +264,14 @@ main(["prune", "-c", sys.argv[1]])
         "ckptd.retention.prune:write_if_changed",
     ],
 )
+@pytest.mark.parametrize("next_pass", ["prune", "manifest"])
 def test_a_prune_killed_mid_deletion_has_its_removals_recorded_by_the_next(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], killed_in: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], killed_in: str, next_pass: str
 ) -> None:
     """``kill -9`` after a prune moved a run's doomed checkpoints into the trash, before it
-    recorded them in the manifest: the next prune finds them in the trash (index or note) and
-    writes them into the manifest's ``removed`` list (path, sha256, trash name) as the killed one
-    would have, instead of only dropping their entries."""
+    recorded them in the manifest: the next pass (a prune, or a manifest pass, which used to drop
+    their entries without a trace) finds them in the trash (index or note) and writes them into
+    the manifest's ``removed`` list (path, sha256, trash name) as the killed one would have."""
     config = make_tree(tmp_path)
     assert main(["manifest", "-c", str(config)]) == ExitStatus.OK
     capsys.readouterr()
@@ -290,7 +291,7 @@ def test_a_prune_killed_mid_deletion_has_its_removals_recorded_by_the_next(
     assert sorted(p.name for p in trash.iterdir() if not p.name.startswith(".")) == doomed
     assert json.loads(manifest_path.read_text())["removed"] == []  # the killed prune wrote none
 
-    assert main(["prune", "-c", str(config), "--json"]) == ExitStatus.OK
+    assert main([next_pass, "-c", str(config)]) == ExitStatus.OK
     manifest = json.loads(manifest_path.read_text())
     assert sorted(e["path"] for e in manifest["checkpoints"]) == [
         "rl_model_4000_steps.zip",
@@ -304,7 +305,8 @@ def test_a_prune_killed_mid_deletion_has_its_removals_recorded_by_the_next(
         assert removed[path]["reasons"] == [
             "moved to the trash by a pass that stopped before recording it here"
         ]
-    # recorded once: a later prune adds nothing
+    # recorded once: later passes of either kind add nothing
+    assert main(["manifest", "-c", str(config)]) == ExitStatus.OK
     assert main(["prune", "-c", str(config), "--json"]) == ExitStatus.OK
     assert json.loads(manifest_path.read_text())["removed"] == manifest["removed"]
     # beta, which the killed prune never reached, is pruned by the rules as usual

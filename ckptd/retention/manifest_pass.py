@@ -21,6 +21,7 @@ from ckptd.retention.passes import (
     write_if_changed,
 )
 from ckptd.retention.report import PruneReport, RootProblem, RunReport
+from ckptd.retention.unrecorded import unrecorded_removals
 from ckptd.runs.rebuild import build_manifest
 from ckptd.runs.roots import RunRef
 
@@ -64,12 +65,14 @@ def write_run_manifest(
 def manifest_step(opened: OpenRun) -> RunReport:
     """Rebuild one open run's manifest from its files; write it if it changed."""
     run, root = opened.run, opened.root
+    on_disk = {checkpoint.path: checkpoint for checkpoint in opened.inventory.checkpoints}
     manifest = build_manifest(
         opened.inventory,
         run=run.relpath,
         policy=root.policy,
         now=opened.now,
         previous=opened.previous,
+        removed=unrecorded_removals(opened.layout, opened.previous, on_disk),
     )
     written = write_if_changed(opened, manifest)
     return RunReport(root.path, run.relpath, manifest_written=written, manifest=manifest)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Generic
 
 from ckptd.config.model import Config, Policy, RootConfig
-from ckptd.errors import FileChangedError, StateError, UnsafePathError
+from ckptd.errors import FileChangedError, UnsafePathError
 from ckptd.frozen_build import build_frozen
 from ckptd.manifest.model import PruneRecord, RemovedEntry
-from ckptd.retention.deletion import Deleted, TrashRecord, purge_trash, read_trash_index
+from ckptd.retention.deletion import Deleted, purge_trash
 from ckptd.retention.evaluations import load_evaluations
 from ckptd.retention.passes import (
     DEFAULT_OPTIONS,
@@ -40,6 +40,7 @@ from ckptd.retention.passes import (
 from ckptd.retention.pins import pins_lock
 from ckptd.retention.plan import Candidate, Evaluation, RunPlan
 from ckptd.retention.report import PathDecision, PruneReport, RootProblem, RunReport
+from ckptd.retention.unrecorded import unrecorded_removals
 from ckptd.runs.checkpoints import Checkpoint, RunInventory, utc_from_ns
 from ckptd.runs.listing import CheckpointMatcher
 from ckptd.runs.rebuild import build_manifest
@@ -297,7 +298,7 @@ def _apply(opened: OpenRun, plan: RunPlan, outcomes: Mapping[str, DeleteOutcome]
     by_path = {checkpoint.path: checkpoint for checkpoint in inventory.checkpoints}
     decisions = []
     deleted: list[Deleted] = []
-    removed = _unrecorded_removals(opened, by_path)
+    removed = unrecorded_removals(opened.layout, opened.previous, by_path)
     for decision in plan.decisions:
         outcome = outcomes.get(decision.path)
         checkpoint = by_path[decision.path]
@@ -340,64 +341,6 @@ def _apply(opened: OpenRun, plan: RunPlan, outcomes: Mapping[str, DeleteOutcome]
         written,
         manifest=manifest,
     )
-
-
-UNRECORDED_REASON = "moved to the trash by a pass that stopped before recording it here"
-
-
-def _unrecorded_removals(opened: OpenRun, on_disk: Mapping[str, Checkpoint]) -> list[RemovedEntry]:
-    """Checkpoints the last manifest lists that are gone and that the trash index says a pass
-    moved there: one killed between its moves and its manifest write (``kill -9``, a cluster node
-    losing its lease mid-prune) never recorded them. Recorded now as that pass would have, at the
-    time it moved them, rather than dropped without a trace (docs/architecture.md, "Reliability
-    rules"). The trash index is read only when something is gone: a rare case, so the warm pass
-    does not pay for it."""
-    previous = opened.previous
-    if previous is None:
-        return []
-    vanished = {e.path.rstrip("/"): e for e in previous.checkpoints if e.path not in on_disk}
-    if not vanished:
-        return []
-    try:
-        index = read_trash_index(opened.layout)
-    except StateError as err:
-        logger.warning(
-            "%s; checkpoints gone since the last manifest are not recorded as removed", err
-        )
-        return []
-    already = {(e.trash, e.removed_at) for e in previous.removed}
-    companions = {r.companion_of: r for r in index.values() if r.companion_of is not None}
-    entries = []
-    for record in index.values():
-        entry = vanished.get(record.original)
-        trash = _trash_path(opened, record)
-        if (
-            entry is None
-            or record.companion_of is not None
-            or record.sha256 != entry.sha256
-            or (trash, record.trashed_at) in already
-        ):
-            continue
-        original = companions.get(record.name)
-        entries.append(
-            RemovedEntry(
-                path=entry.path,
-                sha256=entry.sha256,
-                removed_at=record.trashed_at,
-                reasons=(UNRECORDED_REASON,),
-                trash=trash,
-                converted_from=original.original if original else None,
-                converted_from_sha256=original.sha256 if original else None,
-                converted_from_trash=_trash_path(opened, original) if original else None,
-                size=entry.size,
-            )
-        )
-    return sorted(entries, key=lambda removal: (removal.removed_at, removal.path))
-
-
-def _trash_path(opened: OpenRun, record: TrashRecord) -> str:
-    """A trash entry's run-relative path, as a deletion reports it."""
-    return f"{opened.layout.state_dir_name}/trash/{record.name}"
 
 
 def _removed_entry(
