@@ -75,6 +75,7 @@ from ckptd.errors import CkptdError, ConfigError
 from ckptd.isolation.supervisor import Isolation
 from ckptd.logs.configure import configure_logging
 from ckptd.pipeline.types import PipelineDeps
+from ckptd.retention.unrecorded import recorded_in_trash
 from ckptd.runs.roots import RunRef
 from ckptd.timefmt import format_utc
 from ckptd.units import plural
@@ -129,6 +130,9 @@ class Daemon:
         # Root locks (backend local) or per-run leases (postgres): ckptd.daemon.cluster.
         self._coordination = Coordination(self.config)
         self.deps = self._coordination.deps(self.deps)
+        # A checkpoint whose deletion event it handles may have been moved to the trash by a prune
+        # killed before its manifest write: recorded in the manifest's history, not only dropped.
+        self.deps = dataclasses.replace(self.deps, record_vanished=recorded_in_trash)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 

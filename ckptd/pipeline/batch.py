@@ -105,6 +105,7 @@ def process_batch(
             work = BatchWork(config, root, run, layout, deps, expected or {})
             for path in gone:
                 work.forget_if_absent(path, entries)
+            work.record_vanished(entries)
             deps.examine_ahead(work.to_identify(paths, entries))
             started = time.monotonic()  # the budget is the batch's own work, after that
             for index, path in enumerate(paths):
@@ -122,6 +123,7 @@ def process_batch(
                     manifest = entries.manifest()
                     if _record(manifest_path, manifest, previous, deps, run):
                         written, previous = True, manifest
+            work.record_vanished(entries)  # files that vanished while the batch handled them
             if work.changed and _record(manifest_path, entries.manifest(), previous, deps, run):
                 written = True
     except CoordinationError as err:

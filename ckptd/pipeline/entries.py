@@ -10,8 +10,10 @@ builds the manifest value only when it is written (``ckptd.pipeline.batch``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
-from ckptd.manifest.model import Manifest, ManifestEntry, entry_key
+from ckptd.manifest.model import Manifest, ManifestEntry, RemovedEntry, entry_key
+from ckptd.manifest.updates import add_removed
 
 
 class RunEntries:
@@ -33,12 +35,17 @@ class RunEntries:
         self._entries[entry.path] = entry
         self._built = None
 
-    def drop(self, relpath: str) -> bool:
-        """Remove the entry of ``relpath``; False when there was none."""
-        if self._entries.pop(relpath, None) is None:
-            return False
+    def drop(self, relpath: str) -> ManifestEntry | None:
+        """Remove the entry of ``relpath`` and return it; None when there was none."""
+        dropped = self._entries.pop(relpath, None)
+        if dropped is not None:
+            self._built = None
+        return dropped
+
+    def add_removed(self, removed: Iterable[RemovedEntry]) -> None:
+        """Append ``removed`` to the manifest's history (its newest entries are kept)."""
+        self._base = add_removed(self._base, removed)
         self._built = None
-        return True
 
     def manifest(self) -> Manifest:
         """The manifest value with these entries (built once per change, sorted by path)."""

@@ -54,6 +54,7 @@ class BatchContext:
         self.deps = deps
         self.matcher = matcher_for(config)
         self.changed = False
+        self.vanished: list[ManifestEntry] = []  # entries dropped, not yet looked up in the trash
 
     def log(
         self,
@@ -77,9 +78,23 @@ class BatchContext:
         return manifest
 
     def forget(self, manifest: RunEntries, relpath: str) -> RunEntries:
-        if manifest.drop(relpath):
+        dropped = manifest.drop(relpath)
+        if dropped is not None:
             self.changed = True
+            self.vanished.append(dropped)
         return manifest
+
+    def record_vanished(self, manifest: RunEntries) -> None:
+        """Record in the manifest's history those of the entries dropped so far that a pass moved
+        to the trash without recording them (``PipelineDeps.record_vanished``): dropped only, they
+        would leave no trace (docs/architecture.md, "Reliability rules")."""
+        if not self.vanished:
+            return
+        vanished, self.vanished = self.vanished, []
+        removed = self.deps.record_vanished(self.layout, manifest.manifest(), vanished)
+        if removed:
+            manifest.add_removed(removed)
+            self.changed = True
 
     def entry(
         self,

@@ -20,7 +20,9 @@ from ckptd.errors import CkptdError
 from ckptd.formats.sniff import Identification, identify
 from ckptd.formats.verify import VerifyReport, verify_zip
 from ckptd.limits import DEFAULT_LIMITS, Limits
+from ckptd.manifest.model import Manifest, ManifestEntry, RemovedEntry
 from ckptd.runs.roots import RunRef
+from ckptd.runs.statedir import StateLayout
 
 Action = Literal[
     "converted",  # legacy pickle converted; the zip is recorded
@@ -69,6 +71,12 @@ def _unfenced(run: RunRef) -> None:
     """One daemon per root (coordination.backend local): nothing to check."""
 
 
+def _none_recorded(
+    layout: StateLayout, manifest: Manifest, vanished: Sequence[ManifestEntry]
+) -> Sequence[RemovedEntry]:
+    return ()
+
+
 def _nothing_ahead(paths: Sequence[Path]) -> None:
     """In process: each file is identified when the batch reaches it."""
 
@@ -87,6 +95,12 @@ class PipelineDeps:
     # Told, once a batch has its run's manifest, which of its paths it will identify (those whose
     # entry is not current), so they can be examined ahead in bulk (ckptd.isolation.supervisor).
     examine_ahead: Callable[[Sequence[Path]], None] = _nothing_ahead
+    # Given the entries a batch dropped because their files are gone, the ``removed`` entries
+    # for those a pass moved to the trash and never recorded (a prune killed before its manifest
+    # write): the daemon wires ckptd.retention.unrecorded.recorded_in_trash; none by default.
+    record_vanished: Callable[
+        [StateLayout, Manifest, Sequence[ManifestEntry]], Sequence[RemovedEntry]
+    ] = _none_recorded
 
 
 @dataclass(frozen=True)
