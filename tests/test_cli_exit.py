@@ -8,17 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.test_cli_output import ckptd
 from tests.test_convert_source_digest import REPO, checkpoint_of, sha256sum
-
-
-def ckptd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ckptd", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
 
 
 def test_a_conversion_prints_all_its_output_and_exits_zero(tmp_path: Path) -> None:
