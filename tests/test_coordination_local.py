@@ -6,11 +6,13 @@ line naming the first; the lock dies with its holder, ``kill -9`` included.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from ckptd.coordination.local import (
     Holder,
     RootLock,
     RootServers,
+    node_name,
     read_holder,
     who_serves,
 )
@@ -200,3 +203,26 @@ def test_status_with_a_local_config_names_a_cluster_holding_the_root_shared(
         pid=1, node="n", since=parse_utc("2026-12-07T12:00:00Z")
     )
     lock.release()
+
+
+@pytest.mark.parametrize("probe", [read_holder, who_serves])
+def test_an_instant_exclusive_hold_never_names_a_dead_daemon(tmp_path: Path, probe: Any) -> None:
+    """Another ``ckptd status``'s probe holds the lock exclusively for an instant; a daemon killed
+    with ``kill -9`` left its name in the file. A status reading the lock at that instant named
+    the dead daemon; it now asks again and finds nobody."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = Holder(pid=gone.pid, node=node_name(None), since=parse_utc("2026-12-07T12:00:00Z"))
+    state = tmp_path / ".ckptd"
+    state.mkdir()
+    (state / LOCK_NAME).write_bytes(stale.to_json())
+    instant = os.open(state / LOCK_NAME, os.O_RDONLY)
+    fcntl.flock(instant, fcntl.LOCK_EX)  # the other status's probe
+    let_go = threading.Timer(0.08, fcntl.flock, (instant, fcntl.LOCK_UN))
+    let_go.start()
+    try:
+        found = probe(tmp_path, ".ckptd")
+    finally:
+        let_go.join()
+        os.close(instant)
+    assert found in (None, RootServers())

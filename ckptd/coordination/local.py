@@ -240,7 +240,8 @@ def who_serves(root: Path, state_dir: str) -> RootServers:
     """Who holds ``root``'s lock now, for ``ckptd status`` with a ``local`` config: a shared lock
     it can take means no ``local`` daemon; an exclusive one it then cannot take means others hold
     it shared, a cluster's daemons. Another ``status`` holds it for an instant only, so a few
-    tries tell that instant from daemons, which hold it for life."""
+    tries tell that instant from daemons, which hold it for life; so does a shared lock refused
+    while the file names nobody, or a process of this node that is gone (``_could_hold``)."""
     return _servers(root, state_dir, ask_cluster=True)
 
 
@@ -260,7 +261,14 @@ def _servers(root: Path, state_dir: str, *, ask_cluster: bool) -> RootServers:
             return RootServers()
         for attempt in range(_BUSY_TRIES):
             if not _try_flock(fd, fcntl.LOCK_SH):
-                return RootServers(holder=Holder.from_json(os.pread(fd, _MAX_HOLDER_BYTES, 0)))
+                holder = Holder.from_json(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+                if _could_hold(holder) or attempt + 1 == _BUSY_TRIES:
+                    return RootServers(holder=holder)
+                # Held exclusively, but not by the daemon the file names: another status's probe
+                # for an instant (below), or a daemon that has not yet written its name over the
+                # one a killed daemon left. Asked again after a pause.
+                time.sleep(_BUSY_PAUSE_SECONDS)
+                continue
             # Converting to exclusive drops the shared lock first: tried afresh after a pause.
             if not ask_cluster or _try_flock(fd, fcntl.LOCK_EX):
                 return RootServers()
@@ -271,6 +279,22 @@ def _servers(root: Path, state_dir: str, *, ask_cluster: bool) -> RootServers:
         return RootServers()
     finally:
         os.close(fd)
+
+
+def _could_hold(holder: Holder | None) -> bool:
+    """Whether ``holder`` may be the process holding the lock: named, and not a process of this
+    node that is gone (a daemon killed with ``kill -9`` leaves its name in the file)."""
+    if holder is None:
+        return False
+    if holder.node != node_name(None):
+        return True  # another node's, or a configured node name: cannot be asked here
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, another user's
+    return True
 
 
 def _try_flock(fd: int, mode: int) -> bool:
