@@ -35,7 +35,7 @@ __all__ = ["ChildRead"]
 _CHILD_CODE = """
 import hashlib, os, sys
 if sys.argv[1]:
-    sys.path.insert(0, sys.argv[1])
+    sys.path.append(sys.argv[1])  # after the standard library: nothing there shadows it
 try:
     from isal.isal_zlib import crc32
 except ImportError:
