@@ -112,10 +112,13 @@ def test_directory_checkpoints_written_slowly_are_one_unit_complete_only_after_t
         replay_deepspeed("deepspeed", "global_step4", ds, PAUSE, ds_before_latest)
         daemon.wait_log(f"directory checkpoint complete: {ds / 'global_step4'} (deepspeed", 15)
         daemon.wait_log("run=ds manifest pass for directory checkpoints", 15)
-        # A save that vanishes half-written (a crash, a rotation): forgotten without a word.
+        # A save that vanishes half-written (a crash, a rotation): forgotten without a word. It
+        # goes while the daemon waits out its quiet period: a directory with no trainer marker
+        # that stays quiet for stable_for is complete (it waited PAUSE, longer than stable_for,
+        # and under load the daemon sometimes judged it complete first: a second manifest pass).
         (hf / "checkpoint-8").mkdir()
         shutil.copyfile(FIXTURES / "hf" / "checkpoint-6" / "config.json", hf / "checkpoint-8" / "a")
-        time.sleep(PAUSE)
+        time.sleep(STABLE_FOR / 2)
         shutil.rmtree(hf / "checkpoint-8")
         # A plain checkpoint file in the same run is still a checkpoint of its own.
         shutil.copyfile(FIXTURES / "torch" / "state_dict.pt", hf / "export_100.pt")
