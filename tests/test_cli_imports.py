@@ -120,7 +120,8 @@ def test_a_keep_best_policy_still_loads_numpy_when_it_reads_evaluations(tmp_path
 def test_converting_one_file_starts_no_blas_threads_and_never_imports_rich(tmp_path: Path) -> None:
     """``ckptd convert FILE`` (what benchmarks/convert.py times): OpenBLAS is told to keep to
     one thread (its pool would spin on the cores the conversion's threads need), rich is not
-    imported (no progress bar for one file), and every helper thread is gone at the end."""
+    imported (no progress bar for one file), nor the config loader without ``-c``, and every
+    helper thread is gone at the end."""
     source = tmp_path / "rl_model_5_steps.pkl"
     shutil.copy(Path(__file__).parent / "data" / "sb2-era" / "ppo2.pkl", source)
     code = (
@@ -146,6 +147,8 @@ def test_converting_one_file_starts_no_blas_threads_and_never_imports_rich(tmp_p
     assert result["code"] == 0 and "converted" in result["out"], result["out"]
     assert "numpy" in result["modules"]  # the probe does see the converter's imports
     assert _loaded(result["modules"], ("rich",)) == []
+    # No -c: the config loader (yaml and the schema) is not imported (ckptd.cli.convert_config).
+    assert _loaded(result["modules"], ("yaml", "ckptd.config.load")) == []
     assert result["blas"] == "1"
     assert result["threads"] == 1  # no OpenBLAS pool, no helper thread left behind
 

@@ -1,7 +1,8 @@
 """``ckptd convert``'s arguments, and what it starts before the converter is imported.
 
 ``ckptd.cli.main`` imports this module to parse a ``convert`` command line, calls ``prepare``
-(``start_source_reads``), and only then imports the converter (``ckptd.cli.convert_cmds``: numpy,
+(``start_source_reads``, and the choice of the module that does the work), and only then imports
+the converter (``ckptd.cli.convert_cmds``: numpy,
 the pickle reader, the zip writer; 0.06-0.1 s). Meanwhile a child process hashes the first input
 file on the other core (``ckptd.fs.digest_child``): the conversion records that file's sha256, and
 its 0.13 CPU s per 200 MiB would otherwise start only once the imports are done (README,
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     convert.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     limits_option(convert)
-    convert.set_defaults(prepare=start_source_reads)
+    convert.set_defaults(prepare=prepare, limits=None)
 
 
 def limits_option(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +75,14 @@ def limits_option(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="take the per-file budgets (limits:) from this ckptd config; defaults otherwise",
     )
+
+
+def prepare(args: argparse.Namespace) -> str:
+    """Start the first input's digest (``start_source_reads``); the module to handle the command:
+    ``ckptd.cli.convert_config`` with ``-c`` (it loads the config's limits), else
+    ``ckptd.cli.convert_cmds`` alone (no config loader to import)."""
+    start_source_reads(args)
+    return "ckptd.cli.convert_config" if args.config is not None else "ckptd.cli.convert_cmds"
 
 
 def start_source_reads(args: argparse.Namespace) -> None:

@@ -18,7 +18,6 @@ from ckptd.cli.exits import ExitStatus
 from ckptd.cli.lines import error_line, print_json
 from ckptd.cli.lines import say as say_line
 from ckptd.cli.progress import lit, progress_bar
-from ckptd.config.load import load_config
 from ckptd.config.model import DEFAULT_STATE_DIR
 from ckptd.convert.conversion import convert_file
 from ckptd.errors import CkptdError, FormatError, HeldCheckpoint, UnsafeCheckpoint, unexpected_text
@@ -169,8 +168,9 @@ def _outcome_json(outcome: ConversionOutcome) -> dict[str, Any]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Run ``ckptd convert``; the digests ``ckptd.cli.convert_args.start_source_reads`` started
-    are used by their files' conversions, and any left over stopped."""
+    """Run ``ckptd convert`` (with ``args.limits``, or the defaults); the digests
+    ``ckptd.cli.convert_args.start_source_reads`` started are used by their files' conversions,
+    and any left over stopped."""
     source_reads: dict[Path, ChildRead] = getattr(args, "source_reads", {})
     try:
         return _convert_all(args, source_reads)
@@ -186,7 +186,7 @@ def _convert_all(args: argparse.Namespace, source_reads: dict[Path, ChildRead]) 
         error_line("-o/--output names the output of a single input file")
         return ExitStatus.USAGE
     param_names = _read_param_names(args.param_names) if args.param_names else None
-    limits = limits_of(args)
+    limits: Limits = args.limits or DEFAULT_LIMITS  # -c: ckptd.cli.convert_config
     results: list[dict[str, Any]] = [
         {"source": str(path), "status": "error", "error": f"{path}: {reason}"}
         for path, reason in unreadable
@@ -292,14 +292,6 @@ def _count_failure(tally: _Tally, status: str) -> None:
         tally.held += 1
     else:
         tally.failed += 1
-
-
-def limits_of(args: argparse.Namespace) -> Limits:
-    """The config's ``limits`` with -c, else the defaults (a bad config is a usage error, exit 2)."""
-    if args.config is None:
-        return DEFAULT_LIMITS
-
-    return load_config(args.config, check_roots=False).limits  # only its limits: section
 
 
 def _error_message(path: Path, err: Exception) -> str:

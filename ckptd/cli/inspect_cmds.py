@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from ckptd.cli.convert_args import limits_option
-from ckptd.cli.convert_cmds import limits_of
+from ckptd.cli.convert_config import limits_of
 from ckptd.cli.exits import ExitStatus
 from ckptd.cli.output import Column, error_line, lit, print_json, print_table, stdout_console
 from ckptd.errors import CkptdError

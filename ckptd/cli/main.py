@@ -40,13 +40,14 @@ COMMAND_MODULES: dict[str, str] = {
     "quarantine": "ckptd.cli.quarantine_cmds",
 }
 
-# Commands whose module above only registers their arguments: their work is in the module named
-# here, imported once the arguments are parsed, after the registering module's ``prepare(args)``
-# has started what needs none of it. ``ckptd convert`` hashes its first input in a child process
-# while this process imports the converter (ckptd.cli.convert_args). Such a module has a
-# ``handle(args)``; the table is read by tests/test_layering.py as this module's imports too.
-HANDLER_MODULES: dict[str, str] = {
-    "convert": "ckptd.cli.convert_cmds",
+# Commands whose module above only registers their arguments: their work is in one of the modules
+# named here, imported once the arguments are parsed. The registering module's ``prepare(args)``
+# starts what needs none of it and names the module to import: ``ckptd convert`` hashes its first
+# input in a child process while this process imports the converter, and imports the config
+# loader only with ``-c`` (ckptd.cli.convert_args). Such a module has a ``handle(args)``; the
+# table is read by tests/test_layering.py as this module's imports too.
+HANDLER_MODULES: dict[str, tuple[str, ...]] = {
+    "convert": ("ckptd.cli.convert_cmds", "ckptd.cli.convert_config"),
 }
 
 
@@ -87,14 +88,16 @@ BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 def _handler(args: argparse.Namespace) -> Handler:
-    """The parsed command's handler: its own, or (``HANDLER_MODULES``) its module's ``handle``,
-    imported after its ``prepare(args)``."""
-    module = HANDLER_MODULES.get(args.command)
-    if module is None:
+    """The parsed command's handler: its own, or (``HANDLER_MODULES``) the ``handle`` of the
+    module its ``prepare(args)`` names, imported after that."""
+    modules = HANDLER_MODULES.get(args.command)
+    if modules is None:
         handler: Handler = args.handler
         return handler
-    args.prepare(args)
-    handler = importlib.import_module(module).handle
+    chosen = args.prepare(args)
+    if chosen not in modules:
+        raise RuntimeError(f"{args.command}: prepare named {chosen!r}, not one of {modules}")
+    handler = importlib.import_module(chosen).handle
     return handler
 
 
