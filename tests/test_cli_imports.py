@@ -56,6 +56,17 @@ def test_an_unknown_command_is_refused_with_every_choice_listed(
     assert "invalid choice: 'prnue'" in err and "'quarantine'" in err
 
 
+def _python(
+    code: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in ``cwd``, a fresh interpreter (nothing imported yet); it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def _modules_after(argv: list[str], cwd: Path) -> list[str]:
     code = (
         "import contextlib, io, json, sys\n"
@@ -64,10 +75,7 @@ def _modules_after(argv: list[str], cwd: Path) -> list[str]:
         f"    code = main({argv!r})\n"
         "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
+    out = _python(code, cwd)
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["code"] == 0, out.stderr
     modules: list[str] = result["modules"]
@@ -134,15 +142,7 @@ def test_converting_one_file_starts_no_blas_threads_and_never_imports_rich(tmp_p
         "    'blas': os.environ.get('OPENBLAS_NUM_THREADS')}))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _python(code, tmp_path, env)
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["code"] == 0 and "converted" in result["out"], result["out"]
     assert "numpy" in result["modules"]  # the probe does see the converter's imports
@@ -166,15 +166,7 @@ def test_a_blas_thread_count_the_user_set_is_kept_and_the_collector_runs_after_s
         "print(gc.isenabled(), gc.get_freeze_count() > 10_000)\n"
         "print(os.environ['OPENBLAS_NUM_THREADS'])\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OPENBLAS_NUM_THREADS": "3"},
-    )
-    assert done.returncode == 0, done.stderr
+    done = _python(code, tmp_path, {**os.environ, "OPENBLAS_NUM_THREADS": "3"})
     assert done.stdout.splitlines()[-2:] == ["True True", "3"]
 
 
@@ -186,8 +178,5 @@ def test_the_convert_command_loads_without_numpy(tmp_path: Path) -> None:
         "import ckptd.cli.convert_cmds, ckptd.convert.conversion, ckptd.formats.sb2zip\n"
         "print('numpy' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    done = _python(code, tmp_path)
     assert done.stdout.split() == ["False"]

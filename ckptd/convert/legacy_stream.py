@@ -28,10 +28,10 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from ckptd.errors import FileChangedError, FormatError
 from ckptd.fs import files as fsio
+from ckptd.fs.closing import ClosesOnExit
 from ckptd.fs.digest import crc32
 from ckptd.fs.second_read import DigestRead, ReadDigests
 from ckptd.limits import DEFAULT_LIMITS
@@ -78,7 +78,7 @@ class SparseRead:
     size: int
 
 
-class SourceFile:
+class SourceFile(ClosesOnExit):
     """An open legacy file (never through a symlink): re-reads by offset and identity checks.
 
     Implements ``ckptd.formats.model.PayloadReader``. The descriptor stays open while payloads may
@@ -136,17 +136,6 @@ class SourceFile:
 
     def close(self) -> None:
         self._handle.close()
-
-    def __enter__(self) -> SourceFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _Framer:

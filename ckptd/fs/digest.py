@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from types import TracebackType
 from typing import TypeAlias
+
+from ckptd.fs.closing import ClosesOnExit
 
 try:
     from isal.isal_zlib import crc32
@@ -75,7 +76,7 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     return _multmodp(power, crc1) ^ crc2
 
 
-class Sha256Feed:
+class Sha256Feed(ClosesOnExit):
     """The sha256 of buffers fed in order, hashed by a helper thread (or inline when small).
 
     ``feed`` returns a ticket; ``wait(ticket)`` returns once that buffer (and all before it) has
@@ -148,17 +149,6 @@ class Sha256Feed:
             with self._progress:
                 self._done += 1
                 self._progress.notify_all()
-
-    def __enter__(self) -> Sha256Feed:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class BufferRing:

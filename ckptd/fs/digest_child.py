@@ -23,8 +23,8 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import TracebackType
 
+from ckptd.fs.closing import ClosesOnExit
 from ckptd.fs.files import open_regular_nofollow
 from ckptd.fs.second_read import CHUNK, ReadDigests
 
@@ -57,7 +57,7 @@ sys.stdout.write(f"{digest.hexdigest()} {crc} {size}\\n")
 _CHILD_FD = 3
 
 
-class ChildRead:
+class ChildRead(ClosesOnExit):
     """``path`` read to its end by a child process; ``result()`` as ``SecondRead.result()``.
 
     The constructor opens ``path`` (UnsafePathError for a symlink or anything not a regular file;
@@ -148,17 +148,6 @@ class ChildRead:
         assert pid is not None
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status)
-
-    def __enter__(self) -> ChildRead:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _isal_location() -> str:

@@ -16,9 +16,9 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Protocol
 
+from ckptd.fs.closing import ClosesOnExit
 from ckptd.fs.digest import crc32
 from ckptd.fs.files import open_regular_nofollow
 
@@ -57,7 +57,7 @@ def _read_into(fd: int, buffer: memoryview) -> int:
     return os.readv(fd, [buffer])
 
 
-class SecondRead:
+class SecondRead(ClosesOnExit):
     """``path`` read to its end by a descriptor of its own: sha256, CRC-32, stat before and after.
 
     Threaded, it runs in a helper thread from the constructor on; otherwise in ``result()``.
@@ -116,14 +116,3 @@ class SecondRead:
                 crc = crc32(chunk, crc)
                 size += count
         return None
-
-    def __enter__(self) -> SecondRead:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
